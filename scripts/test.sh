@@ -1,0 +1,141 @@
+#!/usr/bin/env bash
+# THE test command: everything CI runs (.ci/run execs this), runnable the same way on a laptop.
+#
+#   1. cargo fmt --check
+#   2. scripts/testbed.sh up (venvs + SeaweedFS + moto), in the background while clippy builds
+#   3. cargo clippy --all-targets -- -D warnings
+#   4. cargo test --all-targets, then cargo test --doc, with the test-bed env sourced
+#   5. pytest tests/chart (if that directory exists), with S3CSE_BIN set to the built binary
+#   6. tests/peers/smoke.sh (the peer scripts against the test bed)
+#   7. scripts/testbed.sh down, on exit, if this run started the test bed
+#
+# Every step runs even if an earlier one failed; exit status is non-zero if any failed. The last
+# line is "s3cse: N passed, N failed": tests counted from cargo's, pytest's and the smoke script's
+# own summaries, plus one failure for each step that failed without a test count (fmt, clippy,
+# test bed, a build error).
+# Env: S3CSE_KEEP_TESTBED=1 leaves the test bed running at the end.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+LOGS="$ROOT/.testbed/logs"
+mkdir -p "$LOGS"
+T0=$SECONDS
+
+passed=0 failed=0 steps=()
+step_ok() { steps+=("$1 ok"); }
+step_fail() { steps+=("$1 FAILED"); }
+banner() { printf '\n==== %s\n' "$*"; }
+
+started_testbed=0
+cleanup() {
+  local rc=$?
+  if [ -n "${TESTBED_UP_PID:-}" ]; then wait "$TESTBED_UP_PID" 2>/dev/null || true; fi
+  if [ "$started_testbed" = 1 ] && [ "${S3CSE_KEEP_TESTBED:-0}" != 1 ]; then
+    bash scripts/testbed.sh down || true
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+
+# Prints "PASSED FAILED" summed over the lines of file $1 that match regex $2, counting the
+# "N passed" / "N failed" / "N error(s)" in them (cargo: "test result: ok. 3 passed; 0 failed; ...",
+# pytest: "2 failed, 40 passed, 1 skipped in 3.1s").
+count_tests() {
+  awk -v re="$2" '$0 ~ re { gsub(/[;,=]/, " "); for (i = 1; i < NF; i++) {
+      if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^(failed|errors?)$/) f += $i } }
+    END { print p + 0, f + 0 }' "$1"
+}
+
+# ---- toolchain
+command -v cargo >/dev/null || { echo "test.sh: cargo not found" >&2; exit 1; }
+for c in fmt clippy; do
+  cargo "$c" --version >/dev/null 2>&1 || { echo "test.sh: 'cargo $c' is missing (rustup component add $c)" >&2; exit 1; }
+done
+
+# ---- 1. format
+banner "cargo fmt --check"
+if cargo fmt --all --check; then step_ok fmt; else step_fail fmt; failed=$((failed + 1)); fi
+
+# ---- 2. test bed, in the background (the venv install overlaps with the clippy build)
+if bash scripts/testbed.sh running; then
+  echo "test.sh: test bed already running; reusing it and leaving it up"
+  TESTBED_UP_PID=""
+else
+  started_testbed=1
+  bash scripts/testbed.sh up >"$LOGS/testbed-up.log" 2>&1 &
+  TESTBED_UP_PID=$!
+fi
+
+# ---- 3. clippy
+banner "cargo clippy --all-targets -- -D warnings"
+if cargo clippy --all-targets -- -D warnings; then step_ok clippy; else step_fail clippy; failed=$((failed + 1)); fi
+
+banner "scripts/testbed.sh up"
+testbed_ok=1
+if [ -n "$TESTBED_UP_PID" ]; then
+  if wait "$TESTBED_UP_PID"; then cat "$LOGS/testbed-up.log"; else testbed_ok=0; cat "$LOGS/testbed-up.log"; fi
+  TESTBED_UP_PID=""
+fi
+if [ "$testbed_ok" = 1 ]; then
+  step_ok testbed
+  # shellcheck disable=SC1091
+  . "$ROOT/.testbed/env"
+else
+  step_fail testbed; failed=$((failed + 1))
+  echo "test.sh: test bed failed to start; tests that need it will fail or skip" >&2
+fi
+
+# ---- 4. cargo test
+# Rust integration tests may save a real /metrics scrape here for the chart tests (step 5).
+export S3CSE_METRICS_SCRAPE_OUT="$ROOT/.testbed/metrics-scrape.prom"
+rm -f "$S3CSE_METRICS_SCRAPE_OUT"
+for args in "--all-targets" "--doc"; do
+  banner "cargo test $args"
+  rc=0
+  # shellcheck disable=SC2086
+  cargo test $args 2>&1 | tee "$LOGS/cargo-test.log" || rc=$?
+  read -r p f < <(count_tests "$LOGS/cargo-test.log" '^test result:')
+  passed=$((passed + p)); failed=$((failed + f))
+  if [ "$rc" = 0 ]; then step_ok "test$args"
+  else
+    step_fail "test$args"
+    [ "$f" -gt 0 ] || failed=$((failed + 1)) # a build error or crash: no test count to show it
+  fi
+done
+
+# ---- 5. chart tests
+if [ -d tests/chart ]; then
+  banner "pytest tests/chart"
+  BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug/s3cse"
+  if [ -x "$BIN" ]; then export S3CSE_BIN="$BIN"; fi
+  if [ -s "$S3CSE_METRICS_SCRAPE_OUT" ]; then export S3CSE_METRICS_SCRAPE="$S3CSE_METRICS_SCRAPE_OUT"; fi
+  rc=0
+  "$ROOT/.venv/testbed/bin/python" -m pytest tests/chart -q -p no:cacheprovider 2>&1 | tee "$LOGS/pytest-chart.log" || rc=$?
+  # pytest's closing line: "40 passed, 1 skipped in 3.10s" (-q) or "=== ... in 3.10s ===".
+  read -r p f < <(tail -n 1 "$LOGS/pytest-chart.log" > "$LOGS/pytest-chart.last"
+    count_tests "$LOGS/pytest-chart.last" ' in [0-9.]+s')
+  passed=$((passed + p)); failed=$((failed + f))
+  case "$rc" in
+    0) step_ok chart ;;
+    5) steps+=("chart collected no tests") ;; # pytest's "no tests collected": not a failure
+    *) step_fail chart; [ "$f" -gt 0 ] || failed=$((failed + 1)) ;;
+  esac
+else
+  steps+=("chart skipped (no tests/chart)")
+fi
+
+# ---- 6. peers against the test bed
+banner "tests/peers/smoke.sh"
+rc=0
+bash tests/peers/smoke.sh 2>&1 | tee "$LOGS/peers-smoke.log" || rc=$?
+read -r p f < <(count_tests "$LOGS/peers-smoke.log" '^peers: [0-9]+ passed, [0-9]+ failed$')
+passed=$((passed + p)); failed=$((failed + f))
+if [ "$rc" = 0 ]; then step_ok peers; else step_fail peers; [ "$f" -gt 0 ] || failed=$((failed + 1)); fi
+
+# ---- summary (the test bed goes down in the EXIT trap)
+banner "summary ($((SECONDS - T0))s)"
+summary="$(IFS=','; echo "${steps[*]}")"
+echo "steps: ${summary//,/, }"
+echo "s3cse: $passed passed, $failed failed"
+[ "$failed" = 0 ]
