@@ -24,8 +24,12 @@
 //! Nothing below `client`/`rekey` knows about S3; nothing below `rekey` knows about the job table.
 #![forbid(unsafe_code)]
 
+pub mod client;
+pub mod codec;
 pub mod consts;
 pub mod content;
+pub mod envelope;
+pub mod keyring;
 pub mod metrics;
 pub mod secret;
 pub mod store;

@@ -68,6 +68,9 @@ mod tests {
 
     #[test]
     fn random_keys_differ() {
-        assert_ne!(SecretBytes::random(32).expose(), SecretBytes::random(32).expose());
+        assert_ne!(
+            SecretBytes::random(32).expose(),
+            SecretBytes::random(32).expose()
+        );
     }
 }

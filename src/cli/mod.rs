@@ -1,0 +1,125 @@
+//! Command-line front end: clap structs (what was typed) -> validated configuration -> the library.
+//!
+//! Exit codes (documented in the README and `--help`):
+//! - 0: success;
+//! - 1: the object(s) could not be decrypted / encrypted / migrated (the message names the object
+//!   and the reason class);
+//! - 2: usage, configuration or access error before any work was done.
+
+mod aws;
+mod keys;
+mod object;
+mod offline;
+mod rekey;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Exit code: an object could not be processed.
+pub const EXIT_FAILED: u8 = 1;
+/// Exit code: usage, configuration or access error.
+pub const EXIT_USAGE: u8 = 2;
+
+#[derive(Parser)]
+#[command(
+    name = "s3cse",
+    version,
+    about = "Amazon S3 client-side encryption: read every format, write V2/V3, re-key legacy buckets",
+    after_help = "Exit codes: 0 success; 1 an object could not be processed (the message says which and why); 2 usage, configuration or access error."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Decrypt an object exported from S3 (body + its user metadata), offline.
+    Decrypt(offline::DecryptArgs),
+    /// Encrypt a file into an object body + the user metadata to store with it, offline.
+    Encrypt(offline::EncryptArgs),
+    /// Download and decrypt an object (any format AWS SDKs or aioboto3 wrote).
+    Get(object::GetArgs),
+    /// Encrypt and upload a file (V2 kms+context AES-GCM by default, or V3).
+    Put(object::PutArgs),
+    /// Show how an object is encrypted, from its metadata only (no key needed).
+    Inspect(object::InspectArgs),
+    /// Re-key a bucket of legacy objects to V2 kms+context AES-GCM: scan, then work (resumable).
+    Rekey(rekey::RekeyArgs),
+    /// List a bucket into the state file only (the first half of `rekey`).
+    Scan(rekey::ScanArgs),
+    /// Drain the state file's queue (the second half of `rekey`).
+    Work(rekey::WorkArgs),
+    /// Progress of a state file: counts by state, format and action; bytes; rate and ETA.
+    Status(rekey::StatusArgs),
+    /// One row per object, S3 Batch Operations completion-report columns (CSV or JSON lines).
+    Report(rekey::ReportArgs),
+}
+
+/// An error with the exit code it maps to.
+pub struct Failure {
+    pub code: u8,
+    pub error: anyhow::Error,
+}
+
+impl Failure {
+    pub fn usage(error: impl Into<anyhow::Error>) -> Self {
+        Self {
+            code: EXIT_USAGE,
+            error: error.into(),
+        }
+    }
+
+    pub fn failed(error: impl Into<anyhow::Error>) -> Self {
+        Self {
+            code: EXIT_FAILED,
+            error: error.into(),
+        }
+    }
+}
+
+pub type CliResult<T = ()> = Result<T, Failure>;
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("s3cse: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let result = rt.block_on(async move {
+        match cli.command {
+            Command::Decrypt(a) => offline::decrypt(a).await,
+            Command::Encrypt(a) => offline::encrypt(a).await,
+            Command::Get(a) => object::get(a).await,
+            Command::Put(a) => object::put(a).await,
+            Command::Inspect(a) => object::inspect(a).await,
+            Command::Rekey(a) => rekey::rekey(a).await,
+            Command::Scan(a) => rekey::scan(a).await,
+            Command::Work(a) => rekey::work(a).await,
+            Command::Status(a) => rekey::status(a).await,
+            Command::Report(a) => rekey::report(a).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("s3cse: error: {:#}", f.error);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+/// Parses `k=v` for `--context` and `--metadata`.
+pub fn parse_kv(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| format!("expected key=value, got {s:?}"))
+}

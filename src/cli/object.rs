@@ -1,0 +1,287 @@
+//! `s3cse get` / `put` / `inspect`: one object in S3.
+
+use std::path::PathBuf;
+
+use anyhow::{Context as _, anyhow};
+use clap::Args;
+use s3cse::client::{ByteRange, ClientError, GetOptions, ObjectAttributes, PutRequest, S3Cse};
+use s3cse::codec::{CodecError, DecryptPolicy, WriteFormat};
+use s3cse::keyring::Keyring;
+
+use super::aws::{AwsArgs, parse_s3_url, sdk_config};
+use super::keys::{KeyArgs, context_of};
+use super::offline::{FormatArg, temp_beside};
+use super::{CliResult, Failure, parse_kv};
+
+#[derive(Args)]
+pub struct GetArgs {
+    /// The object: s3://BUCKET/KEY.
+    url: String,
+    /// Write the plaintext here (under a temporary name, renamed only after authentication);
+    /// stdout when absent (released only after authentication).
+    #[arg(short, long, value_name = "FILE")]
+    output: Option<PathBuf>,
+    /// A plaintext byte range, e.g. bytes=0-1023 (unauthenticated: needs --allow-legacy).
+    #[arg(long, value_name = "bytes=A-B")]
+    range: Option<String>,
+    /// Read legacy formats and ranges (unauthenticated CBC, legacy key wraps).
+    #[arg(long)]
+    allow_legacy: bool,
+    /// Pass objects that are not client-side encrypted through unchanged instead of failing.
+    #[arg(long)]
+    allow_plaintext: bool,
+    /// Encryption context the object must carry (kms+context), k=v, repeatable.
+    #[arg(long = "context", value_parser = parse_kv, value_name = "K=V")]
+    context: Vec<(String, String)>,
+    #[command(flatten)]
+    keys: KeyArgs,
+    #[command(flatten)]
+    aws: AwsArgs,
+}
+
+#[derive(Args)]
+pub struct PutArgs {
+    /// The plaintext file, or - for stdin.
+    input: PathBuf,
+    /// The destination: s3://BUCKET/KEY.
+    url: String,
+    /// Envelope format: v2 (AES-GCM, kms+context) or v3 (key-committing).
+    #[arg(long, value_enum, default_value = "v2")]
+    format: FormatArg,
+    /// Encryption context entries (kms+context) or material description (raw keys), k=v.
+    #[arg(long = "context", value_parser = parse_kv, value_name = "K=V")]
+    context: Vec<(String, String)>,
+    /// Content-Type of the object.
+    #[arg(long, value_name = "TYPE")]
+    content_type: Option<String>,
+    /// User metadata, k=v, repeatable.
+    #[arg(long = "metadata", value_parser = parse_kv, value_name = "K=V")]
+    metadata: Vec<(String, String)>,
+    /// Object tags, k=v, repeatable.
+    #[arg(long = "tag", value_parser = parse_kv, value_name = "K=V")]
+    tags: Vec<(String, String)>,
+    /// Multipart part size in MiB (objects up to one part go in a single PUT).
+    #[arg(long, default_value_t = 8, value_name = "MiB")]
+    part_size_mib: usize,
+    #[command(flatten)]
+    keys: KeyArgs,
+    #[command(flatten)]
+    aws: AwsArgs,
+}
+
+#[derive(Args)]
+pub struct InspectArgs {
+    /// The object: s3://BUCKET/KEY.
+    url: String,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    aws: AwsArgs,
+}
+
+fn client_error(url: &str, e: ClientError) -> Failure {
+    match e {
+        ClientError::Codec(c) => Failure::failed(anyhow!("{url}: {} ({c})", c.class().code())),
+        ClientError::S3 {
+            status: Some(403), ..
+        } => Failure::usage(anyhow!("{url}: access denied: {e}")),
+        other => Failure::failed(anyhow!("{url}: {other}")),
+    }
+}
+
+pub async fn get(a: GetArgs) -> CliResult {
+    let (bucket, key) = parse_s3_url(&a.url, true)?;
+    let range = a
+        .range
+        .as_deref()
+        .map(str::parse::<ByteRange>)
+        .transpose()
+        .map_err(|e| Failure::usage(anyhow!(e)))?;
+    let conf = sdk_config().await;
+    let keyring = a.keys.keyring(true).await?;
+    let policy = DecryptPolicy {
+        allow_legacy: a.allow_legacy,
+        delayed_authentication: false,
+        expected_context: (!a.context.is_empty()).then(|| context_of(&a.context)),
+    };
+    let opts = GetOptions {
+        range,
+        allow_plaintext: a.allow_plaintext,
+    };
+    let s3 = a.aws.s3_client(&conf).await;
+    match &a.output {
+        None => {
+            let client = S3Cse::new(s3, keyring).with_policy(policy);
+            let mut out = tokio::io::stdout();
+            client
+                .get_to(&bucket, &key, &opts, &mut out)
+                .await
+                .map_err(|e| client_error(&a.url, e))?;
+        }
+        Some(path) => {
+            // The temporary file is not the destination: stream into it and rename after the tag.
+            let policy = DecryptPolicy {
+                delayed_authentication: true,
+                ..policy
+            };
+            let client = S3Cse::new(s3, keyring).with_policy(policy);
+            let (tmp, file) = temp_beside(path)?;
+            let mut dst = tokio::fs::File::from_std(file);
+            client
+                .get_to(&bucket, &key, &opts, &mut dst)
+                .await
+                .map_err(|e| client_error(&a.url, e))?;
+            dst.sync_all()
+                .await
+                .map_err(|e| Failure::failed(anyhow!(e)))?;
+            tmp.persist(path)
+                .with_context(|| format!("renaming into {}", path.display()))
+                .map_err(Failure::failed)?;
+        }
+    }
+    Ok(())
+}
+
+pub async fn put(a: PutArgs) -> CliResult {
+    let (bucket, key) = parse_s3_url(&a.url, true)?;
+    let format = match a.format {
+        FormatArg::V2 => WriteFormat::V2,
+        FormatArg::V3 => WriteFormat::V3,
+        FormatArg::V1 => {
+            return Err(Failure::usage(anyhow!(
+                "put writes v2 or v3; legacy v1 is for `encrypt --format v1` only"
+            )));
+        }
+    };
+    let keyring: Keyring = a.keys.keyring(false).await?;
+    if keyring.is_empty() {
+        return Err(Failure::usage(anyhow!(
+            "give a key to encrypt with: --kms-key-id, --aes-key-file or --rsa-key-file"
+        )));
+    }
+    let conf = sdk_config().await;
+    let client =
+        S3Cse::new(a.aws.s3_client(&conf).await, keyring).with_part_size(a.part_size_mib << 20);
+    let tagging = (!a.tags.is_empty()).then(|| {
+        let enc = |s: &str| {
+            percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+        };
+        a.tags
+            .iter()
+            .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+            .collect::<Vec<_>>()
+            .join("&")
+    });
+    let mut req = PutRequest {
+        bucket,
+        key,
+        format,
+        context: context_of(&a.context),
+        metadata: a
+            .metadata
+            .iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+            .collect(),
+        attrs: ObjectAttributes {
+            content_type: a.content_type.clone(),
+            ..Default::default()
+        },
+        tagging,
+        ..Default::default()
+    };
+    let summary = if a.input.as_os_str() == "-" {
+        client.put_from(&req, &mut tokio::io::stdin()).await
+    } else {
+        let mut f = tokio::fs::File::open(&a.input)
+            .await
+            .with_context(|| format!("opening {}", a.input.display()))
+            .map_err(Failure::usage)?;
+        req.plaintext_len = f
+            .metadata()
+            .await
+            .ok()
+            .filter(|m| m.is_file())
+            .map(|m| m.len());
+        client.put_from(&req, &mut f).await
+    }
+    .map_err(|e| match e {
+        ClientError::Codec(CodecError::Keyring(k)) => Failure::usage(anyhow!("{}: {k}", a.url)),
+        other => client_error(&a.url, other),
+    })?;
+    eprintln!(
+        "s3cse: wrote {} ({} bytes, {}, {} part{}, etag {})",
+        a.url,
+        summary.plaintext_len,
+        summary.envelope.format_name(),
+        summary.parts,
+        if summary.parts == 1 { "" } else { "s" },
+        summary.etag.as_deref().unwrap_or("-")
+    );
+    Ok(())
+}
+
+pub async fn inspect(a: InspectArgs) -> CliResult {
+    let (bucket, key) = parse_s3_url(&a.url, true)?;
+    let conf = sdk_config().await;
+    let client = S3Cse::new(a.aws.s3_client(&conf).await, Keyring::new());
+    let i = client
+        .inspect(&bucket, &key)
+        .await
+        .map_err(|e| client_error(&a.url, e))?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&i).map_err(|e| Failure::failed(anyhow!(e)))?
+        );
+        return Ok(());
+    }
+    println!("object:            s3://{}/{}", i.bucket, i.key);
+    println!("etag:              {}", i.etag.as_deref().unwrap_or("-"));
+    if !i.encrypted {
+        println!("encrypted:         no (no client-side encryption envelope)");
+        println!("size:              {} bytes", i.stored_length);
+        return Ok(());
+    }
+    let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    println!(
+        "format:            {}{}",
+        opt(&i.format),
+        if i.legacy {
+            "  (LEGACY: re-key with `s3cse rekey`)"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "envelope:          {} in {}",
+        opt(&i.version),
+        opt(&i.envelope_location)
+    );
+    println!("content cipher:    {}", opt(&i.content_cipher));
+    println!("key wrap:          {}", opt(&i.key_wrap));
+    if let Some(k) = &i.kms_key_id {
+        println!("kms key id:        {k}");
+    }
+    if !i.encryption_context.is_empty() {
+        println!(
+            "encryption context: {}",
+            s3cse::envelope::context_json(&i.encryption_context)
+        );
+    }
+    if !i.material_description.is_empty() {
+        println!(
+            "material desc:     {}",
+            s3cse::envelope::context_json(&i.material_description)
+        );
+    }
+    println!("stored size:       {} bytes", i.stored_length);
+    println!(
+        "plaintext size:    {}",
+        i.plaintext_length
+            .map_or("unknown (CBC, not recorded)".into(), |n| format!(
+                "{n} bytes"
+            ))
+    );
+    Ok(())
+}

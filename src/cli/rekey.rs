@@ -1,0 +1,610 @@
+//! `s3cse rekey` / `scan` / `work` / `status` / `report`: raw clap arguments -> a validated
+//! [`RekeyConfig`] -> [`s3cse::rekey::run`].
+//!
+//! Exit codes: 0 every object of this run migrated or rightly skipped; 1 some objects failed or
+//! stayed in conflict (`report --only failed` says which and why); 2 usage, configuration or
+//! access error before any work (bad key file, DescribeKey refused, bucket missing, state file).
+
+use std::io::{IsTerminal, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow};
+use clap::{Args, ValueEnum};
+use futures::TryStreamExt;
+use s3cse::client::S3Cse;
+use s3cse::codec::DecryptPolicy;
+use s3cse::keyring::{AwsKms, KmsClient, KmsKeyring};
+use s3cse::rekey::kms::{RekeyKms, describe_key};
+use s3cse::rekey::limit::RateLimit;
+use s3cse::rekey::telemetry::{self, Telemetry};
+use s3cse::rekey::{RekeyConfig, RunSummary, Shard, Shutdown};
+use s3cse::store::{JobState, JobStore, ScanKey};
+
+use super::aws::{AwsArgs, parse_s3_url, sdk_config};
+use super::keys::{KeyArgs, context_of, kms_client};
+use super::{CliResult, Failure, parse_kv};
+
+#[derive(Clone, Copy, Debug, ValueEnum, Default)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// `--shard I/N`, or `--shards N` with the index from `JOB_COMPLETION_INDEX` (Indexed Jobs).
+#[derive(Args, Debug, Clone, Default)]
+pub struct ShardArgs {
+    /// Only the keys of shard I of N (stable hash of the key), e.g. --shard 3/16.
+    #[arg(long, value_name = "I/N", conflicts_with = "shards")]
+    shard: Option<Shard>,
+    /// N shards, this process's index from JOB_COMPLETION_INDEX (a Kubernetes Indexed Job).
+    #[arg(long, value_name = "N")]
+    shards: Option<u32>,
+}
+
+impl ShardArgs {
+    fn resolve(&self) -> CliResult<Option<Shard>> {
+        if let Some(s) = self.shard {
+            return Ok(Some(s));
+        }
+        let Some(count) = self.shards else {
+            return Ok(None);
+        };
+        let index = std::env::var("JOB_COMPLETION_INDEX").map_err(|_| {
+            Failure::usage(anyhow!(
+                "--shards needs JOB_COMPLETION_INDEX in the environment"
+            ))
+        })?;
+        format!("{}/{count}", index.trim())
+            .parse::<Shard>()
+            .map(Some)
+            .map_err(|e| Failure::usage(anyhow!(e)))
+    }
+}
+
+/// Options shared by `rekey` and `work`.
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// The job table (SQLite; created if missing). Keep it on a local disk.
+    #[arg(long, value_name = "FILE")]
+    state: PathBuf,
+    #[command(flatten)]
+    keys: KeyArgs,
+    /// Encryption context of the new envelopes, k=v, repeatable (aws:x-amz-cek-alg is added).
+    #[arg(long = "context", value_parser = parse_kv, value_name = "K=V")]
+    context: Vec<(String, String)>,
+    /// Objects processed at once (S3 latency bound: tens are cheap).
+    #[arg(long, default_value_t = 16, value_name = "N")]
+    concurrency: usize,
+    /// Classify only (HEAD + envelope): no KMS call, nothing written to S3; prints the plan.
+    #[arg(long)]
+    dry_run: bool,
+    /// Rewrite GCM objects too under a fresh data key, instead of rewrapping their content key
+    /// (a new wrapping key does not revoke a leaked content key).
+    #[arg(long)]
+    reencrypt: bool,
+    /// Skip reading each written object back.
+    #[arg(long)]
+    no_verify: bool,
+    /// Limit S3 requests per second (all workers together).
+    #[arg(long, value_name = "N")]
+    s3_rps: Option<u32>,
+    /// Limit KMS requests per second (all workers together).
+    #[arg(long, value_name = "N")]
+    kms_rps: Option<u32>,
+    #[command(flatten)]
+    shard: ShardArgs,
+    /// Serve Prometheus metrics on this address while running, e.g. 0.0.0.0:9464.
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<SocketAddr>,
+    /// Push-add the metrics to this Pushgateway at the end (http://host:9091).
+    #[arg(long, value_name = "URL")]
+    pushgateway: Option<String>,
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    /// Lease of a claimed job in seconds (renewed while it runs; a dead worker's lapses).
+    #[arg(long, default_value_t = 60, hide = true)]
+    lease_secs: u64,
+    #[command(flatten)]
+    aws: AwsArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct RekeyArgs {
+    /// What to re-key: s3://BUCKET[/PREFIX].
+    url: String,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct WorkArgs {
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct ScanArgs {
+    /// What to list: s3://BUCKET[/PREFIX].
+    url: String,
+    /// The job table (SQLite; created if missing).
+    #[arg(long, value_name = "FILE")]
+    state: PathBuf,
+    #[command(flatten)]
+    shard: ShardArgs,
+    /// Limit S3 requests per second.
+    #[arg(long, value_name = "N")]
+    s3_rps: Option<u32>,
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    #[command(flatten)]
+    aws: AwsArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// The job table.
+    #[arg(long, value_name = "FILE")]
+    state: PathBuf,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum ReportFormat {
+    Csv,
+    Jsonl,
+}
+
+#[derive(Args, Debug)]
+pub struct ReportArgs {
+    /// The job table.
+    #[arg(long, value_name = "FILE")]
+    state: PathBuf,
+    #[arg(long, value_enum, default_value = "csv")]
+    format: ReportFormat,
+    /// Only jobs in this state: pending, running, done, failed, conflict.
+    #[arg(long, value_name = "STATE")]
+    only: Option<JobState>,
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("S3CSE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => b.json().try_init(),
+        LogFormat::Text => b.try_init(),
+    };
+}
+
+async fn open_store(path: &Path) -> CliResult<JobStore> {
+    JobStore::open(path)
+        .await
+        .with_context(|| format!("opening the state file {}", path.display()))
+        .map_err(Failure::usage)
+}
+
+/// Fails with exit 2 if the bucket is missing or not accessible.
+async fn check_bucket(s3: &aws_sdk_s3::Client, bucket: &str) -> CliResult {
+    s3.head_bucket()
+        .bucket(bucket)
+        .send()
+        .await
+        .map(|_| ())
+        .map_err(|e| {
+            Failure::usage(anyhow!(
+                "bucket {bucket}: {}",
+                aws_sdk_s3::error::DisplayErrorContext(e)
+            ))
+        })
+}
+
+pub async fn rekey(a: RekeyArgs) -> CliResult {
+    let (bucket, prefix) = parse_s3_url(&a.url, false)?;
+    run(a.run, Some((bucket, prefix)), true).await
+}
+
+pub async fn work(a: WorkArgs) -> CliResult {
+    run(a.run, None, false).await
+}
+
+pub async fn scan(a: ScanArgs) -> CliResult {
+    init_logs(a.log_format);
+    let (bucket, prefix) = parse_s3_url(&a.url, false)?;
+    let shard = a.shard.resolve()?;
+    let conf = sdk_config().await;
+    let s3 = a.aws.s3_client(&conf).await;
+    check_bucket(&s3, &bucket).await?;
+    let store = open_store(&a.state).await?;
+    let telemetry = Arc::new(Telemetry::new());
+    let client = with_observer(S3Cse::new(s3, s3cse::keyring::Keyring::new()), &telemetry);
+    let key = ScanKey {
+        bucket,
+        prefix,
+        shard: shard.map(|s| (s.index, s.count)),
+    };
+    let (trigger, shutdown) = Shutdown::new();
+    let signals = tokio::spawn(wait_for_signal(trigger));
+    let s = s3cse::rekey::scan::scan(
+        &client,
+        &store,
+        &key,
+        &RateLimit::per_second(a.s3_rps),
+        &shutdown,
+    )
+    .await
+    .context("scan")
+    .map_err(Failure::failed)?;
+    signals.abort();
+    println!(
+        "listed {} keys: {} new, {} changed, {} unchanged",
+        s.listed, s.enqueued.inserted, s.enqueued.reset, s.enqueued.unchanged
+    );
+    store.close().await;
+    Ok(())
+}
+
+fn with_observer(client: S3Cse, telemetry: &Arc<Telemetry>) -> S3Cse {
+    let t = telemetry.clone();
+    client.with_observer(Arc::new(move |op, outcome, took| {
+        t.s3_request(op, outcome, took)
+    }))
+}
+
+async fn wait_for_signal(trigger: s3cse::rekey::ShutdownTrigger) {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return,
+            };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    tracing::warn!("stop requested: finishing the objects in flight, releasing the rest");
+    trigger.trigger();
+}
+
+async fn run(a: RunArgs, target_url: Option<(String, String)>, do_scan: bool) -> CliResult {
+    init_logs(a.log_format);
+    let shard = a.shard.resolve()?;
+    let Some(kms_key_id) = a.keys.kms_key_id.clone() else {
+        return Err(Failure::usage(anyhow!(
+            "--kms-key-id (or S3CSE_KMS_KEY_ID) is required: the key to re-key to"
+        )));
+    };
+    let telemetry = Arc::new(Telemetry::new());
+    // Raw legacy keys from the files (exit 2 on a bad file); KMS is added below, decorated.
+    let raw = KeyArgs {
+        kms_key_id: None,
+        ..a.keys.clone()
+    };
+    let keyring = raw.keyring(false).await?;
+    let kms_sdk = kms_client().await;
+    let target = describe_key(&kms_sdk, &kms_key_id, &telemetry)
+        .await
+        .with_context(|| format!("KMS key {kms_key_id}"))
+        .map_err(Failure::usage)?;
+    tracing::info!(key_id = %target.key_id, arn = %target.arn, "target KMS key");
+    let kms: Arc<dyn KmsClient> = Arc::new(RekeyKms::new(
+        Arc::new(AwsKms::new(kms_sdk)),
+        RateLimit::per_second(a.kms_rps),
+        telemetry.clone(),
+    ));
+    let keyring = keyring.with_kms(KmsKeyring::any_key(
+        kms.clone(),
+        Some(target.key_id.clone()),
+    ));
+    let conf = sdk_config().await;
+    let s3 = a.aws.s3_client(&conf).await;
+    let (bucket, prefix) = target_url.unwrap_or_default();
+    if do_scan {
+        check_bucket(&s3, &bucket).await?;
+    }
+    let store = open_store(&a.state).await?;
+    let client = with_observer(
+        S3Cse::new(s3, keyring).with_policy(DecryptPolicy::legacy()),
+        &telemetry,
+    );
+    let metrics_server = match a.metrics_addr {
+        Some(addr) => Some(
+            telemetry::serve(addr, telemetry.clone())
+                .await
+                .with_context(|| format!("serving metrics on {addr}"))
+                .map_err(Failure::usage)?,
+        ),
+        None => None,
+    };
+    let config = RekeyConfig {
+        bucket,
+        prefix,
+        shard,
+        context: context_of(&a.context),
+        concurrency: a.concurrency.max(1),
+        dry_run: a.dry_run,
+        reencrypt: a.reencrypt,
+        verify: !a.no_verify,
+        lease: Duration::from_secs(a.lease_secs.max(3)),
+        scan: do_scan,
+        work: true,
+        client,
+        kms,
+        target,
+        store: store.clone(),
+        telemetry: telemetry.clone(),
+        s3_limit: RateLimit::per_second(a.s3_rps),
+    };
+    let (trigger, shutdown) = Shutdown::new();
+    let signals = tokio::spawn(wait_for_signal(trigger));
+    let progress = std::io::stderr()
+        .is_terminal()
+        .then(|| spawn_progress(store.clone()));
+    let result = s3cse::rekey::run(config, shutdown).await;
+    signals.abort();
+    if let Some((bar, task)) = progress {
+        task.abort();
+        bar.finish_and_clear();
+    }
+    let code = match &result {
+        Ok(s) if s.work.failed + s.work.conflicts == 0 && !s.interrupted => 0,
+        Ok(_) => 1,
+        Err(_) => 1,
+    };
+    if code == 0 {
+        telemetry.mark_success();
+    }
+    if let Some(url) = &a.pushgateway {
+        if let Err(e) = telemetry::push_add(url, shard.map(|s| s.index), &telemetry).await {
+            tracing::warn!(error = %e, "pushing metrics to the Pushgateway failed");
+        }
+    }
+    if let Some(server) = metrics_server {
+        server.abort();
+    }
+    store.close().await;
+    let summary = result.context("rekey").map_err(Failure::failed)?;
+    print_summary(&summary, a.dry_run);
+    if code != 0 {
+        return Err(Failure::failed(anyhow!(
+            "{} object(s) failed, {} left in conflict{}: see `s3cse report --state {} --only failed`",
+            summary.work.failed,
+            summary.work.conflicts,
+            if summary.interrupted {
+                " (interrupted)"
+            } else {
+                ""
+            },
+            a.state.display()
+        )));
+    }
+    Ok(())
+}
+
+fn print_summary(s: &RunSummary, dry_run: bool) {
+    let mut out = std::io::stdout().lock();
+    if let Some(scan) = &s.scan {
+        let _ = writeln!(
+            out,
+            "scan: listed {} keys ({} new, {} changed, {} unchanged)",
+            scan.listed, scan.enqueued.inserted, scan.enqueued.reset, scan.enqueued.unchanged
+        );
+    }
+    if dry_run {
+        let _ = writeln!(out, "dry run: nothing was written. Plan (objects, bytes):");
+        for (action, (n, bytes)) in &s.work.planned {
+            let _ = writeln!(out, "  {action:<24} {n:>10} {bytes:>16}");
+        }
+        return;
+    }
+    let w = &s.work;
+    let _ = writeln!(
+        out,
+        "work: {} migrated ({} bytes), {} skipped, {} failed, {} conflict, {} requeued",
+        w.migrated, w.bytes_migrated, w.skipped, w.failed, w.conflicts, w.requeued
+    );
+}
+
+fn spawn_progress(store: JobStore) -> (indicatif::ProgressBar, tokio::task::JoinHandle<()>) {
+    let bar = indicatif::ProgressBar::new(0);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{bar:40} {pos}/{len} objects  {msg}  {per_sec}  eta {eta}",
+    ) {
+        bar.set_style(style);
+    }
+    let b = bar.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            if let Ok(c) = store.state_counts().await {
+                let fin = c.finished();
+                let total = fin.objects + c.remaining().objects;
+                b.set_length(total);
+                b.set_position(fin.objects);
+                b.set_message(format!("{} failed", c.failed.objects));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
+    (bar, task)
+}
+
+pub async fn status(a: StatusArgs) -> CliResult {
+    if !a.state.exists() {
+        return Err(Failure::usage(anyhow!(
+            "no state file at {}",
+            a.state.display()
+        )));
+    }
+    let store = open_store(&a.state).await?;
+    let c = store
+        .counts()
+        .await
+        .context("reading the state file")
+        .map_err(Failure::failed)?;
+    store.close().await;
+    let done = c.by_state.finished();
+    let left = c.by_state.remaining();
+    // Rate from the finished_at timestamps of this state file's jobs.
+    let rate = match (c.first_finished_at, c.last_finished_at) {
+        (Some(a), Some(b)) if b > a => Some(done.objects as f64 / (b - a) as f64),
+        _ => None,
+    };
+    let eta = rate
+        .filter(|r| *r > 0.0)
+        .map(|r| (left.objects as f64 / r).ceil() as u64);
+    if a.json {
+        let by_state: serde_json::Map<String, serde_json::Value> = c
+            .by_state
+            .iter()
+            .map(|(s, t)| {
+                (
+                    s.as_str().to_owned(),
+                    serde_json::json!({"objects": t.objects, "bytes": t.bytes}),
+                )
+            })
+            .collect();
+        let by_format: serde_json::Map<String, serde_json::Value> = c
+            .by_source_format
+            .iter()
+            .map(|(f, t)| {
+                (
+                    f.clone(),
+                    serde_json::json!({"objects": t.objects, "bytes": t.bytes}),
+                )
+            })
+            .collect();
+        let by_action: serde_json::Map<String, serde_json::Value> = c
+            .by_action
+            .iter()
+            .map(|((a, r), t)| {
+                let k = match r {
+                    Some(r) => format!("{}:{r}", a.as_str()),
+                    None => a.as_str().to_owned(),
+                };
+                (
+                    k,
+                    serde_json::json!({"objects": t.objects, "bytes": t.bytes}),
+                )
+            })
+            .collect();
+        let v = serde_json::json!({
+            "total": {"objects": c.total.objects, "bytes": c.total.bytes},
+            "by_state": by_state,
+            "by_source_format": by_format,
+            "by_action": by_action,
+            "bytes_done": done.bytes,
+            "bytes_left": left.bytes,
+            "objects_per_second": rate,
+            "eta_seconds": eta,
+        });
+        println!("{v}");
+        return Ok(());
+    }
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "total: {} objects, {} bytes",
+        c.total.objects, c.total.bytes
+    );
+    let _ = writeln!(out, "by state:");
+    for (s, t) in c.by_state.iter() {
+        let _ = writeln!(
+            out,
+            "  {:<24} {:>10} {:>16}",
+            s.as_str(),
+            t.objects,
+            t.bytes
+        );
+    }
+    let _ = writeln!(out, "by source format:");
+    for (f, t) in &c.by_source_format {
+        let _ = writeln!(out, "  {f:<24} {:>10} {:>16}", t.objects, t.bytes);
+    }
+    let _ = writeln!(out, "by action:");
+    for ((a, r), t) in &c.by_action {
+        let k = match r {
+            Some(r) => format!("{}:{r}", a.as_str()),
+            None => a.as_str().to_owned(),
+        };
+        let _ = writeln!(out, "  {k:<24} {:>10} {:>16}", t.objects, t.bytes);
+    }
+    let _ = writeln!(out, "bytes done: {}, left: {}", done.bytes, left.bytes);
+    match (rate, eta) {
+        (Some(r), Some(e)) => {
+            let _ = writeln!(out, "rate: {r:.1} objects/s, ETA {e} s");
+        }
+        _ => {
+            let _ = writeln!(out, "rate: n/a");
+        }
+    }
+    Ok(())
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_owned()
+    }
+}
+
+pub async fn report(a: ReportArgs) -> CliResult {
+    if !a.state.exists() {
+        return Err(Failure::usage(anyhow!(
+            "no state file at {}",
+            a.state.display()
+        )));
+    }
+    let store = open_store(&a.state).await?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let io = |e: std::io::Error| Failure::failed(anyhow!(e));
+    if matches!(a.format, ReportFormat::Csv) {
+        writeln!(out, "Bucket,Key,VersionId,TaskStatus,ErrorCode,HTTPStatusCode,ResultMessage,SourceFormat,Action")
+            .map_err(io)?;
+    }
+    let mut rows = store.report(a.only);
+    while let Some(r) = rows
+        .try_next()
+        .await
+        .context("reading the state file")
+        .map_err(Failure::failed)?
+    {
+        match a.format {
+            ReportFormat::Jsonl => {
+                let line = serde_json::to_string(&r).map_err(|e| Failure::failed(anyhow!(e)))?;
+                writeln!(out, "{line}").map_err(io)?;
+            }
+            ReportFormat::Csv => {
+                let fields = [
+                    csv_field(&r.bucket),
+                    csv_field(&r.key),
+                    csv_field(r.version_id.as_deref().unwrap_or("")),
+                    r.task_status.to_owned(),
+                    csv_field(r.error_code.as_deref().unwrap_or("")),
+                    r.http_status.map(|s| s.to_string()).unwrap_or_default(),
+                    csv_field(&r.result_message),
+                    csv_field(r.source_format.as_deref().unwrap_or("")),
+                    r.action.map(|a| a.as_str().to_owned()).unwrap_or_default(),
+                ];
+                writeln!(out, "{}", fields.join(",")).map_err(io)?;
+            }
+        }
+    }
+    drop(rows);
+    out.flush().map_err(io)?;
+    store.close().await;
+    Ok(())
+}
