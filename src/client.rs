@@ -1,0 +1,1081 @@
+//! `S3Cse`: client-side-encrypted get / put / inspect over aws-sdk-s3 (aioboto3's `S3CSE`, in Rust).
+//!
+//! - [`S3Cse::get_to`] streams the decrypted body into any `AsyncWrite`. Envelopes in instruction
+//!   files are fetched when the metadata says so (or has no envelope at all); plaintext objects
+//!   pass only when allowed. Without delayed authentication, plaintext waits in a [`Spool`]
+//!   (memory, then an unnamed temporary file) until the tag checks out.
+//! - [`S3Cse::put_from`] encrypts a stream: one PutObject up to the part size, a multipart upload
+//!   above it (the GCM tag ends the last part), parts held as `Bytes` so the SDK can retry them.
+//! - [`S3Cse::inspect`]: HEAD only (plus the instruction file if needed); no key material.
+//!
+//! Memory is bounded by `part_size * (upload_concurrency + 1)` plus the spool's in-memory part,
+//! whatever the object size.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart};
+use bytes::{Bytes, BytesMut};
+use futures::stream::{FuturesUnordered, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+use crate::codec::{self, CodecError, DecryptPolicy, NewEncryption, WriteFormat};
+use crate::consts::{GCM_TAG_LEN, INSTRUCTION_SUFFIX, USER_META_PREFIX};
+use crate::content::{self, ContentError};
+use crate::envelope::{self, ContentAlg, Context, Detected, Envelope, Metadata};
+use crate::keyring::Keyring;
+
+/// Smallest S3 part (except the last).
+pub const MIN_PART_SIZE: usize = 5 << 20;
+/// S3's limit on parts per upload.
+pub const MAX_PARTS: u64 = 10_000;
+/// Default part size: 8 MiB, as the AWS CLI and boto3's transfer manager use.
+pub const DEFAULT_PART_SIZE: usize = 8 << 20;
+
+/// How one S3 request ended, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestOutcome {
+    Ok,
+    Error,
+    Throttled,
+    PreconditionFailed,
+    NotFound,
+}
+
+/// Called after every S3 request (operation name as in the S3 API).
+pub type RequestObserver = Arc<dyn Fn(&'static str, RequestOutcome, Duration) + Send + Sync>;
+
+/// Errors of the S3 client.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    #[error("s3://{bucket}/{key}: no such object")]
+    NotFound { bucket: String, key: String },
+    /// A conditional request's precondition failed (412) or raced (409): the object changed.
+    #[error("precondition failed: the object changed since it was read")]
+    PreconditionFailed,
+    #[error("S3 {operation}: {message}")]
+    S3 {
+        operation: &'static str,
+        code: Option<String>,
+        status: Option<u16>,
+        message: String,
+    },
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    #[error("invalid range {0:?}: expected bytes=START-END, bytes=START- or bytes=-SUFFIX")]
+    InvalidRange(String),
+    #[error("range not satisfiable for an object of {0} bytes")]
+    RangeNotSatisfiable(u64),
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl From<ContentError> for ClientError {
+    fn from(e: ContentError) -> Self {
+        ClientError::Codec(e.into())
+    }
+}
+
+impl ClientError {
+    /// HTTP status of an S3 failure, for reports.
+    pub fn http_status(&self) -> Option<u16> {
+        match self {
+            ClientError::NotFound { .. } => Some(404),
+            ClientError::PreconditionFailed => Some(412),
+            ClientError::S3 { status, .. } => *status,
+            _ => None,
+        }
+    }
+
+    /// True for failures worth retrying later (throttling, 5xx, network).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ClientError::S3 { status, code, .. } => {
+                status.is_none_or(|s| s >= 500 || s == 429)
+                    || matches!(
+                        code.as_deref(),
+                        Some("SlowDown" | "RequestTimeout" | "InternalError")
+                    )
+            }
+            ClientError::Io(_) => true,
+            _ => false,
+        }
+    }
+}
+
+fn classify<E: ProvideErrorMetadata + std::error::Error + 'static>(
+    operation: &'static str,
+    bucket: &str,
+    key: &str,
+    err: &SdkError<E, aws_smithy_runtime_api_response::HttpResponse>,
+) -> (ClientError, RequestOutcome) {
+    let status = err.raw_response().map(|r| r.status().as_u16());
+    let code = err.code().map(str::to_owned);
+    match (status, code.as_deref()) {
+        (Some(404), _) | (_, Some("NoSuchKey" | "NotFound")) => (
+            ClientError::NotFound {
+                bucket: bucket.into(),
+                key: key.into(),
+            },
+            RequestOutcome::NotFound,
+        ),
+        (Some(412), _)
+        | (Some(409), Some("ConditionalRequestConflict"))
+        | (_, Some("PreconditionFailed")) => (
+            ClientError::PreconditionFailed,
+            RequestOutcome::PreconditionFailed,
+        ),
+        _ => {
+            let throttled =
+                status == Some(503) || matches!(code.as_deref(), Some("SlowDown" | "Throttling"));
+            let message = match (err.code(), err.message()) {
+                (Some(c), Some(m)) => format!("{c}: {m}"),
+                (Some(c), None) => c.to_owned(),
+                _ => aws_smithy_types::error::display::DisplayErrorContext(err).to_string(),
+            };
+            let outcome = if throttled {
+                RequestOutcome::Throttled
+            } else {
+                RequestOutcome::Error
+            };
+            (
+                ClientError::S3 {
+                    operation,
+                    code,
+                    status,
+                    message,
+                },
+                outcome,
+            )
+        }
+    }
+}
+
+/// The aws-smithy response type, named once.
+mod aws_smithy_runtime_api_response {
+    pub type HttpResponse = aws_sdk_s3::config::http::HttpResponse;
+}
+
+/// What HEAD says about an object: the envelope's metadata and everything a rewrite must keep.
+#[derive(Debug, Clone, Default)]
+pub struct ObjectHead {
+    pub bucket: String,
+    pub key: String,
+    pub etag: Option<String>,
+    pub version_id: Option<String>,
+    pub content_length: u64,
+    pub last_modified: Option<String>,
+    pub metadata: Metadata,
+    pub attrs: ObjectAttributes,
+}
+
+/// The non-envelope attributes of an object, preserved across a rewrite.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ObjectAttributes {
+    pub content_type: Option<String>,
+    pub content_encoding: Option<String>,
+    pub content_disposition: Option<String>,
+    pub content_language: Option<String>,
+    pub cache_control: Option<String>,
+    /// The raw `Expires` header.
+    pub expires: Option<String>,
+    pub storage_class: Option<String>,
+    pub server_side_encryption: Option<String>,
+    pub sse_kms_key_id: Option<String>,
+    pub bucket_key_enabled: Option<bool>,
+}
+
+/// Where an object's envelope came from.
+#[derive(Debug, Clone)]
+pub enum EnvelopeState {
+    /// No envelope in the metadata and no instruction file: a plaintext object.
+    Plaintext,
+    Encrypted(Envelope),
+}
+
+/// What `inspect` reports.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Inspection {
+    pub bucket: String,
+    pub key: String,
+    pub etag: Option<String>,
+    pub version_id: Option<String>,
+    pub encrypted: bool,
+    pub format: Option<String>,
+    pub version: Option<String>,
+    pub envelope_location: Option<String>,
+    pub content_cipher: Option<String>,
+    pub key_wrap: Option<String>,
+    pub legacy: bool,
+    pub kms_key_id: Option<String>,
+    pub material_description: Context,
+    pub encryption_context: Context,
+    pub stored_length: u64,
+    pub plaintext_length: Option<u64>,
+    pub content_type: Option<String>,
+}
+
+/// A byte range of the plaintext, as in an HTTP `Range: bytes=...` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ByteRange {
+    /// `bytes=START-END` (inclusive) or `bytes=START-` (`end` None).
+    From { start: u64, end: Option<u64> },
+    /// `bytes=-N`: the last N bytes.
+    Suffix(u64),
+}
+
+impl std::str::FromStr for ByteRange {
+    type Err = ClientError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || ClientError::InvalidRange(s.to_owned());
+        let spec = s.trim().strip_prefix("bytes=").ok_or_else(bad)?;
+        let (a, b) = spec.split_once('-').ok_or_else(bad)?;
+        if a.is_empty() {
+            return b.parse().map(ByteRange::Suffix).map_err(|_| bad());
+        }
+        let start = a.parse().map_err(|_| bad())?;
+        let end = if b.is_empty() {
+            None
+        } else {
+            Some(b.parse().map_err(|_| bad())?)
+        };
+        if end.is_some_and(|e| e < start) {
+            return Err(bad());
+        }
+        Ok(ByteRange::From { start, end })
+    }
+}
+
+impl ByteRange {
+    /// Inclusive plaintext bounds for an object of `len` bytes; `None` if unsatisfiable.
+    pub fn resolve(self, len: u64) -> Option<(u64, u64)> {
+        if len == 0 {
+            return None;
+        }
+        match self {
+            ByteRange::From { start, .. } if start >= len => None,
+            ByteRange::From { start, end } => {
+                Some((start, end.map_or(len - 1, |e| e.min(len - 1))))
+            }
+            ByteRange::Suffix(0) => None,
+            ByteRange::Suffix(n) => Some((len.saturating_sub(n), len - 1)),
+        }
+    }
+}
+
+/// Options of one GET.
+#[derive(Debug, Clone, Default)]
+pub struct GetOptions {
+    pub range: Option<ByteRange>,
+    /// Read plaintext (non-CSE) objects as they are, instead of failing.
+    pub allow_plaintext: bool,
+}
+
+/// What a GET did.
+#[derive(Debug, Clone)]
+pub struct GetSummary {
+    pub head: ObjectHead,
+    pub envelope: Option<Envelope>,
+    /// Plaintext bytes written.
+    pub bytes: u64,
+}
+
+/// One object to write.
+#[derive(Debug, Clone, Default)]
+pub struct PutRequest {
+    pub bucket: String,
+    pub key: String,
+    pub format: WriteFormat,
+    /// Encryption context (kms+context) or material description (raw keys).
+    pub context: Context,
+    /// User metadata to store besides the envelope (keys without `x-amz-meta-`).
+    pub metadata: Metadata,
+    pub attrs: ObjectAttributes,
+    /// URL-encoded tag set (`k1=v1&k2=v2`).
+    pub tagging: Option<String>,
+    /// Write only if the current object has this ETag (compare-and-swap).
+    pub if_match: Option<String>,
+    /// Write only if no object exists.
+    pub if_none_match: bool,
+    /// Plaintext length when known up front (recorded as `x-amz-unencrypted-content-length`).
+    pub plaintext_len: Option<u64>,
+}
+
+/// What a PUT did.
+#[derive(Debug, Clone)]
+pub struct PutSummary {
+    pub etag: Option<String>,
+    pub version_id: Option<String>,
+    pub envelope: Envelope,
+    pub plaintext_len: u64,
+    pub parts: usize,
+}
+
+/// The client. Cheap to clone.
+#[derive(Clone)]
+pub struct S3Cse {
+    s3: aws_sdk_s3::Client,
+    keyring: Keyring,
+    policy: DecryptPolicy,
+    part_size: usize,
+    upload_concurrency: usize,
+    observer: Option<RequestObserver>,
+}
+
+impl S3Cse {
+    pub fn new(s3: aws_sdk_s3::Client, keyring: Keyring) -> Self {
+        Self {
+            s3,
+            keyring,
+            policy: DecryptPolicy::default(),
+            part_size: DEFAULT_PART_SIZE,
+            upload_concurrency: 4,
+            observer: None,
+        }
+    }
+
+    /// The decryption policy (legacy opt-in, delayed authentication, expected context).
+    pub fn with_policy(mut self, policy: DecryptPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Part size of multipart uploads (at least 5 MiB); objects up to this size go in one PUT.
+    pub fn with_part_size(mut self, bytes: usize) -> Self {
+        self.part_size = bytes.max(MIN_PART_SIZE);
+        self
+    }
+
+    /// Parts uploaded at once: memory is `part_size * (n + 1)`.
+    pub fn with_upload_concurrency(mut self, n: usize) -> Self {
+        self.upload_concurrency = n.max(1);
+        self
+    }
+
+    pub fn with_observer(mut self, observer: RequestObserver) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
+    pub fn s3(&self) -> &aws_sdk_s3::Client {
+        &self.s3
+    }
+
+    pub fn keyring(&self) -> &Keyring {
+        &self.keyring
+    }
+
+    pub fn policy(&self) -> &DecryptPolicy {
+        &self.policy
+    }
+
+    pub fn part_size(&self) -> usize {
+        self.part_size
+    }
+
+    /// Records one request's outcome and maps its error.
+    pub fn observe<T, E: ProvideErrorMetadata + std::error::Error + 'static>(
+        &self,
+        operation: &'static str,
+        bucket: &str,
+        key: &str,
+        started: Instant,
+        r: Result<T, SdkError<E, aws_smithy_runtime_api_response::HttpResponse>>,
+    ) -> Result<T, ClientError> {
+        let (r, outcome) = match r {
+            Ok(v) => (Ok(v), RequestOutcome::Ok),
+            Err(e) => {
+                let (err, outcome) = classify(operation, bucket, key, &e);
+                (Err(err), outcome)
+            }
+        };
+        if let Some(obs) = &self.observer {
+            obs(operation, outcome, started.elapsed());
+        }
+        r
+    }
+
+    /// HEAD: metadata and attributes.
+    pub async fn head(&self, bucket: &str, key: &str) -> Result<ObjectHead, ClientError> {
+        let t = Instant::now();
+        let r = self.s3.head_object().bucket(bucket).key(key).send().await;
+        let h = self.observe("HeadObject", bucket, key, t, r)?;
+        Ok(ObjectHead {
+            bucket: bucket.into(),
+            key: key.into(),
+            etag: h.e_tag().map(str::to_owned),
+            version_id: h.version_id().map(str::to_owned),
+            content_length: h.content_length().unwrap_or(0).max(0) as u64,
+            last_modified: h.last_modified().map(|d| d.to_string()),
+            metadata: normalize_metadata(h.metadata()),
+            attrs: ObjectAttributes {
+                content_type: h.content_type().map(str::to_owned),
+                content_encoding: h.content_encoding().map(str::to_owned),
+                content_disposition: h.content_disposition().map(str::to_owned),
+                content_language: h.content_language().map(str::to_owned),
+                cache_control: h.cache_control().map(str::to_owned),
+                expires: h.expires_string().map(str::to_owned),
+                storage_class: h.storage_class().map(|s| s.as_str().to_owned()),
+                server_side_encryption: h.server_side_encryption().map(|s| s.as_str().to_owned()),
+                sse_kms_key_id: h.ssekms_key_id().map(str::to_owned),
+                bucket_key_enabled: h.bucket_key_enabled(),
+            },
+        })
+    }
+
+    /// The envelope of an object, fetching `<key>.instruction` when the metadata needs it or has
+    /// no envelope at all (a 404 there means plaintext).
+    pub async fn envelope_of(&self, head: &ObjectHead) -> Result<EnvelopeState, ClientError> {
+        let detected = envelope::detect(&head.metadata).map_err(CodecError::from)?;
+        if let Detected::Complete(env) = detected {
+            return Ok(EnvelopeState::Encrypted(env));
+        }
+        // `.instruction` objects are never data: don't look for an instruction file of one.
+        if head.key.ends_with(INSTRUCTION_SUFFIX)
+            && matches!(detected, Detected::NoEnvelopeInMetadata)
+        {
+            return Ok(EnvelopeState::Plaintext);
+        }
+        let ikey = format!("{}{INSTRUCTION_SUFFIX}", head.key);
+        match self.get_small(&head.bucket, &ikey).await {
+            Ok(json) => {
+                let env = detected
+                    .complete_with_instruction_file(&head.metadata, &json)
+                    .map_err(CodecError::from)?;
+                Ok(EnvelopeState::Encrypted(env))
+            }
+            Err(ClientError::NotFound { .. })
+                if matches!(detected, Detected::NoEnvelopeInMetadata) =>
+            {
+                Ok(EnvelopeState::Plaintext)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A whole small object (instruction files) into memory; refuses anything over 1 MiB.
+    async fn get_small(&self, bucket: &str, key: &str) -> Result<Vec<u8>, ClientError> {
+        let t = Instant::now();
+        let r = self.s3.get_object().bucket(bucket).key(key).send().await;
+        let out = self.observe("GetObject", bucket, key, t, r)?;
+        if out.content_length().unwrap_or(0) > 1 << 20 {
+            return Err(
+                CodecError::Envelope(envelope::EnvelopeError::InstructionFileJson(
+                    "instruction file larger than 1 MiB".into(),
+                ))
+                .into(),
+            );
+        }
+        let bytes = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        Ok(bytes.into_bytes().to_vec())
+    }
+
+    /// What an object is, from HEAD (and its instruction file): no key material needed.
+    pub async fn inspect(&self, bucket: &str, key: &str) -> Result<Inspection, ClientError> {
+        let head = self.head(bucket, key).await?;
+        let state = self.envelope_of(&head).await?;
+        let mut i = Inspection {
+            bucket: bucket.into(),
+            key: key.into(),
+            etag: head.etag.clone(),
+            version_id: head.version_id.clone(),
+            encrypted: false,
+            format: None,
+            version: None,
+            envelope_location: None,
+            content_cipher: None,
+            key_wrap: None,
+            legacy: false,
+            kms_key_id: None,
+            material_description: Context::new(),
+            encryption_context: Context::new(),
+            stored_length: head.content_length,
+            plaintext_length: Some(head.content_length),
+            content_type: head.attrs.content_type.clone(),
+        };
+        if let EnvelopeState::Encrypted(env) = state {
+            i.encrypted = true;
+            i.format = Some(env.format_name());
+            i.version = Some(format!("{:?}", env.version));
+            i.envelope_location = Some(format!("{:?}", env.location));
+            i.content_cipher = Some(env.content_alg.wire_name().into());
+            i.key_wrap = Some(env.wrap.to_string());
+            i.legacy = env.wrap.is_legacy() || env.content_alg.is_legacy();
+            i.kms_key_id = kms_key_id_of(&env);
+            i.plaintext_length = env.plaintext_len_for(head.content_length);
+            i.material_description = env.matdesc.clone();
+            i.encryption_context = env.encryption_context.clone();
+        }
+        Ok(i)
+    }
+
+    /// GETs, decrypts and writes the plaintext to `dst`. See the module doc for when plaintext
+    /// is released.
+    pub async fn get_to<W: AsyncWrite + Unpin>(
+        &self,
+        bucket: &str,
+        key: &str,
+        opts: &GetOptions,
+        dst: &mut W,
+    ) -> Result<GetSummary, ClientError> {
+        let head = self.head(bucket, key).await?;
+        let state = self.envelope_of(&head).await?;
+        let env = match state {
+            EnvelopeState::Plaintext if opts.allow_plaintext => {
+                let bytes = self.copy_plain(&head, opts.range, dst).await?;
+                return Ok(GetSummary {
+                    head,
+                    envelope: None,
+                    bytes,
+                });
+            }
+            EnvelopeState::Plaintext => return Err(CodecError::NotEncrypted.into()),
+            EnvelopeState::Encrypted(env) => env,
+        };
+        let keys = codec::unwrap_content_key(&env, &self.keyring, &self.policy).await?;
+        let bytes = match opts.range {
+            None => self.get_whole(&head, &env, &keys, dst).await?,
+            Some(range) => {
+                if !self.policy.allow_legacy {
+                    return Err(CodecError::RangeRefused.into());
+                }
+                self.get_range(&head, &env, &keys, range, dst).await?
+            }
+        };
+        Ok(GetSummary {
+            head,
+            envelope: Some(env),
+            bytes,
+        })
+    }
+
+    /// The GET of the body, pinned to the ETag HEAD saw so metadata and body belong together.
+    pub async fn get_body(
+        &self,
+        head: &ObjectHead,
+        range: Option<(u64, u64)>,
+    ) -> Result<ByteStream, ClientError> {
+        let t = Instant::now();
+        let r = self
+            .s3
+            .get_object()
+            .bucket(&head.bucket)
+            .key(&head.key)
+            .set_if_match(head.etag.clone())
+            .set_range(range.map(|(a, b)| format!("bytes={a}-{b}")))
+            .send()
+            .await;
+        Ok(self
+            .observe("GetObject", &head.bucket, &head.key, t, r)?
+            .body)
+    }
+
+    async fn get_whole<W: AsyncWrite + Unpin>(
+        &self,
+        head: &ObjectHead,
+        env: &Envelope,
+        keys: &[crate::secret::SecretBytes],
+        dst: &mut W,
+    ) -> Result<u64, ClientError> {
+        let body = self.get_body(head, None).await?;
+        let mut reader = body.into_async_read();
+        Ok(codec::decrypt_stream_with_keys(env, keys, &self.policy, &mut reader, dst).await?)
+    }
+
+    async fn get_range<W: AsyncWrite + Unpin>(
+        &self,
+        head: &ObjectHead,
+        env: &Envelope,
+        keys: &[crate::secret::SecretBytes],
+        range: ByteRange,
+        dst: &mut W,
+    ) -> Result<u64, ClientError> {
+        let [cek] = keys else {
+            // Several V1 candidate keys: a range cannot tell them apart.
+            return Err(CodecError::DecryptionFailed.into());
+        };
+        let stored = head.content_length;
+        let plain_len = match env.plaintext_len_for(stored) {
+            Some(n) => n,
+            // CBC without a recorded length: the padding is at most one block.
+            None => stored,
+        };
+        let (start, end) = range
+            .resolve(plain_len)
+            .ok_or(ClientError::RangeNotSatisfiable(plain_len))?;
+        let plan = match env.content_alg {
+            ContentAlg::AesCbc => content::range::plan_cbc(start, end, stored),
+            _ => content::range::plan_gcm(start, end, stored),
+        }
+        .ok_or(ClientError::RangeNotSatisfiable(plain_len))?;
+        let mut decrypt: Box<dyn FnMut(&mut Vec<u8>) -> Result<(), ContentError> + Send> =
+            match env.content_alg {
+                ContentAlg::AesGcm => {
+                    let mut ctr = content::range::CtrRangeDecryptor::new(
+                        cek.expose(),
+                        &env.iv,
+                        plan.fetch_start,
+                    )?;
+                    Box::new(move |buf: &mut Vec<u8>| {
+                        ctr.apply(buf);
+                        Ok(())
+                    })
+                }
+                ContentAlg::AesGcmCommitting => {
+                    // The commitment is still checked before anything is decrypted.
+                    let mut ctr = content::commit::committing_range_decryptor(
+                        cek.expose(),
+                        &env.message_id,
+                        &env.commitment,
+                        plan.fetch_start,
+                    )
+                    .map_err(CodecError::from)?;
+                    Box::new(move |buf: &mut Vec<u8>| {
+                        ctr.apply(buf);
+                        Ok(())
+                    })
+                }
+                ContentAlg::AesCbc => {
+                    let mut cbc = content::range::CbcRangeDecryptor::new(
+                        cek.expose(),
+                        &env.iv,
+                        plan.fetch_start,
+                        stored,
+                    )?;
+                    Box::new(move |buf: &mut Vec<u8>| cbc.apply(buf))
+                }
+            };
+        // Stream the fetched bytes: memory stays at one chunk whatever the range size.
+        let body = self
+            .get_body(head, Some((plan.fetch_start, plan.fetch_end_inclusive)))
+            .await?;
+        let mut reader = body.into_async_read();
+        let mut chunk = vec![0u8; codec::CHUNK];
+        let (mut skip, mut left) = (plan.skip, plan.take);
+        loop {
+            let n = codec::read_full(&mut reader, &mut chunk).await?;
+            if n == 0 || left == 0 {
+                break;
+            }
+            let mut buf = chunk[..n].to_vec();
+            decrypt(&mut buf).map_err(CodecError::from)?;
+            let drop = skip.min(buf.len() as u64) as usize;
+            skip -= drop as u64;
+            let keep = ((buf.len() - drop) as u64).min(left) as usize;
+            dst.write_all(&buf[drop..drop + keep]).await?;
+            left -= keep as u64;
+        }
+        dst.flush().await?;
+        Ok(plan.take - left)
+    }
+
+    async fn copy_plain<W: AsyncWrite + Unpin>(
+        &self,
+        head: &ObjectHead,
+        range: Option<ByteRange>,
+        dst: &mut W,
+    ) -> Result<u64, ClientError> {
+        let bounds = match range {
+            None => None,
+            Some(r) => Some(
+                r.resolve(head.content_length)
+                    .ok_or(ClientError::RangeNotSatisfiable(head.content_length))?,
+            ),
+        };
+        let body = self.get_body(head, bounds).await?;
+        let mut reader = body.into_async_read();
+        let n = tokio::io::copy(&mut reader, dst).await?;
+        dst.flush().await?;
+        Ok(n)
+    }
+
+    /// Encrypts `src` (a fresh data key, V2 or V3 per the request) and uploads it.
+    pub async fn put_from<R: AsyncRead + Unpin>(
+        &self,
+        req: &PutRequest,
+        src: &mut R,
+    ) -> Result<PutSummary, ClientError> {
+        let enc = codec::new_encryption(&self.keyring, req.format, &req.context, req.plaintext_len)
+            .await?;
+        self.put_encrypted(req, enc, src).await
+    }
+
+    /// Uploads `src` through an already set-up encryption (rekey supplies its own, to control
+    /// the KMS call). Single PUT when the ciphertext fits in one part, multipart otherwise; every
+    /// write carries the request's conditions.
+    pub async fn put_encrypted<R: AsyncRead + Unpin>(
+        &self,
+        req: &PutRequest,
+        enc: NewEncryption,
+        src: &mut R,
+    ) -> Result<PutSummary, ClientError> {
+        let NewEncryption {
+            envelope,
+            mut encryptor,
+        } = enc;
+        let mut metadata = req.metadata.clone();
+        for k in envelope::ENVELOPE_KEYS {
+            metadata.remove(*k);
+        }
+        metadata.extend(envelope.to_metadata());
+        // Parts grow for huge objects so the upload fits in 10,000 of them.
+        let part_size = match req.plaintext_len {
+            Some(n) => self
+                .part_size
+                .max(((n + GCM_TAG_LEN as u64).div_ceil(MAX_PARTS)) as usize),
+            None => self.part_size,
+        };
+        let mut pending = BytesMut::with_capacity(part_size + codec::CHUNK + 32);
+        let mut inbuf = vec![0u8; codec::CHUNK.min(part_size)];
+        let mut out = Vec::with_capacity(codec::CHUNK + 32);
+        let mut total = 0u64;
+        let mut upload: Option<Multipart> = None;
+        let mut done = false;
+        while !done {
+            let n = codec::read_full(src, &mut inbuf).await?;
+            out.clear();
+            if n == 0 {
+                encryptor_finish(&mut encryptor, &mut out)?;
+                done = true;
+            } else {
+                total += n as u64;
+                encryptor
+                    .update(&inbuf[..n], &mut out)
+                    .map_err(CodecError::from)?;
+            }
+            pending.extend_from_slice(&out);
+            while pending.len() > part_size || (done && upload.is_some() && !pending.is_empty()) {
+                let take = pending.len().min(part_size);
+                let part = pending.split_to(take).freeze();
+                if upload.is_none() {
+                    upload = Some(self.create_multipart(req, &metadata).await?);
+                }
+                if let Some(mp) = upload.as_mut() {
+                    if let Err(e) = mp.push(self, part, self.upload_concurrency).await {
+                        let mp = upload.take();
+                        if let Some(mp) = mp {
+                            mp.abort(self).await;
+                        }
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        if req.plaintext_len.is_some_and(|n| n != total) {
+            if let Some(mp) = upload.take() {
+                mp.abort(self).await;
+            }
+            return Err(ClientError::Io(std::io::Error::other(format!(
+                "read {total} bytes, {} were announced",
+                req.plaintext_len.unwrap_or_default()
+            ))));
+        }
+        let (etag, version_id, parts) = match upload {
+            None => {
+                let (etag, version) = self.put_single(req, &metadata, pending.freeze()).await?;
+                (etag, version, 1)
+            }
+            Some(mp) => mp.complete(self, req).await?,
+        };
+        Ok(PutSummary {
+            etag,
+            version_id,
+            envelope,
+            plaintext_len: total,
+            parts,
+        })
+    }
+
+    async fn put_single(
+        &self,
+        req: &PutRequest,
+        metadata: &Metadata,
+        body: Bytes,
+    ) -> Result<(Option<String>, Option<String>), ClientError> {
+        let t = Instant::now();
+        let a = &req.attrs;
+        let r = self
+            .s3
+            .put_object()
+            .bucket(&req.bucket)
+            .key(&req.key)
+            .content_length(body.len() as i64)
+            .body(ByteStream::from(body))
+            .set_metadata(Some(metadata.clone().into_iter().collect()))
+            .set_content_type(a.content_type.clone())
+            .set_content_encoding(a.content_encoding.clone())
+            .set_content_disposition(a.content_disposition.clone())
+            .set_content_language(a.content_language.clone())
+            .set_cache_control(a.cache_control.clone())
+            .set_expires(parse_expires(a.expires.as_deref()))
+            .set_storage_class(a.storage_class.as_deref().map(Into::into))
+            .set_server_side_encryption(a.server_side_encryption.as_deref().map(Into::into))
+            .set_ssekms_key_id(a.sse_kms_key_id.clone())
+            .set_bucket_key_enabled(a.bucket_key_enabled)
+            .set_tagging(req.tagging.clone())
+            .set_if_match(req.if_match.clone())
+            .set_if_none_match(req.if_none_match.then(|| "*".to_owned()))
+            .send()
+            .await;
+        let out = self.observe("PutObject", &req.bucket, &req.key, t, r)?;
+        Ok((
+            out.e_tag().map(str::to_owned),
+            out.version_id().map(str::to_owned),
+        ))
+    }
+
+    async fn create_multipart(
+        &self,
+        req: &PutRequest,
+        metadata: &Metadata,
+    ) -> Result<Multipart, ClientError> {
+        let t = Instant::now();
+        let a = &req.attrs;
+        let r = self
+            .s3
+            .create_multipart_upload()
+            .bucket(&req.bucket)
+            .key(&req.key)
+            .checksum_algorithm(ChecksumAlgorithm::Crc32)
+            .set_metadata(Some(metadata.clone().into_iter().collect()))
+            .set_content_type(a.content_type.clone())
+            .set_content_encoding(a.content_encoding.clone())
+            .set_content_disposition(a.content_disposition.clone())
+            .set_content_language(a.content_language.clone())
+            .set_cache_control(a.cache_control.clone())
+            .set_expires(parse_expires(a.expires.as_deref()))
+            .set_storage_class(a.storage_class.as_deref().map(Into::into))
+            .set_server_side_encryption(a.server_side_encryption.as_deref().map(Into::into))
+            .set_ssekms_key_id(a.sse_kms_key_id.clone())
+            .set_bucket_key_enabled(a.bucket_key_enabled)
+            .set_tagging(req.tagging.clone())
+            .send()
+            .await;
+        let out = self.observe("CreateMultipartUpload", &req.bucket, &req.key, t, r)?;
+        let upload_id = out.upload_id().ok_or_else(|| ClientError::S3 {
+            operation: "CreateMultipartUpload",
+            code: None,
+            status: None,
+            message: "no upload id in the response".into(),
+        })?;
+        Ok(Multipart {
+            bucket: req.bucket.clone(),
+            key: req.key.clone(),
+            upload_id: upload_id.to_owned(),
+            next_part: 1,
+            done: Vec::new(),
+            inflight: FuturesUnordered::new(),
+        })
+    }
+}
+
+fn encryptor_finish(
+    enc: &mut Box<dyn content::ContentEncryptor>,
+    out: &mut Vec<u8>,
+) -> Result<(), ClientError> {
+    // `finish` consumes the box; swap in a finished placeholder.
+    let e = std::mem::replace(enc, Box::new(Finished));
+    e.finish(out).map_err(|e| ClientError::Codec(e.into()))
+}
+
+/// Stands in for an encryptor after `finish`.
+struct Finished;
+
+impl content::ContentEncryptor for Finished {
+    fn update(&mut self, _: &[u8], _: &mut Vec<u8>) -> Result<(), ContentError> {
+        Err(ContentError::TooLarge)
+    }
+    fn finish(self: Box<Self>, _: &mut Vec<u8>) -> Result<(), ContentError> {
+        Ok(())
+    }
+    fn ciphertext_len(&self, n: u64) -> u64 {
+        n
+    }
+}
+
+type PartFuture = futures::future::BoxFuture<'static, Result<CompletedPart, ClientError>>;
+
+/// An upload in progress: parts in flight (bounded) and parts done.
+struct Multipart {
+    bucket: String,
+    key: String,
+    upload_id: String,
+    next_part: i32,
+    done: Vec<CompletedPart>,
+    inflight: FuturesUnordered<PartFuture>,
+}
+
+impl Multipart {
+    /// Starts uploading `part`, first waiting while `limit` parts are in flight.
+    async fn push(&mut self, client: &S3Cse, part: Bytes, limit: usize) -> Result<(), ClientError> {
+        while self.inflight.len() >= limit {
+            if let Some(r) = self.inflight.next().await {
+                self.done.push(r?);
+            }
+        }
+        let n = self.next_part;
+        self.next_part += 1;
+        let c = client.clone();
+        let (bucket, key, upload_id) = (
+            self.bucket.clone(),
+            self.key.clone(),
+            self.upload_id.clone(),
+        );
+        self.inflight.push(Box::pin(async move {
+            let t = Instant::now();
+            let r =
+                c.s3.upload_part()
+                    .bucket(&bucket)
+                    .key(&key)
+                    .upload_id(&upload_id)
+                    .part_number(n)
+                    .content_length(part.len() as i64)
+                    .checksum_algorithm(ChecksumAlgorithm::Crc32)
+                    .body(ByteStream::from(part))
+                    .send()
+                    .await;
+            let out = c.observe("UploadPart", &bucket, &key, t, r)?;
+            Ok(CompletedPart::builder()
+                .part_number(n)
+                .set_e_tag(out.e_tag().map(str::to_owned))
+                .set_checksum_crc32(out.checksum_crc32().map(str::to_owned))
+                .build())
+        }));
+        Ok(())
+    }
+
+    async fn complete(
+        mut self,
+        client: &S3Cse,
+        req: &PutRequest,
+    ) -> Result<(Option<String>, Option<String>, usize), ClientError> {
+        while let Some(r) = self.inflight.next().await {
+            match r {
+                Ok(p) => self.done.push(p),
+                Err(e) => {
+                    self.abort(client).await;
+                    return Err(e);
+                }
+            }
+        }
+        self.done.sort_by_key(|p| p.part_number());
+        let parts = self.done.len();
+        let t = Instant::now();
+        let r = client
+            .s3
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&self.key)
+            .upload_id(&self.upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(self.done.clone()))
+                    .build(),
+            )
+            .set_if_match(req.if_match.clone())
+            .set_if_none_match(req.if_none_match.then(|| "*".to_owned()))
+            .send()
+            .await;
+        match client.observe("CompleteMultipartUpload", &self.bucket, &self.key, t, r) {
+            Ok(out) => Ok((
+                out.e_tag().map(str::to_owned),
+                out.version_id().map(str::to_owned),
+                parts,
+            )),
+            Err(e) => {
+                self.abort(client).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Best effort: a failed abort leaves parts for the bucket's lifecycle rule.
+    async fn abort(self, client: &S3Cse) {
+        drop(self.inflight);
+        let t = Instant::now();
+        let r = client
+            .s3
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&self.key)
+            .upload_id(&self.upload_id)
+            .send()
+            .await;
+        if let Err(e) = client.observe("AbortMultipartUpload", &self.bucket, &self.key, t, r) {
+            tracing::warn!(bucket = %self.bucket, key = %self.key, error = %e, "abort of multipart upload failed");
+        }
+    }
+}
+
+/// S3 metadata as the SDK returns it, keys lowercased (S3 does; other stores may not) and any
+/// stray `x-amz-meta-` prefix removed.
+pub fn normalize_metadata(m: Option<&std::collections::HashMap<String, String>>) -> Metadata {
+    m.into_iter()
+        .flatten()
+        .map(|(k, v)| {
+            let k = k.to_ascii_lowercase();
+            let k = k
+                .strip_prefix(USER_META_PREFIX)
+                .map(str::to_owned)
+                .unwrap_or(k);
+            (k, v.clone())
+        })
+        .collect()
+}
+
+fn parse_expires(s: Option<&str>) -> Option<aws_smithy_types::DateTime> {
+    s.and_then(|s| {
+        aws_smithy_types::DateTime::from_str(s, aws_smithy_types::date_time::Format::HttpDate).ok()
+    })
+}
+
+/// The KMS key an envelope names, if it says (legacy `kms` matdesc, or the EDK of moto/KMS does not).
+pub fn kms_key_id_of(env: &Envelope) -> Option<String> {
+    env.encryption_context
+        .get(crate::consts::EC_KMS_CMK_ID)
+        .cloned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_parse_and_resolve() {
+        let r: ByteRange = "bytes=0-15".parse().expect("range");
+        assert_eq!(r.resolve(100), Some((0, 15)));
+        let r: ByteRange = "bytes=90-".parse().expect("range");
+        assert_eq!(r.resolve(100), Some((90, 99)));
+        let r: ByteRange = "bytes=-10".parse().expect("range");
+        assert_eq!(r.resolve(100), Some((90, 99)));
+        let r: ByteRange = "bytes=95-200".parse().expect("range");
+        assert_eq!(r.resolve(100), Some((95, 99)));
+        assert_eq!(
+            "bytes=100-"
+                .parse::<ByteRange>()
+                .expect("range")
+                .resolve(100),
+            None
+        );
+        assert!("bytes=5-1".parse::<ByteRange>().is_err());
+        assert!("5-1".parse::<ByteRange>().is_err());
+    }
+
+    #[test]
+    fn metadata_is_normalized() {
+        let mut m = std::collections::HashMap::new();
+        m.insert("X-Amz-Key-V2".to_owned(), "a".to_owned());
+        m.insert("x-amz-meta-x-amz-iv".to_owned(), "b".to_owned());
+        let n = normalize_metadata(Some(&m));
+        assert_eq!(n.get("x-amz-key-v2").map(String::as_str), Some("a"));
+        assert_eq!(n.get("x-amz-iv").map(String::as_str), Some("b"));
+    }
+}
