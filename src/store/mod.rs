@@ -1,1 +1,1138 @@
-//! (being written)
+//! The job table of `s3cse rekey`: SQLite through sqlx, schema in `../../migrations`.
+//!
+//! # Life of a job
+//! ```text
+//!  scanner: enqueue_page ──► pending ──claim──► running ──complete──► done | failed | conflict
+//!                              ▲                  │ │
+//!                              └──── requeue ─────┘ │  (412: the object changed under us)
+//!                              └──── release ───────┘  (graceful stop: the attempt is given back)
+//!                              └──── lease expiry ──►  (a dead worker's rows are claimed again)
+//! ```
+//! A later scan puts a finished row back to `pending` only when the listed ETag is neither the
+//! one we listed before nor the one we wrote ourselves (`result_etag`): i.e. someone else
+//! rewrote the object since, the nightly-CronJob case.
+//!
+//! # Concurrency
+//! SQLite has one writer at a time (WAL lets readers run beside it). Every write here is either
+//! one auto-committed statement (the claim, the outcome writes) or one short `BEGIN IMMEDIATE`
+//! transaction (`enqueue_page`): taking the write lock up front makes writers queue on the busy
+//! timeout instead of failing with `SQLITE_BUSY` when a read lock cannot be upgraded.
+//! Every outcome write is guarded by `WHERE id = ? AND lease_owner = ?`, so a worker whose lease
+//! expired and whose row was claimed by another worker cannot overwrite the newer result; the
+//! methods return whether the write applied.
+//!
+//! ETags are compared as opaque strings: callers must pass them in one spelling (S3 returns them
+//! quoted in both ListObjectsV2 and PutObject, so passing them through unchanged works).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use futures::Stream;
+use futures::stream::{self, StreamExt, TryStreamExt};
+use serde::Serialize;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{AssertSqlSafe, FromRow, Row};
+
+#[cfg(test)]
+mod tests;
+
+/// Connections in the pool. SQLite serializes writers anyway, so more connections only add
+/// lock contention; a few let `status`/report reads run beside the writers (WAL).
+const POOL_SIZE: u32 = 4;
+
+/// How long a writer waits for the write lock before giving up with `SQLITE_BUSY`. Long enough
+/// to ride out a big `enqueue_page` transaction or a WAL checkpoint.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// SQLite's default bound-parameter limit per statement (`SQLITE_MAX_VARIABLE_NUMBER`).
+const MAX_PARAMS: usize = 32_766;
+
+/// Bound parameters per row of the enqueue upsert (bucket, key, etag, size, last_modified,
+/// storage_class).
+const ENQUEUE_PARAMS_PER_ROW: usize = 6;
+
+/// Rows per upsert statement: a ListObjectsV2 page (at most 1000 keys) fits in one statement.
+const ENQUEUE_CHUNK: usize = {
+    let by_limit = MAX_PARAMS / ENQUEUE_PARAMS_PER_ROW;
+    if by_limit < 1000 { by_limit } else { 1000 }
+};
+
+/// Rows fetched per query by [`JobStore::report`].
+const REPORT_PAGE: u32 = 1000;
+
+/// Errors of the job store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The database file could not be opened or created.
+    #[error("cannot open job database {path}: {source}")]
+    Open {
+        /// The file we tried to open.
+        path: PathBuf,
+        /// What SQLite said.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// Applying the embedded migrations failed (e.g. the file was written by a newer s3cse).
+    #[error("job database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// Any other database error (I/O, busy timeout exceeded, constraint violation).
+    #[error("job database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// A column held a value this version does not know (the file was edited by hand or
+    /// written by another version).
+    #[error("job database holds unexpected value {value:?} in column {column}")]
+    Corrupt {
+        /// Column name.
+        column: &'static str,
+        /// The value found.
+        value: String,
+    },
+    /// Caller bug: an [`Outcome`] must be final (`done`, `failed` or `conflict`).
+    #[error("an outcome must be done, failed or conflict, not {0}")]
+    NotFinal(JobState),
+}
+
+/// State of a job row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    /// Waiting for a worker.
+    Pending,
+    /// Leased to a worker until `lease_until`.
+    Running,
+    /// Finished: rewritten, rewrapped or skipped.
+    Done,
+    /// Finished with an error that retrying will not fix (or out of attempts).
+    Failed,
+    /// Finished because the object kept changing under us.
+    Conflict,
+}
+
+impl JobState {
+    /// All states, in display order.
+    pub const ALL: [JobState; 5] = [
+        JobState::Pending,
+        JobState::Running,
+        JobState::Done,
+        JobState::Failed,
+        JobState::Conflict,
+    ];
+
+    /// The spelling stored in the database and used as a metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Pending => "pending",
+            JobState::Running => "running",
+            JobState::Done => "done",
+            JobState::Failed => "failed",
+            JobState::Conflict => "conflict",
+        }
+    }
+
+    /// Whether no worker will touch the row again (until a rescan sees a changed object).
+    pub fn is_final(self) -> bool {
+        matches!(self, JobState::Done | JobState::Failed | JobState::Conflict)
+    }
+}
+
+impl fmt::Display for JobState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Error of parsing a [`JobState`] or [`Action`] from text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {what} {value:?}")]
+pub struct ParseError {
+    what: &'static str,
+    value: String,
+}
+
+impl FromStr for JobState {
+    type Err = ParseError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        JobState::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| ParseError {
+                what: "job state",
+                value: s.to_owned(),
+            })
+    }
+}
+
+/// What a worker did (or decided to do) with an object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Re-encrypt the content under a new data key (legacy content cipher).
+    Rewrite,
+    /// Keep the content, re-wrap only the data key (metadata-only rewrite).
+    Rewrap,
+    /// Leave the object as it is (see the skip reason).
+    Skip,
+}
+
+impl Action {
+    /// All actions.
+    pub const ALL: [Action; 3] = [Action::Rewrite, Action::Rewrap, Action::Skip];
+
+    /// The spelling stored in the database and used as a metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Rewrite => "rewrite",
+            Action::Rewrap => "rewrap",
+            Action::Skip => "skip",
+        }
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Action {
+    type Err = ParseError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Action::ALL
+            .into_iter()
+            .find(|a| a.as_str() == s)
+            .ok_or_else(|| ParseError {
+                what: "action",
+                value: s.to_owned(),
+            })
+    }
+}
+
+/// One object from a ListObjectsV2 page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedObject {
+    /// Object key.
+    pub key: String,
+    /// ETag as listed (keep S3's quotes; see the module doc).
+    pub etag: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// `LastModified` as listed (RFC 3339), kept for reports.
+    pub last_modified: Option<String>,
+    /// Storage class as listed.
+    pub storage_class: Option<String>,
+}
+
+/// Identifies one listing whose progress is checkpointed in the `scans` table.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ScanKey {
+    /// Bucket listed.
+    pub bucket: String,
+    /// Prefix listed (`""` for the whole bucket).
+    pub prefix: String,
+    /// `Some((index, count))` when this process lists shard `index` of `count`.
+    pub shard: Option<(u32, u32)>,
+}
+
+impl ScanKey {
+    /// The `shard` column: `""` when unsharded, else `"index/count"`.
+    fn shard_text(&self) -> String {
+        match self.shard {
+            None => String::new(),
+            Some((i, n)) => format!("{i}/{n}"),
+        }
+    }
+}
+
+/// What one [`JobStore::enqueue_page`] call changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EnqueueStats {
+    /// Keys seen for the first time (now `pending`).
+    pub inserted: u64,
+    /// Known keys whose object changed since (back to `pending`, results cleared).
+    pub reset: u64,
+    /// Known keys left as they were (same ETag, our own result, or currently `running`).
+    pub unchanged: u64,
+}
+
+/// A job row as handed to a worker by [`JobStore::claim`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Job {
+    /// Row id; the claim hands rows out in id order (listing order).
+    pub id: i64,
+    /// Bucket.
+    pub bucket: String,
+    /// Key.
+    pub key: String,
+    /// Version the worker read, if recorded.
+    pub version_id: Option<String>,
+    /// ETag as listed: the worker's conditional write uses it (`If-Match`).
+    pub etag: String,
+    /// Size as listed.
+    pub size: u64,
+    /// Listed `LastModified`.
+    pub last_modified: Option<String>,
+    /// Listed storage class (to preserve it on rewrite).
+    pub storage_class: Option<String>,
+    /// Current state.
+    pub state: JobState,
+    /// Format found by the worker, e.g. `v1-aes`.
+    pub source_format: Option<String>,
+    /// Action taken.
+    pub action: Option<Action>,
+    /// Why it was skipped.
+    pub skip_reason: Option<String>,
+    /// Claims so far, this one included. A worker should fail the job once this exceeds its
+    /// limit: a row that crashes its worker comes back through lease expiry every time.
+    pub attempts: u32,
+    /// Times the object changed under a worker.
+    pub conflicts: u32,
+    /// Last error message.
+    pub last_error: Option<String>,
+    /// Last error code (S3/KMS error code or our own).
+    pub error_code: Option<String>,
+    /// HTTP status of the last error.
+    pub http_status: Option<u16>,
+    /// Worker holding the lease.
+    pub lease_owner: Option<String>,
+    /// Lease expiry, unix seconds.
+    pub lease_until: Option<i64>,
+    /// ETag of the object we wrote.
+    pub result_etag: Option<String>,
+    /// Version id of the object we wrote.
+    pub result_version_id: Option<String>,
+    /// Version id we replaced.
+    pub previous_version_id: Option<String>,
+    /// Hex SHA-256 of the plaintext, verified after the write.
+    pub plaintext_sha256: Option<String>,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds.
+    pub updated_at: i64,
+    /// Unix seconds, set when the job reached a final state.
+    pub finished_at: Option<i64>,
+}
+
+/// The final result of a job, written by [`JobStore::complete`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// `Done`, `Failed` or `Conflict` (anything else is refused with [`StoreError::NotFinal`]).
+    pub state: JobState,
+    /// Format found, e.g. `v1-aes`, `v2-kms-gcm`.
+    pub source_format: Option<String>,
+    /// Action taken.
+    pub action: Option<Action>,
+    /// Why it was skipped, e.g. `plaintext`, `current`, `instruction-file`.
+    pub skip_reason: Option<String>,
+    /// ETag of the object we wrote.
+    pub result_etag: Option<String>,
+    /// Version id of the object we wrote.
+    pub result_version_id: Option<String>,
+    /// Version id we replaced (and read); also stored as the row's `version_id`.
+    pub previous_version_id: Option<String>,
+    /// Hex SHA-256 of the plaintext.
+    pub plaintext_sha256: Option<String>,
+    /// Error code, e.g. `AccessDenied`, `DecryptionFailed`.
+    pub error_code: Option<String>,
+    /// HTTP status of the failed request.
+    pub http_status: Option<u16>,
+    /// Human-readable error.
+    pub last_error: Option<String>,
+}
+
+impl Outcome {
+    /// An outcome in `state` with every other field empty; fill in the rest with struct update
+    /// syntax: `Outcome { action: Some(Action::Skip), ..Outcome::new(JobState::Done) }`.
+    pub fn new(state: JobState) -> Self {
+        Outcome {
+            state,
+            source_format: None,
+            action: None,
+            skip_reason: None,
+            result_etag: None,
+            result_version_id: None,
+            previous_version_id: None,
+            plaintext_sha256: None,
+            error_code: None,
+            http_status: None,
+            last_error: None,
+        }
+    }
+}
+
+/// Objects and bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// Number of objects.
+    pub objects: u64,
+    /// Sum of their listed sizes.
+    pub bytes: u64,
+}
+
+impl Tally {
+    fn add(&mut self, other: Tally) {
+        self.objects += other.objects;
+        self.bytes += other.bytes;
+    }
+}
+
+/// Objects and bytes in each state; every state is present (zero when empty).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StateCounts {
+    /// `pending`.
+    pub pending: Tally,
+    /// `running`.
+    pub running: Tally,
+    /// `done`.
+    pub done: Tally,
+    /// `failed`.
+    pub failed: Tally,
+    /// `conflict`.
+    pub conflict: Tally,
+}
+
+impl StateCounts {
+    /// The tally of one state.
+    pub fn get(&self, state: JobState) -> Tally {
+        match state {
+            JobState::Pending => self.pending,
+            JobState::Running => self.running,
+            JobState::Done => self.done,
+            JobState::Failed => self.failed,
+            JobState::Conflict => self.conflict,
+        }
+    }
+
+    fn get_mut(&mut self, state: JobState) -> &mut Tally {
+        match state {
+            JobState::Pending => &mut self.pending,
+            JobState::Running => &mut self.running,
+            JobState::Done => &mut self.done,
+            JobState::Failed => &mut self.failed,
+            JobState::Conflict => &mut self.conflict,
+        }
+    }
+
+    /// `(state, tally)` for every state.
+    pub fn iter(&self) -> impl Iterator<Item = (JobState, Tally)> + '_ {
+        JobState::ALL.into_iter().map(|s| (s, self.get(s)))
+    }
+
+    /// Work left: `pending` + `running`.
+    pub fn remaining(&self) -> Tally {
+        let mut t = self.pending;
+        t.add(self.running);
+        t
+    }
+
+    /// Work finished: `done` + `failed` + `conflict`.
+    pub fn finished(&self) -> Tally {
+        let mut t = self.done;
+        t.add(self.failed);
+        t.add(self.conflict);
+        t
+    }
+}
+
+/// Everything `s3cse rekey status` shows. Computed in one pass over the table.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// By state.
+    pub by_state: StateCounts,
+    /// By source format, over the rows a worker has classified.
+    pub by_source_format: BTreeMap<String, Tally>,
+    /// By action and skip reason, over the rows with an action.
+    pub by_action: BTreeMap<(Action, Option<String>), Tally>,
+    /// All rows.
+    pub total: Tally,
+    /// Earliest `finished_at` (unix seconds): with `last_finished_at` and the finished bytes,
+    /// the caller computes a rate and an ETA.
+    pub first_finished_at: Option<i64>,
+    /// Latest `finished_at` (unix seconds).
+    pub last_finished_at: Option<i64>,
+}
+
+/// One line of `s3cse rekey report`, in the columns of an S3 Batch Operations completion
+/// report plus ours. Serializes with the Batch Operations column names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReportRow {
+    /// Job row id.
+    #[serde(skip)]
+    pub id: i64,
+    /// Bucket.
+    #[serde(rename = "Bucket")]
+    pub bucket: String,
+    /// Key.
+    #[serde(rename = "Key")]
+    pub key: String,
+    /// The source version processed (`version_id`, else `previous_version_id`).
+    #[serde(rename = "VersionId")]
+    pub version_id: Option<String>,
+    /// `succeeded` (done), `failed` (failed, conflict), or `pending` (pending, running; not a
+    /// Batch Operations value).
+    #[serde(rename = "TaskStatus")]
+    pub task_status: &'static str,
+    /// Error code.
+    #[serde(rename = "ErrorCode")]
+    pub error_code: Option<String>,
+    /// HTTP status of the error.
+    #[serde(rename = "HTTPStatusCode")]
+    pub http_status: Option<u16>,
+    /// What happened, in words: `rewrite`, `skip: plaintext`, or the error message.
+    #[serde(rename = "ResultMessage")]
+    pub result_message: String,
+    /// Source format.
+    pub source_format: Option<String>,
+    /// Action.
+    pub action: Option<Action>,
+    /// State.
+    pub state: JobState,
+}
+
+/// The job store. Cheap to clone (the pool is reference counted); share one per process.
+#[derive(Debug, Clone)]
+pub struct JobStore {
+    pool: SqlitePool,
+}
+
+/// Columns of a [`Job`], in `FromRow` order.
+macro_rules! job_columns {
+    () => {
+        "id, bucket, key, version_id, etag, size, last_modified, storage_class, state, \
+         source_format, action, skip_reason, attempts, conflicts, last_error, error_code, \
+         http_status, lease_owner, lease_until, result_etag, result_version_id, \
+         previous_version_id, plaintext_sha256, created_at, updated_at, finished_at"
+    };
+}
+
+/// The claim (INFRA.md §5): one auto-committed statement, so two workers can never both take a
+/// row. It walks the partial index `jobs_claim` (only pending and running rows) in id order and
+/// stops after `?3` hits. `INDEXED BY` pins that plan: left to itself the planner picks
+/// `jobs_state` and sorts every pending row in a temp B-tree on each claim. The
+/// `state IN ('pending','running')` term repeats the index's WHERE so the index is usable.
+const CLAIM_SQL: &str = concat!(
+    "UPDATE jobs SET state = 'running', lease_owner = ?1, lease_until = unixepoch() + ?2, \
+     attempts = attempts + 1, updated_at = unixepoch() \
+     WHERE id IN (SELECT id FROM jobs INDEXED BY jobs_claim \
+                  WHERE state IN ('pending', 'running') \
+                  AND (state = 'pending' OR lease_until < unixepoch()) \
+                  ORDER BY id LIMIT ?3) \
+     RETURNING ",
+    job_columns!()
+);
+
+/// New keys are inserted `pending`; a known key is reset only when its object changed: the
+/// listed ETag is neither the one listed before nor our own result, and no worker holds it
+/// (a running worker's conditional write will notice the change itself).
+const ENQUEUE_HEAD: &str =
+    "INSERT INTO jobs (bucket, key, etag, size, last_modified, storage_class) VALUES ";
+const ENQUEUE_TAIL: &str = " ON CONFLICT (bucket, key) DO UPDATE SET \
+     etag = excluded.etag, size = excluded.size, last_modified = excluded.last_modified, \
+     storage_class = excluded.storage_class, state = 'pending', version_id = NULL, \
+     source_format = NULL, action = NULL, skip_reason = NULL, attempts = 0, last_error = NULL, \
+     error_code = NULL, http_status = NULL, lease_owner = NULL, lease_until = NULL, \
+     result_etag = NULL, result_version_id = NULL, previous_version_id = NULL, \
+     plaintext_sha256 = NULL, updated_at = unixepoch(), finished_at = NULL \
+     WHERE jobs.state <> 'running' AND jobs.etag <> excluded.etag \
+     AND (jobs.result_etag IS NULL OR jobs.result_etag <> excluded.etag) \
+     RETURNING id";
+
+/// Report rows in id order after `?1`, at most `?2` (keyset paging).
+macro_rules! report_select {
+    () => {
+        "SELECT id, bucket, key, coalesce(version_id, previous_version_id), state, error_code, \
+         http_status, last_error, source_format, action, skip_reason FROM jobs "
+    };
+}
+const REPORT_SQL: &str = concat!(report_select!(), "WHERE id > ?1 ORDER BY id LIMIT ?2");
+/// The same, only rows in state `?3`; walks the `jobs_state` index.
+const REPORT_BY_STATE_SQL: &str = concat!(
+    report_select!(),
+    "WHERE state = ?3 AND id > ?1 ORDER BY id LIMIT ?2"
+);
+
+impl JobStore {
+    /// Opens (creating if missing) the job database at `path` and applies the migrations.
+    ///
+    /// WAL journal (readers don't block the writer), `synchronous = NORMAL` (durable across a
+    /// process crash; the last transactions may roll back on power loss, which only repeats
+    /// work), a 10 s busy timeout and foreign keys on. Keep the file on a local disk: WAL does
+    /// not work over a network file system.
+    pub async fn open(path: &Path) -> Result<JobStore, StoreError> {
+        let opts = Self::options(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(POOL_SIZE)
+            .connect_with(opts)
+            .await
+            .map_err(|source| StoreError::Open {
+                path: path.to_owned(),
+                source,
+            })?;
+        sqlx::migrate!().run(&pool).await?;
+        Ok(JobStore { pool })
+    }
+
+    /// Opens an existing job database for reading only (`status`, `report`): no migrations,
+    /// every write fails. The directory must still be writable if the database is in WAL
+    /// mode and no writer has it open (SQLite creates the `-shm` file); otherwise use
+    /// [`JobStore::open`], which is fine beside a running worker.
+    pub async fn open_read_only(path: &Path) -> Result<JobStore, StoreError> {
+        let opts = Self::options(path).read_only(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(POOL_SIZE)
+            .connect_with(opts)
+            .await
+            .map_err(|source| StoreError::Open {
+                path: path.to_owned(),
+                source,
+            })?;
+        Ok(JobStore { pool })
+    }
+
+    fn options(path: &Path) -> SqliteConnectOptions {
+        SqliteConnectOptions::new()
+            .filename(path)
+            .busy_timeout(BUSY_TIMEOUT)
+            .foreign_keys(true)
+    }
+
+    /// Closes the pool, waiting for connections in use to come back (checkpoints the WAL).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Enqueues one listing page and moves the scan checkpoint to `last_key`, in one
+    /// `BEGIN IMMEDIATE` transaction: after a crash either both happened or neither did, so a
+    /// resumed scan (`StartAfter = checkpoint`) loses no key.
+    pub async fn enqueue_page(
+        &self,
+        scan: &ScanKey,
+        objects: &[ListedObject],
+        last_key: &str,
+    ) -> Result<EnqueueStats, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        // Rows are appended with id = max(id) + 1 (no AUTOINCREMENT), and we hold the write
+        // lock, so a returned id above this mark is an insert and one at or below is a reset.
+        let mark: i64 = sqlx::query_scalar("SELECT coalesce(max(id), 0) FROM jobs")
+            .fetch_one(&mut *tx)
+            .await?;
+        let mut stats = EnqueueStats::default();
+        for chunk in objects.chunks(ENQUEUE_CHUNK) {
+            let mut query = sqlx::query(AssertSqlSafe(enqueue_sql(chunk.len())));
+            for o in chunk {
+                query = query
+                    .bind(&scan.bucket)
+                    .bind(&o.key)
+                    .bind(&o.etag)
+                    .bind(to_i64(o.size))
+                    .bind(&o.last_modified)
+                    .bind(&o.storage_class);
+            }
+            let ids: Vec<i64> = query
+                .map(|row: SqliteRow| row.get::<i64, _>(0))
+                .fetch_all(&mut *tx)
+                .await?;
+            for id in ids {
+                if id > mark {
+                    stats.inserted += 1;
+                } else {
+                    stats.reset += 1;
+                }
+            }
+        }
+        stats.unchanged = (objects.len() as u64).saturating_sub(stats.inserted + stats.reset);
+        sqlx::query(
+            "INSERT INTO scans (bucket, prefix, shard, start_after, listed) VALUES (?, ?, ?, ?, ?) \
+             ON CONFLICT (bucket, prefix, shard) DO UPDATE SET start_after = excluded.start_after, \
+             listed = listed + excluded.listed, updated_at = unixepoch()",
+        )
+        .bind(&scan.bucket)
+        .bind(&scan.prefix)
+        .bind(scan.shard_text())
+        .bind(last_key)
+        .bind(objects.len() as i64)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(stats)
+    }
+
+    /// Marks the scan complete (the listing reached its end).
+    pub async fn finish_scan(&self, scan: &ScanKey) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO scans (bucket, prefix, shard, finished_at) \
+             VALUES (?, ?, ?, unixepoch()) \
+             ON CONFLICT (bucket, prefix, shard) DO UPDATE SET finished_at = unixepoch(), \
+             updated_at = unixepoch()",
+        )
+        .bind(&scan.bucket)
+        .bind(&scan.prefix)
+        .bind(scan.shard_text())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// `Some((start_after, finished))` for a scan seen before: resume listing after
+    /// `start_after` (`None`: no page was enqueued yet), or, if `finished`, the last scan
+    /// completed and a new one should [`reset_scan`](Self::reset_scan) first.
+    pub async fn scan_checkpoint(
+        &self,
+        scan: &ScanKey,
+    ) -> Result<Option<(Option<String>, bool)>, StoreError> {
+        let row: Option<(Option<String>, Option<i64>)> = sqlx::query_as(
+            "SELECT start_after, finished_at FROM scans \
+             WHERE bucket = ? AND prefix = ? AND shard = ?",
+        )
+        .bind(&scan.bucket)
+        .bind(&scan.prefix)
+        .bind(scan.shard_text())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|(start_after, finished_at)| (start_after, finished_at.is_some())))
+    }
+
+    /// Starts the scan over from the beginning of the listing (a new pass over a bucket that
+    /// was scanned before, e.g. the nightly run). Job rows are kept: the next pass resets
+    /// only the objects that changed.
+    pub async fn reset_scan(&self, scan: &ScanKey) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO scans (bucket, prefix, shard) VALUES (?, ?, ?) \
+             ON CONFLICT (bucket, prefix, shard) DO UPDATE SET start_after = NULL, listed = 0, \
+             started_at = unixepoch(), updated_at = unixepoch(), finished_at = NULL",
+        )
+        .bind(&scan.bucket)
+        .bind(&scan.prefix)
+        .bind(scan.shard_text())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Leases up to `n` jobs to `owner` for `lease`: pending rows, and running rows whose
+    /// lease has expired (their worker died), in id order. Increments `attempts`.
+    pub async fn claim(
+        &self,
+        owner: &str,
+        n: u32,
+        lease: Duration,
+    ) -> Result<Vec<Job>, StoreError> {
+        let rows = sqlx::query(CLAIM_SQL)
+            .bind(owner)
+            .bind(lease_secs(lease))
+            .bind(i64::from(n))
+            .fetch_all(&self.pool)
+            .await?;
+        let mut jobs = rows
+            .iter()
+            .map(Job::from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        jobs.sort_unstable_by_key(|j| j.id);
+        Ok(jobs)
+    }
+
+    /// Extends `owner`'s lease on `ids` to now + `lease`. Returns the ids still held: a
+    /// missing id was lost (expired and claimed by another worker) and must be abandoned.
+    pub async fn renew_lease(
+        &self,
+        ids: &[i64],
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Vec<i64>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut renewed: Vec<i64> = sqlx::query_scalar(
+            "UPDATE jobs SET lease_until = unixepoch() + ?1, updated_at = unixepoch() \
+             WHERE id IN (SELECT value FROM json_each(?2)) AND lease_owner = ?3 \
+             AND state = 'running' RETURNING id",
+        )
+        .bind(lease_secs(lease))
+        .bind(id_list(ids))
+        .bind(owner)
+        .fetch_all(&self.pool)
+        .await?;
+        renewed.sort_unstable();
+        Ok(renewed)
+    }
+
+    /// Records the final outcome of job `id` if `owner` still holds it. Returns `false` when
+    /// the lease was lost (nothing written).
+    pub async fn complete(
+        &self,
+        id: i64,
+        owner: &str,
+        outcome: &Outcome,
+    ) -> Result<bool, StoreError> {
+        if !outcome.state.is_final() {
+            return Err(StoreError::NotFinal(outcome.state));
+        }
+        let done = sqlx::query(
+            "UPDATE jobs SET state = ?1, source_format = ?2, action = ?3, skip_reason = ?4, \
+             result_etag = ?5, result_version_id = ?6, previous_version_id = ?7, \
+             version_id = coalesce(?7, version_id), plaintext_sha256 = ?8, error_code = ?9, \
+             http_status = ?10, last_error = ?11, lease_owner = NULL, lease_until = NULL, \
+             updated_at = unixepoch(), finished_at = unixepoch() \
+             WHERE id = ?12 AND lease_owner = ?13 AND state = 'running'",
+        )
+        .bind(outcome.state.as_str())
+        .bind(&outcome.source_format)
+        .bind(outcome.action.map(Action::as_str))
+        .bind(&outcome.skip_reason)
+        .bind(&outcome.result_etag)
+        .bind(&outcome.result_version_id)
+        .bind(&outcome.previous_version_id)
+        .bind(&outcome.plaintext_sha256)
+        .bind(&outcome.error_code)
+        .bind(outcome.http_status)
+        .bind(&outcome.last_error)
+        .bind(id)
+        .bind(owner)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Puts job `id` back to `pending` after a conflict (the conditional write got 412: the
+    /// object changed since it was listed), counting one more conflict. `new_etag`/`new_size`,
+    /// if the worker learned them, replace the listed ones so the next attempt's `If-Match`
+    /// uses the current ETag. Returns `false` if `owner` no longer holds the job.
+    pub async fn requeue(
+        &self,
+        id: i64,
+        owner: &str,
+        new_etag: Option<&str>,
+        new_size: Option<u64>,
+        error: &str,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE jobs SET state = 'pending', etag = coalesce(?1, etag), \
+             size = coalesce(?2, size), conflicts = conflicts + 1, last_error = ?3, \
+             lease_owner = NULL, lease_until = NULL, updated_at = unixepoch() \
+             WHERE id = ?4 AND lease_owner = ?5 AND state = 'running'",
+        )
+        .bind(new_etag)
+        .bind(new_size.map(to_i64))
+        .bind(error)
+        .bind(id)
+        .bind(owner)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Graceful stop: hands `owner`'s running jobs among `ids` back as `pending` and gives
+    /// their attempt back (a stop is not a failed try). Returns how many were released.
+    pub async fn release(&self, ids: &[i64], owner: &str) -> Result<u64, StoreError> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let done = sqlx::query(
+            "UPDATE jobs SET state = 'pending', attempts = max(attempts - 1, 0), \
+             lease_owner = NULL, lease_until = NULL, updated_at = unixepoch() \
+             WHERE id IN (SELECT value FROM json_each(?1)) AND lease_owner = ?2 \
+             AND state = 'running'",
+        )
+        .bind(id_list(ids))
+        .bind(owner)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Puts every `failed` (and, if `conflicts` is set, `conflict`) job back to `pending` with
+    /// its attempts reset, for `rekey --retry-failed`. Returns how many.
+    pub async fn retry_failed(&self, conflicts: bool) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "UPDATE jobs SET state = 'pending', attempts = 0, lease_owner = NULL, \
+             lease_until = NULL, updated_at = unixepoch(), finished_at = NULL \
+             WHERE state = 'failed' OR (?1 AND state = 'conflict')",
+        )
+        .bind(conflicts)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// One job by id.
+    pub async fn job(&self, id: i64) -> Result<Option<Job>, StoreError> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            job_columns!(),
+            " FROM jobs WHERE id = ?"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.as_ref().map(Job::from_row).transpose()?)
+    }
+
+    /// Objects and bytes per state only (for the queue gauges).
+    pub async fn state_counts(&self) -> Result<StateCounts, StoreError> {
+        let rows: Vec<(String, i64, i64)> =
+            sqlx::query_as("SELECT state, count(*), sum(size) FROM jobs GROUP BY state")
+                .fetch_all(&self.pool)
+                .await?;
+        let mut counts = StateCounts::default();
+        for (state, objects, bytes) in rows {
+            let state = parse_state(&state)?;
+            counts.get_mut(state).add(tally(objects, bytes));
+        }
+        Ok(counts)
+    }
+
+    /// Everything `status` shows, in one pass over the table.
+    pub async fn counts(&self) -> Result<Counts, StoreError> {
+        type Group = (
+            String,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            i64,
+            i64,
+            Option<i64>,
+            Option<i64>,
+        );
+        let rows: Vec<Group> = sqlx::query_as(
+            "SELECT state, source_format, action, skip_reason, count(*), sum(size), \
+             min(finished_at), max(finished_at) FROM jobs GROUP BY 1, 2, 3, 4",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut counts = Counts::default();
+        for (state, format, action, skip_reason, objects, bytes, first, last) in rows {
+            let t = tally(objects, bytes);
+            counts.by_state.get_mut(parse_state(&state)?).add(t);
+            counts.total.add(t);
+            if let Some(format) = format {
+                counts.by_source_format.entry(format).or_default().add(t);
+            }
+            if let Some(action) = action {
+                let action = parse_action(&action)?;
+                counts
+                    .by_action
+                    .entry((action, skip_reason))
+                    .or_default()
+                    .add(t);
+            }
+            counts.first_finished_at = min_opt(counts.first_finished_at, first);
+            counts.last_finished_at = counts.last_finished_at.max(last);
+        }
+        Ok(counts)
+    }
+
+    /// Up to `limit` report rows with id > `after_id`, in id order, optionally only those in
+    /// state `filter`. Keyset paging: each page is a short read, so no long read transaction
+    /// holds back WAL checkpoints while a big report is written out.
+    pub async fn report_page(
+        &self,
+        filter: Option<JobState>,
+        after_id: i64,
+        limit: u32,
+    ) -> Result<Vec<ReportRow>, StoreError> {
+        let rows = match filter {
+            None => {
+                sqlx::query(REPORT_SQL)
+                    .bind(after_id)
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+            Some(state) => {
+                sqlx::query(REPORT_BY_STATE_SQL)
+                    .bind(after_id)
+                    .bind(i64::from(limit))
+                    .bind(state.as_str())
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+        };
+        rows.iter().map(report_row).collect()
+    }
+
+    /// All report rows (optionally only state `filter`) as a stream, fetched
+    /// [`REPORT_PAGE`] rows at a time so millions of rows never sit in memory.
+    pub fn report(
+        &self,
+        filter: Option<JobState>,
+    ) -> impl Stream<Item = Result<ReportRow, StoreError>> + Send + '_ {
+        stream::try_unfold(Some(0i64), move |after| async move {
+            let Some(after) = after else {
+                return Ok::<_, StoreError>(None);
+            };
+            let page = self.report_page(filter, after, REPORT_PAGE).await?;
+            let next = match page.last() {
+                Some(last) if page.len() == REPORT_PAGE as usize => Some(last.id),
+                _ => None,
+            };
+            if page.is_empty() {
+                return Ok(None);
+            }
+            Ok(Some((stream::iter(page.into_iter().map(Ok)), next)))
+        })
+        .try_flatten()
+        .boxed()
+    }
+}
+
+/// The multi-row upsert for `rows` rows.
+fn enqueue_sql(rows: usize) -> String {
+    const ROW: &str = "(?, ?, ?, ?, ?, ?)";
+    let mut sql =
+        String::with_capacity(ENQUEUE_HEAD.len() + rows * (ROW.len() + 1) + ENQUEUE_TAIL.len());
+    sql.push_str(ENQUEUE_HEAD);
+    for i in 0..rows {
+        if i > 0 {
+            sql.push(',');
+        }
+        sql.push_str(ROW);
+    }
+    sql.push_str(ENQUEUE_TAIL);
+    sql
+}
+
+impl<'r> FromRow<'r, SqliteRow> for Job {
+    fn from_row(row: &'r SqliteRow) -> Result<Self, sqlx::Error> {
+        let state: String = row.try_get("state")?;
+        let action: Option<String> = row.try_get("action")?;
+        Ok(Job {
+            id: row.try_get("id")?,
+            bucket: row.try_get("bucket")?,
+            key: row.try_get("key")?,
+            version_id: row.try_get("version_id")?,
+            etag: row.try_get("etag")?,
+            size: to_u64(row.try_get("size")?),
+            last_modified: row.try_get("last_modified")?,
+            storage_class: row.try_get("storage_class")?,
+            state: decode("state", &state)?,
+            source_format: row.try_get("source_format")?,
+            action: action.as_deref().map(|a| decode("action", a)).transpose()?,
+            skip_reason: row.try_get("skip_reason")?,
+            attempts: row.try_get("attempts")?,
+            conflicts: row.try_get("conflicts")?,
+            last_error: row.try_get("last_error")?,
+            error_code: row.try_get("error_code")?,
+            http_status: row.try_get("http_status")?,
+            lease_owner: row.try_get("lease_owner")?,
+            lease_until: row.try_get("lease_until")?,
+            result_etag: row.try_get("result_etag")?,
+            result_version_id: row.try_get("result_version_id")?,
+            previous_version_id: row.try_get("previous_version_id")?,
+            plaintext_sha256: row.try_get("plaintext_sha256")?,
+            created_at: row.try_get("created_at")?,
+            updated_at: row.try_get("updated_at")?,
+            finished_at: row.try_get("finished_at")?,
+        })
+    }
+}
+
+/// Decodes an enum column inside `FromRow` (whose error type is `sqlx::Error`).
+fn decode<T: FromStr<Err = ParseError>>(column: &str, value: &str) -> Result<T, sqlx::Error> {
+    value
+        .parse()
+        .map_err(|e: ParseError| sqlx::Error::ColumnDecode {
+            index: column.to_owned(),
+            source: Box::new(e),
+        })
+}
+
+fn report_row(row: &SqliteRow) -> Result<ReportRow, StoreError> {
+    let state = parse_state(&row.try_get::<String, _>(4)?)?;
+    let action = row
+        .try_get::<Option<String>, _>(9)?
+        .map(|a| parse_action(&a))
+        .transpose()?;
+    let last_error: Option<String> = row.try_get(7)?;
+    let skip_reason: Option<String> = row.try_get(10)?;
+    let task_status = match state {
+        JobState::Done => "succeeded",
+        JobState::Failed | JobState::Conflict => "failed",
+        JobState::Pending | JobState::Running => "pending",
+    };
+    let result_message = match (state, action, skip_reason, last_error) {
+        (JobState::Done, Some(a), Some(reason), _) => format!("{a}: {reason}"),
+        (JobState::Done, Some(a), None, _) => a.to_string(),
+        (_, _, _, Some(err)) => err,
+        (state, ..) => state.to_string(),
+    };
+    Ok(ReportRow {
+        id: row.try_get(0)?,
+        bucket: row.try_get(1)?,
+        key: row.try_get(2)?,
+        version_id: row.try_get(3)?,
+        task_status,
+        error_code: row.try_get(5)?,
+        http_status: row.try_get(6)?,
+        result_message,
+        source_format: row.try_get(8)?,
+        action,
+        state,
+    })
+}
+
+fn parse_state(s: &str) -> Result<JobState, StoreError> {
+    s.parse().map_err(|_| StoreError::Corrupt {
+        column: "state",
+        value: s.to_owned(),
+    })
+}
+
+fn parse_action(s: &str) -> Result<Action, StoreError> {
+    s.parse().map_err(|_| StoreError::Corrupt {
+        column: "action",
+        value: s.to_owned(),
+    })
+}
+
+/// SQLite integers are i64; sizes and counts are never negative (CHECK constraints).
+fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+/// Object sizes fit in i64 (S3's limit is 5 TiB); saturate rather than fail on nonsense.
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn tally(objects: i64, bytes: i64) -> Tally {
+    Tally {
+        objects: to_u64(objects),
+        bytes: to_u64(bytes),
+    }
+}
+
+fn min_opt(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Whole seconds, at least one, so a sub-second lease is not already expired.
+fn lease_secs(lease: Duration) -> i64 {
+    i64::try_from(lease.as_secs().max(1)).unwrap_or(i64::MAX)
+}
+
+/// `ids` as a JSON array for `json_each(?)`: one bound parameter whatever the count, and a
+/// `&'static str` statement that sqlx can cache.
+fn id_list(ids: &[i64]) -> String {
+    let mut s = String::with_capacity(ids.len() * 8 + 2);
+    s.push('[');
+    for (i, id) in ids.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push_str(&id.to_string());
+    }
+    s.push(']');
+    s
+}

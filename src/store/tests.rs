@@ -1,0 +1,696 @@
+//! Tests against the real `migrations/`, each on its own database in a temp dir.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use futures::TryStreamExt;
+
+use super::*;
+
+const LEASE: Duration = Duration::from_secs(60);
+
+async fn store() -> (tempfile::TempDir, JobStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = JobStore::open(&dir.path().join("jobs.db")).await.unwrap();
+    (dir, store)
+}
+
+fn scan() -> ScanKey {
+    ScanKey {
+        bucket: "bkt".into(),
+        prefix: "".into(),
+        shard: None,
+    }
+}
+
+fn obj(key: &str, etag: &str, size: u64) -> ListedObject {
+    ListedObject {
+        key: key.into(),
+        etag: etag.into(),
+        size,
+        last_modified: Some("2026-11-26T00:00:00Z".into()),
+        storage_class: Some("STANDARD".into()),
+    }
+}
+
+fn page(n: usize, etag: &str) -> Vec<ListedObject> {
+    (0..n)
+        .map(|i| obj(&format!("k{i:06}"), etag, 100))
+        .collect()
+}
+
+/// Claims everything claimable by `owner`.
+async fn claim_all(store: &JobStore, owner: &str) -> Vec<Job> {
+    store.claim(owner, 1_000_000, LEASE).await.unwrap()
+}
+
+async fn by_key(store: &JobStore, key: &str) -> Job {
+    let id: i64 = sqlx::query_scalar("SELECT id FROM jobs WHERE key = ?")
+        .bind(key)
+        .fetch_one(&store.pool)
+        .await
+        .unwrap();
+    store.job(id).await.unwrap().unwrap()
+}
+
+fn done(action: Action, result_etag: &str) -> Outcome {
+    Outcome {
+        source_format: Some("v1-aes".into()),
+        action: Some(action),
+        result_etag: Some(result_etag.into()),
+        ..Outcome::new(JobState::Done)
+    }
+}
+
+#[tokio::test]
+async fn migrations_apply_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nested.db");
+    let store = JobStore::open(&path).await.unwrap();
+    let tables: Vec<String> =
+        sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+            .fetch_all(&store.pool)
+            .await
+            .unwrap();
+    assert!(tables.contains(&"jobs".to_owned()), "{tables:?}");
+    assert!(tables.contains(&"scans".to_owned()), "{tables:?}");
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(&store.pool)
+        .await
+        .unwrap();
+    assert_eq!(mode, "wal");
+    store
+        .enqueue_page(&scan(), &page(3, "\"e\""), "k000002")
+        .await
+        .unwrap();
+    store.close().await;
+
+    // Reopening applies nothing new and keeps the rows.
+    let store = JobStore::open(&path).await.unwrap();
+    assert_eq!(store.state_counts().await.unwrap().pending.objects, 3);
+    store.close().await;
+
+    // Read-only: reads work, writes are refused.
+    let ro = JobStore::open_read_only(&path).await.unwrap();
+    assert_eq!(ro.counts().await.unwrap().total.objects, 3);
+    assert!(ro.claim("w", 1, LEASE).await.is_err());
+}
+
+#[tokio::test]
+async fn claim_walks_the_partial_index() {
+    let (_dir, store) = store().await;
+    store
+        .enqueue_page(&scan(), &page(100, "\"e\""), "k000099")
+        .await
+        .unwrap();
+    sqlx::query("ANALYZE").execute(&store.pool).await.unwrap();
+    let plan: Vec<String> = sqlx::query(AssertSqlSafe(format!("EXPLAIN QUERY PLAN {CLAIM_SQL}")))
+        .bind("w")
+        .bind(60i64)
+        .bind(10i64)
+        .fetch_all(&store.pool)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<String, _>(3))
+        .collect();
+    let plan = plan.join("; ");
+    assert!(plan.contains("USING INDEX jobs_claim"), "{plan}");
+    assert!(!plan.contains("TEMP B-TREE"), "{plan}");
+}
+
+#[tokio::test]
+async fn enqueue_is_idempotent() {
+    let (_dir, store) = store().await;
+    let p = page(5, "\"e1\"");
+    let first = store.enqueue_page(&scan(), &p, "k000004").await.unwrap();
+    assert_eq!(
+        first,
+        EnqueueStats {
+            inserted: 5,
+            reset: 0,
+            unchanged: 0
+        }
+    );
+    let before: Vec<Job> = {
+        let mut v = Vec::new();
+        for o in &p {
+            v.push(by_key(&store, &o.key).await);
+        }
+        v
+    };
+    let second = store.enqueue_page(&scan(), &p, "k000004").await.unwrap();
+    assert_eq!(
+        second,
+        EnqueueStats {
+            inserted: 0,
+            reset: 0,
+            unchanged: 5
+        }
+    );
+    for (o, b) in p.iter().zip(&before) {
+        assert_eq!(&by_key(&store, &o.key).await, b);
+    }
+    assert_eq!(store.state_counts().await.unwrap().pending.objects, 5);
+}
+
+#[tokio::test]
+async fn enqueue_resets_changed_objects_only() {
+    let (_dir, store) = store().await;
+    let s = scan();
+    store
+        .enqueue_page(
+            &s,
+            &[
+                obj("ours", "\"a\"", 10),
+                obj("changed", "\"b\"", 20),
+                obj("busy", "\"c\"", 30),
+                obj("failed", "\"d\"", 40),
+            ],
+            "ours",
+        )
+        .await
+        .unwrap();
+    let jobs = claim_all(&store, "w1").await;
+    assert_eq!(jobs.len(), 4);
+    let id = |k: &str| jobs.iter().find(|j| j.key == k).unwrap().id;
+    // We rewrote "ours" (new ETag "a2") and "changed" (new ETag "b2"); "busy" is still running.
+    assert!(
+        store
+            .complete(id("ours"), "w1", &done(Action::Rewrite, "\"a2\""))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .complete(id("changed"), "w1", &done(Action::Rewrap, "\"b2\""))
+            .await
+            .unwrap()
+    );
+    let failed = Outcome {
+        error_code: Some("AccessDenied".into()),
+        http_status: Some(403),
+        last_error: Some("denied".into()),
+        ..Outcome::new(JobState::Failed)
+    };
+    assert!(store.complete(id("failed"), "w1", &failed).await.unwrap());
+
+    // Next night: "ours" lists with our own ETag, "changed" was rewritten by a legacy writer,
+    // "busy" changed too but is running, "failed" is as before.
+    let stats = store
+        .enqueue_page(
+            &s,
+            &[
+                obj("ours", "\"a2\"", 11),
+                obj("changed", "\"b3\"", 21),
+                obj("busy", "\"c2\"", 31),
+                obj("failed", "\"d\"", 40),
+                obj("new", "\"n\"", 50),
+            ],
+            "new",
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        stats,
+        EnqueueStats {
+            inserted: 1,
+            reset: 1,
+            unchanged: 3
+        }
+    );
+    let ours = by_key(&store, "ours").await;
+    assert_eq!(ours.state, JobState::Done);
+    assert_eq!(ours.etag, "\"a\"");
+    let changed = by_key(&store, "changed").await;
+    assert_eq!(changed.state, JobState::Pending);
+    assert_eq!(changed.etag, "\"b3\"");
+    assert_eq!(changed.size, 21);
+    assert_eq!(changed.attempts, 0);
+    assert_eq!(changed.result_etag, None);
+    assert_eq!(changed.action, None);
+    assert_eq!(changed.source_format, None);
+    assert_eq!(changed.finished_at, None);
+    let busy = by_key(&store, "busy").await;
+    assert_eq!(busy.state, JobState::Running);
+    assert_eq!(busy.etag, "\"c\"");
+    assert_eq!(by_key(&store, "failed").await.state, JobState::Failed);
+    assert_eq!(by_key(&store, "new").await.state, JobState::Pending);
+}
+
+#[tokio::test]
+async fn enqueue_chunks_large_pages() {
+    let (_dir, store) = store().await;
+    let p = page(ENQUEUE_CHUNK * 3 + 7, "\"e\"");
+    let stats = store.enqueue_page(&scan(), &p, "zzz").await.unwrap();
+    assert_eq!(stats.inserted, p.len() as u64);
+    let stats = store.enqueue_page(&scan(), &p, "zzz").await.unwrap();
+    assert_eq!(stats.unchanged, p.len() as u64);
+    assert_eq!(
+        store.scan_checkpoint(&scan()).await.unwrap(),
+        Some((Some("zzz".into()), false))
+    );
+}
+
+#[tokio::test]
+async fn checkpoint_round_trip() {
+    let (_dir, store) = store().await;
+    let s = scan();
+    let sharded = ScanKey {
+        shard: Some((3, 16)),
+        ..scan()
+    };
+    let other_prefix = ScanKey {
+        prefix: "logs/".into(),
+        ..scan()
+    };
+    assert_eq!(store.scan_checkpoint(&s).await.unwrap(), None);
+    store
+        .enqueue_page(&s, &page(2, "\"e\""), "k000001")
+        .await
+        .unwrap();
+    assert_eq!(
+        store.scan_checkpoint(&s).await.unwrap(),
+        Some((Some("k000001".into()), false))
+    );
+    assert_eq!(store.scan_checkpoint(&sharded).await.unwrap(), None);
+    assert_eq!(store.scan_checkpoint(&other_prefix).await.unwrap(), None);
+    store.enqueue_page(&s, &[], "k000009").await.unwrap();
+    store.finish_scan(&s).await.unwrap();
+    assert_eq!(
+        store.scan_checkpoint(&s).await.unwrap(),
+        Some((Some("k000009".into()), true))
+    );
+    let listed: i64 = sqlx::query_scalar("SELECT listed FROM scans WHERE shard = ''")
+        .fetch_one(&store.pool)
+        .await
+        .unwrap();
+    assert_eq!(listed, 2);
+    store.reset_scan(&s).await.unwrap();
+    assert_eq!(
+        store.scan_checkpoint(&s).await.unwrap(),
+        Some((None, false))
+    );
+
+    store.finish_scan(&sharded).await.unwrap();
+    assert_eq!(
+        store.scan_checkpoint(&sharded).await.unwrap(),
+        Some((None, true))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_claims_never_hand_out_a_job_twice() {
+    let (_dir, store) = store().await;
+    for chunk in page(2000, "\"e\"").chunks(500) {
+        store
+            .enqueue_page(&scan(), chunk, &chunk[chunk.len() - 1].key)
+            .await
+            .unwrap();
+    }
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let owner = format!("w{w}");
+            let mut got = Vec::new();
+            loop {
+                let jobs = store.claim(&owner, 7, LEASE).await.unwrap();
+                if jobs.is_empty() {
+                    break;
+                }
+                for j in jobs {
+                    assert_eq!(j.state, JobState::Running);
+                    assert_eq!(j.lease_owner.as_deref(), Some(owner.as_str()));
+                    assert_eq!(j.attempts, 1);
+                    assert!(
+                        store
+                            .complete(j.id, &owner, &done(Action::Skip, "\"x\""))
+                            .await
+                            .unwrap()
+                    );
+                    got.push(j.id);
+                }
+            }
+            got
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let unique: HashSet<i64> = all.iter().copied().collect();
+    assert_eq!(all.len(), 2000, "a job was handed out twice");
+    assert_eq!(unique.len(), 2000);
+    assert_eq!(store.state_counts().await.unwrap().done.objects, 2000);
+}
+
+#[tokio::test]
+async fn expired_lease_is_reclaimed_and_stale_owner_refused() {
+    let (_dir, store) = store().await;
+    store
+        .enqueue_page(&scan(), &page(2, "\"e\""), "k000001")
+        .await
+        .unwrap();
+    let first = store.claim("old", 1, LEASE).await.unwrap();
+    assert_eq!(first.len(), 1);
+    let id = first[0].id;
+    // A live lease is not handed out again.
+    let other = store.claim("new", 10, LEASE).await.unwrap();
+    assert_eq!(other.iter().map(|j| j.id).collect::<Vec<_>>(), vec![id + 1]);
+    assert!(store.claim("new", 10, LEASE).await.unwrap().is_empty());
+
+    // "old" dies; its lease runs out.
+    sqlx::query("UPDATE jobs SET lease_until = unixepoch() - 1 WHERE id = ?")
+        .bind(id)
+        .execute(&store.pool)
+        .await
+        .unwrap();
+    let again = store.claim("new", 10, LEASE).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].id, id);
+    assert_eq!(again[0].attempts, 2);
+    assert_eq!(again[0].lease_owner.as_deref(), Some("new"));
+
+    // The stale owner can no longer write anything.
+    let outcome = done(Action::Rewrite, "\"stale\"");
+    assert!(!store.complete(id, "old", &outcome).await.unwrap());
+    assert!(!store.requeue(id, "old", None, None, "412").await.unwrap());
+    assert_eq!(store.release(&[id], "old").await.unwrap(), 0);
+    assert!(
+        store
+            .renew_lease(&[id], "old", LEASE)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store.job(id).await.unwrap().unwrap().state,
+        JobState::Running
+    );
+
+    assert_eq!(
+        store
+            .renew_lease(&[id, id + 1], "new", LEASE)
+            .await
+            .unwrap(),
+        vec![id, id + 1]
+    );
+    assert!(store.complete(id, "new", &outcome).await.unwrap());
+    let job = store.job(id).await.unwrap().unwrap();
+    assert_eq!(job.state, JobState::Done);
+    assert_eq!(job.result_etag.as_deref(), Some("\"stale\""));
+    assert_eq!(job.lease_owner, None);
+    assert!(job.finished_at.is_some());
+    // Finished rows are not outcome-writable any more, even by the last owner.
+    assert!(!store.complete(id, "new", &outcome).await.unwrap());
+}
+
+#[tokio::test]
+async fn requeue_release_and_outcome_validation() {
+    let (_dir, store) = store().await;
+    store
+        .enqueue_page(&scan(), &page(3, "\"e\""), "k000002")
+        .await
+        .unwrap();
+    let jobs = claim_all(&store, "w").await;
+    let ids: Vec<i64> = jobs.iter().map(|j| j.id).collect();
+
+    assert!(matches!(
+        store
+            .complete(ids[0], "w", &Outcome::new(JobState::Pending))
+            .await,
+        Err(StoreError::NotFinal(JobState::Pending))
+    ));
+
+    assert!(
+        store
+            .requeue(ids[0], "w", Some("\"e2\""), Some(123), "PreconditionFailed")
+            .await
+            .unwrap()
+    );
+    let j = store.job(ids[0]).await.unwrap().unwrap();
+    assert_eq!(
+        (j.state, j.etag.as_str(), j.size, j.conflicts, j.attempts),
+        (JobState::Pending, "\"e2\"", 123, 1, 1)
+    );
+    assert_eq!(j.lease_owner, None);
+
+    assert_eq!(store.release(&ids[1..], "w").await.unwrap(), 2);
+    let j = store.job(ids[1]).await.unwrap().unwrap();
+    assert_eq!((j.state, j.attempts), (JobState::Pending, 0));
+
+    // All three come back, in id order, with the requeued one keeping its attempt.
+    let again = claim_all(&store, "w2").await;
+    assert_eq!(again.iter().map(|j| j.id).collect::<Vec<_>>(), ids);
+    assert_eq!(
+        again.iter().map(|j| j.attempts).collect::<Vec<_>>(),
+        vec![2, 1, 1]
+    );
+    assert_eq!(again[0].etag, "\"e2\"");
+
+    let failed = Outcome {
+        last_error: Some("boom".into()),
+        ..Outcome::new(JobState::Failed)
+    };
+    for id in &ids {
+        assert!(store.complete(*id, "w2", &failed).await.unwrap());
+    }
+    assert_eq!(store.retry_failed(false).await.unwrap(), 3);
+    assert_eq!(store.state_counts().await.unwrap().pending.objects, 3);
+}
+
+#[tokio::test]
+async fn counts_and_report() {
+    let (_dir, store) = store().await;
+    let objects: Vec<ListedObject> = (0..6)
+        .map(|i| obj(&format!("k{i}"), "\"e\"", 1000 + i))
+        .collect();
+    store.enqueue_page(&scan(), &objects, "k5").await.unwrap();
+    let jobs = store.claim("w", 5, LEASE).await.unwrap();
+    assert_eq!(jobs.len(), 5);
+    let outcomes = [
+        Outcome {
+            previous_version_id: Some("v0".into()),
+            result_version_id: Some("v1".into()),
+            plaintext_sha256: Some("ab".repeat(32)),
+            ..done(Action::Rewrite, "\"r0\"")
+        },
+        done(Action::Rewrap, "\"r1\""),
+        Outcome {
+            source_format: None,
+            skip_reason: Some("plaintext".into()),
+            result_etag: None,
+            ..done(Action::Skip, "")
+        },
+        Outcome {
+            source_format: Some("v1-aes".into()),
+            error_code: Some("AccessDenied".into()),
+            http_status: Some(403),
+            last_error: Some("kms:Decrypt denied".into()),
+            ..Outcome::new(JobState::Failed)
+        },
+        Outcome {
+            last_error: Some("changed 5 times".into()),
+            ..Outcome::new(JobState::Conflict)
+        },
+    ];
+    for (j, o) in jobs.iter().zip(&outcomes) {
+        assert!(store.complete(j.id, "w", o).await.unwrap());
+    }
+    // k4 (conflict) stays; k5 is pending.
+
+    let c = store.counts().await.unwrap();
+    assert_eq!(
+        c.total,
+        Tally {
+            objects: 6,
+            bytes: 6015
+        }
+    );
+    assert_eq!(
+        c.by_state.done,
+        Tally {
+            objects: 3,
+            bytes: 3003
+        }
+    );
+    assert_eq!(
+        c.by_state.failed,
+        Tally {
+            objects: 1,
+            bytes: 1003
+        }
+    );
+    assert_eq!(
+        c.by_state.conflict,
+        Tally {
+            objects: 1,
+            bytes: 1004
+        }
+    );
+    assert_eq!(
+        c.by_state.pending,
+        Tally {
+            objects: 1,
+            bytes: 1005
+        }
+    );
+    assert_eq!(c.by_state.running, Tally::default());
+    assert_eq!(
+        c.by_state.remaining(),
+        Tally {
+            objects: 1,
+            bytes: 1005
+        }
+    );
+    assert_eq!(c.by_state.finished().objects, 5);
+    assert_eq!(c.by_state, store.state_counts().await.unwrap());
+    assert_eq!(
+        c.by_source_format.get("v1-aes"),
+        Some(&Tally {
+            objects: 3,
+            bytes: 3004
+        })
+    );
+    assert_eq!(
+        c.by_action.get(&(Action::Skip, Some("plaintext".into()))),
+        Some(&Tally {
+            objects: 1,
+            bytes: 1002
+        })
+    );
+    assert_eq!(
+        c.by_action.get(&(Action::Rewrite, None)),
+        Some(&Tally {
+            objects: 1,
+            bytes: 1000
+        })
+    );
+    assert!(c.first_finished_at.is_some());
+    assert!(c.first_finished_at <= c.last_finished_at);
+
+    let all: Vec<ReportRow> = store.report(None).try_collect().await.unwrap();
+    assert_eq!(all.len(), 6);
+    assert_eq!(
+        all.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(),
+        ["k0", "k1", "k2", "k3", "k4", "k5"]
+    );
+    assert_eq!(all[0].task_status, "succeeded");
+    assert_eq!(all[0].version_id.as_deref(), Some("v0"));
+    assert_eq!(all[0].result_message, "rewrite");
+    assert_eq!(all[2].result_message, "skip: plaintext");
+    assert_eq!(all[3].task_status, "failed");
+    assert_eq!(all[3].error_code.as_deref(), Some("AccessDenied"));
+    assert_eq!(all[3].http_status, Some(403));
+    assert_eq!(all[3].result_message, "kms:Decrypt denied");
+    assert_eq!(all[4].task_status, "failed");
+    assert_eq!(all[5].task_status, "pending");
+    let json = serde_json::to_value(&all[3]).unwrap();
+    assert_eq!(json["HTTPStatusCode"], 403);
+    assert_eq!(json["TaskStatus"], "failed");
+    assert_eq!(json["state"], "failed");
+
+    let failed: Vec<ReportRow> = store
+        .report(Some(JobState::Failed))
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].key, "k3");
+}
+
+#[tokio::test]
+async fn report_pages_through_many_rows() {
+    let (_dir, store) = store().await;
+    let n = REPORT_PAGE as usize * 2 + 1;
+    store
+        .enqueue_page(&scan(), &page(n, "\"e\""), "z")
+        .await
+        .unwrap();
+    let rows: Vec<ReportRow> = store.report(None).try_collect().await.unwrap();
+    assert_eq!(rows.len(), n);
+    assert!(rows.windows(2).all(|w| w[0].id < w[1].id));
+    let none: Vec<ReportRow> = store
+        .report(Some(JobState::Done))
+        .try_collect()
+        .await
+        .unwrap();
+    assert!(none.is_empty());
+}
+
+#[test]
+fn state_and_action_text_round_trip() {
+    for s in JobState::ALL {
+        assert_eq!(s.as_str().parse::<JobState>().unwrap(), s);
+    }
+    for a in Action::ALL {
+        assert_eq!(a.as_str().parse::<Action>().unwrap(), a);
+    }
+    assert!("bogus".parse::<JobState>().is_err());
+    assert!("Rewrite".parse::<Action>().is_err());
+}
+
+/// Enqueue throughput: 200k keys in pages of 1000, as a scan would. Run with
+/// `cargo test --release --lib store::tests::enqueue_rate -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "throughput measurement; run in release"]
+async fn enqueue_rate() {
+    let (_dir, store) = store().await;
+    let total = 200_000;
+    let objects: Vec<ListedObject> = (0..total)
+        .map(|i| ListedObject {
+            key: format!("data/2026/11/{:02}/part-{i:08}.parquet", i % 30),
+            etag: format!("\"{:032x}\"", i as u128 * 0x9e37_79b9_7f4a_7c15),
+            size: 1 << 20,
+            last_modified: Some("2026-11-26T00:00:00.000Z".into()),
+            storage_class: Some("STANDARD".into()),
+        })
+        .collect();
+    let mut sorted = objects;
+    sorted.sort_by(|a, b| a.key.cmp(&b.key));
+    for (label, expect_inserted) in [("insert", true), ("rescan (unchanged)", false)] {
+        let start = Instant::now();
+        for chunk in sorted.chunks(1000) {
+            let stats = store
+                .enqueue_page(&scan(), chunk, &chunk[chunk.len() - 1].key)
+                .await
+                .unwrap();
+            if expect_inserted {
+                assert_eq!(stats.inserted, chunk.len() as u64);
+            } else {
+                assert_eq!(stats.unchanged, chunk.len() as u64);
+            }
+        }
+        let secs = start.elapsed().as_secs_f64();
+        println!(
+            "enqueue {label}: {total} keys in {secs:.2}s = {:.0} keys/s",
+            total as f64 / secs
+        );
+    }
+    let start = Instant::now();
+    let mut claimed = 0;
+    loop {
+        let jobs = store.claim("w", 100, LEASE).await.unwrap();
+        if jobs.is_empty() {
+            break;
+        }
+        claimed += jobs.len();
+        if claimed >= 50_000 {
+            break;
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "claim: {claimed} jobs in batches of 100 in {secs:.2}s = {:.0} jobs/s",
+        claimed as f64 / secs
+    );
+    let start = Instant::now();
+    let c = store.counts().await.unwrap();
+    println!(
+        "counts over {} rows: {:?}",
+        c.total.objects,
+        start.elapsed()
+    );
+}
