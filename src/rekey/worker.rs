@@ -1,0 +1,1052 @@
+//! The worker pool: claims jobs with a lease, runs up to `--concurrency` of them as tokio tasks,
+//! and records each outcome. Per object (HEAD first, then decide from the envelope):
+//!
+//! - **rewrite** (CBC sources, `--reencrypt`): GET -> decrypt -> SHA-256 -> AES-GCM under a fresh
+//!   data key (exactly one `GenerateDataKey`) -> PUT / multipart upload with `If-Match` the ETag
+//!   HEAD saw. The body is decrypted *while* it is uploaded ([`DecryptReader`]); a source that
+//!   fails authentication makes the reader fail at EOF, before PutObject /
+//!   CompleteMultipartUpload, so nothing unauthenticated is ever committed.
+//! - **rewrap** (GCM sources): the content key is wrapped under the target key (one `ReEncrypt`
+//!   for KMS sources, one `Encrypt` for raw-key sources) and the metadata replaced by a
+//!   server-side CopyObject onto itself with `x-amz-copy-source-if-match`.
+//! - **verify** (default): read the new object back. Rewrites and raw-key rewraps are decrypted
+//!   with the content key in hand (no KMS call) and, for rewrites, the plaintext SHA-256 is
+//!   compared with the source's; `ReEncrypt` rewraps hold no content key, so they are verified by
+//!   HEAD + envelope equality only.
+//! - A 412/409 (the object changed) requeues the job with the new ETag; the third conflict marks
+//!   it `conflict`. A newer object is never overwritten.
+//!
+//! Graceful stop: claiming stops, in-flight objects finish, claimed-but-unstarted jobs are
+//! released. A killed worker's leases lapse (or, on the same host, are released at the next start
+//! once its pid is gone).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context as TaskContext, Poll, ready};
+use std::time::{Duration, Instant};
+
+use aws_sdk_s3::types::{MetadataDirective, TaggingDirective};
+use futures::{StreamExt, TryStreamExt};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
+use tokio::task::JoinSet;
+
+use crate::client::{ClientError, EnvelopeState, ObjectHead, PutRequest, normalize_metadata};
+use crate::codec::{self, CodecError, DecryptPolicy, NewEncryption, ObjectDecryptor, WriteFormat};
+use crate::consts::{CEK_GCM, EC_CEK_ALG, GCM_IV_LEN, INSTRUCTION_MARKER, INSTRUCTION_SUFFIX};
+use crate::content;
+use crate::envelope::{self, ContentAlg, Envelope, Location, Metadata, Version, WrapAlg};
+use crate::keyring::KmsError;
+use crate::secret::{SecretBytes, fill_random};
+use crate::store::{self, Job, JobState, JobStore, Outcome};
+
+use super::kms::backoff;
+use super::plan::{self, Action};
+use super::{RekeyConfig, RekeyError, Shutdown};
+
+/// Attempts per object on transient S3/KMS failures (first try included).
+const MAX_ATTEMPTS: u32 = 5;
+/// Conflicts (the object changed under us) before a job is left in state `conflict`.
+const MAX_CONFLICTS: u32 = 3;
+/// Largest object CopyObject takes in one request; larger rewraps need UploadPartCopy.
+const MAX_COPY_SIZE: u64 = 5 << 30;
+/// How often the queue gauges are refreshed from the store.
+const GAUGE_INTERVAL: Duration = Duration::from_secs(3);
+
+/// Object-key characters CopySource keeps as they are (RFC 3986 unreserved, plus `/`).
+const COPY_SOURCE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'/')
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+/// Characters a tag key or value keeps as they are in the `x-amz-tagging` query string.
+const TAG: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// What the workers did in this run.
+#[derive(Debug, Clone, Default)]
+pub struct WorkSummary {
+    pub migrated: u64,
+    pub skipped: u64,
+    pub failed: u64,
+    /// Jobs left in state `conflict` (changed under us [`MAX_CONFLICTS`] times).
+    pub conflicts: u64,
+    /// Conflicts that were requeued (classified again later in the run).
+    pub requeued: u64,
+    pub bytes_migrated: u64,
+    /// `--dry-run`: objects and bytes by planned action (`rewrite`, `rewrap`, `skip:plaintext`, …).
+    pub planned: BTreeMap<String, (u64, u64)>,
+}
+
+/// One object's failure.
+#[derive(Debug)]
+enum ObjError {
+    /// The object changed since it was listed / read: requeue with what we know of it now.
+    Conflict {
+        message: String,
+        etag: Option<String>,
+        size: Option<u64>,
+    },
+    Failed {
+        code: String,
+        http: Option<u16>,
+        message: String,
+        transient: bool,
+    },
+}
+
+impl ObjError {
+    fn failed(code: &str, message: impl Into<String>) -> Self {
+        ObjError::Failed {
+            code: code.to_owned(),
+            http: None,
+            message: message.into(),
+            transient: false,
+        }
+    }
+}
+
+impl From<ClientError> for ObjError {
+    fn from(e: ClientError) -> Self {
+        let http = e.http_status();
+        let transient = e.is_transient();
+        match e {
+            ClientError::PreconditionFailed => ObjError::Conflict {
+                message: e.to_string(),
+                etag: None,
+                size: None,
+            },
+            ClientError::Codec(c) => c.into(),
+            ClientError::S3 { ref code, .. } => ObjError::Failed {
+                code: code.clone().unwrap_or_else(|| "S3Error".into()),
+                http,
+                message: e.to_string(),
+                transient,
+            },
+            ClientError::NotFound { .. } => ObjError::Failed {
+                code: "NoSuchKey".into(),
+                http,
+                message: e.to_string(),
+                transient: false,
+            },
+            other => ObjError::Failed {
+                code: "IoError".into(),
+                http,
+                message: other.to_string(),
+                transient,
+            },
+        }
+    }
+}
+
+impl From<CodecError> for ObjError {
+    fn from(e: CodecError) -> Self {
+        let class = e.class();
+        ObjError::Failed {
+            code: class.code().to_owned(),
+            http: None,
+            message: e.to_string(),
+            transient: matches!(
+                class,
+                codec::ErrorClass::KmsUnavailable | codec::ErrorClass::Io
+            ),
+        }
+    }
+}
+
+impl From<KmsError> for ObjError {
+    fn from(e: KmsError) -> Self {
+        CodecError::Keyring(e.into()).into()
+    }
+}
+
+/// What was written.
+struct Written {
+    etag: Option<String>,
+    version_id: Option<String>,
+    sha256: Option<String>,
+}
+
+/// A finished object.
+struct Done {
+    outcome: Outcome,
+    /// Metrics result label.
+    result: &'static str,
+    action: &'static str,
+}
+
+/// Shared by the tasks of one run.
+struct Ctx {
+    config: RekeyConfig,
+    owner: String,
+    summary: Mutex<WorkSummary>,
+    inflight: Mutex<BTreeSet<i64>>,
+}
+
+impl Ctx {
+    fn summary(&self, f: impl FnOnce(&mut WorkSummary)) {
+        if let Ok(mut s) = self.summary.lock() {
+            f(&mut s);
+        }
+    }
+}
+
+/// `host:pid:start`: unique per process; the host and pid let a restarted worker on the same
+/// host release the rows of a dead predecessor without waiting for the lease to lapse.
+fn owner_id() -> String {
+    let start = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!("{}:{}:{start}", hostname(), std::process::id())
+}
+
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// Releases `running` rows leased by a dead process of this host (killed with SIGKILL, OOM).
+async fn release_dead_leases(store: &JobStore, me: &str) -> Result<u64, RekeyError> {
+    let host = hostname();
+    let my_pid = std::process::id().to_string();
+    let running: Vec<_> = store.report(Some(JobState::Running)).try_collect().await?;
+    let mut by_owner: HashMap<String, Vec<i64>> = HashMap::new();
+    for row in running {
+        let Some(job) = store.job(row.id).await? else {
+            continue;
+        };
+        let Some(owner) = job.lease_owner else {
+            continue;
+        };
+        let mut parts = owner.split(':');
+        let (Some(h), Some(pid)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        if h != host || owner == me {
+            continue;
+        }
+        let dead = if pid == my_pid {
+            true // Our pid, another start: that process is gone (a restarted container's pid 1).
+        } else {
+            !std::path::Path::new("/proc").join(pid).exists()
+        };
+        if dead {
+            by_owner.entry(owner).or_default().push(job.id);
+        }
+    }
+    let mut released = 0;
+    for (owner, ids) in by_owner {
+        released += store.release(&ids, &owner).await?;
+    }
+    if released > 0 {
+        tracing::info!(released, "released the jobs of a dead worker on this host");
+    }
+    Ok(released)
+}
+
+/// Drains the queue.
+pub async fn work(config: &RekeyConfig, shutdown: &Shutdown) -> Result<WorkSummary, RekeyError> {
+    let owner = owner_id();
+    release_dead_leases(&config.store, &owner).await?;
+    let ctx = Arc::new(Ctx {
+        config: config.clone(),
+        owner: owner.clone(),
+        summary: Mutex::new(WorkSummary::default()),
+        inflight: Mutex::new(BTreeSet::new()),
+    });
+    let lease = config.lease.max(Duration::from_secs(3));
+    // Renews the leases of running jobs: only a dead worker's lease lapses.
+    let renew = {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(lease / 3).await;
+                let ids: Vec<i64> = ctx
+                    .inflight
+                    .lock()
+                    .map(|s| s.iter().copied().collect())
+                    .unwrap_or_default();
+                if let Err(e) = ctx.config.store.renew_lease(&ids, &ctx.owner, lease).await {
+                    tracing::warn!(error = %e, "lease renewal failed");
+                }
+            }
+        })
+    };
+    let gauges = {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Ok(c) = ctx.config.store.state_counts().await {
+                    ctx.config.telemetry.queue(&c);
+                }
+                tokio::time::sleep(GAUGE_INTERVAL).await;
+            }
+        })
+    };
+    let result = claim_loop(&ctx, shutdown, lease).await;
+    renew.abort();
+    gauges.abort();
+    if let Ok(c) = config.store.state_counts().await {
+        config.telemetry.queue(&c);
+    }
+    result?;
+    let summary = ctx.summary.lock().map(|s| s.clone()).unwrap_or_default();
+    Ok(summary)
+}
+
+async fn claim_loop(
+    ctx: &Arc<Ctx>,
+    shutdown: &Shutdown,
+    lease: Duration,
+) -> Result<(), RekeyError> {
+    let store = &ctx.config.store;
+    let concurrency = ctx.config.concurrency.max(1);
+    let mut tasks: JoinSet<Result<(), RekeyError>> = JoinSet::new();
+    let mut first_error = None;
+    loop {
+        if shutdown.is_stopping() {
+            break;
+        }
+        let free = concurrency.saturating_sub(tasks.len());
+        let jobs = if free > 0 {
+            store.claim(&ctx.owner, free as u32, lease).await?
+        } else {
+            Vec::new()
+        };
+        if jobs.is_empty() {
+            if tasks.is_empty() {
+                break;
+            }
+            tokio::select! {
+                r = tasks.join_next() => note_task(r, &mut first_error),
+                _ = shutdown.stopped() => {}
+            }
+            continue;
+        }
+        let mut unstarted = Vec::new();
+        for job in jobs {
+            if shutdown.is_stopping() {
+                unstarted.push(job.id);
+                continue;
+            }
+            if let Ok(mut s) = ctx.inflight.lock() {
+                s.insert(job.id);
+            }
+            let ctx = ctx.clone();
+            tasks.spawn(async move {
+                let id = job.id;
+                let r = handle_job(&ctx, job).await;
+                if let Ok(mut s) = ctx.inflight.lock() {
+                    s.remove(&id);
+                }
+                r
+            });
+        }
+        if !unstarted.is_empty() {
+            store.release(&unstarted, &ctx.owner).await?;
+        }
+    }
+    while let Some(r) = tasks.join_next().await {
+        note_task(Some(r), &mut first_error);
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+fn note_task(
+    r: Option<Result<Result<(), RekeyError>, tokio::task::JoinError>>,
+    first: &mut Option<RekeyError>,
+) {
+    match r {
+        Some(Ok(Err(e))) => {
+            tracing::error!(error = %e, "recording a job outcome failed");
+            first.get_or_insert(e);
+        }
+        Some(Err(e)) => tracing::error!(error = %e, "worker task panicked"),
+        _ => {}
+    }
+}
+
+/// Processes one job (retrying transient failures) and records its outcome.
+async fn handle_job(ctx: &Ctx, job: Job) -> Result<(), RekeyError> {
+    let started = Instant::now();
+    let c = &ctx.config;
+    let mut attempt = 0;
+    let result = loop {
+        attempt += 1;
+        match process(ctx, &job).await {
+            Err(ObjError::Failed {
+                transient: true,
+                ref message,
+                ..
+            }) if attempt < MAX_ATTEMPTS => {
+                c.telemetry.retry("s3", "transient");
+                tracing::debug!(key = %job.key, attempt, error = %message, "retrying object");
+                tokio::time::sleep(backoff(attempt)).await;
+            }
+            r => break r,
+        }
+    };
+    let size = job.size;
+    match result {
+        Ok(done) => {
+            c.telemetry
+                .object(done.result, done.action, size, started.elapsed());
+            ctx.summary(|s| match done.result {
+                "migrated" => {
+                    s.migrated += 1;
+                    s.bytes_migrated += size;
+                }
+                _ => s.skipped += 1,
+            });
+            tracing::info!(key = %job.key, action = done.action, result = done.result,
+                format = done.outcome.source_format.as_deref().unwrap_or(""), "object done");
+            c.store.complete(job.id, &ctx.owner, &done.outcome).await?;
+        }
+        Err(ObjError::Conflict {
+            message,
+            mut etag,
+            mut size,
+        }) => {
+            if etag.is_none() {
+                c.s3_limit.wait().await;
+                if let Ok(h) = c.client.head(&job.bucket, &job.key).await {
+                    etag = h.etag;
+                    size = Some(h.content_length);
+                }
+            }
+            if job.conflicts + 1 >= MAX_CONFLICTS {
+                c.telemetry
+                    .object("conflict", "none", job.size, started.elapsed());
+                ctx.summary(|s| s.conflicts += 1);
+                tracing::warn!(key = %job.key, error = %message, "object keeps changing: left as conflict");
+                let outcome = Outcome {
+                    error_code: Some("PreconditionFailed".into()),
+                    http_status: Some(412),
+                    last_error: Some(message),
+                    ..Outcome::new(JobState::Conflict)
+                };
+                c.store.complete(job.id, &ctx.owner, &outcome).await?;
+            } else {
+                ctx.summary(|s| s.requeued += 1);
+                c.telemetry.retry("s3", "conflict");
+                tracing::info!(key = %job.key, error = %message, "object changed: requeued");
+                c.store
+                    .requeue(job.id, &ctx.owner, etag.as_deref(), size, &message)
+                    .await?;
+            }
+        }
+        Err(ObjError::Failed {
+            code,
+            http,
+            message,
+            ..
+        }) => {
+            c.telemetry
+                .object("failed", "none", job.size, started.elapsed());
+            ctx.summary(|s| s.failed += 1);
+            tracing::warn!(key = %job.key, code = %code, error = %message, "object failed");
+            let outcome = Outcome {
+                error_code: Some(code),
+                http_status: http,
+                last_error: Some(message),
+                ..Outcome::new(JobState::Failed)
+            };
+            c.store.complete(job.id, &ctx.owner, &outcome).await?;
+        }
+    }
+    Ok(())
+}
+
+/// HEAD + envelope + classification, shared by the worker and `--dry-run`.
+async fn inspect(
+    ctx: &RekeyConfig,
+    bucket: &str,
+    key: &str,
+) -> Result<Option<(ObjectHead, EnvelopeState, Action)>, ObjError> {
+    ctx.s3_limit.wait().await;
+    let head = match ctx.client.head(bucket, key).await {
+        Ok(h) => h,
+        Err(ClientError::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    ctx.s3_limit.wait().await;
+    let state = ctx.client.envelope_of(&head).await?;
+    let action = plan::classify(&head, &state, &ctx.target, ctx.reencrypt);
+    Ok(Some((head, state, action)))
+}
+
+async fn process(ctx: &Ctx, job: &Job) -> Result<Done, ObjError> {
+    let c = &ctx.config;
+    let Some((head, state, action)) = inspect(c, &job.bucket, &job.key).await? else {
+        // Deleted since it was listed: nothing left to migrate.
+        return Ok(Done {
+            outcome: Outcome {
+                action: Some(store::Action::Skip),
+                skip_reason: Some("deleted".into()),
+                ..Outcome::new(JobState::Done)
+            },
+            result: "skipped",
+            action: "skip",
+        });
+    };
+    if !job.etag.is_empty() && head.etag.as_deref() != Some(job.etag.as_str()) {
+        // Changed since it was listed: classify again later from what is there now.
+        return Err(ObjError::Conflict {
+            message: format!(
+                "changed since listed (ETag {} -> {})",
+                job.etag,
+                head.etag.as_deref().unwrap_or("?")
+            ),
+            etag: head.etag.clone(),
+            size: Some(head.content_length),
+        });
+    }
+    let format = match &state {
+        EnvelopeState::Plaintext => "plaintext".to_owned(),
+        EnvelopeState::Encrypted(env) => env.format_name(),
+    };
+    let env = match (action, state) {
+        (Action::Skip(_), _) | (_, EnvelopeState::Plaintext) => {
+            return Ok(Done {
+                outcome: Outcome {
+                    source_format: Some(format),
+                    action: Some(store::Action::Skip),
+                    skip_reason: action.skip_reason().map(str::to_owned),
+                    ..Outcome::new(JobState::Done)
+                },
+                result: "skipped",
+                action: "skip",
+            });
+        }
+        (_, EnvelopeState::Encrypted(env)) => env,
+    };
+    let written = match action {
+        Action::Rewrite => rewrite(c, &head, &env).await?,
+        _ => rewrap(c, &head, &env).await?,
+    };
+    if env.location == Location::InstructionFile {
+        let ikey = format!("{}{INSTRUCTION_SUFFIX}", head.key);
+        c.s3_limit.wait().await;
+        let t = Instant::now();
+        let r = c
+            .client
+            .s3()
+            .delete_object()
+            .bucket(&head.bucket)
+            .key(&ikey)
+            .send()
+            .await;
+        if let Err(e) = c.client.observe("DeleteObject", &head.bucket, &ikey, t, r) {
+            // Harmless: the envelope in the metadata takes precedence over the stale file.
+            tracing::warn!(key = %ikey, error = %e, "could not delete the stale instruction file");
+        }
+    }
+    let store_action = action.store_action();
+    Ok(Done {
+        outcome: Outcome {
+            source_format: Some(format),
+            action: Some(store_action),
+            result_etag: written.etag,
+            result_version_id: written.version_id,
+            previous_version_id: head.version_id.clone(),
+            plaintext_sha256: written.sha256,
+            ..Outcome::new(JobState::Done)
+        },
+        result: "migrated",
+        action: store_action.as_str(),
+    })
+}
+
+/// User metadata to keep: everything but the envelope (and the instruction-file marker).
+fn user_metadata(head: &ObjectHead) -> Metadata {
+    let mut m = head.metadata.clone();
+    for k in envelope::ENVELOPE_KEYS {
+        m.remove(*k);
+    }
+    m.remove(INSTRUCTION_MARKER);
+    m
+}
+
+/// The new envelope's KMS encryption context: `--context` + `aws:x-amz-cek-alg`.
+fn target_context(c: &RekeyConfig) -> envelope::Context {
+    let mut ec = c.context.clone();
+    ec.insert(EC_CEK_ALG.into(), CEK_GCM.into());
+    ec
+}
+
+/// The one source content key.
+async fn source_key(c: &RekeyConfig, env: &Envelope) -> Result<SecretBytes, ObjError> {
+    let mut keys =
+        codec::unwrap_content_key(env, c.client.keyring(), &DecryptPolicy::legacy()).await?;
+    match keys.len() {
+        1 => Ok(keys.remove(0)),
+        _ => Err(ObjError::failed(
+            codec::ErrorClass::NoMatchingKey.code(),
+            "several configured RSA keys unwrap this object's data key; give only the right one",
+        )),
+    }
+}
+
+async fn tagging(c: &RekeyConfig, head: &ObjectHead) -> Result<Option<String>, ObjError> {
+    c.s3_limit.wait().await;
+    let t = Instant::now();
+    let r = c
+        .client
+        .s3()
+        .get_object_tagging()
+        .bucket(&head.bucket)
+        .key(&head.key)
+        .send()
+        .await;
+    let out = c
+        .client
+        .observe("GetObjectTagging", &head.bucket, &head.key, t, r)?;
+    let tags: Vec<String> = out
+        .tag_set()
+        .iter()
+        .map(|t| {
+            format!(
+                "{}={}",
+                utf8_percent_encode(t.key(), TAG),
+                utf8_percent_encode(t.value(), TAG)
+            )
+        })
+        .collect();
+    Ok((!tags.is_empty()).then(|| tags.join("&")))
+}
+
+async fn rewrite(c: &RekeyConfig, head: &ObjectHead, env: &Envelope) -> Result<Written, ObjError> {
+    let src_key = source_key(c, env).await?;
+    let tagging = tagging(c, head).await?;
+    let plaintext_len = env.plaintext_len_for(head.content_length);
+    let ec = target_context(c);
+    let (cek, blob) = c.kms.generate_data_key(&c.target.key_id, &ec).await?;
+    let mut iv = vec![0u8; GCM_IV_LEN];
+    fill_random(&mut iv);
+    let encryptor = content::gcm_encryptor(cek.expose(), &iv, &[]).map_err(CodecError::from)?;
+    let new_env = Envelope {
+        version: Version::V2,
+        content_alg: ContentAlg::AesGcm,
+        wrap: WrapAlg::KmsContext,
+        encrypted_key: blob,
+        iv,
+        matdesc: envelope::Context::new(),
+        encryption_context: ec.clone(),
+        message_id: Vec::new(),
+        commitment: Vec::new(),
+        plaintext_length: plaintext_len,
+        location: Location::ObjectMetadata,
+    };
+    let decryptor = ObjectDecryptor::new(env, &src_key)?;
+    c.s3_limit.wait().await;
+    let body = c.client.get_body(head, None).await?;
+    let mut reader = DecryptReader::new(body.into_async_read(), decryptor);
+    let req = PutRequest {
+        bucket: head.bucket.clone(),
+        key: head.key.clone(),
+        format: WriteFormat::V2,
+        context: c.context.clone(),
+        metadata: user_metadata(head),
+        attrs: head.attrs.clone(),
+        tagging,
+        if_match: head.etag.clone(),
+        if_none_match: false,
+        plaintext_len,
+    };
+    c.s3_limit.wait().await;
+    let put = c
+        .client
+        .put_encrypted(
+            &req,
+            NewEncryption {
+                envelope: new_env.clone(),
+                encryptor,
+            },
+            &mut reader,
+        )
+        .await;
+    if reader.auth_failed {
+        return Err(CodecError::DecryptionFailed.into());
+    }
+    let put = put?;
+    let sha = reader.sha256_hex();
+    if c.verify {
+        let got = verify_read(c, head, put.etag.as_deref(), &put.envelope, Some(&cek)).await?;
+        if got.as_deref() != Some(sha.as_str()) {
+            return Err(ObjError::failed(
+                "VerifyFailed",
+                "the rewritten object's plaintext SHA-256 differs from the source's",
+            ));
+        }
+    }
+    Ok(Written {
+        etag: put.etag,
+        version_id: put.version_id,
+        sha256: Some(sha),
+    })
+}
+
+async fn rewrap(c: &RekeyConfig, head: &ObjectHead, env: &Envelope) -> Result<Written, ObjError> {
+    if head.content_length > MAX_COPY_SIZE {
+        return Err(ObjError::failed(
+            "NotYetSupported",
+            "rewrap of objects over 5 GiB needs a multipart copy, not yet implemented; use --reencrypt",
+        ));
+    }
+    let ec = target_context(c);
+    let (blob, cek) = if env.wrap.is_kms() {
+        // One ReEncrypt: the content key never leaves KMS.
+        (
+            c.kms
+                .re_encrypt(
+                    &env.encrypted_key,
+                    &env.encryption_context,
+                    &c.target.key_id,
+                    &ec,
+                )
+                .await?,
+            None,
+        )
+    } else {
+        let cek = source_key(c, env).await?;
+        (c.kms.encrypt(&c.target.key_id, &cek, &ec).await?, Some(cek))
+    };
+    let new_env = Envelope {
+        version: Version::V2,
+        content_alg: ContentAlg::AesGcm,
+        wrap: WrapAlg::KmsContext,
+        encrypted_key: blob,
+        iv: env.iv.clone(),
+        matdesc: envelope::Context::new(),
+        encryption_context: ec,
+        message_id: Vec::new(),
+        commitment: Vec::new(),
+        plaintext_length: env.plaintext_len_for(head.content_length),
+        location: Location::ObjectMetadata,
+    };
+    let mut metadata = user_metadata(head);
+    metadata.extend(new_env.to_metadata());
+    let a = &head.attrs;
+    let source = format!(
+        "{}/{}",
+        head.bucket,
+        utf8_percent_encode(&head.key, COPY_SOURCE)
+    );
+    c.s3_limit.wait().await;
+    let t = Instant::now();
+    let r = c
+        .client
+        .s3()
+        .copy_object()
+        .bucket(&head.bucket)
+        .key(&head.key)
+        .copy_source(source)
+        .set_copy_source_if_match(head.etag.clone())
+        .metadata_directive(MetadataDirective::Replace)
+        .tagging_directive(TaggingDirective::Copy)
+        .set_metadata(Some(metadata.into_iter().collect()))
+        .set_content_type(a.content_type.clone())
+        .set_content_encoding(a.content_encoding.clone())
+        .set_content_disposition(a.content_disposition.clone())
+        .set_content_language(a.content_language.clone())
+        .set_cache_control(a.cache_control.clone())
+        .set_expires(parse_expires(a.expires.as_deref()))
+        .set_storage_class(a.storage_class.as_deref().map(Into::into))
+        .set_server_side_encryption(a.server_side_encryption.as_deref().map(Into::into))
+        .set_ssekms_key_id(a.sse_kms_key_id.clone())
+        .set_bucket_key_enabled(a.bucket_key_enabled)
+        .send()
+        .await;
+    let out = c
+        .client
+        .observe("CopyObject", &head.bucket, &head.key, t, r)?;
+    let etag = out
+        .copy_object_result()
+        .and_then(|r| r.e_tag())
+        .map(str::to_owned);
+    let version_id = out.version_id().map(str::to_owned);
+    let sha = if c.verify {
+        verify_read(c, head, etag.as_deref(), &new_env, cek.as_ref()).await?
+    } else {
+        None
+    };
+    Ok(Written {
+        etag,
+        version_id,
+        sha256: sha,
+    })
+}
+
+/// Reads the written object back (pinned to the ETag we got) and checks its envelope is the one
+/// written; with the content key, also decrypts it (tag checked) and returns the plaintext
+/// SHA-256. Without it (ReEncrypt rewraps), HEAD + envelope equality only.
+async fn verify_read(
+    c: &RekeyConfig,
+    head: &ObjectHead,
+    etag: Option<&str>,
+    written: &Envelope,
+    cek: Option<&SecretBytes>,
+) -> Result<Option<String>, ObjError> {
+    let (bucket, key) = (&head.bucket, &head.key);
+    c.s3_limit.wait().await;
+    let t = Instant::now();
+    let Some(cek) = cek else {
+        let r = c
+            .client
+            .s3()
+            .head_object()
+            .bucket(bucket)
+            .key(key)
+            .set_if_match(etag.map(str::to_owned))
+            .send()
+            .await;
+        let out = c.client.observe("HeadObject", bucket, key, t, r)?;
+        check_envelope(&normalize_metadata(out.metadata()), written)?;
+        return Ok(None);
+    };
+    let r = c
+        .client
+        .s3()
+        .get_object()
+        .bucket(bucket)
+        .key(key)
+        .set_if_match(etag.map(str::to_owned))
+        .send()
+        .await;
+    let out = c.client.observe("GetObject", bucket, key, t, r)?;
+    check_envelope(&normalize_metadata(out.metadata()), written)?;
+    let mut dec = ObjectDecryptor::new(written, cek)?;
+    let mut body = out.body.into_async_read();
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; codec::CHUNK];
+    let mut plain = Vec::with_capacity(codec::CHUNK + 32);
+    loop {
+        let n = body.read(&mut buf).await.map_err(ClientError::Io)?;
+        plain.clear();
+        if n == 0 {
+            dec.finish(&mut plain).map_err(|_| {
+                ObjError::failed("VerifyFailed", "the written object does not decrypt")
+            })?;
+            hasher.update(&plain);
+            break;
+        }
+        dec.update(&buf[..n], &mut plain)?;
+        hasher.update(&plain);
+    }
+    Ok(Some(hex::encode(hasher.finalize())))
+}
+
+fn check_envelope(meta: &Metadata, written: &Envelope) -> Result<(), ObjError> {
+    match envelope::decode(meta) {
+        Ok(env) if &env == written => Ok(()),
+        Ok(_) => Err(ObjError::failed(
+            "VerifyFailed",
+            "the written object's envelope differs from the one written",
+        )),
+        Err(e) => Err(ObjError::failed(
+            "VerifyFailed",
+            format!("the written object's envelope does not decode: {e}"),
+        )),
+    }
+}
+
+fn parse_expires(s: Option<&str>) -> Option<aws_smithy_types::DateTime> {
+    s.and_then(|s| {
+        aws_smithy_types::DateTime::from_str(s, aws_smithy_types::date_time::Format::HttpDate).ok()
+    })
+}
+
+/// Decrypts the source body as the uploader reads it, hashing the plaintext. At EOF the
+/// decryptor's `finish` (padding / tag / length check) runs; if it fails the read fails, so the
+/// upload never completes (PutObject is not sent; a multipart upload is not completed).
+pub struct DecryptReader<R> {
+    inner: R,
+    dec: Option<ObjectDecryptor>,
+    hasher: Sha256,
+    inbuf: Vec<u8>,
+    out: Vec<u8>,
+    pos: usize,
+    eof: bool,
+    /// The source failed authentication (checked by the caller after the upload returns).
+    pub auth_failed: bool,
+}
+
+impl<R: AsyncRead + Unpin> DecryptReader<R> {
+    pub fn new(inner: R, dec: ObjectDecryptor) -> Self {
+        Self {
+            inner,
+            dec: Some(dec),
+            hasher: Sha256::new(),
+            inbuf: vec![0u8; 256 << 10],
+            out: Vec::with_capacity((256 << 10) + 32),
+            pos: 0,
+            eof: false,
+            auth_failed: false,
+        }
+    }
+
+    /// SHA-256 of the plaintext produced (complete once EOF was read without error).
+    pub fn sha256_hex(&self) -> String {
+        hex::encode(self.hasher.clone().finalize())
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for DecryptReader<R> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if this.pos < this.out.len() {
+                let n = (this.out.len() - this.pos).min(buf.remaining());
+                buf.put_slice(&this.out[this.pos..this.pos + n]);
+                this.pos += n;
+                return Poll::Ready(Ok(()));
+            }
+            if this.eof {
+                return Poll::Ready(Ok(()));
+            }
+            this.out.clear();
+            this.pos = 0;
+            let mut rb = ReadBuf::new(&mut this.inbuf);
+            ready!(Pin::new(&mut this.inner).poll_read(cx, &mut rb))?;
+            let n = rb.filled().len();
+            let r = if n == 0 {
+                this.eof = true;
+                match this.dec.take() {
+                    Some(d) => d.finish(&mut this.out).map(|_| ()),
+                    None => Err(CodecError::DecryptionFailed),
+                }
+            } else {
+                match this.dec.as_mut() {
+                    Some(d) => d.update(&this.inbuf[..n], &mut this.out),
+                    None => Err(CodecError::DecryptionFailed),
+                }
+            };
+            if r.is_err() {
+                this.auth_failed = true;
+                this.out.clear();
+                return Poll::Ready(Err(std::io::Error::other(
+                    "the source object failed authentication",
+                )));
+            }
+            this.hasher.update(&this.out);
+        }
+    }
+}
+
+/// `--dry-run`: classifies every pending job (HEAD + envelope; no KMS, no writes) and tallies
+/// objects and bytes by planned action. Job states are left as they are.
+pub async fn dry_run(config: &RekeyConfig, shutdown: &Shutdown) -> Result<WorkSummary, RekeyError> {
+    let rows: Vec<_> = config
+        .store
+        .report(Some(JobState::Pending))
+        .try_collect()
+        .await?;
+    let planned = futures::stream::iter(rows)
+        .take_while(|_| std::future::ready(!shutdown.is_stopping()))
+        .map(|row| async move {
+            let label = match inspect(config, &row.bucket, &row.key).await {
+                Ok(Some((head, state, action))) => {
+                    let format = match &state {
+                        EnvelopeState::Plaintext => "plaintext".to_owned(),
+                        EnvelopeState::Encrypted(e) => e.format_name(),
+                    };
+                    let label = match action {
+                        Action::Skip(r) => format!("skip:{}", r.as_str()),
+                        a => a.store_action().as_str().to_owned(),
+                    };
+                    tracing::info!(key = %row.key, format = %format, plan = %label, "planned");
+                    (label, head.content_length)
+                }
+                Ok(None) => ("skip:deleted".to_owned(), 0),
+                Err(ObjError::Failed { code, message, .. }) => {
+                    tracing::warn!(key = %row.key, code = %code, error = %message, "would fail");
+                    (format!("fail:{code}"), 0)
+                }
+                Err(ObjError::Conflict { .. }) => ("conflict".to_owned(), 0),
+            };
+            config
+                .telemetry
+                .object("planned", "none", label.1, Duration::ZERO);
+            label
+        })
+        .buffer_unordered(config.concurrency.max(1))
+        .collect::<Vec<_>>()
+        .await;
+    let mut summary = WorkSummary::default();
+    for (label, bytes) in planned {
+        let e = summary.planned.entry(label).or_default();
+        e.0 += 1;
+        e.1 += bytes;
+    }
+    Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_source_keeps_slashes_and_encodes_the_rest() {
+        let k = "dir/naïve file+x?.txt";
+        assert_eq!(
+            utf8_percent_encode(k, COPY_SOURCE).to_string(),
+            "dir/na%C3%AFve%20file%2Bx%3F.txt"
+        );
+    }
+
+    #[tokio::test]
+    async fn decrypt_reader_fails_at_eof_on_tamper() {
+        let key = SecretBytes::random(32);
+        let iv = [7u8; 12];
+        let mut enc = content::gcm_encryptor(key.expose(), &iv, &[]).expect("enc");
+        let mut ct = Vec::new();
+        enc.update(b"hello world, this is a test", &mut ct)
+            .expect("update");
+        enc.finish(&mut ct).expect("finish");
+        let env = Envelope {
+            version: Version::V2,
+            content_alg: ContentAlg::AesGcm,
+            wrap: WrapAlg::KmsContext,
+            encrypted_key: vec![1],
+            iv: iv.to_vec(),
+            matdesc: envelope::Context::new(),
+            encryption_context: envelope::Context::new(),
+            message_id: Vec::new(),
+            commitment: Vec::new(),
+            plaintext_length: None,
+            location: Location::ObjectMetadata,
+        };
+        let mut good = DecryptReader::new(&ct[..], ObjectDecryptor::new(&env, &key).expect("dec"));
+        let mut out = Vec::new();
+        good.read_to_end(&mut out).await.expect("read");
+        assert_eq!(out, b"hello world, this is a test");
+        assert_eq!(
+            good.sha256_hex(),
+            hex::encode(Sha256::digest(b"hello world, this is a test"))
+        );
+        let mut bad_ct = ct.clone();
+        bad_ct[3] ^= 1;
+        let mut bad =
+            DecryptReader::new(&bad_ct[..], ObjectDecryptor::new(&env, &key).expect("dec"));
+        assert!(bad.read_to_end(&mut Vec::new()).await.is_err());
+        assert!(bad.auth_failed);
+    }
+}
