@@ -367,10 +367,10 @@ async fn run(a: RunArgs, target_url: Option<(String, String)>, do_scan: bool) ->
     if code == 0 {
         telemetry.mark_success();
     }
-    if let Some(url) = &a.pushgateway {
-        if let Err(e) = telemetry::push_add(url, shard.map(|s| s.index), &telemetry).await {
-            tracing::warn!(error = %e, "pushing metrics to the Pushgateway failed");
-        }
+    if let Some(url) = &a.pushgateway
+        && let Err(e) = telemetry::push_add(url, shard.map(|s| s.index), &telemetry).await
+    {
+        tracing::warn!(error = %e, "pushing metrics to the Pushgateway failed");
     }
     if let Some(server) = metrics_server {
         server.abort();

@@ -1,0 +1,873 @@
+//! `s3cse rekey` against the local test bed (SeaweedFS S3 + moto KMS, `scripts/testbed.sh up`),
+//! through the real binary. Buckets are seeded by the peers (aioboto3, AWS's Python client) and
+//! by s3cse's own legacy writer; results are read back with AWS's Python client under the target
+//! key. Without `S3CSE_TESTBED` every test prints "skipped" and passes.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_sdk_s3::primitives::ByteStream;
+use s3cse::client::{GetOptions, PutRequest, S3Cse};
+use s3cse::codec::{self, WriteFormat};
+use s3cse::keyring::{AesMasterKey, AwsKms, Keyring, KmsKeyring};
+
+const BIN: &str = env!("CARGO_BIN_EXE_s3cse");
+
+fn testbed() -> bool {
+    if std::env::var_os("S3CSE_TESTBED").is_none() {
+        println!("skipped: run scripts/test.sh");
+        return false;
+    }
+    true
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn keys_dir() -> PathBuf {
+    root().join("tests/vectors/keys")
+}
+
+fn unique(prefix: &str) -> String {
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos();
+    format!("{prefix}-{}-{}", std::process::id(), n % 1_000_000_000)
+}
+
+async fn s3() -> aws_sdk_s3::Client {
+    let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .load()
+        .await;
+    aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&conf)
+            .force_path_style(true)
+            .build(),
+    )
+}
+
+async fn kms() -> aws_sdk_kms::Client {
+    let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .load()
+        .await;
+    aws_sdk_kms::Client::new(&conf)
+}
+
+async fn new_key(kms: &aws_sdk_kms::Client) -> String {
+    let out = kms
+        .create_key()
+        .description("s3cse rekey test")
+        .send()
+        .await
+        .expect("create key");
+    out.key_metadata().expect("metadata").key_id().to_owned()
+}
+
+async fn new_bucket(s3: &aws_sdk_s3::Client, prefix: &str) -> String {
+    let b = unique(prefix);
+    s3.create_bucket()
+        .bucket(&b)
+        .send()
+        .await
+        .expect("create bucket");
+    b
+}
+
+fn aes_key() -> AesMasterKey {
+    let bytes = std::fs::read(keys_dir().join("aes256.hex")).expect("aes key");
+    AesMasterKey::from_file_bytes(&bytes).expect("aes key")
+}
+
+/// Writes `data` with s3cse's legacy V1 writer (AES/ECB-wrapped key, CBC content).
+async fn put_v1(s3: &aws_sdk_s3::Client, bucket: &str, key: &str, data: &[u8], req: PutRequest) {
+    let ring = Keyring::aes(aes_key());
+    let client = S3Cse::new(s3.clone(), ring.clone());
+    let enc = codec::new_legacy_v1_encryption(&ring, Some(data.len() as u64)).expect("v1");
+    let req = PutRequest {
+        bucket: bucket.into(),
+        key: key.into(),
+        plaintext_len: Some(data.len() as u64),
+        ..req
+    };
+    client
+        .put_encrypted(&req, enc, &mut &data[..])
+        .await
+        .expect("put v1");
+}
+
+/// Writes `data` as V2 with a raw AES key (`AES/GCM` wrap, GCM content).
+async fn put_raw_gcm(s3: &aws_sdk_s3::Client, bucket: &str, key: &str, data: &[u8]) {
+    let client = S3Cse::new(s3.clone(), Keyring::aes(aes_key()));
+    let req = PutRequest {
+        bucket: bucket.into(),
+        key: key.into(),
+        format: WriteFormat::V2,
+        ..PutRequest::default()
+    };
+    client
+        .put_from(&req, &mut &data[..])
+        .await
+        .expect("put raw gcm");
+}
+
+/// Reads an object back with s3cse (strict policy: only V2/V3 kms+context under `key_id`).
+async fn get_strict(
+    s3: &aws_sdk_s3::Client,
+    kms: &aws_sdk_kms::Client,
+    key_id: &str,
+    bucket: &str,
+    key: &str,
+) -> Vec<u8> {
+    let ring = Keyring::kms(KmsKeyring::new(Arc::new(AwsKms::new(kms.clone())), key_id));
+    let client = S3Cse::new(s3.clone(), ring);
+    let mut out = Vec::new();
+    client
+        .get_to(bucket, key, &GetOptions::default(), &mut out)
+        .await
+        .expect("strict get");
+    out
+}
+
+async fn etags(s3: &aws_sdk_s3::Client, bucket: &str) -> BTreeMap<String, String> {
+    let out = s3
+        .list_objects_v2()
+        .bucket(bucket)
+        .send()
+        .await
+        .expect("list");
+    out.contents()
+        .iter()
+        .map(|o| {
+            (
+                o.key().unwrap_or_default().to_owned(),
+                o.e_tag().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn data(n: usize, seed: u8) -> Vec<u8> {
+    (0..n)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env("S3CSE_LOG", "warn")
+        .output()
+        .expect("run s3cse")
+}
+
+fn show(o: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn peer(python_env: &str, script: &str, args: &[&str]) -> Output {
+    let py = std::env::var(python_env).expect(python_env);
+    let dir = std::env::var("S3CSE_PEERS_DIR")
+        .unwrap_or_else(|_| root().join("tests/peers").display().to_string());
+    Command::new(py)
+        .arg(Path::new(&dir).join(script))
+        .args(args)
+        .output()
+        .expect("peer")
+}
+
+fn aio(args: &[&str]) -> Output {
+    peer("S3CSE_PY_AIOBOTO3", "aioboto3_peer.py", args)
+}
+
+fn awsc(args: &[&str]) -> Output {
+    peer("S3CSE_PY_AWSCLIENT", "awsclient_peer.py", args)
+}
+
+fn ok(o: Output, what: &str) -> Output {
+    assert!(o.status.success(), "{what}: {}", show(&o));
+    o
+}
+
+/// A one-shot stand-in for a Pushgateway: accepts one POST and hands back its body.
+fn fake_pushgateway() -> (String, std::thread::JoinHandle<String>) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}", l.local_addr().expect("addr"));
+    let h = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().expect("accept");
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 65536];
+        loop {
+            let n = s.read(&mut chunk).expect("read");
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&buf).to_string();
+            if let Some(p) = text.find("\r\n\r\n") {
+                let len = text[..p]
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().to_owned())
+                    })
+                    .and_then(|v| v.parse::<usize>().ok())
+                    .unwrap_or(0);
+                if buf.len() >= p + 4 + len {
+                    let _ = s.write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                    );
+                    return String::from_utf8_lossy(&buf[p + 4..p + 4 + len]).to_string();
+                }
+            }
+        }
+        String::new()
+    });
+    (url, h)
+}
+
+/// Sum of a counter's samples whose labels contain every `want` pair.
+fn metric(text: &str, name: &str, want: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
+        .filter(|l| {
+            want.iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn save_scrape(text: &str) {
+    let path = std::env::var("S3CSE_METRICS_SCRAPE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root().join(".testbed/metrics-scrape.txt"));
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    std::fs::write(&path, text).expect("save scrape");
+}
+
+fn state_file(name: &str) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = dir.path().join(name).display().to_string();
+    (dir, p)
+}
+
+fn report(state: &str, only: &str) -> Vec<serde_json::Value> {
+    let o = ok(
+        run(&[
+            "report", "--state", state, "--format", "jsonl", "--only", only,
+        ]),
+        "report",
+    );
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("jsonl"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rekey_migrates_a_mixed_bucket_and_is_idempotent() {
+    if !testbed() {
+        return;
+    }
+    let (s3, kms) = (s3().await, kms().await);
+    let bucket = new_bucket(&s3, "rekey-mixed").await;
+    let (old, target) = (new_key(&kms).await, new_key(&kms).await);
+    let tmp = tempfile::tempdir().expect("tmp");
+    let aes = keys_dir().join("aes256.hex").display().to_string();
+    let rsa_pub = keys_dir().join("rsa2048-public.pem").display().to_string();
+    let rsa = keys_dir().join("rsa2048-private.pem").display().to_string();
+    let mut inputs: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    let mut input = |key: &str, n: usize, seed: u8| {
+        let d = data(n, seed);
+        let p = tmp.path().join(format!("in-{seed}"));
+        std::fs::write(&p, &d).expect("write input");
+        inputs.insert(key.to_owned(), d);
+        p.display().to_string()
+    };
+    // Peers: aioboto3 V1 raw AES, V1 RSA, KMS CBC, KMS GCM (`kms` wrap); AWS's client V2 and V3.
+    let f = input("aio-v1-aes.bin", 5000, 1);
+    ok(
+        aio(&[
+            "put",
+            "--bucket",
+            &bucket,
+            "--key",
+            "aio-v1-aes.bin",
+            "--input",
+            &f,
+            "--kind",
+            "symmetric",
+            "--aes-key-file",
+            &aes,
+        ]),
+        "aio sym",
+    );
+    let f = input("aio-v1-rsa.bin", 3001, 2);
+    ok(
+        aio(&[
+            "put",
+            "--bucket",
+            &bucket,
+            "--key",
+            "aio-v1-rsa.bin",
+            "--input",
+            &f,
+            "--kind",
+            "asymmetric",
+            "--rsa-key-file",
+            &rsa_pub,
+        ]),
+        "aio rsa",
+    );
+    let f = input("aio-kms-cbc.txt", 777, 3);
+    ok(
+        aio(&[
+            "put",
+            "--bucket",
+            &bucket,
+            "--key",
+            "aio-kms-cbc.txt",
+            "--input",
+            &f,
+            "--kind",
+            "kms",
+            "--kms-key-id",
+            &old,
+            "--cbc",
+            "--content-type",
+            "text/plain",
+            "--metadata",
+            "owner=cbc",
+        ]),
+        "aio kms cbc",
+    );
+    let f = input("aio-kms-gcm.bin", 4096, 4);
+    ok(
+        aio(&[
+            "put",
+            "--bucket",
+            &bucket,
+            "--key",
+            "aio-kms-gcm.bin",
+            "--input",
+            &f,
+            "--kind",
+            "kms",
+            "--kms-key-id",
+            &old,
+            "--content-type",
+            "application/x-gcm",
+            "--metadata",
+            "owner=gcm",
+        ]),
+        "aio kms gcm",
+    );
+    let f = input("aws-v2-old.bin", 2048, 5);
+    ok(
+        awsc(&[
+            "put",
+            "--bucket",
+            &bucket,
+            "--key",
+            "aws-v2-old.bin",
+            "--input",
+            &f,
+            "--kms-key-id",
+            &old,
+            "--format",
+            "v2",
+            "--content-type",
+            "application/x-old",
+            "--metadata",
+            "owner=aws",
+            "--tag",
+            "t1=v1",
+            "t2=v 2",
+        ]),
+        "aws v2 old",
+    );
+    let f = input("aws-v2-current.bin", 100, 6);
+    ok(
+        awsc(&[
+            "put",
+            "--bucket",
+            &bucket,
+            "--key",
+            "aws-v2-current.bin",
+            "--input",
+            &f,
+            "--kms-key-id",
+            &target,
+            "--format",
+            "v2",
+        ]),
+        "aws v2 target",
+    );
+    let f = input("aws-v3.bin", 100, 7);
+    ok(
+        awsc(&[
+            "put",
+            "--bucket",
+            &bucket,
+            "--key",
+            "aws-v3.bin",
+            "--input",
+            &f,
+            "--kms-key-id",
+            &old,
+            "--format",
+            "v3",
+        ]),
+        "aws v3",
+    );
+    // s3cse's own writers: unicode key with metadata, content type and tags; a multipart-size
+    // V1 object; a raw-key GCM object (rewrap by Encrypt); plaintext; a corrupt V1 object.
+    let uni = "dïr/ünïcødé ☃+x.bin";
+    let d = data(1500, 8);
+    let mut meta = s3cse::envelope::Metadata::new();
+    meta.insert("owner".into(), "uni".into());
+    let attrs = s3cse::client::ObjectAttributes {
+        content_type: Some("application/x-uni".into()),
+        ..Default::default()
+    };
+    put_v1(
+        &s3,
+        &bucket,
+        uni,
+        &d,
+        PutRequest {
+            metadata: meta,
+            attrs,
+            tagging: Some("k=v%20w".into()),
+            ..Default::default()
+        },
+    )
+    .await;
+    inputs.insert(uni.into(), d);
+    let big = data(9 << 20, 9);
+    put_v1(&s3, &bucket, "big.bin", &big, PutRequest::default()).await;
+    inputs.insert("big.bin".into(), big);
+    let d = data(3333, 10);
+    put_raw_gcm(&s3, &bucket, "raw-gcm.bin", &d).await;
+    inputs.insert("raw-gcm.bin".into(), d);
+    s3.put_object()
+        .bucket(&bucket)
+        .key("plain.txt")
+        .body(ByteStream::from_static(b"hello"))
+        .send()
+        .await
+        .expect("plain");
+    put_v1(
+        &s3,
+        &bucket,
+        "corrupt.bin",
+        &data(1000, 11),
+        PutRequest::default(),
+    )
+    .await;
+    let raw = s3
+        .get_object()
+        .bucket(&bucket)
+        .key("corrupt.bin")
+        .send()
+        .await
+        .expect("get corrupt");
+    let raw_meta = raw.metadata().cloned();
+    let mut body = raw.body.collect().await.expect("body").to_vec();
+    let last = body.len() - 1;
+    body[last] ^= 0x55;
+    s3.put_object()
+        .bucket(&bucket)
+        .key("corrupt.bin")
+        .set_metadata(raw_meta)
+        .body(ByteStream::from(body))
+        .send()
+        .await
+        .expect("put corrupt");
+
+    let before = etags(&s3, &bucket).await;
+    let (_sd, state) = state_file("mixed.db");
+    let (push_url, push) = fake_pushgateway();
+    let url = format!("s3://{bucket}");
+    let o = run(&[
+        "rekey",
+        &url,
+        "--state",
+        &state,
+        "--kms-key-id",
+        &target,
+        "--aes-key-file",
+        &aes,
+        "--rsa-key-file",
+        &rsa,
+        "--concurrency",
+        "4",
+        "--pushgateway",
+        &push_url,
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "the corrupt object fails the run: {}",
+        show(&o)
+    );
+    let pushed = push.join().expect("push");
+    save_scrape(&pushed);
+
+    let migrated = [
+        "aio-v1-aes.bin",
+        "aio-v1-rsa.bin",
+        "aio-kms-cbc.txt",
+        "aio-kms-gcm.bin",
+        "aws-v2-old.bin",
+        uni,
+        "big.bin",
+        "raw-gcm.bin",
+    ];
+    for key in migrated {
+        let out = tmp.path().join("out");
+        let o = awsc(&[
+            "get",
+            "--bucket",
+            &bucket,
+            "--key",
+            key,
+            "--output",
+            &out.display().to_string(),
+            "--kms-key-id",
+            &target,
+        ]);
+        assert!(
+            o.status.success(),
+            "{key} reads with AWS's client under the target key: {}",
+            show(&o)
+        );
+        assert!(
+            std::fs::read(&out).expect("out") == inputs[key],
+            "{key}: same bytes"
+        );
+    }
+    let head = |key: &str| {
+        let o = ok(awsc(&["head", "--bucket", &bucket, "--key", key]), "head");
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).expect("head json")
+    };
+    let h = head("aws-v2-old.bin");
+    assert_eq!(h["content_type"], "application/x-old");
+    assert_eq!(h["metadata"]["owner"], "aws");
+    assert_eq!(h["tags"], serde_json::json!({"t1": "v1", "t2": "v 2"}));
+    let h = head("aio-kms-cbc.txt");
+    assert_eq!(h["content_type"], "text/plain");
+    assert_eq!(h["metadata"]["owner"], "cbc");
+    let h = head(uni);
+    assert_eq!(h["content_type"], "application/x-uni");
+    assert_eq!(h["metadata"]["owner"], "uni");
+    assert_eq!(h["tags"], serde_json::json!({"k": "v w"}));
+    assert_eq!(head("aio-kms-gcm.bin")["metadata"]["owner"], "gcm");
+
+    let after = etags(&s3, &bucket).await;
+    for key in [
+        "aws-v2-current.bin",
+        "aws-v3.bin",
+        "plain.txt",
+        "corrupt.bin",
+    ] {
+        assert_eq!(before[key], after[key], "{key} untouched");
+    }
+    let failed = report(&state, "failed");
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0]["Key"], "corrupt.bin");
+    assert_eq!(failed[0]["ErrorCode"], "AuthenticationFailed");
+
+    // One KMS call per migrated object: GenerateDataKey per rewrite (5), ReEncrypt per KMS
+    // rewrap (2), Encrypt per raw-key rewrap (1); Decrypt only for the KMS-wrapped CBC source;
+    // none for the skipped ones. The corrupt CBC object costs one GenerateDataKey too: CBC
+    // cannot be authenticated before its body has streamed through the new encryption.
+    let k = |op: &str| {
+        metric(
+            &pushed,
+            "s3cse_kms_requests_total",
+            &[("operation", op), ("outcome", "ok")],
+        )
+    };
+    assert_eq!(k("GenerateDataKey"), 5.0 + 1.0, "{pushed}");
+    assert_eq!(k("ReEncrypt"), 2.0);
+    assert_eq!(k("Encrypt"), 1.0);
+    assert_eq!(k("Decrypt"), 1.0);
+    assert_eq!(
+        metric(
+            &pushed,
+            "s3cse_rekey_objects_total",
+            &[("result", "migrated")]
+        ),
+        8.0
+    );
+
+    // A second run writes nothing.
+    let o = run(&[
+        "rekey",
+        &url,
+        "--state",
+        &state,
+        "--kms-key-id",
+        &target,
+        "--aes-key-file",
+        &aes,
+        "--rsa-key-file",
+        &rsa,
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert_eq!(etags(&s3, &bucket).await, after, "second run wrote nothing");
+    let o = ok(run(&["status", "--state", &state, "--json"]), "status");
+    let st: serde_json::Value = serde_json::from_slice(&o.stdout).expect("status json");
+    assert_eq!(st["by_state"]["done"]["objects"], 11, "{st}");
+    assert_eq!(st["by_state"]["failed"]["objects"], 1, "{st}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dry_run_writes_nothing_and_reports_the_plan() {
+    if !testbed() {
+        return;
+    }
+    let (s3, kms) = (s3().await, kms().await);
+    let bucket = new_bucket(&s3, "rekey-dry").await;
+    let target = new_key(&kms).await;
+    put_v1(&s3, &bucket, "a.bin", &data(100, 1), PutRequest::default()).await;
+    put_v1(&s3, &bucket, "b.bin", &data(200, 2), PutRequest::default()).await;
+    put_raw_gcm(&s3, &bucket, "c.bin", &data(300, 3)).await;
+    s3.put_object()
+        .bucket(&bucket)
+        .key("p.txt")
+        .body(ByteStream::from_static(b"plain"))
+        .send()
+        .await
+        .expect("plain");
+    let before = etags(&s3, &bucket).await;
+    let (_sd, state) = state_file("dry.db");
+    let aes = keys_dir().join("aes256.hex").display().to_string();
+    let o = run(&[
+        "rekey",
+        &format!("s3://{bucket}"),
+        "--state",
+        &state,
+        "--kms-key-id",
+        &target,
+        "--aes-key-file",
+        &aes,
+        "--dry-run",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("rewrite") && out.contains("rewrap") && out.contains("skip:plaintext"),
+        "{out}"
+    );
+    let line = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("rewrite"))
+        .expect("rewrite line");
+    assert!(line.split_whitespace().nth(1) == Some("2"), "{line}");
+    assert_eq!(etags(&s3, &bucket).await, before, "dry run wrote nothing");
+    // The jobs are still pending: a real run afterwards does the work.
+    assert_eq!(report(&state, "pending").len(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_object_overwritten_between_scan_and_work_is_not_clobbered() {
+    if !testbed() {
+        return;
+    }
+    let (s3, kms) = (s3().await, kms().await);
+    let bucket = new_bucket(&s3, "rekey-race").await;
+    let target = new_key(&kms).await;
+    for i in 0..3u8 {
+        put_v1(
+            &s3,
+            &bucket,
+            &format!("o{i}"),
+            &data(500, i),
+            PutRequest::default(),
+        )
+        .await;
+    }
+    let (_sd, state) = state_file("race.db");
+    let aes = keys_dir().join("aes256.hex").display().to_string();
+    ok(
+        run(&["scan", &format!("s3://{bucket}"), "--state", &state]),
+        "scan",
+    );
+    // Someone writes new content after the scan.
+    let newer = data(777, 99);
+    put_v1(&s3, &bucket, "o1", &newer, PutRequest::default()).await;
+    let o = run(&[
+        "work",
+        "--state",
+        &state,
+        "--kms-key-id",
+        &target,
+        "--aes-key-file",
+        &aes,
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert_eq!(
+        get_strict(&s3, &kms, &target, &bucket, "o1").await,
+        newer,
+        "the newer content survives"
+    );
+    for i in [0u8, 2] {
+        assert_eq!(
+            get_strict(&s3, &kms, &target, &bucket, &format!("o{i}")).await,
+            data(500, i)
+        );
+    }
+    let store = s3cse::store::JobStore::open(Path::new(&state))
+        .await
+        .expect("store");
+    let rows: Vec<_> = futures::TryStreamExt::try_collect::<Vec<_>>(store.report(None))
+        .await
+        .expect("rows");
+    let row = rows.iter().find(|r| r.key == "o1").expect("o1 row");
+    let job = store.job(row.id).await.expect("job").expect("job");
+    assert_eq!(job.state, s3cse::store::JobState::Done);
+    assert!(
+        job.conflicts >= 1,
+        "the change was noticed and the job requeued: {job:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_run_resumes_and_loses_nothing() {
+    if !testbed() {
+        return;
+    }
+    let (s3, kms) = (s3().await, kms().await);
+    let bucket = new_bucket(&s3, "rekey-kill").await;
+    let target = new_key(&kms).await;
+    const N: u8 = 120;
+    let mut puts = Vec::new();
+    for i in 0..N {
+        let (s3, bucket) = (s3.clone(), bucket.clone());
+        puts.push(tokio::spawn(async move {
+            put_v1(
+                &s3,
+                &bucket,
+                &format!("k/{i:03}"),
+                &data(300 + i as usize, i),
+                PutRequest::default(),
+            )
+            .await;
+        }));
+    }
+    for p in puts {
+        p.await.expect("seed");
+    }
+    let (_sd, state) = state_file("kill.db");
+    let aes = keys_dir().join("aes256.hex").display().to_string();
+    let url = format!("s3://{bucket}");
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
+        l.local_addr().expect("addr").port()
+    };
+    let addr = format!("127.0.0.1:{port}");
+    let mut child = Command::new(BIN)
+        .args([
+            "rekey",
+            &url,
+            "--state",
+            &state,
+            "--kms-key-id",
+            &target,
+            "--aes-key-file",
+            &aes,
+            "--concurrency",
+            "2",
+            "--s3-rps",
+            "40",
+            "--metrics-addr",
+            &addr,
+        ])
+        .env("S3CSE_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let t = Instant::now();
+    let mut scraped = None;
+    loop {
+        assert!(t.elapsed() < Duration::from_secs(60), "no progress");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if scraped.is_none()
+            && let Ok(text) = scrape(&addr)
+            && text.contains("s3cse_rekey_objects_total")
+        {
+            scraped = Some(text);
+        }
+        let o = run(&["status", "--state", &state, "--json"]);
+        if !o.status.success() {
+            continue;
+        }
+        let st: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+        if st["by_state"]["done"]["objects"].as_u64().unwrap_or(0) >= 10 {
+            break;
+        }
+    }
+    child.kill().expect("kill -9");
+    let _ = child.wait();
+    if let Some(text) = scraped {
+        assert!(text.contains("s3cse_s3_requests_total"), "{text}");
+    }
+    let o = run(&["status", "--state", &state, "--json"]);
+    let st: serde_json::Value = serde_json::from_slice(&o.stdout).expect("status");
+    assert!(
+        st["by_state"]["pending"]["objects"].as_u64().unwrap_or(0) > 0,
+        "killed midway: {st}"
+    );
+
+    let o = run(&[
+        "rekey",
+        &url,
+        "--state",
+        &state,
+        "--kms-key-id",
+        &target,
+        "--aes-key-file",
+        &aes,
+        "--concurrency",
+        "8",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    let st: serde_json::Value =
+        serde_json::from_slice(&ok(run(&["status", "--state", &state, "--json"]), "status").stdout)
+            .expect("status");
+    assert_eq!(st["by_state"]["done"]["objects"], u64::from(N), "{st}");
+    for i in 0..N {
+        let got = get_strict(&s3, &kms, &target, &bucket, &format!("k/{i:03}")).await;
+        assert!(got == data(300 + i as usize, i), "k/{i:03}");
+    }
+}
+
+/// GET /metrics with a bare HTTP/1.0 request.
+fn scrape(addr: &str) -> std::io::Result<String> {
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf)?;
+    Ok(buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default())
+}
