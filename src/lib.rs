@@ -31,5 +31,6 @@ pub mod content;
 pub mod envelope;
 pub mod keyring;
 pub mod metrics;
+pub mod rekey;
 pub mod secret;
 pub mod store;
