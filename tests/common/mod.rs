@@ -1,0 +1,118 @@
+//! Shared helpers of the integration tests that talk to the local test bed (SeaweedFS for S3,
+//! moto for KMS), started by `scripts/testbed.sh up` (and by `scripts/test.sh`, which sources
+//! `.testbed/env` so these variables are set). Without the test bed the tests say so and return.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// The test bed's environment, or `None` (with a message) when it is not running.
+pub fn testbed() -> Option<()> {
+    if std::env::var("S3CSE_TESTBED").is_ok() {
+        return Some(());
+    }
+    if std::env::var("CI").is_ok() {
+        panic!("CI must run the integration tests: S3CSE_TESTBED is unset (run scripts/test.sh)");
+    }
+    eprintln!("skipped: the local S3+KMS test bed is not running (run scripts/test.sh)");
+    None
+}
+
+pub async fn sdk_config() -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .load()
+        .await
+}
+
+pub async fn s3() -> aws_sdk_s3::Client {
+    let conf = sdk_config().await;
+    aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&conf)
+            .force_path_style(true)
+            .build(),
+    )
+}
+
+pub async fn kms() -> aws_sdk_kms::Client {
+    aws_sdk_kms::Client::new(&sdk_config().await)
+}
+
+/// A fresh bucket with a name unique to this process and call.
+pub async fn bucket(s3: &aws_sdk_s3::Client, tag: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let name = format!(
+        "{tag}-{}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() % 100_000)
+            .unwrap_or(0)
+    );
+    s3.create_bucket()
+        .bucket(&name)
+        .send()
+        .await
+        .expect("create bucket");
+    name
+}
+
+/// A new symmetric KMS key in moto; returns its key id.
+pub async fn kms_key(kms: &aws_sdk_kms::Client) -> String {
+    let out = kms
+        .create_key()
+        .description("s3cse test")
+        .send()
+        .await
+        .expect("create key");
+    out.key_metadata().expect("metadata").key_id().to_owned()
+}
+
+pub fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_s3cse"))
+}
+
+pub fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("spawn");
+    out
+}
+
+/// Runs a peer script (`aioboto3` or `awsclient`) with its own venv's Python.
+pub fn peer(which: &str, args: &[&str]) -> Output {
+    let py = std::env::var(format!("S3CSE_PY_{}", which.to_uppercase())).expect("peer python");
+    let dir = std::env::var("S3CSE_PEERS_DIR").expect("S3CSE_PEERS_DIR");
+    let out = Command::new(py)
+        .arg(Path::new(&dir).join(format!("{which}_peer.py")))
+        .args(args)
+        .output()
+        .expect("spawn peer");
+    out
+}
+
+pub fn assert_ok(what: &str, out: &Output) {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+pub fn vectors() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors")
+}
+
+/// Deterministic test data of `n` bytes.
+pub fn data(n: usize, seed: u8) -> Vec<u8> {
+    let mut x = u32::from(seed) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}

@@ -1,0 +1,603 @@
+//! The S3 side against the local test bed (SeaweedFS + moto KMS) through the real aws-sdk clients
+//! and the real binary: put/get round trips for every format, key source and size class, ranged
+//! reads, instruction files, refusals, and interop in both directions with aioboto3 and AWS's
+//! Python S3 encryption client.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use s3cse::client::{PutRequest, S3Cse};
+use s3cse::codec::{self, WriteFormat};
+use s3cse::envelope::Context;
+use s3cse::keyring::{AesMasterKey, Keyring};
+use s3cse::secret::SecretBytes;
+
+struct Bed {
+    s3: aws_sdk_s3::Client,
+    bucket: String,
+    key_id: String,
+    dir: tempfile::TempDir,
+}
+
+async fn bed(tag: &str) -> Option<Bed> {
+    testbed()?;
+    let s3 = s3().await;
+    let bucket = bucket(&s3, tag).await;
+    let key_id = kms_key(&kms().await).await;
+    Some(Bed {
+        s3,
+        bucket,
+        key_id,
+        dir: tempfile::tempdir().expect("tmp"),
+    })
+}
+
+impl Bed {
+    fn path(&self, name: &str) -> std::path::PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn url(&self, key: &str) -> String {
+        format!("s3://{}/{key}", self.bucket)
+    }
+
+    fn write(&self, name: &str, bytes: &[u8]) -> std::path::PathBuf {
+        let p = self.path(name);
+        std::fs::write(&p, bytes).expect("write");
+        p
+    }
+
+    async fn raw_put(&self, key: &str, body: Vec<u8>, meta: &[(String, String)]) {
+        let mut req = self
+            .s3
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .body(body.into());
+        for (k, v) in meta {
+            req = req.metadata(k, v);
+        }
+        req.send().await.expect("raw put");
+    }
+
+    async fn raw_get(&self, key: &str) -> (Vec<u8>, std::collections::HashMap<String, String>) {
+        let out = self
+            .s3
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .expect("raw get");
+        let meta = out.metadata().cloned().unwrap_or_default();
+        (
+            out.body
+                .collect()
+                .await
+                .expect("body")
+                .into_bytes()
+                .to_vec(),
+            meta,
+        )
+    }
+}
+
+/// Key options for each key source, over files in the bed's temp dir.
+fn key_args(b: &Bed, source: &str) -> Vec<String> {
+    match source {
+        "kms" => vec!["--kms-key-id".into(), b.key_id.clone()],
+        "aes" => vec![
+            "--aes-key-file".into(),
+            vectors().join("keys/aes256.hex").display().to_string(),
+        ],
+        _ => vec![
+            "--rsa-key-file".into(),
+            vectors()
+                .join("keys/rsa2048-private.pem")
+                .display()
+                .to_string(),
+        ],
+    }
+}
+
+fn put(b: &Bed, file: &Path, key: &str, extra: &[String]) -> std::process::Output {
+    run(bin().arg("put").arg(file).arg(b.url(key)).args(extra))
+}
+
+fn get(b: &Bed, key: &str, out: &Path, extra: &[String]) -> std::process::Output {
+    run(bin()
+        .arg("get")
+        .arg(b.url(key))
+        .arg("-o")
+        .arg(out)
+        .args(extra))
+}
+
+#[tokio::test]
+async fn round_trip_every_format_key_source_and_size() {
+    let Some(b) = bed("roundtrip").await else {
+        return;
+    };
+    // 0..17 around the block size, one part, several 5 MiB parts (multipart with the tag at the end).
+    let sizes = [0usize, 1, 15, 16, 17, 1 << 20, 11 * (1 << 20) + 3];
+    for source in ["kms", "aes", "rsa"] {
+        for format in ["v2", "v3"] {
+            for &n in &sizes {
+                if n > 1 << 20 && source != "kms" {
+                    continue; // the multipart path does not depend on the key source
+                }
+                let pt = data(n, n as u8);
+                let key = format!("{source}/{format}/{n}");
+                let src = b.write("in", &pt);
+                let mut args = key_args(&b, source);
+                args.extend([
+                    "--format".into(),
+                    format.into(),
+                    "--part-size-mib".into(),
+                    "5".into(),
+                ]);
+                assert_ok(&key, &put(&b, &src, &key, &args));
+                let out = b.path("out");
+                assert_ok(&key, &get(&b, &key, &out, &key_args(&b, source)));
+                assert!(
+                    std::fs::read(&out).expect("out") == pt,
+                    "{key}: plaintext differs"
+                );
+                let (body, meta) = b.raw_get(&key).await;
+                assert_eq!(body.len(), n + 16, "{key}: stored size");
+                match format {
+                    "v2" => {
+                        assert_eq!(
+                            meta.get("x-amz-cek-alg").map(String::as_str),
+                            Some("AES/GCM/NoPadding")
+                        );
+                        assert_eq!(meta.get("x-amz-tag-len").map(String::as_str), Some("128"));
+                        assert_eq!(
+                            meta.get("x-amz-iv").map(|v| v.len()),
+                            Some(16),
+                            "12-byte IV in base64"
+                        );
+                        let wrap = match source {
+                            "kms" => "kms+context",
+                            "aes" => "AES/GCM",
+                            _ => "RSA-OAEP-SHA1",
+                        };
+                        assert_eq!(
+                            meta.get("x-amz-wrap-alg").map(String::as_str),
+                            Some(wrap),
+                            "{key}"
+                        );
+                    }
+                    _ => assert_eq!(meta.get("x-amz-c").map(String::as_str), Some("115")),
+                }
+                assert_eq!(
+                    meta.get("x-amz-unencrypted-content-length"),
+                    Some(&n.to_string()),
+                    "{key}"
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn object_over_100_mib_streams_through() {
+    let Some(b) = bed("big").await else { return };
+    let n = 101 * (1 << 20) + 5;
+    let pt = data(n, 7);
+    let src = b.write("big", &pt);
+    assert_ok("put", &put(&b, &src, "big", &key_args(&b, "kms")));
+    let out = b.path("big.out");
+    assert_ok("get", &get(&b, "big", &out, &key_args(&b, "kms")));
+    assert!(
+        std::fs::read(&out).expect("out") == pt,
+        "101 MiB plaintext differs"
+    );
+}
+
+#[tokio::test]
+async fn ranged_reads_at_and_across_block_and_part_boundaries() {
+    let Some(b) = bed("ranges").await else { return };
+    let n = 11 * (1 << 20) + 7;
+    let pt = data(n, 3);
+    let src = b.write("in", &pt);
+    let mut objects = Vec::new();
+    for format in ["v2", "v3"] {
+        let mut args = key_args(&b, "kms");
+        args.extend([
+            "--format".into(),
+            format.into(),
+            "--part-size-mib".into(),
+            "5".into(),
+        ]);
+        assert_ok(format, &put(&b, &src, format, &args));
+        objects.push((format.to_owned(), key_args(&b, "kms")));
+    }
+    // A legacy V1 CBC object through the library's legacy writer.
+    let aes = AesMasterKey::from_file_bytes(
+        &std::fs::read(vectors().join("keys/aes256.hex")).expect("key"),
+    )
+    .expect("aes");
+    let client = S3Cse::new(b.s3.clone(), Keyring::aes(aes));
+    let enc = codec::new_legacy_v1_encryption(client.keyring(), Some(n as u64)).expect("legacy");
+    let req = PutRequest {
+        bucket: b.bucket.clone(),
+        key: "v1".into(),
+        plaintext_len: Some(n as u64),
+        ..Default::default()
+    };
+    client
+        .put_encrypted(&req, enc, &mut &pt[..])
+        .await
+        .expect("put v1");
+    objects.push(("v1".into(), key_args(&b, "aes")));
+    let part = 5 << 20;
+    let ranges: Vec<(u64, u64)> = vec![
+        (0, 0),
+        (0, 15),
+        (15, 16),
+        (16, 31),
+        (17, 100),
+        (part - 1, part),
+        (part - 20, part + 40),
+        (2 * part - 16, 2 * part + 15),
+        (n as u64 - 1, n as u64 - 1),
+        (n as u64 - 40, n as u64 + 100),
+    ];
+    for (key, keys) in &objects {
+        for &(a, z) in &ranges {
+            let out = b.path("range");
+            let mut args = keys.clone();
+            args.extend([
+                "--allow-legacy".into(),
+                "--range".into(),
+                format!("bytes={a}-{z}"),
+            ]);
+            assert_ok(&format!("{key} {a}-{z}"), &get(&b, key, &out, &args));
+            let want = &pt[a as usize..=(z as usize).min(n - 1)];
+            assert!(
+                std::fs::read(&out).expect("out") == want,
+                "{key} bytes={a}-{z}"
+            );
+        }
+        // Suffix range.
+        let out = b.path("suffix");
+        let mut args = keys.clone();
+        args.extend([
+            "--allow-legacy".into(),
+            "--range".into(),
+            "bytes=-33".into(),
+        ]);
+        assert_ok(key, &get(&b, key, &out, &args));
+        assert!(
+            std::fs::read(&out).expect("out") == pt[n - 33..],
+            "{key} suffix"
+        );
+    }
+    // Ranges are unauthenticated: refused without the opt-in.
+    let out = b.path("refused");
+    let mut args = key_args(&b, "kms");
+    args.extend(["--range".into(), "bytes=0-10".into()]);
+    let o = get(&b, "v2", &out, &args);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("LegacyRefused"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(!out.exists());
+}
+
+#[tokio::test]
+async fn instruction_file_envelopes_are_fetched() {
+    let Some(b) = bed("instr").await else { return };
+    let ring = Keyring::aes(AesMasterKey::new(SecretBytes::random(32)).expect("aes"));
+    for format in [WriteFormat::V2, WriteFormat::V3] {
+        let pt = data(4000, 9);
+        let enc = codec::new_encryption(&ring, format, &Context::new(), Some(4000))
+            .await
+            .expect("enc");
+        let mut ct = Vec::new();
+        let (env, _) = codec::encrypt_stream(enc, &mut &pt[..], &mut ct)
+            .await
+            .expect("encrypt");
+        let (object_meta, file) = env.to_instruction_file();
+        let key = format!("obj-{format:?}");
+        b.raw_put(&key, ct, &object_meta.into_iter().collect::<Vec<_>>())
+            .await;
+        b.raw_put(
+            &format!("{key}.instruction"),
+            file,
+            &[("x-amz-crypto-instr-file".into(), String::new())],
+        )
+        .await;
+        let mut out = Vec::new();
+        let client = S3Cse::new(b.s3.clone(), ring.clone());
+        client
+            .get_to(&b.bucket, &key, &Default::default(), &mut out)
+            .await
+            .expect("get via instruction file");
+        assert!(out == pt, "{format:?}");
+        let i = client.inspect(&b.bucket, &key).await.expect("inspect");
+        assert_eq!(i.envelope_location.as_deref(), Some("InstructionFile"));
+    }
+}
+
+#[tokio::test]
+async fn refusals_leave_no_output() {
+    let Some(b) = bed("refuse").await else { return };
+    let pt = data(3000, 1);
+    let src = b.write("in", &pt);
+    let mut args = key_args(&b, "kms");
+    args.extend(["--context".into(), "team=ops".into()]);
+    assert_ok("put", &put(&b, &src, "ctx", &args));
+    // The right context reads; another context is refused.
+    let out = b.path("ok");
+    assert_ok("get", &get(&b, "ctx", &out, &args));
+    let out = b.path("ctx.out");
+    let mut wrong = key_args(&b, "kms");
+    wrong.extend(["--context".into(), "team=dev".into()]);
+    let o = get(&b, "ctx", &out, &wrong);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("ContextMismatch"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(!out.exists());
+    // A wrong AES key.
+    assert_ok("put aes", &put(&b, &src, "aes", &key_args(&b, "aes")));
+    let other = b.write("other.key", hex::encode([0x42u8; 32]).as_bytes());
+    let o = get(
+        &b,
+        "aes",
+        &out,
+        &["--aes-key-file".into(), other.display().to_string()],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("NoMatchingKey"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(!out.exists());
+    // A tampered body under a valid envelope.
+    let (mut body, meta) = b.raw_get("aes").await;
+    body[10] ^= 1;
+    b.raw_put("aes", body, &meta.into_iter().collect::<Vec<_>>())
+        .await;
+    let o = get(&b, "aes", &out, &key_args(&b, "aes"));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("AuthenticationFailed"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(!out.exists(), "tampered object left output behind");
+    // To stdout: nothing printed either.
+    let o = run(bin().arg("get").arg(b.url("aes")).args(key_args(&b, "aes")));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        o.stdout.is_empty(),
+        "unauthenticated plaintext reached stdout"
+    );
+    // Plaintext objects: refused unless allowed.
+    b.raw_put("plain", b"hello".to_vec(), &[]).await;
+    let o = get(&b, "plain", &out, &key_args(&b, "kms"));
+    assert_eq!(o.status.code(), Some(1));
+    let mut allow = key_args(&b, "kms");
+    allow.push("--allow-plaintext".into());
+    assert_ok("plain", &get(&b, "plain", &out, &allow));
+    assert_eq!(std::fs::read(&out).expect("out"), b"hello");
+    // A missing object: exit 1 naming it.
+    let o = get(&b, "missing", &b.path("m"), &key_args(&b, "kms"));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("missing"));
+}
+
+#[tokio::test]
+async fn inspect_needs_no_key() {
+    let Some(b) = bed("inspect").await else {
+        return;
+    };
+    let src = b.write("in", b"abc");
+    let mut args = key_args(&b, "kms");
+    args.extend([
+        "--context".into(),
+        "team=ops".into(),
+        "--content-type".into(),
+        "text/plain".into(),
+    ]);
+    assert_ok("put", &put(&b, &src, "k", &args));
+    let o = run(bin().args(["inspect", "--json"]).arg(b.url("k")));
+    assert_ok("inspect", &o);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(v["format"], "v2-kms+context-gcm");
+    assert_eq!(v["legacy"], false);
+    assert_eq!(v["encryption_context"]["team"], "ops");
+    assert_eq!(v["plaintext_length"], 3);
+    assert_eq!(v["content_type"], "text/plain");
+}
+
+/// Objects written by aioboto3 (every context it has) and AWS's Python client (V2 and V3) read
+/// back byte-identical through `s3cse get`.
+#[tokio::test]
+async fn peer_written_objects_read_back() {
+    let Some(b) = bed("peers-in").await else {
+        return;
+    };
+    let aes = vectors().join("keys/aes256.hex").display().to_string();
+    let rsa_priv = vectors()
+        .join("keys/rsa2048-private.pem")
+        .display()
+        .to_string();
+    for n in [0usize, 17, 70_000] {
+        let pt = data(n, 5);
+        let src = b.write("in", &pt).display().to_string();
+        let cases: Vec<(&str, Vec<String>, Vec<String>)> = vec![
+            (
+                "aioboto3",
+                vec![
+                    "--kind".into(),
+                    "kms".into(),
+                    "--kms-key-id".into(),
+                    b.key_id.clone(),
+                ],
+                key_args(&b, "kms"),
+            ),
+            (
+                "aioboto3",
+                vec![
+                    "--kind".into(),
+                    "kms".into(),
+                    "--cbc".into(),
+                    "--kms-key-id".into(),
+                    b.key_id.clone(),
+                ],
+                key_args(&b, "kms"),
+            ),
+            (
+                "aioboto3",
+                vec![
+                    "--kind".into(),
+                    "symmetric".into(),
+                    "--aes-key-file".into(),
+                    aes.clone(),
+                ],
+                key_args(&b, "aes"),
+            ),
+            (
+                "aioboto3",
+                vec![
+                    "--kind".into(),
+                    "asymmetric".into(),
+                    "--rsa-key-file".into(),
+                    rsa_priv.clone(),
+                ],
+                key_args(&b, "rsa"),
+            ),
+            (
+                "awsclient",
+                vec![
+                    "--format".into(),
+                    "v2".into(),
+                    "--kms-key-id".into(),
+                    b.key_id.clone(),
+                ],
+                key_args(&b, "kms"),
+            ),
+            (
+                "awsclient",
+                vec![
+                    "--format".into(),
+                    "v3".into(),
+                    "--kms-key-id".into(),
+                    b.key_id.clone(),
+                    "--context".into(),
+                    "team=ops".into(),
+                ],
+                key_args(&b, "kms"),
+            ),
+        ];
+        for (i, (peer_name, peer_args, our_keys)) in cases.into_iter().enumerate() {
+            let key = format!("{peer_name}-{i}-{n}");
+            let mut args = vec!["put", "--bucket", &b.bucket, "--key", &key, "--input", &src];
+            args.extend(peer_args.iter().map(String::as_str));
+            assert_ok(&key, &peer(peer_name, &args));
+            let out = b.path("out");
+            let mut ours = our_keys.clone();
+            ours.push("--allow-legacy".into());
+            assert_ok(&key, &get(&b, &key, &out, &ours));
+            assert!(
+                std::fs::read(&out).expect("out") == pt,
+                "{key}: plaintext differs"
+            );
+        }
+    }
+}
+
+/// Objects written by `s3cse put` (V2 and V3) read back through AWS's Python client with the same
+/// bytes, metadata and content-type, and V2 through aioboto3.
+#[tokio::test]
+async fn s3cse_written_objects_read_by_peers() {
+    let Some(b) = bed("peers-out").await else {
+        return;
+    };
+    for n in [0usize, 17, 70_000, 6 * (1 << 20) + 1] {
+        let pt = data(n, 11);
+        let src = b.write("in", &pt);
+        for format in ["v2", "v3"] {
+            let key = format!("{format}-{n}");
+            let mut args = key_args(&b, "kms");
+            args.extend(
+                [
+                    "--format",
+                    format,
+                    "--context",
+                    "team=ops",
+                    "--content-type",
+                    "application/x-test",
+                    "--metadata",
+                    "owner=qa",
+                    "--part-size-mib",
+                    "5",
+                ]
+                .map(String::from),
+            );
+            assert_ok(&key, &put(&b, &src, &key, &args));
+            let out = b.path("peer.out").display().to_string();
+            let mut pargs = vec![
+                "get",
+                "--bucket",
+                &b.bucket,
+                "--key",
+                &key,
+                "--output",
+                &out,
+                "--kms-key-id",
+                &b.key_id,
+                "--context",
+                "team=ops",
+            ];
+            if format == "v3" {
+                pargs.push("--strict");
+            }
+            assert_ok(&format!("awsclient get {key}"), &peer("awsclient", &pargs));
+            assert!(
+                std::fs::read(&out).expect("out") == pt,
+                "{key}: AWS client read different bytes"
+            );
+            let head = peer("awsclient", &["head", "--bucket", &b.bucket, "--key", &key]);
+            assert_ok("head", &head);
+            let h: serde_json::Value = serde_json::from_slice(&head.stdout).expect("head json");
+            assert_eq!(h["content_type"], "application/x-test", "{key}");
+            assert_eq!(h["metadata"]["owner"], "qa", "{key}");
+            if format == "v2" && n < 1 << 20 {
+                let aout = b.path("aio.out").display().to_string();
+                let a = peer(
+                    "aioboto3",
+                    &[
+                        "get",
+                        "--bucket",
+                        &b.bucket,
+                        "--key",
+                        &key,
+                        "--output",
+                        &aout,
+                        "--kind",
+                        "kms",
+                        "--kms-key-id",
+                        &b.key_id,
+                    ],
+                );
+                assert_ok(&format!("aioboto3 get {key}"), &a);
+                assert!(
+                    std::fs::read(&aout).expect("out") == pt,
+                    "{key}: aioboto3 read different bytes"
+                );
+            }
+        }
+    }
+}
