@@ -44,14 +44,17 @@ CREATE TABLE jobs (
     UNIQUE (bucket, key)
 ) STRICT;
 
--- The claim walks the claimable rows in id order. A partial index holds only the 'pending' and
--- 'running' rows, so the claim never steps over the (eventually millions of) finished rows, and
--- it shrinks as the job progresses. The claim statement repeats this exact WHERE term so the
--- planner can use it.
-CREATE INDEX jobs_claim ON jobs (id) WHERE state IN ('pending', 'running');
+-- The claim (see CLAIM_SQL in src/store/mod.rs) takes the lowest ids among the pending rows and
+-- the running rows whose lease expired. Two partial indexes keep both lookups proportional to
+-- what they return: jobs_pending holds only pending rows in id order (finished rows, eventually
+-- millions, leave it), jobs_leases only running rows by expiry, so live leases are never
+-- stepped over.
+CREATE INDEX jobs_pending ON jobs (id) WHERE state = 'pending';
+CREATE INDEX jobs_leases ON jobs (lease_until) WHERE state = 'running';
 
--- Reports filtered by state ("all failed objects") page through this in id order.
-CREATE INDEX jobs_state ON jobs (state, id);
+-- Reports filtered by state page through this in id order, and per-state counts (the queue
+-- gauges) read it alone, without touching the wide table rows.
+CREATE INDEX jobs_state ON jobs (state, id, size);
 
 -- One row per listing (bucket, prefix, shard): an interrupted scan resumes from `start_after`
 -- (the last key whose page was durably enqueued) with ListObjectsV2 StartAfter.

@@ -54,7 +54,8 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_PARAMS: usize = 32_766;
 
 /// Bound parameters per row of the enqueue upsert (bucket, key, etag, size, last_modified,
-/// storage_class).
+/// storage_class). The bucket is bound on every row rather than once as `?1`: numbered
+/// parameters made sqlx's binding about 6x slower here (measured).
 const ENQUEUE_PARAMS_PER_ROW: usize = 6;
 
 /// Rows per upsert statement: a ListObjectsV2 page (at most 1000 keys) fits in one statement.
@@ -512,17 +513,21 @@ macro_rules! job_columns {
 }
 
 /// The claim (INFRA.md §5): one auto-committed statement, so two workers can never both take a
-/// row. It walks the partial index `jobs_claim` (only pending and running rows) in id order and
-/// stops after `?3` hits. `INDEXED BY` pins that plan: left to itself the planner picks
-/// `jobs_state` and sorts every pending row in a temp B-tree on each claim. The
-/// `state IN ('pending','running')` term repeats the index's WHERE so the index is usable.
+/// row. The candidates are the first `?3` pending rows (partial index `jobs_pending`, id order)
+/// and the first `?3` running rows whose lease expired (`jobs_leases`, a range scan over
+/// expired leases only); of those, the lowest `?3` ids are taken. Each arm is pinned with
+/// `INDEXED BY`: left to itself the planner may pick `jobs_state` and sort every pending row.
 const CLAIM_SQL: &str = concat!(
     "UPDATE jobs SET state = 'running', lease_owner = ?1, lease_until = unixepoch() + ?2, \
      attempts = attempts + 1, updated_at = unixepoch() \
-     WHERE id IN (SELECT id FROM jobs INDEXED BY jobs_claim \
-                  WHERE state IN ('pending', 'running') \
-                  AND (state = 'pending' OR lease_until < unixepoch()) \
-                  ORDER BY id LIMIT ?3) \
+     WHERE id IN (\
+       SELECT id FROM (SELECT id FROM jobs INDEXED BY jobs_pending \
+                       WHERE state = 'pending' ORDER BY id LIMIT ?3) \
+       UNION ALL \
+       SELECT id FROM (SELECT id FROM jobs INDEXED BY jobs_leases \
+                       WHERE state = 'running' AND lease_until < unixepoch() \
+                       ORDER BY lease_until LIMIT ?3) \
+       ORDER BY id LIMIT ?3) \
      RETURNING ",
     job_columns!()
 );
