@@ -9,9 +9,9 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
-say "building s3cse (release)"
-cargo build --release --bin s3cse
-S3CSE="$ROOT/target/release/s3cse"
+say "building s3cse"
+cargo build --bin s3cse
+S3CSE="$ROOT/target/debug/s3cse"
 
 say "starting the local S3 + KMS test bed"
 started=0
