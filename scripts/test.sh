@@ -5,7 +5,8 @@
 #   2. scripts/testbed.sh up (venvs + SeaweedFS + moto), in the background while clippy builds
 #   3. cargo clippy --all-targets -- -D warnings
 #   4. cargo test --all-targets, then cargo test --doc, with the test-bed env sourced
-#   5. pytest tests/chart (if that directory exists), with S3CSE_BIN set to the built binary
+#   5. pytest tests/chart (if that directory exists), with S3CSE_BIN set to the built binary and
+#      S3CSE_METRICS_SCRAPE to the scrape the Rust tests saved (if they did)
 #   6. tests/peers/smoke.sh (the peer scripts against the test bed)
 #   7. scripts/testbed.sh down, on exit, if this run started the test bed
 #
@@ -87,9 +88,11 @@ else
 fi
 
 # ---- 4. cargo test
-# Rust integration tests may save a real /metrics scrape here for the chart tests (step 5).
-export S3CSE_METRICS_SCRAPE_OUT="$ROOT/.testbed/metrics-scrape.prom"
-rm -f "$S3CSE_METRICS_SCRAPE_OUT"
+# The Rust integration tests (tests/rekey.rs) save a real /metrics scrape to $S3CSE_METRICS_SCRAPE,
+# default .testbed/metrics-scrape.txt; the chart tests (step 5) check names against it if it exists.
+SCRAPE="${S3CSE_METRICS_SCRAPE:-$ROOT/.testbed/metrics-scrape.txt}"
+export S3CSE_METRICS_SCRAPE="$SCRAPE"
+rm -f "$SCRAPE"
 for args in "--all-targets" "--doc"; do
   banner "cargo test $args"
   rc=0
@@ -109,7 +112,10 @@ if [ -d tests/chart ]; then
   banner "pytest tests/chart"
   BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug/s3cse"
   if [ -x "$BIN" ]; then export S3CSE_BIN="$BIN"; fi
-  if [ -s "$S3CSE_METRICS_SCRAPE_OUT" ]; then export S3CSE_METRICS_SCRAPE="$S3CSE_METRICS_SCRAPE_OUT"; fi
+  if [ ! -s "$SCRAPE" ]; then
+    unset S3CSE_METRICS_SCRAPE
+    echo "test.sh: no metrics scrape from the Rust tests; chart tests use their built-in contract"
+  fi
   rc=0
   "$ROOT/.venv/testbed/bin/python" -m pytest tests/chart -q -p no:cacheprovider 2>&1 | tee "$LOGS/pytest-chart.log" || rc=$?
   # pytest's closing line: "40 passed, 1 skipped in 3.10s" (-q) or "=== ... in 3.10s ===".
