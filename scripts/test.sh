@@ -70,7 +70,7 @@ fi
 
 # ---- 3. clippy
 banner "cargo clippy --all-targets -- -D warnings"
-if cargo clippy --all-targets -- -D warnings; then step_ok clippy; else step_fail clippy; failed=$((failed + 1)); fi
+if cargo clippy --locked --all-targets -- -D warnings; then step_ok clippy; else step_fail clippy; failed=$((failed + 1)); fi
 
 banner "scripts/testbed.sh up"
 testbed_ok=1
@@ -97,7 +97,7 @@ for args in "--all-targets" "--doc"; do
   banner "cargo test $args"
   rc=0
   # shellcheck disable=SC2086
-  cargo test $args 2>&1 | tee "$LOGS/cargo-test.log" || rc=$?
+  cargo test --locked $args 2>&1 | tee "$LOGS/cargo-test.log" || rc=$?
   read -r p f < <(count_tests "$LOGS/cargo-test.log" '^test result:')
   passed=$((passed + p)); failed=$((failed + f))
   if [ "$rc" = 0 ]; then step_ok "test$args"
