@@ -145,6 +145,24 @@ impl Telemetry {
             last_success.clone(),
         );
         registry.register("build_info", "Build information", build_info);
+        // Every series a dashboard or alert reads exists from the start (at 0), so rate() and
+        // absent() behave and a scrape always shows the family.
+        for (service, reason) in [
+            ("s3", "transient"),
+            ("s3", "conflict"),
+            ("kms", "throttled"),
+            ("kms", "transient"),
+        ] {
+            retries.get_or_create(&vec![
+                ("service", service.to_owned()),
+                ("reason", reason.to_owned()),
+            ]);
+        }
+        for result in ["migrated", "skipped", "failed", "conflict"] {
+            let l = vec![("result", result.to_owned())];
+            objects.get_or_create(&l);
+            bytes.get_or_create(&l);
+        }
         Self {
             registry,
             objects,
