@@ -153,15 +153,15 @@ impl Telemetry {
             ("kms", "throttled"),
             ("kms", "transient"),
         ] {
-            retries.get_or_create(&vec![
+            let _ = retries.get_or_create(&vec![
                 ("service", service.to_owned()),
                 ("reason", reason.to_owned()),
             ]);
         }
         for result in ["migrated", "skipped", "failed", "conflict"] {
             let l = vec![("result", result.to_owned())];
-            objects.get_or_create(&l);
-            bytes.get_or_create(&l);
+            let _ = objects.get_or_create(&l);
+            let _ = bytes.get_or_create(&l);
         }
         Self {
             registry,
