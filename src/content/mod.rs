@@ -136,6 +136,51 @@ impl AnyAes {
             Self::A256(c) => c.encrypt_block(block),
         }
     }
+
+    /// ECB encryption in place of whole blocks (a trailing partial block is left alone).
+    fn encrypt_blocks(&self, buf: &mut [u8]) {
+        use aes::cipher::BlockCipherEncrypt;
+        let (blocks, _) = aes::Block::slice_as_chunks_mut(buf);
+        match self {
+            Self::A128(c) => c.encrypt_blocks(blocks),
+            Self::A192(c) => c.encrypt_blocks(blocks),
+            Self::A256(c) => c.encrypt_blocks(blocks),
+        }
+    }
+
+    /// ECB decryption in place of whole blocks (`buf.len()` a multiple of 16; a trailing
+    /// partial block is left alone).
+    fn decrypt_blocks(&self, buf: &mut [u8]) {
+        use aes::cipher::BlockCipherDecrypt;
+        let (blocks, _) = aes::Block::slice_as_chunks_mut(buf);
+        match self {
+            Self::A128(c) => c.decrypt_blocks(blocks),
+            Self::A192(c) => c.decrypt_blocks(blocks),
+            Self::A256(c) => c.decrypt_blocks(blocks),
+        }
+    }
+}
+
+/// `dst ^= src` for equal-length slices, 16 bytes at a time (the compiler vectorizes it); a
+/// trailing partial block is XORed byte by byte.
+fn xor_in_place(dst: &mut [u8], src: &[u8]) {
+    debug_assert_eq!(dst.len(), src.len());
+    let mut d_blocks = dst.chunks_exact_mut(16);
+    let mut s_blocks = src.chunks_exact(16);
+    for (d, s) in (&mut d_blocks).zip(&mut s_blocks) {
+        let mut a = [0u8; 16];
+        let mut b = [0u8; 16];
+        a.copy_from_slice(d);
+        b.copy_from_slice(s);
+        d.copy_from_slice(&(u128::from_ne_bytes(a) ^ u128::from_ne_bytes(b)).to_ne_bytes());
+    }
+    for (d, s) in d_blocks
+        .into_remainder()
+        .iter_mut()
+        .zip(s_blocks.remainder())
+    {
+        *d ^= s;
+    }
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@
 //! [`decrypt_gcm_range`] and [`decrypt_cbc_range`] do 3 and 4 in one call.
 
 use super::cbc::{RawCbcDec, unpad_len};
-use super::gcm::{Ctr, check_iv, counter_block};
+use super::gcm::{Ctr, check_iv};
 use super::{AnyAes, ContentError, DECRYPT_KEY_LENS};
 use crate::consts::{AES_BLOCK, CBC_IV_LEN, GCM_IV_LEN, GCM_TAG_LEN};
 use crate::secret::SecretBytes;
@@ -126,10 +126,6 @@ pub fn trim<'a>(out: &'a [u8], plan: &RangePlan) -> &'a [u8] {
 /// `fetch_start` need not be 16-aligned (plans make it so). For key-committing objects use
 /// [`super::commit::committing_range_decryptor`] (DEK and IV 01 x 12, commitment checked first).
 pub struct CtrRangeDecryptor {
-    cipher: AnyAes,
-    iv: [u8; GCM_IV_LEN],
-    /// Body offset of the next byte to decrypt.
-    pos: u64,
     ctr: Ctr,
 }
 
@@ -139,38 +135,23 @@ impl CtrRangeDecryptor {
     pub fn new(key: &[u8], iv: &[u8], fetch_start: u64) -> Result<Self, ContentError> {
         let iv = check_iv(iv)?;
         let cipher = AnyAes::new(key, DECRYPT_KEY_LENS)?;
-        let ctr = Self::keystream_at(&cipher, &iv, fetch_start);
         Ok(Self {
-            cipher,
-            iv,
-            pos: fetch_start,
-            ctr,
+            ctr: Self::keystream_at(&cipher, &iv, fetch_start),
         })
     }
 
-    /// The keystream positioned at body byte `pos`. `ctr`'s own counter allows 2^32 - 1 blocks
-    /// from its start, so [`Self::apply`] starts a fresh one if a (> 64 GiB) stream runs it out.
+    /// The keystream positioned at body byte `pos`. Truncating the block number to 32 bits is
+    /// GCM's inc32 wrap-around.
     fn keystream_at(cipher: &AnyAes, iv: &[u8; GCM_IV_LEN], pos: u64) -> Ctr {
-        // Truncation to 32 bits is GCM's inc32 wrap-around.
-        let block = 2u32.wrapping_add((pos / B) as u32);
-        let mut ctr = Ctr::new(cipher, &counter_block(iv, block));
+        let mut ctr = Ctr::new(cipher, iv, 2u32.wrapping_add((pos / B) as u32));
         let mut skip = [0u8; AES_BLOCK];
-        // 15 bytes at most from a fresh counter: cannot run out.
-        let _discard = ctr.apply(&mut skip[..(pos % B) as usize]);
+        ctr.apply(&mut skip[..(pos % B) as usize]);
         ctr
     }
 
     /// Decrypts (or encrypts: CTR is symmetric) the next fetched bytes in place.
     pub fn apply(&mut self, buf: &mut [u8]) {
-        // 1 GiB pieces: always fit in a fresh counter, so the retry below cannot fail.
-        for piece in buf.chunks_mut(1 << 30) {
-            if self.ctr.apply(piece).is_err() {
-                self.ctr = Self::keystream_at(&self.cipher, &self.iv, self.pos);
-                let _fits = self.ctr.apply(piece);
-                debug_assert!(_fits.is_ok());
-            }
-            self.pos = self.pos.wrapping_add(piece.len() as u64);
-        }
+        self.ctr.apply(buf);
     }
 }
 
@@ -296,7 +277,8 @@ impl CbcRangeDecryptor {
         if new_end > self.ciphertext_len {
             return Err(ContentError::DecryptionFailed);
         }
-        cipher.decrypt(buf);
+        let ciphertext = std::mem::replace(buf, Vec::with_capacity(whole));
+        cipher.decrypt_into(&ciphertext, buf);
         self.decrypted_to = new_end;
         if whole > 0 && new_end == self.ciphertext_len {
             let mut last = [0u8; AES_BLOCK];
@@ -620,7 +602,7 @@ mod tests {
             .apply(&mut got);
         let mut want = Vec::new();
         for ctr in [u32::MAX, 0, 1, 2] {
-            let mut blk = counter_block(&iv, ctr);
+            let mut blk = crate::content::gcm::counter_block(&iv, ctr);
             AnyAes::new(&key, &[32]).unwrap().encrypt_block(&mut blk);
             want.extend_from_slice(&blk);
         }
