@@ -719,7 +719,7 @@ impl S3Cse {
     ) -> Result<PutSummary, ClientError> {
         let NewEncryption {
             envelope,
-            mut encryptor,
+            encryptor,
         } = enc;
         let mut metadata = req.metadata.clone();
         for k in envelope::ENVELOPE_KEYS {
@@ -733,11 +733,53 @@ impl S3Cse {
                 .max(((n + GCM_TAG_LEN as u64).div_ceil(MAX_PARTS)) as usize),
             None => self.part_size,
         };
+        let mut upload: Option<Multipart> = None;
+        let streamed = self
+            .encrypt_into_parts(req, &metadata, part_size, encryptor, src, &mut upload)
+            .await;
+        // Whatever failed (the source, the cipher, a part, the length check), an upload that
+        // was started is aborted: nothing is committed and no parts are left behind.
+        let (pending, total) = match streamed {
+            Ok(v) => v,
+            Err(e) => {
+                if let Some(mp) = upload.take() {
+                    mp.abort(self).await;
+                }
+                return Err(e);
+            }
+        };
+        let (etag, version_id, parts) = match upload {
+            None => {
+                let (etag, version) = self.put_single(req, &metadata, pending.freeze()).await?;
+                (etag, version, 1)
+            }
+            Some(mp) => mp.complete(self, req).await?,
+        };
+        Ok(PutSummary {
+            etag,
+            version_id,
+            envelope,
+            plaintext_len: total,
+            parts,
+        })
+    }
+
+    /// Reads and encrypts `src`, uploading full parts (starting the multipart upload at the first
+    /// one). Returns what is left for a single PUT (when no upload was started) and the
+    /// plaintext length.
+    async fn encrypt_into_parts<R: AsyncRead + Unpin>(
+        &self,
+        req: &PutRequest,
+        metadata: &Metadata,
+        part_size: usize,
+        mut encryptor: Box<dyn content::ContentEncryptor>,
+        src: &mut R,
+        upload: &mut Option<Multipart>,
+    ) -> Result<(BytesMut, u64), ClientError> {
         let mut pending = BytesMut::with_capacity(part_size + codec::CHUNK + 32);
         let mut inbuf = vec![0u8; codec::CHUNK.min(part_size)];
         let mut out = Vec::with_capacity(codec::CHUNK + 32);
         let mut total = 0u64;
-        let mut upload: Option<Multipart> = None;
         let mut done = false;
         while !done {
             let n = codec::read_full(src, &mut inbuf).await?;
@@ -756,42 +798,19 @@ impl S3Cse {
                 let take = pending.len().min(part_size);
                 let part = pending.split_to(take).freeze();
                 if upload.is_none() {
-                    upload = Some(self.create_multipart(req, &metadata).await?);
+                    *upload = Some(self.create_multipart(req, metadata).await?);
                 }
                 if let Some(mp) = upload.as_mut() {
-                    if let Err(e) = mp.push(self, part, self.upload_concurrency).await {
-                        let mp = upload.take();
-                        if let Some(mp) = mp {
-                            mp.abort(self).await;
-                        }
-                        return Err(e);
-                    }
+                    mp.push(self, part, self.upload_concurrency).await?;
                 }
             }
         }
-        if req.plaintext_len.is_some_and(|n| n != total) {
-            if let Some(mp) = upload.take() {
-                mp.abort(self).await;
-            }
+        if let Some(want) = req.plaintext_len.filter(|&n| n != total) {
             return Err(ClientError::Io(std::io::Error::other(format!(
-                "read {total} bytes, {} were announced",
-                req.plaintext_len.unwrap_or_default()
+                "read {total} bytes, {want} were announced"
             ))));
         }
-        let (etag, version_id, parts) = match upload {
-            None => {
-                let (etag, version) = self.put_single(req, &metadata, pending.freeze()).await?;
-                (etag, version, 1)
-            }
-            Some(mp) => mp.complete(self, req).await?,
-        };
-        Ok(PutSummary {
-            etag,
-            version_id,
-            envelope,
-            plaintext_len: total,
-            parts,
-        })
+        Ok((pending, total))
     }
 
     async fn put_single(

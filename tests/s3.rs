@@ -601,3 +601,57 @@ async fn s3cse_written_objects_read_by_peers() {
         }
     }
 }
+
+/// A source that fails after more than one part: nothing is committed and the multipart upload
+/// is aborted (no parts left behind).
+#[tokio::test]
+async fn failing_source_aborts_the_multipart_upload() {
+    let Some(b) = bed("abort").await else { return };
+    struct Failing(usize);
+    impl tokio::io::AsyncRead for Failing {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            if self.0 == 0 {
+                return std::task::Poll::Ready(Err(std::io::Error::other("source broke")));
+            }
+            let n = self.0.min(buf.remaining());
+            buf.put_slice(&vec![7u8; n]);
+            self.0 -= n;
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+    let ring = Keyring::aes(AesMasterKey::new(SecretBytes::random(32)).expect("aes"));
+    let client = S3Cse::new(b.s3.clone(), ring).with_part_size(5 << 20);
+    let req = PutRequest {
+        bucket: b.bucket.clone(),
+        key: "broken".into(),
+        ..Default::default()
+    };
+    let err = client
+        .put_from(&req, &mut Failing(12 << 20))
+        .await
+        .err()
+        .expect("must fail");
+    assert!(err.to_string().contains("source broke"), "{err}");
+    let uploads =
+        b.s3.list_multipart_uploads()
+            .bucket(&b.bucket)
+            .send()
+            .await
+            .expect("list uploads");
+    assert!(
+        uploads.uploads().is_empty(),
+        "multipart upload left behind: {:?}",
+        uploads.uploads()
+    );
+    let head =
+        b.s3.head_object()
+            .bucket(&b.bucket)
+            .key("broken")
+            .send()
+            .await;
+    assert!(head.is_err(), "a broken source was committed");
+}
