@@ -540,15 +540,14 @@ impl S3Cse {
             EnvelopeState::Plaintext => return Err(CodecError::NotEncrypted.into()),
             EnvelopeState::Encrypted(env) => env,
         };
+        // Refuse an unauthenticated range before spending a KMS call on it.
+        if opts.range.is_some() && !self.policy.allow_legacy {
+            return Err(CodecError::RangeRefused.into());
+        }
         let keys = codec::unwrap_content_key(&env, &self.keyring, &self.policy).await?;
         let bytes = match opts.range {
             None => self.get_whole(&head, &env, &keys, dst).await?,
-            Some(range) => {
-                if !self.policy.allow_legacy {
-                    return Err(CodecError::RangeRefused.into());
-                }
-                self.get_range(&head, &env, &keys, range, dst).await?
-            }
+            Some(range) => self.get_range(&head, &env, &keys, range, dst).await?,
         };
         Ok(GetSummary {
             head,
@@ -605,8 +604,7 @@ impl S3Cse {
         let stored = head.content_length;
         let plain_len = match env.plaintext_len_for(stored) {
             Some(n) => n,
-            // CBC without a recorded length: the padding is at most one block.
-            None => stored,
+            None => self.cbc_plaintext_len(head, env, cek).await?,
         };
         let (start, end) = range
             .resolve(plain_len)
@@ -675,6 +673,32 @@ impl S3Cse {
         }
         dst.flush().await?;
         Ok(plan.take - left)
+    }
+
+    /// The exact plaintext length of a CBC object that did not record it: decrypt its last block
+    /// (with the one before it, or the IV, as IV) and read the padding. One small ranged GET.
+    async fn cbc_plaintext_len(
+        &self,
+        head: &ObjectHead,
+        env: &Envelope,
+        cek: &crate::secret::SecretBytes,
+    ) -> Result<u64, ClientError> {
+        let stored = head.content_length;
+        if stored == 0 || stored % 16 != 0 {
+            return Err(CodecError::DecryptionFailed.into());
+        }
+        let from = stored.saturating_sub(32);
+        let body = self.get_body(head, Some((from, stored - 1))).await?;
+        let tail = body
+            .collect()
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))?
+            .into_bytes();
+        let mut buf = tail.to_vec();
+        let mut cbc = content::range::CbcRangeDecryptor::new(cek.expose(), &env.iv, from, stored)?;
+        cbc.apply(&mut buf)?;
+        cbc.finish()?;
+        Ok(stored - 16 + buf.len() as u64)
     }
 
     async fn copy_plain<W: AsyncWrite + Unpin>(

@@ -168,7 +168,12 @@ pub async fn unwrap_content_key(
         allow_legacy_wrapping: policy.allow_legacy,
         expected_context: policy.expected_context.clone(),
     };
-    Ok(keyring.unwrap_key(env, &opts).await?)
+    match keyring.unwrap_key(env, &opts).await {
+        // A key that does not unwrap (GCM tag, ECB/PKCS#1 padding, OAEP) is the same failure,
+        // with the same message, as a content tag or padding failure: no padding oracle.
+        Err(KeyringError::UnwrapFailed) => Err(CodecError::DecryptionFailed),
+        other => Ok(other?),
+    }
 }
 
 /// Decrypts one object body with a known content key. For committing objects the commitment is
@@ -224,10 +229,27 @@ impl ObjectDecryptor {
 }
 
 /// Where verified-mode plaintext waits for the tag: memory first, a temporary file past
-/// [`SPOOL_IN_MEMORY`], so memory stays bounded whatever the object size.
+/// [`SPOOL_IN_MEMORY`], so memory stays bounded whatever the object size. What goes to disk is
+/// encrypted with a one-off AES-256-CTR key that lives only in this value: unverified plaintext
+/// never lands on disk in the clear, and the file is unreadable once the process is gone.
 pub struct Spool {
     mem: Vec<u8>,
-    file: Option<tokio::fs::File>,
+    file: Option<SpillFile>,
+}
+
+struct SpillFile {
+    file: tokio::fs::File,
+    key: SecretBytes,
+    nonce: [u8; 16],
+    cipher: ctr::Ctr128BE<aes::Aes256>,
+}
+
+impl SpillFile {
+    fn cipher(key: &SecretBytes, nonce: &[u8; 16]) -> std::io::Result<ctr::Ctr128BE<aes::Aes256>> {
+        use ctr::cipher::KeyIvInit;
+        ctr::Ctr128BE::<aes::Aes256>::new_from_slices(key.expose(), nonce)
+            .map_err(|_| std::io::Error::other("spool cipher setup"))
+    }
 }
 
 impl Default for Spool {
@@ -245,31 +267,55 @@ impl Spool {
     }
 
     pub async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        use ctr::cipher::StreamCipher;
         if self.file.is_none() && self.mem.len() + bytes.len() <= SPOOL_IN_MEMORY {
             self.mem.extend_from_slice(bytes);
             return Ok(());
         }
         if self.file.is_none() {
             // An unnamed temporary file: gone when dropped, even on a crash.
-            let mut f = tokio::fs::File::from_std(tempfile::tempfile()?);
-            f.write_all(&self.mem).await?;
-            self.mem = Vec::new();
-            self.file = Some(f);
+            let key = SecretBytes::random(32);
+            let mut nonce = [0u8; 16];
+            fill_random(&mut nonce);
+            let cipher = SpillFile::cipher(&key, &nonce)?;
+            let file = tokio::fs::File::from_std(tempfile::tempfile()?);
+            self.file = Some(SpillFile {
+                file,
+                key,
+                nonce,
+                cipher,
+            });
+            let mut held = std::mem::take(&mut self.mem);
+            let r = Box::pin(self.write(&held)).await;
+            zeroize::Zeroize::zeroize(&mut held);
+            r?;
         }
-        if let Some(f) = self.file.as_mut() {
-            f.write_all(bytes).await?;
+        if let Some(spill) = self.file.as_mut() {
+            let mut buf = zeroize::Zeroizing::new(bytes.to_vec());
+            spill.cipher.apply_keystream(&mut buf);
+            spill.file.write_all(&buf).await?;
         }
         Ok(())
     }
 
     /// Copies everything spooled to `dst`.
     pub async fn release<W: AsyncWrite + Unpin>(self, dst: &mut W) -> std::io::Result<()> {
+        use ctr::cipher::StreamCipher;
         match self.file {
             None => dst.write_all(&self.mem).await,
-            Some(mut f) => {
-                f.flush().await?;
-                f.seek(SeekFrom::Start(0)).await?;
-                tokio::io::copy(&mut f, dst).await.map(|_| ())
+            Some(mut spill) => {
+                spill.file.flush().await?;
+                spill.file.seek(SeekFrom::Start(0)).await?;
+                let mut cipher = SpillFile::cipher(&spill.key, &spill.nonce)?;
+                let mut buf = zeroize::Zeroizing::new(vec![0u8; CHUNK]);
+                loop {
+                    let n = read_full(&mut spill.file, &mut buf).await?;
+                    if n == 0 {
+                        return Ok(());
+                    }
+                    cipher.apply_keystream(&mut buf[..n]);
+                    dst.write_all(&buf[..n]).await?;
+                }
             }
         }
     }

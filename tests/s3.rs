@@ -358,7 +358,7 @@ async fn refusals_leave_no_output() {
     );
     assert_eq!(o.status.code(), Some(1));
     assert!(
-        String::from_utf8_lossy(&o.stderr).contains("NoMatchingKey"),
+        String::from_utf8_lossy(&o.stderr).contains("AuthenticationFailed"),
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );

@@ -539,6 +539,15 @@ impl<'a> Fields<'a> {
 }
 
 fn decode_v1_v2(f: &Fields<'_>) -> Result<Envelope, EnvelopeError> {
+    // The conflict rule holds for instruction files too.
+    if [KEY_V1, KEY_V2, V3_KEY]
+        .iter()
+        .filter(|k| f.get(k).is_some())
+        .count()
+        > 1
+    {
+        return Err(EnvelopeError::Conflicting);
+    }
     let (version, encrypted_key) = if f.get(KEY_V2).is_some() {
         (Version::V2, f.b64(KEY_V2)?)
     } else {

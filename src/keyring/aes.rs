@@ -33,31 +33,42 @@ impl AesMasterKey {
 
     /// Reads a key file holding the key as raw bytes, hex, or base64 (detected in that order of
     /// strictness: exactly 16/24/32 raw bytes, then hex text, then base64 text).
+    ///
+    /// Text is tried first when the file is printable: a 32-character hex (or 24-character
+    /// base64) key without a newline is 16 (or 24) bytes of hex/base64, not raw key bytes.
     pub fn from_file_bytes(bytes: &[u8]) -> Result<Self, KeyringError> {
+        use base64::Engine;
+        let printable = bytes
+            .iter()
+            .all(|b| b.is_ascii_graphic() || b.is_ascii_whitespace());
+        if printable {
+            let text = zeroize::Zeroizing::new(String::from_utf8_lossy(bytes).trim().to_owned());
+            let decoded = hex::decode(text.as_str())
+                .ok()
+                .or_else(|| {
+                    base64::engine::general_purpose::STANDARD
+                        .decode(text.as_str())
+                        .ok()
+                })
+                .map(SecretBytes::new)
+                .filter(|k| matches!(k.len(), 16 | 24 | 32));
+            if let Some(key) = decoded {
+                return Self::new(key);
+            }
+        }
         if matches!(bytes.len(), 16 | 24 | 32) {
             return Self::new(SecretBytes::from_slice(bytes));
         }
-        let text = std::str::from_utf8(bytes)
-            .map_err(|_| {
-                KeyringError::BadKey("AES key file is neither raw 16/24/32 bytes nor text".into())
-            })?
-            .trim();
-        if let Ok(raw) = hex::decode(text) {
-            return Self::new(SecretBytes::new(raw));
-        }
-        use base64::Engine;
-        if let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(text) {
-            return Self::new(SecretBytes::new(raw));
-        }
         Err(KeyringError::BadKey(
-            "AES key file is not raw bytes, hex or base64".into(),
+            "AES key file is not a 16/24/32-byte key as raw bytes, hex or base64".into(),
         ))
     }
 
     /// V1: AES/ECB/PKCS5Padding(CEK). `None` on a padding failure (wrong key or tampered EDK).
     pub fn unwrap_v1_ecb(&self, edk: &[u8]) -> Option<SecretBytes> {
         let k = self.key.expose();
-        let mut buf = edk.to_vec();
+        // Zeroized on every path, the padding-failure one included.
+        let mut buf = zeroize::Zeroizing::new(edk.to_vec());
         let out = match k.len() {
             16 => ecb::Decryptor::<aes::Aes128>::new_from_slice(k)
                 .ok()?
@@ -75,8 +86,7 @@ impl AesMasterKey {
                 .ok()?
                 .len(),
         };
-        buf.truncate(out);
-        Some(SecretBytes::new(buf))
+        Some(SecretBytes::from_slice(&buf[..out]))
     }
 
     /// V1 writer: AES/ECB/PKCS5Padding(CEK).
@@ -210,6 +220,9 @@ mod tests {
             assert_eq!(k.key.expose(), &raw);
         }
         assert!(AesMasterKey::from_file_bytes(b"not a key").is_err());
+        // 32 hex characters without a newline: a 16-byte key in hex, not 32 raw bytes.
+        let k = AesMasterKey::from_file_bytes(hex::encode([3u8; 16]).as_bytes()).expect("hex");
+        assert_eq!(k.key.expose(), &[3u8; 16]);
     }
 
     #[test]

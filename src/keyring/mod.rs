@@ -30,7 +30,8 @@ pub enum KeyringError {
     #[error("no matching key: the object's key is wrapped with {wrap}, and {have}")]
     NoMatchingKey { wrap: WrapAlg, have: String },
     /// The configured keys were tried and none unwrapped the key (wrong key or tampered EDK).
-    /// Deliberately opaque: padding, OAEP and tag failures look the same.
+    /// Deliberately opaque: padding, OAEP and tag failures look the same, and `codec` reports it
+    /// as the same `DecryptionFailed` as a content tag/padding failure.
     #[error("no matching key: none of the configured keys unwraps this object's data key")]
     UnwrapFailed,
     /// A legacy wrap without the caller's opt-in.

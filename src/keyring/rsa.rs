@@ -8,9 +8,11 @@
 
 use rsa::pkcs1::{DecodeRsaPrivateKey, DecodeRsaPublicKey};
 use rsa::pkcs8::{DecodePrivateKey, DecodePublicKey};
-use rsa::{Oaep, Pkcs1v15Encrypt, PrivateKey, PublicKey};
+use rsa::traits::PublicKeyParts;
+use rsa::{BoxedUint, Oaep, Pkcs1v15Encrypt, PrivateKey, PublicKey};
 use sha1::Sha1;
-use subtle::ConstantTimeEq;
+use subtle::{Choice, ConditionallySelectable, ConstantTimeEq, ConstantTimeGreater};
+use zeroize::Zeroizing;
 
 use super::KeyringError;
 use crate::secret::SecretBytes;
@@ -53,11 +55,32 @@ impl RsaMasterKey {
         self.private.is_some()
     }
 
-    /// V1: RSAES-PKCS1-v1_5(CEK). With implicit rejection a wrong key returns garbage of some
-    /// length; only a plausible key length is kept.
+    /// V1: RSAES-PKCS1-v1_5(CEK), decoded strictly: `00 02 PS(>= 8 non-zero) 00 CEK` with a
+    /// 16/24/32-byte CEK, checked in constant time over the whole encoded message.
+    ///
+    /// Why not rsa's own `Pkcs1v15Encrypt`: its implicit rejection (the Marvin fix) turns a wrong
+    /// key into a pseudo-random "key" of plausible length about 1 time in 80, and unauthenticated
+    /// CBC then accepts the garbage 1 time in 256: `rekey` could replace an object with garbage.
+    /// Here the RSA operation is still rsa 0.10's constant-time, blinded, fault-checked one; the
+    /// padding verdict is computed without branches, and the caller turns a failure into the
+    /// same opaque error as a tag or padding failure of the content (no padding oracle).
     pub fn unwrap_pkcs1(&self, edk: &[u8]) -> Option<SecretBytes> {
-        let pt = self.private.as_ref()?.decrypt(Pkcs1v15Encrypt, edk).ok()?;
-        Some(SecretBytes::new(pt))
+        let key = self.private.as_ref()?;
+        let k = key.size();
+        if edk.len() != k || k < 11 + 32 {
+            return None;
+        }
+        let c = BoxedUint::from_be_slice(edk, key.n_bits_precision()).ok()?;
+        let m = Zeroizing::new(
+            rsa::hazmat::rsa_decrypt_and_check(key, Some(&mut getrandom::SysRng), &c).ok()?,
+        );
+        let raw = Zeroizing::new(m.to_be_bytes());
+        let mut em = Zeroizing::new(vec![0u8; k]);
+        let n = raw.len().min(k);
+        em[k - n..].copy_from_slice(&raw[raw.len() - n..]);
+        let (valid, start) = pkcs1_v15_decode(&em);
+        // Branching on the verdict happens once, after the constant-time decode.
+        bool::from(valid).then(|| SecretBytes::from_slice(&em[start..]))
     }
 
     pub fn wrap_pkcs1(&self, cek: &SecretBytes) -> Result<Vec<u8>, KeyringError> {
@@ -121,5 +144,85 @@ impl RsaMasterKey {
                 cek.expose(),
             )
             .map_err(|e| KeyringError::BadKey(format!("RSA-OAEP encrypt: {e}")))
+    }
+}
+
+/// EME-PKCS1-v1_5 decoding (RFC 8017 §7.2.2 step 3) in constant time: `(valid, message start)`.
+/// Valid means `00 02`, at least 8 non-zero padding bytes, a `00` separator, and a message of 16,
+/// 24 or 32 bytes (an AES content key). Every byte is visited whatever the content.
+fn pkcs1_v15_decode(em: &[u8]) -> (Choice, usize) {
+    let k = em.len();
+    let mut found = Choice::from(0);
+    let mut sep = 0u32;
+    for (i, &b) in em.iter().enumerate().skip(2) {
+        let is_zero = b.ct_eq(&0);
+        let first = is_zero & !found;
+        sep = u32::conditional_select(&sep, &(i as u32), first);
+        found |= is_zero;
+    }
+    let mlen = (k as u32).wrapping_sub(sep).wrapping_sub(1);
+    let len_ok = mlen.ct_eq(&16) | mlen.ct_eq(&24) | mlen.ct_eq(&32);
+    let valid = em[0].ct_eq(&0) & em[1].ct_eq(&2) & found & sep.ct_gt(&9) & len_ok;
+    (valid, (sep as usize + 1).min(k))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn em(ps_len: usize, msg_len: usize, k: usize) -> Vec<u8> {
+        let mut v = vec![0u8, 2];
+        v.extend(std::iter::repeat_n(0x5a, ps_len));
+        v.push(0);
+        v.extend(std::iter::repeat_n(0x11, msg_len));
+        assert_eq!(v.len(), k);
+        v
+    }
+
+    #[test]
+    fn pkcs1_decode_accepts_only_well_formed_key_messages() {
+        let k = 256;
+        for len in [16usize, 24, 32] {
+            let (ok, start) = pkcs1_v15_decode(&em(k - 3 - len, len, k));
+            assert!(bool::from(ok));
+            assert_eq!(k - start, len);
+        }
+        // Wrong message length, short padding, wrong header, no separator.
+        assert!(!bool::from(pkcs1_v15_decode(&em(k - 3 - 31, 31, k)).0));
+        let short = {
+            let mut v = vec![0u8, 2, 1, 1, 1, 1, 1, 1, 1, 0];
+            v.extend([7u8; 32]);
+            v
+        };
+        assert!(!bool::from(pkcs1_v15_decode(&short).0));
+        let mut bad = em(k - 35, 32, k);
+        bad[1] = 1;
+        assert!(!bool::from(pkcs1_v15_decode(&bad).0));
+        assert!(!bool::from(
+            pkcs1_v15_decode(&[0u8, 2, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9]).0
+        ));
+    }
+
+    #[test]
+    fn wrong_rsa_key_never_yields_a_content_key() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vectors/keys/");
+        let right = RsaMasterKey::from_pem(
+            &std::fs::read_to_string(format!("{dir}rsa2048-private.pem")).expect("pem"),
+        )
+        .expect("key");
+        let wrong =
+            RsaMasterKey::from_private(PrivateKey::new(&mut getrandom::SysRng, 2048).expect("gen"));
+        for _ in 0..64 {
+            let cek = SecretBytes::random(32);
+            let edk = right.wrap_pkcs1(&cek).expect("wrap");
+            assert_eq!(
+                right.unwrap_pkcs1(&edk).expect("right key").expose(),
+                cek.expose()
+            );
+            assert!(
+                wrong.unwrap_pkcs1(&edk).is_none(),
+                "a wrong key produced a content key"
+            );
+        }
     }
 }
