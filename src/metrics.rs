@@ -21,9 +21,9 @@
 //! | `s3cse_rekey_object_size_bytes` | histogram | (1 KiB .. 8 GiB, powers of two) |
 //! | `s3cse_s3_requests_total` | counter | `operation` (S3 API name), `outcome` = ok, error, throttled, precondition_failed, not_found |
 //! | `s3cse_s3_request_duration_seconds` | histogram | `operation` |
-//! | `s3cse_kms_requests_total` | counter | `operation` = GenerateDataKey, Decrypt, Encrypt; `outcome` = ok, error, throttled |
+//! | `s3cse_kms_requests_total` | counter | `operation` = GenerateDataKey, Decrypt, Encrypt, ReEncrypt, DescribeKey; `outcome` = ok, error, throttled |
 //! | `s3cse_kms_request_duration_seconds` | histogram | `operation` |
-//! | `s3cse_rekey_retries_total` | counter | `service` = s3, kms; `reason` = throttled, server_error, timeout |
+//! | `s3cse_rekey_retries_total` | counter | `service` = s3, kms; `reason` = throttled, server_error, timeout, conflict |
 //! | `s3cse_rekey_last_success_timestamp_seconds` | gauge | |
 //! | `s3cse_build_info` | gauge (= 1) | `version` |
 //!
@@ -33,7 +33,8 @@
 //! text format 0.0.4, in which a counter's `# TYPE` line must carry the `_total` name
 //! (OpenMetrics puts the bare family name there, and the Pushgateway would see an empty counter
 //! family plus an untyped `…_total` one), so [`push_add`] sends
-//! [`Metrics::encode_prometheus_text`] with [`PROMETHEUS_TEXT_CONTENT_TYPE`] instead.
+//! [`Metrics::encode_prometheus_text`] with [`PROMETHEUS_TEXT_CONTENT_TYPE`] instead, and
+//! [`Metrics::write_textfile`] writes the same text for node_exporter's textfile collector.
 
 use std::convert::Infallible;
 use std::fmt::{self, Write as _};
@@ -120,6 +121,15 @@ pub enum MetricsError {
         status: u16,
         /// Start of the response body.
         body: String,
+    },
+    /// The `--metrics-textfile` could not be written (or renamed into place).
+    #[error("cannot write the metrics textfile {path}: {source}")]
+    Textfile {
+        /// Target path.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
     },
     /// Text encoding failed (a bug: encoding into a `String` cannot fail otherwise).
     #[error("metrics encoding failed")]
@@ -220,6 +230,9 @@ pub enum RetryReason {
     ServerError,
     /// Timed out.
     Timeout,
+    /// The object changed under a conditional write (or since it was listed): its job was
+    /// requeued to be classified again.
+    Conflict,
 }
 
 impl RetryReason {
@@ -229,6 +242,7 @@ impl RetryReason {
             RetryReason::Throttled => "throttled",
             RetryReason::ServerError => "server_error",
             RetryReason::Timeout => "timeout",
+            RetryReason::Conflict => "conflict",
         }
     }
 }
@@ -429,6 +443,23 @@ impl Metrics {
             drop(queue_objects.get_or_create(&label));
             drop(queue_bytes.get_or_create(&label));
         }
+        // A run with nothing to do (a resumed, finished bucket) still exposes the duration
+        // family, so a scrape of it names every contract metric.
+        for action in Action::ALL {
+            drop(object_duration.get_or_create(&ActionLabel { action }));
+        }
+        // The retry pairs rekey records (KMS conflicts don't exist; KMS timeouts are not told
+        // apart from server errors), so the retries panel shows 0 rather than no data.
+        for (service, reason) in [
+            (Service::S3, RetryReason::Throttled),
+            (Service::S3, RetryReason::ServerError),
+            (Service::S3, RetryReason::Timeout),
+            (Service::S3, RetryReason::Conflict),
+            (Service::Kms, RetryReason::Throttled),
+            (Service::Kms, RetryReason::ServerError),
+        ] {
+            drop(retries.get_or_create(&RetryLabels { service, reason }));
+        }
 
         Metrics {
             registry,
@@ -467,6 +498,16 @@ impl Metrics {
         self.object_size.observe(bytes as f64);
     }
 
+    /// One object finished before it could be classified (its HEAD failed, or it changed
+    /// before its action was known): counts it and its `bytes` under `result`, records its size,
+    /// but no duration, as the `action` label would be a guess.
+    pub fn object_unclassified(&self, result: ObjectResult, bytes: u64) {
+        let label = ResultLabel { result };
+        self.objects.get_or_create(&label).inc();
+        self.bytes.get_or_create(&label).inc_by(bytes);
+        self.object_size.observe(bytes as f64);
+    }
+
     /// Sets the queue gauges from the job table's per-state counts.
     pub fn set_queue(&self, counts: &StateCounts) {
         for (state, tally) in counts.iter() {
@@ -498,6 +539,19 @@ impl Metrics {
         self.kms_duration
             .get_or_create(&OperationLabel { operation })
             .observe(duration.as_secs_f64());
+    }
+
+    /// KMS requests of `operation` so far, all outcomes together (run summaries, tests).
+    /// Reads only: no series is created for an operation nobody recorded.
+    pub fn kms_requests(&self, operation: &'static str) -> u64 {
+        [Outcome::Ok, Outcome::Error, Outcome::Throttled]
+            .into_iter()
+            .filter_map(|outcome| {
+                self.kms_requests
+                    .get(&RequestLabels { operation, outcome })
+                    .map(|c| c.get())
+            })
+            .sum()
     }
 
     /// One retried request.
@@ -547,6 +601,36 @@ impl Metrics {
             encode(&mut out, &self.success_registry)?;
         }
         Ok(out)
+    }
+
+    /// Writes [`Metrics::encode_prometheus_text`] to `path` atomically: a temporary file in the
+    /// same directory, fsynced, then renamed over `path`. This is node_exporter's textfile
+    /// collector convention for batch jobs (`--collector.textfile.directory`, files `*.prom`):
+    /// the collector never reads a half-written file, and the temporary name (`.tmp…`) does
+    /// not end in `.prom`, so it is never collected. Blocking I/O of a few KiB.
+    pub fn write_textfile(&self, path: &std::path::Path) -> Result<(), MetricsError> {
+        use std::io::Write as _;
+        let text = self.encode_prometheus_text()?;
+        let failed = |source| MetricsError::Textfile {
+            path: path.to_owned(),
+            source,
+        };
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => std::path::Path::new("."),
+        };
+        let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(failed)?;
+        tmp.write_all(text.as_bytes()).map_err(failed)?;
+        tmp.as_file().sync_all().map_err(failed)?;
+        // NamedTempFile is created 0600; a collector running as another user must read it.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let perms = std::fs::Permissions::from_mode(0o644);
+            tmp.as_file().set_permissions(perms).map_err(failed)?;
+        }
+        tmp.persist(path).map_err(|e| failed(e.error))?;
+        Ok(())
     }
 }
 
@@ -903,6 +987,65 @@ mod tests {
         );
         assert!(!prom.contains("# EOF"), "{prom}");
         assert!(!prom.contains("# UNIT"), "{prom}");
+    }
+
+    #[test]
+    fn kms_requests_sums_outcomes_without_creating_series() {
+        let m = Metrics::new("dev");
+        assert_eq!(m.kms_requests("Decrypt"), 0);
+        assert!(!m.encode().contains("operation=\"Decrypt\""));
+        m.kms_request("Decrypt", Outcome::Ok, Duration::ZERO);
+        m.kms_request("Decrypt", Outcome::Throttled, Duration::ZERO);
+        m.kms_request("DescribeKey", Outcome::Ok, Duration::ZERO);
+        assert_eq!(m.kms_requests("Decrypt"), 2);
+        assert_eq!(m.kms_requests("DescribeKey"), 1);
+        assert_eq!(m.kms_requests("Encrypt"), 0);
+    }
+
+    #[test]
+    fn unclassified_objects_count_without_a_duration() {
+        let m = Metrics::new("dev");
+        m.object_unclassified(ObjectResult::Failed, 10);
+        let text = m.encode();
+        assert!(text.contains("s3cse_rekey_objects_total{result=\"failed\"} 1"));
+        assert!(text.contains("s3cse_rekey_bytes_total{result=\"failed\"} 10"));
+        assert!(text.contains("s3cse_rekey_object_size_bytes_count 1"));
+        assert!(text.contains("s3cse_rekey_retries_total{service=\"s3\",reason=\"conflict\"} 0"));
+        for action in ["rewrite", "rewrap", "skip"] {
+            let line =
+                format!("s3cse_rekey_object_duration_seconds_count{{action=\"{action}\"}} 0");
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn write_textfile_replaces_the_file_atomically_with_prometheus_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s3cse.prom");
+        std::fs::write(&path, "stale").unwrap();
+        let m = exercised();
+        m.write_textfile(&path).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            m.encode_prometheus_text().unwrap()
+        );
+        // Only the target is left: the temporary file was renamed, not copied.
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("s3cse.prom")]);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o644);
+        }
+        let missing = dir.path().join("no/such/dir/s3cse.prom");
+        assert!(matches!(
+            m.write_textfile(&missing),
+            Err(MetricsError::Textfile { .. })
+        ));
     }
 
     #[test]
