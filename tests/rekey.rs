@@ -249,6 +249,27 @@ fn metric(text: &str, name: &str, want: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
+/// Family names a text exposition declares (`# TYPE` lines; counters with `_total`), plus
+/// the names of its samples.
+fn exposition_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut it = rest.split_whitespace();
+            if let (Some(family), Some(kind)) = (it.next(), it.next()) {
+                names.insert(if kind == "counter" && !family.ends_with("_total") {
+                    format!("{family}_total")
+                } else {
+                    family.to_owned()
+                });
+            }
+        } else if !line.starts_with('#') && !line.is_empty() {
+            names.insert(line.split(['{', ' ']).next().unwrap_or_default().to_owned());
+        }
+    }
+    names
+}
+
 fn save_scrape(text: &str) {
     let path = std::env::var("S3CSE_METRICS_SCRAPE")
         .map(PathBuf::from)
@@ -526,7 +547,6 @@ async fn rekey_migrates_a_mixed_bucket_and_is_idempotent() {
         show(&o)
     );
     let pushed = push.join().expect("push");
-    save_scrape(&pushed);
 
     let migrated = [
         "aio-v1-aes.bin",
@@ -607,16 +627,21 @@ async fn rekey_migrates_a_mixed_bucket_and_is_idempotent() {
     assert_eq!(k("ReEncrypt"), 2.0);
     assert_eq!(k("Encrypt"), 1.0);
     assert_eq!(k("Decrypt"), 1.0);
-    assert_eq!(
-        metric(
-            &pushed,
-            "s3cse_rekey_objects_total",
-            &[("result", "migrated")]
-        ),
-        8.0
+    assert_eq!(k("DescribeKey"), 1.0, "the target key is resolved once");
+    let objects =
+        |text: &str, result: &str| metric(text, "s3cse_rekey_objects_total", &[("result", result)]);
+    assert_eq!(objects(&pushed, "rewritten"), 5.0, "{pushed}");
+    assert_eq!(objects(&pushed, "rewrapped"), 3.0);
+    assert_eq!(objects(&pushed, "skipped"), 3.0);
+    assert_eq!(objects(&pushed, "failed"), 1.0);
+    assert!(
+        !pushed.contains("s3cse_rekey_last_success_timestamp_seconds"),
+        "a failed run does not claim success: {pushed}"
     );
 
-    // A second run writes nothing.
+    // A second run writes nothing, calls KMS for nothing but DescribeKey, succeeds, and leaves
+    // its final metrics in the textfile.
+    let textfile = tmp.path().join("s3cse.prom");
     let o = run(&[
         "rekey",
         &url,
@@ -628,9 +653,42 @@ async fn rekey_migrates_a_mixed_bucket_and_is_idempotent() {
         &aes,
         "--rsa-key-file",
         &rsa,
+        "--metrics-textfile",
+        &textfile.display().to_string(),
     ]);
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
     assert_eq!(etags(&s3, &bucket).await, after, "second run wrote nothing");
+    let final_metrics = std::fs::read_to_string(&textfile).expect("metrics textfile");
+    // The chart tests check the dashboard's and alerts' names against this real exposition;
+    // it is a successful run's, so it has the last-success timestamp too.
+    save_scrape(&final_metrics);
+    for name in s3cse::metrics::METRIC_NAMES {
+        assert!(
+            exposition_names(&final_metrics).contains(name),
+            "{name} missing from\n{final_metrics}"
+        );
+    }
+    let k2 = |op: &str| {
+        metric(
+            &final_metrics,
+            "s3cse_kms_requests_total",
+            &[("operation", op)],
+        )
+    };
+    for op in ["GenerateDataKey", "ReEncrypt", "Encrypt", "Decrypt"] {
+        assert_eq!(k2(op), 0.0, "{op}: no KMS call per skipped object");
+    }
+    assert_eq!(k2("DescribeKey"), 1.0);
+    assert_eq!(objects(&final_metrics, "rewritten"), 0.0);
+    assert_eq!(objects(&final_metrics, "rewrapped"), 0.0);
+    assert_eq!(
+        metric(
+            &final_metrics,
+            "s3cse_rekey_queue_objects",
+            &[("state", "done")]
+        ),
+        11.0
+    );
     let o = ok(run(&["status", "--state", &state, "--json"]), "status");
     let st: serde_json::Value = serde_json::from_slice(&o.stdout).expect("status json");
     assert_eq!(st["by_state"]["done"]["objects"], 11, "{st}");

@@ -17,9 +17,10 @@ use futures::TryStreamExt;
 use s3cse::client::S3Cse;
 use s3cse::codec::DecryptPolicy;
 use s3cse::keyring::{AwsKms, KmsClient, KmsKeyring};
+use s3cse::metrics::{self, Metrics, Outcome};
 use s3cse::rekey::kms::{RekeyKms, describe_key};
 use s3cse::rekey::limit::RateLimit;
-use s3cse::rekey::telemetry::{self, Telemetry};
+use s3cse::rekey::worker::{COPY_PART_SIZE, MAX_COPY_SIZE};
 use s3cse::rekey::{RekeyConfig, RunSummary, Shard, Shutdown};
 use s3cse::store::{JobState, JobStore, ScanKey};
 
@@ -103,11 +104,22 @@ pub struct RunArgs {
     /// Push-add the metrics to this Pushgateway at the end (http://host:9091).
     #[arg(long, value_name = "URL")]
     pushgateway: Option<String>,
+    /// At the end, write the final metrics (Prometheus text format) to this file, atomically
+    /// (temporary file + rename): node_exporter's textfile collector picks up `*.prom` files.
+    #[arg(long, value_name = "PATH")]
+    metrics_textfile: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
     /// Lease of a claimed job in seconds (renewed while it runs; a dead worker's lapses).
     #[arg(long, default_value_t = 60, hide = true)]
     lease_secs: u64,
+    /// Rewrap objects larger than this (bytes) with a multipart copy; S3's CopyObject limit
+    /// (5 GiB) by default. Lower only to test the multipart path.
+    #[arg(long, default_value_t = MAX_COPY_SIZE, hide = true, value_name = "BYTES")]
+    copy_part_threshold: u64,
+    /// Part size of multipart copies (bytes, 5 MiB .. 5 GiB).
+    #[arg(long, default_value_t = COPY_PART_SIZE, hide = true, value_name = "BYTES")]
+    copy_part_size: u64,
     #[command(flatten)]
     aws: AwsArgs,
 }
@@ -223,8 +235,8 @@ pub async fn scan(a: ScanArgs) -> CliResult {
     let s3 = a.aws.s3_client(&conf).await;
     check_bucket(&s3, &bucket).await?;
     let store = open_store(&a.state).await?;
-    let telemetry = Arc::new(Telemetry::new());
-    let client = with_observer(S3Cse::new(s3, s3cse::keyring::Keyring::new()), &telemetry);
+    let metrics = new_metrics();
+    let client = with_observer(S3Cse::new(s3, s3cse::keyring::Keyring::new()), &metrics);
     let key = ScanKey {
         bucket,
         prefix,
@@ -251,11 +263,60 @@ pub async fn scan(a: ScanArgs) -> CliResult {
     Ok(())
 }
 
-fn with_observer(client: S3Cse, telemetry: &Arc<Telemetry>) -> S3Cse {
-    let t = telemetry.clone();
+fn new_metrics() -> Arc<Metrics> {
+    Arc::new(Metrics::new(env!("CARGO_PKG_VERSION")))
+}
+
+/// Records every S3 request of `client` in `metrics`.
+fn with_observer(client: S3Cse, metrics: &Arc<Metrics>) -> S3Cse {
+    use s3cse::client::RequestOutcome;
+    let m = metrics.clone();
     client.with_observer(Arc::new(move |op, outcome, took| {
-        t.s3_request(op, outcome, took)
+        let outcome = match outcome {
+            RequestOutcome::Ok => Outcome::Ok,
+            RequestOutcome::Error => Outcome::Error,
+            RequestOutcome::Throttled => Outcome::Throttled,
+            RequestOutcome::PreconditionFailed => Outcome::PreconditionFailed,
+            RequestOutcome::NotFound => Outcome::NotFound,
+        };
+        m.s3_request(op, outcome, took)
     }))
+}
+
+/// `--copy-part-threshold` / `--copy-part-size` within S3's limits.
+fn check_copy_parts(threshold: u64, part_size: u64) -> CliResult {
+    use s3cse::client::MIN_PART_SIZE;
+    if threshold > MAX_COPY_SIZE {
+        return Err(Failure::usage(anyhow!(
+            "--copy-part-threshold {threshold}: CopyObject takes at most {MAX_COPY_SIZE} bytes"
+        )));
+    }
+    if !(MIN_PART_SIZE as u64..=MAX_COPY_SIZE).contains(&part_size) {
+        return Err(Failure::usage(anyhow!(
+            "--copy-part-size {part_size}: S3 parts are {MIN_PART_SIZE} to {MAX_COPY_SIZE} bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// The textfile's directory must exist: fail before any work, not after hours of it.
+fn check_textfile(path: Option<&Path>) -> CliResult {
+    let Some(path) = path else {
+        return Ok(());
+    };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if dir.is_dir() {
+        Ok(())
+    } else {
+        Err(Failure::usage(anyhow!(
+            "--metrics-textfile {}: no directory {}",
+            path.display(),
+            dir.display()
+        )))
+    }
 }
 
 async fn wait_for_signal(trigger: s3cse::rekey::ShutdownTrigger) {
@@ -287,7 +348,9 @@ async fn run(a: RunArgs, target_url: Option<(String, String)>, do_scan: bool) ->
             "--kms-key-id (or S3CSE_KMS_KEY_ID) is required: the key to re-key to"
         )));
     };
-    let telemetry = Arc::new(Telemetry::new());
+    check_copy_parts(a.copy_part_threshold, a.copy_part_size)?;
+    check_textfile(a.metrics_textfile.as_deref())?;
+    let metrics = new_metrics();
     // Raw legacy keys from the files (exit 2 on a bad file); KMS is added below, decorated.
     let raw = KeyArgs {
         kms_key_id: None,
@@ -295,7 +358,7 @@ async fn run(a: RunArgs, target_url: Option<(String, String)>, do_scan: bool) ->
     };
     let keyring = raw.keyring(false).await?;
     let kms_sdk = kms_client().await;
-    let target = describe_key(&kms_sdk, &kms_key_id, &telemetry)
+    let target = describe_key(&kms_sdk, &kms_key_id, &metrics)
         .await
         .with_context(|| format!("KMS key {kms_key_id}"))
         .map_err(Failure::usage)?;
@@ -303,7 +366,7 @@ async fn run(a: RunArgs, target_url: Option<(String, String)>, do_scan: bool) ->
     let kms: Arc<dyn KmsClient> = Arc::new(RekeyKms::new(
         Arc::new(AwsKms::new(kms_sdk)),
         RateLimit::per_second(a.kms_rps),
-        telemetry.clone(),
+        metrics.clone(),
     ));
     let keyring = keyring.with_kms(KmsKeyring::any_key(
         kms.clone(),
@@ -318,15 +381,19 @@ async fn run(a: RunArgs, target_url: Option<(String, String)>, do_scan: bool) ->
     let store = open_store(&a.state).await?;
     let client = with_observer(
         S3Cse::new(s3, keyring).with_policy(DecryptPolicy::legacy()),
-        &telemetry,
+        &metrics,
     );
+    let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
     let metrics_server = match a.metrics_addr {
-        Some(addr) => Some(
-            telemetry::serve(addr, telemetry.clone())
-                .await
-                .with_context(|| format!("serving metrics on {addr}"))
-                .map_err(Failure::usage)?,
-        ),
+        Some(addr) => {
+            let (bound, task) = metrics::serve(metrics.clone(), addr, async {
+                let _ = metrics_stopped.await;
+            })
+            .await
+            .map_err(|e| Failure::usage(anyhow!(e)))?;
+            tracing::info!(addr = %bound, "serving metrics at /metrics");
+            Some(task)
+        }
         None => None,
     };
     let config = RekeyConfig {
@@ -345,8 +412,10 @@ async fn run(a: RunArgs, target_url: Option<(String, String)>, do_scan: bool) ->
         kms,
         target,
         store: store.clone(),
-        telemetry: telemetry.clone(),
+        metrics: metrics.clone(),
         s3_limit: RateLimit::per_second(a.s3_rps),
+        copy_part_threshold: a.copy_part_threshold,
+        copy_part_size: a.copy_part_size,
     };
     let (trigger, shutdown) = Shutdown::new();
     let signals = tokio::spawn(wait_for_signal(trigger));
@@ -365,15 +434,38 @@ async fn run(a: RunArgs, target_url: Option<(String, String)>, do_scan: bool) ->
         Err(_) => 1,
     };
     if code == 0 {
-        telemetry.mark_success();
+        metrics.mark_success();
     }
-    if let Some(url) = &a.pushgateway
-        && let Err(e) = telemetry::push_add(url, shard.map(|s| s.index), &telemetry).await
-    {
-        tracing::warn!(error = %e, "pushing metrics to the Pushgateway failed");
+    if let Ok(c) = store.state_counts().await {
+        metrics.set_queue(&c);
     }
+    if let Some(url) = &a.pushgateway {
+        // The group the chart's alerts select on: job, plus the shard of an Indexed Job.
+        let shard_label = shard.map(|s| s.index.to_string());
+        let grouping: Vec<(&str, &str)> = shard_label
+            .as_deref()
+            .map(|i| ("shard", i))
+            .into_iter()
+            .collect();
+        if let Err(e) = metrics::push_add(&metrics, url, "s3cse-rekey", &grouping).await {
+            tracing::warn!(error = %e, "pushing metrics to the Pushgateway failed");
+        }
+    }
+    if let Some(path) = &a.metrics_textfile {
+        let m = metrics.clone();
+        let p = path.clone();
+        let written = tokio::task::spawn_blocking(move || m.write_textfile(&p))
+            .await
+            .map_err(|e| anyhow!(e))
+            .and_then(|r| r.map_err(|e| anyhow!(e)));
+        if let Err(e) = written {
+            tracing::warn!(error = %e, "writing the metrics textfile failed");
+        }
+    }
+    // A last scrape may still be running: let it finish (bounded by the server's grace).
+    let _ = stop_metrics.send(());
     if let Some(server) = metrics_server {
-        server.abort();
+        let _ = server.await;
     }
     store.close().await;
     let summary = result.context("rekey").map_err(Failure::failed)?;

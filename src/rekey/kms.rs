@@ -1,6 +1,7 @@
 //! [`RekeyKms`]: the rekey worker's KMS client. Decorates any [`KmsClient`] (in production
 //! `keyring::AwsKms`) with a shared rate limit (`--kms-rps`), retries with jittered exponential
-//! backoff on throttling and transient failures, and the `s3cse_kms_requests_total` metrics.
+//! backoff on throttling and transient failures, and the `s3cse_kms_requests_total` metrics
+//! ([`crate::metrics::Metrics`]).
 //!
 //! Each logical call counts once per attempt in the metrics, so "one KMS call per rewritten or
 //! rewrapped object" can be checked from the `outcome="ok"` series.
@@ -14,10 +15,10 @@ use rand::Rng;
 
 use crate::envelope::Context;
 use crate::keyring::{KmsClient, KmsError, KmsErrorKind};
+use crate::metrics::{Metrics, Outcome, RetryReason, Service};
 use crate::secret::SecretBytes;
 
 use super::limit::RateLimit;
-use super::telemetry::Telemetry;
 
 /// Attempts per KMS call (first try included). KMS throttling clears within seconds; beyond
 /// this the object is failed and a later run retries it.
@@ -39,15 +40,15 @@ pub fn backoff(attempt: u32) -> Duration {
 pub struct RekeyKms {
     inner: Arc<dyn KmsClient>,
     limit: RateLimit,
-    telemetry: Arc<Telemetry>,
+    metrics: Arc<Metrics>,
 }
 
 impl RekeyKms {
-    pub fn new(inner: Arc<dyn KmsClient>, limit: RateLimit, telemetry: Arc<Telemetry>) -> Self {
+    pub fn new(inner: Arc<dyn KmsClient>, limit: RateLimit, metrics: Arc<Metrics>) -> Self {
         Self {
             inner,
             limit,
-            telemetry,
+            metrics,
         }
     }
 
@@ -62,16 +63,22 @@ impl RekeyKms {
             self.limit.wait().await;
             let t = Instant::now();
             let r = f().await;
+            // `Transient` is network, timeout or 5xx; the SDK does not say which, so all of
+            // them count as `server_error`.
             let (outcome, retry_reason) = match &r {
-                Ok(_) => ("ok", None),
-                Err(e) if e.kind == KmsErrorKind::Throttled => ("throttled", Some("throttled")),
-                Err(e) if e.kind == KmsErrorKind::Transient => ("error", Some("transient")),
-                Err(_) => ("error", None),
+                Ok(_) => (Outcome::Ok, None),
+                Err(e) if e.kind == KmsErrorKind::Throttled => {
+                    (Outcome::Throttled, Some(RetryReason::Throttled))
+                }
+                Err(e) if e.kind == KmsErrorKind::Transient => {
+                    (Outcome::Error, Some(RetryReason::ServerError))
+                }
+                Err(_) => (Outcome::Error, None),
             };
-            self.telemetry.kms_request(operation, outcome, t.elapsed());
+            self.metrics.kms_request(operation, outcome, t.elapsed());
             match (r, retry_reason) {
                 (Err(e), Some(reason)) if attempt < MAX_ATTEMPTS => {
-                    self.telemetry.retry("kms", reason);
+                    self.metrics.retry(Service::Kms, reason);
                     tracing::debug!(operation, attempt, error = %e, "retrying KMS call");
                     tokio::time::sleep(backoff(attempt)).await;
                 }
@@ -130,16 +137,22 @@ impl KmsClient for RekeyKms {
 pub async fn describe_key(
     client: &aws_sdk_kms::Client,
     key_id: &str,
-    telemetry: &Telemetry,
+    metrics: &Metrics,
 ) -> Result<super::plan::TargetKey, KmsError> {
     let t = Instant::now();
-    let r = client.describe_key().key_id(key_id).send().await;
-    telemetry.kms_request(
-        "DescribeKey",
-        if r.is_ok() { "ok" } else { "error" },
-        t.elapsed(),
-    );
-    let out = r.map_err(|e| KmsError::from_sdk("DescribeKey", e))?;
+    let r = client
+        .describe_key()
+        .key_id(key_id)
+        .send()
+        .await
+        .map_err(|e| KmsError::from_sdk("DescribeKey", e));
+    let outcome = match &r {
+        Ok(_) => Outcome::Ok,
+        Err(e) if e.kind == KmsErrorKind::Throttled => Outcome::Throttled,
+        Err(_) => Outcome::Error,
+    };
+    metrics.kms_request("DescribeKey", outcome, t.elapsed());
+    let out = r?;
     let meta = out.key_metadata().ok_or_else(|| {
         KmsError::new(KmsErrorKind::Other, "DescribeKey returned no key metadata")
     })?;

@@ -8,7 +8,9 @@
 //!   rewrite / rewrap / verify.
 //! - [`kms`]: the KMS decorator (rate limit, retries, metrics) and DescribeKey.
 //! - [`limit`]: the shared token buckets of `--s3-rps` / `--kms-rps`.
-//! - [`telemetry`]: the run's Prometheus registry, served and pushed.
+//!
+//! Metrics are the crate's [`crate::metrics::Metrics`] (one per process, shared as
+//! `Arc<Metrics>`); the CLI serves, pushes and writes them.
 //!
 //! [`run`] takes every dependency as an argument (client, store, KMS, metrics), so tests drive
 //! it directly; the CLI builds them.
@@ -17,7 +19,6 @@ pub mod kms;
 pub mod limit;
 pub mod plan;
 pub mod scan;
-pub mod telemetry;
 pub mod worker;
 
 use std::sync::Arc;
@@ -28,11 +29,11 @@ use tokio::sync::watch;
 use crate::client::{ClientError, S3Cse};
 use crate::envelope::Context;
 use crate::keyring::{KmsClient, KmsError};
+use crate::metrics::Metrics;
 use crate::store::{JobStore, ScanKey, StoreError};
 
 pub use self::plan::{Action, SkipReason, TargetKey};
 pub use self::scan::{ScanSummary, Shard};
-pub use self::telemetry::Telemetry;
 pub use self::worker::WorkSummary;
 
 /// Errors that stop a run (per-object failures are job outcomes, not errors).
@@ -82,8 +83,17 @@ pub struct RekeyConfig {
     pub kms: Arc<dyn KmsClient>,
     pub target: TargetKey,
     pub store: JobStore,
-    pub telemetry: Arc<Telemetry>,
+    /// The process's metrics: S3 requests are recorded by `client`'s observer, KMS requests by
+    /// `kms`, objects, retries and queue depth by the workers.
+    pub metrics: Arc<Metrics>,
     pub s3_limit: limit::RateLimit,
+    /// Rewraps of objects larger than this use a multipart copy (UploadPartCopy) instead of one
+    /// CopyObject. S3 caps CopyObject at 5 GiB ([`worker::MAX_COPY_SIZE`], the default); a
+    /// lower value exercises the multipart path in tests.
+    pub copy_part_threshold: u64,
+    /// Part size of those multipart copies ([`worker::COPY_PART_SIZE`] by default; S3 wants
+    /// at least 5 MiB except for the last part, at most 5 GiB, and at most 10,000 parts).
+    pub copy_part_size: u64,
 }
 
 /// What a run did.

@@ -39,6 +39,7 @@ use crate::consts::{CEK_GCM, EC_CEK_ALG, GCM_IV_LEN, INSTRUCTION_MARKER, INSTRUC
 use crate::content;
 use crate::envelope::{self, ContentAlg, Envelope, Location, Metadata, Version, WrapAlg};
 use crate::keyring::KmsError;
+use crate::metrics::{ObjectResult, RetryReason, Service};
 use crate::secret::{SecretBytes, fill_random};
 use crate::store::{self, Job, JobState, JobStore, Outcome};
 
@@ -50,8 +51,12 @@ use super::{RekeyConfig, RekeyError, Shutdown};
 const MAX_ATTEMPTS: u32 = 5;
 /// Conflicts (the object changed under us) before a job is left in state `conflict`.
 const MAX_CONFLICTS: u32 = 3;
-/// Largest object CopyObject takes in one request; larger rewraps need UploadPartCopy.
-const MAX_COPY_SIZE: u64 = 5 << 30;
+/// Largest object CopyObject takes in one request; larger rewraps need UploadPartCopy. Also
+/// S3's largest part.
+pub const MAX_COPY_SIZE: u64 = 5 << 30;
+/// Part size of a multipart copy: 512 MiB keeps a 5 TiB object (S3's maximum) within 10,000
+/// parts and a 6 GiB one at 12 requests; the server copies the bytes, so no memory is at stake.
+pub const COPY_PART_SIZE: u64 = 512 << 20;
 /// How often the queue gauges are refreshed from the store.
 const GAUGE_INTERVAL: Duration = Duration::from_secs(3);
 
@@ -177,8 +182,8 @@ struct Written {
 struct Done {
     outcome: Outcome,
     /// Metrics result label.
-    result: &'static str,
-    action: &'static str,
+    result: ObjectResult,
+    action: store::Action,
 }
 
 /// Shared by the tasks of one run.
@@ -288,7 +293,7 @@ pub async fn work(config: &RekeyConfig, shutdown: &Shutdown) -> Result<WorkSumma
         tokio::spawn(async move {
             loop {
                 if let Ok(c) = ctx.config.store.state_counts().await {
-                    ctx.config.telemetry.queue(&c);
+                    ctx.config.metrics.set_queue(&c);
                 }
                 tokio::time::sleep(GAUGE_INTERVAL).await;
             }
@@ -298,7 +303,7 @@ pub async fn work(config: &RekeyConfig, shutdown: &Shutdown) -> Result<WorkSumma
     renew.abort();
     gauges.abort();
     if let Ok(c) = config.store.state_counts().await {
-        config.telemetry.queue(&c);
+        config.metrics.set_queue(&c);
     }
     result?;
     let summary = ctx.summary.lock().map(|s| s.clone()).unwrap_or_default();
@@ -385,15 +390,19 @@ async fn handle_job(ctx: &Ctx, job: Job) -> Result<(), RekeyError> {
     let started = Instant::now();
     let c = &ctx.config;
     let mut attempt = 0;
+    // The action classification chose, once known: the `action` label of a failure's duration.
+    let mut action = None;
     let result = loop {
         attempt += 1;
-        match process(ctx, &job).await {
+        match process(ctx, &job, &mut action).await {
             Err(ObjError::Failed {
                 transient: true,
+                ref code,
+                http,
                 ref message,
-                ..
             }) if attempt < MAX_ATTEMPTS => {
-                c.telemetry.retry("s3", "transient");
+                let (service, reason) = retry_labels(code, http);
+                c.metrics.retry(service, reason);
                 tracing::debug!(key = %job.key, attempt, error = %message, "retrying object");
                 tokio::time::sleep(backoff(attempt)).await;
             }
@@ -403,16 +412,16 @@ async fn handle_job(ctx: &Ctx, job: Job) -> Result<(), RekeyError> {
     let size = job.size;
     match result {
         Ok(done) => {
-            c.telemetry
-                .object(done.result, done.action, size, started.elapsed());
+            c.metrics
+                .object_done(done.result, done.action, size, started.elapsed());
             ctx.summary(|s| match done.result {
-                "migrated" => {
+                ObjectResult::Rewritten | ObjectResult::Rewrapped => {
                     s.migrated += 1;
                     s.bytes_migrated += size;
                 }
                 _ => s.skipped += 1,
             });
-            tracing::info!(key = %job.key, action = done.action, result = done.result,
+            tracing::info!(key = %job.key, action = done.action.as_str(), result = done.result.as_str(),
                 format = done.outcome.source_format.as_deref().unwrap_or(""), "object done");
             c.store.complete(job.id, &ctx.owner, &done.outcome).await?;
         }
@@ -429,8 +438,7 @@ async fn handle_job(ctx: &Ctx, job: Job) -> Result<(), RekeyError> {
                 }
             }
             if job.conflicts + 1 >= MAX_CONFLICTS {
-                c.telemetry
-                    .object("conflict", "none", job.size, started.elapsed());
+                finished_unsuccessfully(c, ObjectResult::Conflict, action, job.size, started);
                 ctx.summary(|s| s.conflicts += 1);
                 tracing::warn!(key = %job.key, error = %message, "object keeps changing: left as conflict");
                 let outcome = Outcome {
@@ -442,7 +450,7 @@ async fn handle_job(ctx: &Ctx, job: Job) -> Result<(), RekeyError> {
                 c.store.complete(job.id, &ctx.owner, &outcome).await?;
             } else {
                 ctx.summary(|s| s.requeued += 1);
-                c.telemetry.retry("s3", "conflict");
+                c.metrics.retry(Service::S3, RetryReason::Conflict);
                 tracing::info!(key = %job.key, error = %message, "object changed: requeued");
                 c.store
                     .requeue(job.id, &ctx.owner, etag.as_deref(), size, &message)
@@ -455,8 +463,7 @@ async fn handle_job(ctx: &Ctx, job: Job) -> Result<(), RekeyError> {
             message,
             ..
         }) => {
-            c.telemetry
-                .object("failed", "none", job.size, started.elapsed());
+            finished_unsuccessfully(c, ObjectResult::Failed, action, job.size, started);
             ctx.summary(|s| s.failed += 1);
             tracing::warn!(key = %job.key, code = %code, error = %message, "object failed");
             let outcome = Outcome {
@@ -469,6 +476,35 @@ async fn handle_job(ctx: &Ctx, job: Job) -> Result<(), RekeyError> {
         }
     }
     Ok(())
+}
+
+/// Records a failed or conflicting object: under its action if classification got that far.
+fn finished_unsuccessfully(
+    c: &RekeyConfig,
+    result: ObjectResult,
+    action: Option<store::Action>,
+    size: u64,
+    started: Instant,
+) {
+    match action {
+        Some(a) => c.metrics.object_done(result, a, size, started.elapsed()),
+        None => c.metrics.object_unclassified(result, size),
+    }
+}
+
+/// The `service` and `reason` labels of an object retried after a transient failure. KMS
+/// failures reach here only after [`super::kms::RekeyKms`] has used up its own retries.
+/// Network failures (`IoError`) count as `server_error`: the SDK rarely tells them apart.
+fn retry_labels(code: &str, http: Option<u16>) -> (Service, RetryReason) {
+    if code == codec::ErrorClass::KmsUnavailable.code() {
+        return (Service::Kms, RetryReason::ServerError);
+    }
+    let reason = match (code, http) {
+        ("SlowDown" | "Throttling", _) | (_, Some(503 | 429)) => RetryReason::Throttled,
+        ("RequestTimeout", _) | (_, Some(408)) => RetryReason::Timeout,
+        _ => RetryReason::ServerError,
+    };
+    (Service::S3, reason)
 }
 
 /// HEAD + envelope + classification, shared by the worker and `--dry-run`.
@@ -489,7 +525,12 @@ async fn inspect(
     Ok(Some((head, state, action)))
 }
 
-async fn process(ctx: &Ctx, job: &Job) -> Result<Done, ObjError> {
+/// One attempt at one object; `classified` is set as soon as the action is known.
+async fn process(
+    ctx: &Ctx,
+    job: &Job,
+    classified: &mut Option<store::Action>,
+) -> Result<Done, ObjError> {
     let c = &ctx.config;
     let Some((head, state, action)) = inspect(c, &job.bucket, &job.key).await? else {
         // Deleted since it was listed: nothing left to migrate.
@@ -499,8 +540,8 @@ async fn process(ctx: &Ctx, job: &Job) -> Result<Done, ObjError> {
                 skip_reason: Some("deleted".into()),
                 ..Outcome::new(JobState::Done)
             },
-            result: "skipped",
-            action: "skip",
+            result: ObjectResult::Skipped,
+            action: store::Action::Skip,
         });
     };
     if !job.etag.is_empty() && head.etag.as_deref() != Some(job.etag.as_str()) {
@@ -528,12 +569,13 @@ async fn process(ctx: &Ctx, job: &Job) -> Result<Done, ObjError> {
                     skip_reason: action.skip_reason().map(str::to_owned),
                     ..Outcome::new(JobState::Done)
                 },
-                result: "skipped",
-                action: "skip",
+                result: ObjectResult::Skipped,
+                action: store::Action::Skip,
             });
         }
         (_, EnvelopeState::Encrypted(env)) => env,
     };
+    *classified = Some(action.store_action());
     let written = match action {
         Action::Rewrite => rewrite(c, &head, &env).await?,
         _ => rewrap(c, &head, &env).await?,
@@ -566,8 +608,11 @@ async fn process(ctx: &Ctx, job: &Job) -> Result<Done, ObjError> {
             plaintext_sha256: written.sha256,
             ..Outcome::new(JobState::Done)
         },
-        result: "migrated",
-        action: store_action.as_str(),
+        result: match store_action {
+            store::Action::Rewrite => ObjectResult::Rewritten,
+            _ => ObjectResult::Rewrapped,
+        },
+        action: store_action,
     })
 }
 
@@ -701,7 +746,7 @@ async fn rewrite(c: &RekeyConfig, head: &ObjectHead, env: &Envelope) -> Result<W
 }
 
 async fn rewrap(c: &RekeyConfig, head: &ObjectHead, env: &Envelope) -> Result<Written, ObjError> {
-    if head.content_length > MAX_COPY_SIZE {
+    if head.content_length > c.copy_part_threshold {
         return Err(ObjError::failed(
             "NotYetSupported",
             "rewrap of objects over 5 GiB needs a multipart copy, not yet implemented; use --reencrypt",
@@ -982,9 +1027,7 @@ pub async fn dry_run(config: &RekeyConfig, shutdown: &Shutdown) -> Result<WorkSu
                 }
                 Err(ObjError::Conflict { .. }) => ("conflict".to_owned(), 0),
             };
-            config
-                .telemetry
-                .object("planned", "none", label.1, Duration::ZERO);
+            // No object metric: nothing was processed. The HEADs show in the S3 requests.
             label
         })
         .buffer_unordered(config.concurrency.max(1))
