@@ -47,6 +47,14 @@ pub(super) struct RawCbcDec {
     cipher: AnyAes,
     /// The previous ciphertext block (the IV at first).
     prev: [u8; AES_BLOCK],
+    /// Decrypted blocks before the XOR: plaintext, so zeroized on drop.
+    scratch: Vec<u8>,
+}
+
+impl Drop for RawCbcDec {
+    fn drop(&mut self) {
+        self.scratch.zeroize();
+    }
 }
 
 impl RawCbcDec {
@@ -55,7 +63,11 @@ impl RawCbcDec {
         let cipher = AnyAes::new(key, DECRYPT_KEY_LENS)?;
         let mut prev = [0u8; AES_BLOCK];
         prev.copy_from_slice(iv);
-        Ok(Self { cipher, prev })
+        Ok(Self {
+            cipher,
+            prev,
+            scratch: vec![0; SLICE],
+        })
     }
 
     /// Appends the plaintext of `src` to `out`; `src.len()` must be a multiple of 16.
@@ -63,13 +75,18 @@ impl RawCbcDec {
         debug_assert!(src.len().is_multiple_of(AES_BLOCK));
         out.reserve(src.len());
         for slice in src.chunks(SLICE) {
-            let start = out.len();
-            out.extend_from_slice(slice);
-            let dst = &mut out[start..];
-            self.cipher.decrypt_blocks(dst);
             let n = slice.len();
-            super::xor_in_place(&mut dst[..AES_BLOCK], &self.prev);
-            super::xor_in_place(&mut dst[AES_BLOCK..], &slice[..n - AES_BLOCK]);
+            // ECB-decrypt into the (L1-resident) scratch, then write `out` once: D(C_i) ^ C_(i-1).
+            let d = &mut self.scratch[..n];
+            d.copy_from_slice(slice);
+            self.cipher.decrypt_blocks(d);
+            out.extend(d[..AES_BLOCK].iter().zip(&self.prev).map(|(a, b)| a ^ b));
+            out.extend(
+                d[AES_BLOCK..]
+                    .iter()
+                    .zip(&slice[..n - AES_BLOCK])
+                    .map(|(a, b)| a ^ b),
+            );
             self.prev.copy_from_slice(&slice[n - AES_BLOCK..]);
         }
     }

@@ -109,6 +109,43 @@ impl Ctr {
     }
 }
 
+impl Ctr {
+    /// Appends `input` XOR the next `input.len()` keystream bytes to `out`: one pass instead of
+    /// copy-then-XOR.
+    pub(super) fn apply_into(&mut self, mut input: &[u8], out: &mut Vec<u8>) {
+        out.reserve(input.len());
+        if self.unused > 0 {
+            let n = self.unused.min(input.len());
+            let from = 16 - self.unused;
+            out.extend(
+                input[..n]
+                    .iter()
+                    .zip(&self.last[from..from + n])
+                    .map(|(a, b)| a ^ b),
+            );
+            self.unused -= n;
+            input = &input[n..];
+        }
+        let whole = input.len() - input.len() % 16;
+        let (blocks, tail) = input.split_at(whole);
+        for chunk in blocks.chunks(KS_BLOCKS * 16) {
+            self.generate(chunk.len() / 16);
+            out.extend(
+                chunk
+                    .iter()
+                    .zip(&self.ks[..chunk.len()])
+                    .map(|(a, b)| a ^ b),
+            );
+        }
+        if !tail.is_empty() {
+            self.generate(1);
+            self.last.copy_from_slice(&self.ks[..16]);
+            out.extend(tail.iter().zip(&self.last).map(|(a, b)| a ^ b));
+            self.unused = 16 - tail.len();
+        }
+    }
+}
+
 impl Drop for Ctr {
     fn drop(&mut self) {
         self.ks.zeroize();
@@ -254,14 +291,12 @@ impl GcmEncryptor {
     pub fn encrypt(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(), ContentError> {
         self.len = add_checked(self.len, input.len())?;
         out.reserve(input.len());
-        // Copy, encrypt and hash one L1-sized slice at a time, so each byte is loaded from
+        // Encrypt into `out` and hash one L1-sized slice at a time, so each byte is loaded from
         // memory once instead of once per pass.
         for slice in input.chunks(SLICE) {
             let start = out.len();
-            out.extend_from_slice(slice);
-            let ct = &mut out[start..];
-            self.keys.ctr.apply(ct);
-            self.keys.hasher.update(ct);
+            self.keys.ctr.apply_into(slice, out);
+            self.keys.hasher.update(&out[start..]);
         }
         Ok(())
     }
@@ -382,14 +417,11 @@ impl ContentDecryptor for GcmDecryptor {
         self.len = add_checked(self.len, releasing)?;
         out.reserve(releasing);
         let keys = &mut self.keys;
-        // Same slice-at-a-time shape as encryption: copy, hash the ciphertext, decrypt.
+        // Same slice-at-a-time shape as encryption: hash the ciphertext, then decrypt it into `out`.
         self.tail.feed(input, |ct| {
             for slice in ct.chunks(SLICE) {
-                let start = out.len();
-                out.extend_from_slice(slice);
-                let buf = &mut out[start..];
-                keys.hasher.update(buf);
-                keys.ctr.apply(buf);
+                keys.hasher.update(slice);
+                keys.ctr.apply_into(slice, out);
             }
         });
         Ok(())
