@@ -60,10 +60,14 @@ echo "without --allow-legacy:"; "$S3CSE" get "s3://$BUCKET/legacy/v1-aes.bin" -o
 
 say "s3cse rekey: every legacy object -> V2 kms+context AES-GCM under the target key"
 "$S3CSE" rekey "s3://$BUCKET" --state "$DEMO/state.db" --kms-key-id "$NEW_KEY" \
-  --aes-key-file "$AES" --rsa-key-file "$RSA" --metrics-addr 127.0.0.1:0 || true
+  --aes-key-file "$AES" --rsa-key-file "$RSA" --metrics-addr 127.0.0.1:0 \
+  --metrics-textfile "$DEMO/metrics.prom" || true
 
 say "s3cse status"
 "$S3CSE" status --state "$DEMO/state.db"
+
+say "the finished run's metrics (--metrics-textfile: node_exporter's textfile format)"
+grep -E '^s3cse_(rekey_objects_total|kms_requests_total|rekey_bytes_total)' "$DEMO/metrics.prom"
 
 say "s3cse report (S3 Batch Operations columns)"
 "$S3CSE" report --state "$DEMO/state.db" --format csv
