@@ -929,3 +929,314 @@ fn scrape(addr: &str) -> std::io::Result<String> {
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default())
 }
+
+/// Sum of a counter's samples (any labels) whose labels contain every `want` pair, from a text
+/// exposition, as u64.
+fn count(text: &str, name: &str, want: &[(&str, &str)]) -> u64 {
+    metric(text, name, want) as u64
+}
+
+/// Rewrap above `--copy-part-threshold` goes through the multipart copy (UploadPartCopy in
+/// 5 MiB parts, S3's minimum): a ~12 MiB V2 object written by AWS's Python client under an old
+/// key reads back with that client under the target key, with its content type, metadata and
+/// tags; a small one next to it still takes one CopyObject.
+#[tokio::test(flavor = "multi_thread")]
+async fn rewrap_above_the_copy_threshold_is_a_multipart_copy() {
+    if !testbed() {
+        return;
+    }
+    let (s3, kms) = (s3().await, kms().await);
+    let bucket = new_bucket(&s3, "rekey-mpcopy").await;
+    let (old, target) = (new_key(&kms).await, new_key(&kms).await);
+    let tmp = tempfile::tempdir().expect("tmp");
+    let big = data((12 << 20) - 12_345, 21);
+    let small = data(4321, 22);
+    for (key, d) in [("big-gcm.bin", &big), ("small-gcm.bin", &small)] {
+        let f = tmp.path().join(key);
+        std::fs::write(&f, d).expect("input");
+        ok(
+            awsc(&[
+                "put",
+                "--bucket",
+                &bucket,
+                "--key",
+                key,
+                "--input",
+                &f.display().to_string(),
+                "--kms-key-id",
+                &old,
+                "--format",
+                "v2",
+                "--content-type",
+                "application/x-big",
+                "--metadata",
+                "owner=mp",
+                "--tag",
+                "t=big one",
+            ]),
+            "aws v2 put",
+        );
+    }
+    let (_sd, state) = state_file("mpcopy.db");
+    let textfile = tmp.path().join("metrics.prom");
+    let part = (5u64 << 20).to_string();
+    let o = run(&[
+        "rekey",
+        &format!("s3://{bucket}"),
+        "--state",
+        &state,
+        "--kms-key-id",
+        &target,
+        "--copy-part-threshold",
+        &part,
+        "--copy-part-size",
+        &part,
+        "--metrics-textfile",
+        &textfile.display().to_string(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    for (key, want) in [("big-gcm.bin", &big), ("small-gcm.bin", &small)] {
+        let out = tmp.path().join("out");
+        ok(
+            awsc(&[
+                "get",
+                "--bucket",
+                &bucket,
+                "--key",
+                key,
+                "--output",
+                &out.display().to_string(),
+                "--kms-key-id",
+                &target,
+            ]),
+            key,
+        );
+        assert!(
+            std::fs::read(&out).expect("out") == *want,
+            "{key}: same bytes"
+        );
+        let h = ok(awsc(&["head", "--bucket", &bucket, "--key", key]), "head");
+        let h: serde_json::Value = serde_json::from_slice(&h.stdout).expect("head json");
+        assert_eq!(h["content_type"], "application/x-big", "{key}");
+        assert_eq!(h["metadata"]["owner"], "mp", "{key}");
+        assert_eq!(h["tags"], serde_json::json!({"t": "big one"}), "{key}");
+    }
+    let rows = report(&state, "done");
+    assert!(
+        rows.len() == 2 && rows.iter().all(|r| r["action"] == "rewrap"),
+        "both rewrapped: {rows:?}"
+    );
+
+    let m = std::fs::read_to_string(&textfile).expect("metrics textfile");
+    let s3_ok = |op: &str| {
+        count(
+            &m,
+            "s3cse_s3_requests_total",
+            &[("operation", op), ("outcome", "ok")],
+        )
+    };
+    // 12 MiB - 12,345 bytes (+16 tag bytes) in 5 MiB parts: 5 + 5 + ~2.
+    assert_eq!(s3_ok("CreateMultipartUpload"), 1, "{m}");
+    assert_eq!(s3_ok("UploadPartCopy"), 3, "{m}");
+    assert_eq!(s3_ok("CompleteMultipartUpload"), 1, "{m}");
+    assert_eq!(
+        count(
+            &m,
+            "s3cse_s3_requests_total",
+            &[("operation", "AbortMultipartUpload")]
+        ),
+        0
+    );
+    assert_eq!(s3_ok("CopyObject"), 1, "the small object: one CopyObject");
+    // One KMS call per rewrapped object, none else but DescribeKey.
+    let kms = |op: &str| count(&m, "s3cse_kms_requests_total", &[("operation", op)]);
+    assert_eq!(kms("ReEncrypt"), 2, "{m}");
+    assert_eq!(kms("GenerateDataKey") + kms("Decrypt") + kms("Encrypt"), 0);
+    assert_eq!(
+        count(&m, "s3cse_rekey_objects_total", &[("result", "rewrapped")]),
+        2
+    );
+}
+
+/// A KMS client that overwrites one object the first time `encrypt` is called: it runs after
+/// the worker's HEAD and before its copy, so it stands in for a writer racing the rewrap.
+struct RacingKms {
+    inner: Arc<dyn s3cse::keyring::KmsClient>,
+    s3: aws_sdk_s3::Client,
+    bucket: String,
+    key: String,
+    newer: Vec<u8>,
+    fired: std::sync::atomic::AtomicBool,
+}
+
+impl s3cse::keyring::KmsClient for RacingKms {
+    fn generate_data_key<'a>(
+        &'a self,
+        key_id: &'a str,
+        context: &'a s3cse::envelope::Context,
+    ) -> futures::future::BoxFuture<
+        'a,
+        Result<(s3cse::secret::SecretBytes, Vec<u8>), s3cse::keyring::KmsError>,
+    > {
+        self.inner.generate_data_key(key_id, context)
+    }
+
+    fn decrypt<'a>(
+        &'a self,
+        key_id: Option<&'a str>,
+        blob: &'a [u8],
+        context: &'a s3cse::envelope::Context,
+    ) -> futures::future::BoxFuture<'a, Result<s3cse::secret::SecretBytes, s3cse::keyring::KmsError>>
+    {
+        self.inner.decrypt(key_id, blob, context)
+    }
+
+    fn encrypt<'a>(
+        &'a self,
+        key_id: &'a str,
+        plaintext: &'a s3cse::secret::SecretBytes,
+        context: &'a s3cse::envelope::Context,
+    ) -> futures::future::BoxFuture<'a, Result<Vec<u8>, s3cse::keyring::KmsError>> {
+        Box::pin(async move {
+            if !self.fired.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                put_raw_gcm(&self.s3, &self.bucket, &self.key, &self.newer).await;
+            }
+            self.inner.encrypt(key_id, plaintext, context).await
+        })
+    }
+
+    fn re_encrypt<'a>(
+        &'a self,
+        blob: &'a [u8],
+        source_context: &'a s3cse::envelope::Context,
+        key_id: &'a str,
+        context: &'a s3cse::envelope::Context,
+    ) -> futures::future::BoxFuture<'a, Result<Vec<u8>, s3cse::keyring::KmsError>> {
+        self.inner.re_encrypt(blob, source_context, key_id, context)
+    }
+}
+
+/// The multipart copy is conditional on the ETag HEAD saw: an object overwritten after the HEAD
+/// fails the copy with 412 (nothing of the older object is committed, the upload is aborted),
+/// the job is requeued, and the newer object is what gets rewrapped. Drives `rekey::run`
+/// directly, with a KMS client that overwrites the object mid-job.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_multipart_copy_rewrap_is_conditional_on_the_etag() {
+    use s3cse::metrics::{Metrics, Outcome};
+    use s3cse::rekey::limit::RateLimit;
+
+    if !testbed() {
+        return;
+    }
+    let (s3, kms_sdk) = (s3().await, kms().await);
+    let bucket = new_bucket(&s3, "rekey-mprace").await;
+    let target = new_key(&kms_sdk).await;
+    let older = data(11 << 20, 31);
+    let newer = data((11 << 20) + 777, 32);
+    put_raw_gcm(&s3, &bucket, "race.bin", &older).await;
+
+    let metrics = Arc::new(Metrics::new("test"));
+    let target_key = s3cse::rekey::kms::describe_key(&kms_sdk, &target, &metrics)
+        .await
+        .expect("describe key");
+    let racing = RacingKms {
+        inner: Arc::new(AwsKms::new(kms_sdk.clone())),
+        s3: s3.clone(),
+        bucket: bucket.clone(),
+        key: "race.bin".into(),
+        newer: newer.clone(),
+        fired: std::sync::atomic::AtomicBool::new(false),
+    };
+    // The production decorator on top: it counts the KMS requests.
+    let kms: Arc<dyn s3cse::keyring::KmsClient> = Arc::new(s3cse::rekey::kms::RekeyKms::new(
+        Arc::new(racing),
+        RateLimit::default(),
+        metrics.clone(),
+    ));
+    let m = metrics.clone();
+    let client = S3Cse::new(s3.clone(), Keyring::aes(aes_key()))
+        .with_policy(codec::DecryptPolicy::legacy())
+        .with_observer(Arc::new(move |op, outcome, took| {
+            use s3cse::client::RequestOutcome as R;
+            let outcome = match outcome {
+                R::Ok => Outcome::Ok,
+                R::Error => Outcome::Error,
+                R::Throttled => Outcome::Throttled,
+                R::PreconditionFailed => Outcome::PreconditionFailed,
+                R::NotFound => Outcome::NotFound,
+            };
+            m.s3_request(op, outcome, took);
+        }));
+    let (_sd, state) = state_file("mprace.db");
+    let store = s3cse::store::JobStore::open(Path::new(&state))
+        .await
+        .expect("store");
+    let config = s3cse::rekey::RekeyConfig {
+        bucket: bucket.clone(),
+        prefix: String::new(),
+        shard: None,
+        context: s3cse::envelope::Context::new(),
+        concurrency: 1,
+        dry_run: false,
+        reencrypt: false,
+        verify: true,
+        lease: Duration::from_secs(30),
+        scan: true,
+        work: true,
+        client,
+        kms,
+        target: target_key,
+        store: store.clone(),
+        metrics: metrics.clone(),
+        s3_limit: RateLimit::default(),
+        copy_part_threshold: 5 << 20,
+        copy_part_size: 5 << 20,
+    };
+    let summary = s3cse::rekey::run(config, s3cse::rekey::Shutdown::never())
+        .await
+        .expect("run");
+    assert_eq!(summary.work.migrated, 1, "{summary:?}");
+    assert_eq!(
+        summary.work.requeued, 1,
+        "the race was noticed: {summary:?}"
+    );
+
+    assert_eq!(
+        get_strict(&s3, &kms_sdk, &target, &bucket, "race.bin").await,
+        newer,
+        "the newer object survives, rewrapped"
+    );
+    let text = metrics.encode();
+    let s3 = |op: &str, outcome: &str| {
+        count(
+            &text,
+            "s3cse_s3_requests_total",
+            &[("operation", op), ("outcome", outcome)],
+        )
+    };
+    // The first attempt's parts were refused (x-amz-copy-source-if-match) and the upload
+    // aborted; the second attempt copied the newer object's 3 parts.
+    assert!(
+        s3("UploadPartCopy", "precondition_failed") >= 1,
+        "the part copies carry the ETag condition:\n{text}"
+    );
+    assert_eq!(s3("AbortMultipartUpload", "ok"), 1, "{text}");
+    assert_eq!(s3("CompleteMultipartUpload", "ok"), 1, "{text}");
+    assert_eq!(s3("CompleteMultipartUpload", "precondition_failed"), 0);
+    assert_eq!(metrics.kms_requests("Encrypt"), 2, "one per attempt");
+    assert_eq!(
+        count(
+            &text,
+            "s3cse_rekey_retries_total",
+            &[("service", "s3"), ("reason", "conflict")]
+        ),
+        1
+    );
+    let rows: Vec<_> = futures::TryStreamExt::try_collect::<Vec<_>>(store.report(None))
+        .await
+        .expect("rows");
+    assert_eq!(rows.len(), 1);
+    let job = store.job(rows[0].id).await.expect("job").expect("job");
+    assert_eq!(job.state, s3cse::store::JobState::Done);
+    assert_eq!(job.conflicts, 1, "{job:?}");
+}

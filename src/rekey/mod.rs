@@ -6,6 +6,7 @@
 //! - [`scan`]: ListObjectsV2 -> the job table, with a checkpoint and `--shard I/N`.
 //! - [`worker`]: the claim loop (leases, `--concurrency` tasks, graceful stop) and the per-object
 //!   rewrite / rewrap / verify.
+//! - [`copy`]: the multipart copy onto itself that rewraps objects above CopyObject's 5 GiB.
 //! - [`kms`]: the KMS decorator (rate limit, retries, metrics) and DescribeKey.
 //! - [`limit`]: the shared token buckets of `--s3-rps` / `--kms-rps`.
 //!
@@ -15,6 +16,7 @@
 //! [`run`] takes every dependency as an argument (client, store, KMS, metrics), so tests drive
 //! it directly; the CLI builds them.
 
+pub mod copy;
 pub mod kms;
 pub mod limit;
 pub mod plan;

@@ -8,7 +8,9 @@
 //!   CompleteMultipartUpload, so nothing unauthenticated is ever committed.
 //! - **rewrap** (GCM sources): the content key is wrapped under the target key (one `ReEncrypt`
 //!   for KMS sources, one `Encrypt` for raw-key sources) and the metadata replaced by a
-//!   server-side CopyObject onto itself with `x-amz-copy-source-if-match`.
+//!   server-side CopyObject onto itself with `x-amz-copy-source-if-match`; above
+//!   `copy_part_threshold` (5 GiB, CopyObject's limit) by a multipart copy onto itself
+//!   ([`super::copy`]: UploadPartCopy with the same condition, Complete with `If-Match`).
 //! - **verify** (default): read the new object back. Rewrites and raw-key rewraps are decrypted
 //!   with the content key in hand (no KMS call) and, for rewrites, the plaintext SHA-256 is
 //!   compared with the source's; `ReEncrypt` rewraps hold no content key, so they are verified by
@@ -54,8 +56,9 @@ const MAX_CONFLICTS: u32 = 3;
 /// Largest object CopyObject takes in one request; larger rewraps need UploadPartCopy. Also
 /// S3's largest part.
 pub const MAX_COPY_SIZE: u64 = 5 << 30;
-/// Part size of a multipart copy: 512 MiB keeps a 5 TiB object (S3's maximum) within 10,000
-/// parts and a 6 GiB one at 12 requests; the server copies the bytes, so no memory is at stake.
+/// Part size of a multipart copy: 512 MiB makes a 6 GiB object 12 requests; the server copies
+/// the bytes, so no memory is at stake. 10,000 such parts reach 5,000 GiB; for larger objects
+/// (S3 allows 5 TiB) [`super::copy::part_ranges`] grows the part.
 pub const COPY_PART_SIZE: u64 = 512 << 20;
 /// How often the queue gauges are refreshed from the store.
 const GAUGE_INTERVAL: Duration = Duration::from_secs(3);
@@ -746,12 +749,14 @@ async fn rewrite(c: &RekeyConfig, head: &ObjectHead, env: &Envelope) -> Result<W
 }
 
 async fn rewrap(c: &RekeyConfig, head: &ObjectHead, env: &Envelope) -> Result<Written, ObjError> {
-    if head.content_length > c.copy_part_threshold {
-        return Err(ObjError::failed(
-            "NotYetSupported",
-            "rewrap of objects over 5 GiB needs a multipart copy, not yet implemented; use --reencrypt",
-        ));
-    }
+    let multipart = head.content_length > c.copy_part_threshold;
+    // CopyObject copies the tags itself (TaggingDirective::Copy); a multipart upload takes
+    // them as a header, so read them first.
+    let tags = if multipart {
+        tagging(c, head).await?
+    } else {
+        None
+    };
     let ec = target_context(c);
     let (blob, cek) = if env.wrap.is_kms() {
         // One ReEncrypt: the content key never leaves KMS.
@@ -785,12 +790,43 @@ async fn rewrap(c: &RekeyConfig, head: &ObjectHead, env: &Envelope) -> Result<Wr
     };
     let mut metadata = user_metadata(head);
     metadata.extend(new_env.to_metadata());
-    let a = &head.attrs;
-    let source = format!(
+    let (etag, version_id) = if multipart {
+        let copied = super::copy::copy_onto_itself(c, head, metadata, tags).await?;
+        tracing::debug!(key = %head.key, parts = copied.parts, "multipart copy done");
+        (copied.etag, copied.version_id)
+    } else {
+        copy_object(c, head, metadata).await?
+    };
+    let sha = if c.verify {
+        verify_read(c, head, etag.as_deref(), &new_env, cek.as_ref()).await?
+    } else {
+        None
+    };
+    Ok(Written {
+        etag,
+        version_id,
+        sha256: sha,
+    })
+}
+
+/// `bucket/key` as CopySource wants it (the key URL-encoded, slashes kept).
+pub(super) fn copy_source(head: &ObjectHead) -> String {
+    format!(
         "{}/{}",
         head.bucket,
         utf8_percent_encode(&head.key, COPY_SOURCE)
-    );
+    )
+}
+
+/// One CopyObject onto itself with the new `metadata`, conditional on the ETag HEAD saw: the
+/// rewrap of objects up to 5 GiB. Returns the new ETag and version id.
+async fn copy_object(
+    c: &RekeyConfig,
+    head: &ObjectHead,
+    metadata: Metadata,
+) -> Result<(Option<String>, Option<String>), ObjError> {
+    let a = &head.attrs;
+    let source = copy_source(head);
     c.s3_limit.wait().await;
     let t = Instant::now();
     let r = c
@@ -824,16 +860,7 @@ async fn rewrap(c: &RekeyConfig, head: &ObjectHead, env: &Envelope) -> Result<Wr
         .and_then(|r| r.e_tag())
         .map(str::to_owned);
     let version_id = out.version_id().map(str::to_owned);
-    let sha = if c.verify {
-        verify_read(c, head, etag.as_deref(), &new_env, cek.as_ref()).await?
-    } else {
-        None
-    };
-    Ok(Written {
-        etag,
-        version_id,
-        sha256: sha,
-    })
+    Ok((etag, version_id))
 }
 
 /// Reads the written object back (pinned to the ETag we got) and checks its envelope is the one
@@ -909,7 +936,7 @@ fn check_envelope(meta: &Metadata, written: &Envelope) -> Result<(), ObjError> {
     }
 }
 
-fn parse_expires(s: Option<&str>) -> Option<aws_smithy_types::DateTime> {
+pub(super) fn parse_expires(s: Option<&str>) -> Option<aws_smithy_types::DateTime> {
     s.and_then(|s| {
         aws_smithy_types::DateTime::from_str(s, aws_smithy_types::date_time::Format::HttpDate).ok()
     })
