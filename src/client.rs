@@ -430,38 +430,53 @@ impl S3Cse {
     /// The envelope of an object, fetching `<key>.instruction` when the metadata needs it or has
     /// no envelope at all (a 404 there means plaintext).
     pub async fn envelope_of(&self, head: &ObjectHead) -> Result<EnvelopeState, ClientError> {
+        Ok(self.envelope_and_instruction_etag(head).await?.0)
+    }
+
+    /// [`Self::envelope_of`], plus the ETag of the `<key>.instruction` object it read, if any: a
+    /// later delete of that file is made conditional on it, so a fresh instruction file written
+    /// by another writer meanwhile is never deleted.
+    pub async fn envelope_and_instruction_etag(
+        &self,
+        head: &ObjectHead,
+    ) -> Result<(EnvelopeState, Option<String>), ClientError> {
         let detected = envelope::detect(&head.metadata).map_err(CodecError::from)?;
         if let Detected::Complete(env) = detected {
-            return Ok(EnvelopeState::Encrypted(env));
+            return Ok((EnvelopeState::Encrypted(env), None));
         }
         // `.instruction` objects are never data: don't look for an instruction file of one.
         if head.key.ends_with(INSTRUCTION_SUFFIX)
             && matches!(detected, Detected::NoEnvelopeInMetadata)
         {
-            return Ok(EnvelopeState::Plaintext);
+            return Ok((EnvelopeState::Plaintext, None));
         }
         let ikey = format!("{}{INSTRUCTION_SUFFIX}", head.key);
         match self.get_small(&head.bucket, &ikey).await {
-            Ok(json) => {
+            Ok((json, etag)) => {
                 let env = detected
                     .complete_with_instruction_file(&head.metadata, &json)
                     .map_err(CodecError::from)?;
-                Ok(EnvelopeState::Encrypted(env))
+                Ok((EnvelopeState::Encrypted(env), etag))
             }
             Err(ClientError::NotFound { .. })
                 if matches!(detected, Detected::NoEnvelopeInMetadata) =>
             {
-                Ok(EnvelopeState::Plaintext)
+                Ok((EnvelopeState::Plaintext, None))
             }
             Err(e) => Err(e),
         }
     }
 
     /// A whole small object (instruction files) into memory; refuses anything over 1 MiB.
-    async fn get_small(&self, bucket: &str, key: &str) -> Result<Vec<u8>, ClientError> {
+    async fn get_small(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> Result<(Vec<u8>, Option<String>), ClientError> {
         let t = Instant::now();
         let r = self.s3.get_object().bucket(bucket).key(key).send().await;
         let out = self.observe("GetObject", bucket, key, t, r)?;
+        let etag = out.e_tag().map(str::to_owned);
         if out.content_length().unwrap_or(0) > 1 << 20 {
             return Err(
                 CodecError::Envelope(envelope::EnvelopeError::InstructionFileJson(
@@ -475,7 +490,7 @@ impl S3Cse {
             .collect()
             .await
             .map_err(|e| std::io::Error::other(e.to_string()))?;
-        Ok(bytes.into_bytes().to_vec())
+        Ok((bytes.into_bytes().to_vec(), etag))
     }
 
     /// What an object is, from HEAD (and its instruction file): no key material needed.
@@ -614,43 +629,42 @@ impl S3Cse {
             _ => content::range::plan_gcm(start, end, stored),
         }
         .ok_or(ClientError::RangeNotSatisfiable(plain_len))?;
-        let mut decrypt: Box<dyn FnMut(&mut Vec<u8>) -> Result<(), ContentError> + Send> =
-            match env.content_alg {
-                ContentAlg::AesGcm => {
-                    let mut ctr = content::range::CtrRangeDecryptor::new(
-                        cek.expose(),
-                        &env.iv,
-                        plan.fetch_start,
-                    )?;
-                    Box::new(move |buf: &mut Vec<u8>| {
-                        ctr.apply(buf);
-                        Ok(())
-                    })
-                }
-                ContentAlg::AesGcmCommitting => {
-                    // The commitment is still checked before anything is decrypted.
-                    let mut ctr = content::commit::committing_range_decryptor(
-                        cek.expose(),
-                        &env.message_id,
-                        &env.commitment,
-                        plan.fetch_start,
-                    )
-                    .map_err(CodecError::from)?;
-                    Box::new(move |buf: &mut Vec<u8>| {
-                        ctr.apply(buf);
-                        Ok(())
-                    })
-                }
-                ContentAlg::AesCbc => {
-                    let mut cbc = content::range::CbcRangeDecryptor::new(
-                        cek.expose(),
-                        &env.iv,
-                        plan.fetch_start,
-                        stored,
-                    )?;
-                    Box::new(move |buf: &mut Vec<u8>| cbc.apply(buf))
-                }
-            };
+        let mut decrypt: RangeDecrypt = match env.content_alg {
+            ContentAlg::AesGcm => {
+                let mut ctr = content::range::CtrRangeDecryptor::new(
+                    cek.expose(),
+                    &env.iv,
+                    plan.fetch_start,
+                )?;
+                Box::new(move |buf: &mut Vec<u8>| {
+                    ctr.apply(buf);
+                    Ok(())
+                })
+            }
+            ContentAlg::AesGcmCommitting => {
+                // The commitment is still checked before anything is decrypted.
+                let mut ctr = content::commit::committing_range_decryptor(
+                    cek.expose(),
+                    &env.message_id,
+                    &env.commitment,
+                    plan.fetch_start,
+                )
+                .map_err(CodecError::from)?;
+                Box::new(move |buf: &mut Vec<u8>| {
+                    ctr.apply(buf);
+                    Ok(())
+                })
+            }
+            ContentAlg::AesCbc => {
+                let mut cbc = content::range::CbcRangeDecryptor::new(
+                    cek.expose(),
+                    &env.iv,
+                    plan.fetch_start,
+                    stored,
+                )?;
+                Box::new(move |buf: &mut Vec<u8>| cbc.apply(buf))
+            }
+        };
         // Stream the fetched bytes: memory stays at one chunk whatever the range size.
         let body = self
             .get_body(head, Some((plan.fetch_start, plan.fetch_end_inclusive)))
@@ -684,7 +698,7 @@ impl S3Cse {
         cek: &crate::secret::SecretBytes,
     ) -> Result<u64, ClientError> {
         let stored = head.content_length;
-        if stored == 0 || stored % 16 != 0 {
+        if stored == 0 || !stored.is_multiple_of(16) {
             return Err(CodecError::DecryptionFailed.into());
         }
         let from = stored.saturating_sub(32);
@@ -943,6 +957,9 @@ impl content::ContentEncryptor for Finished {
         n
     }
 }
+
+/// Decrypts one fetched chunk of a ranged read in place.
+type RangeDecrypt = Box<dyn FnMut(&mut Vec<u8>) -> Result<(), ContentError> + Send>;
 
 type PartFuture = futures::future::BoxFuture<'static, Result<CompletedPart, ClientError>>;
 

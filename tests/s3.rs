@@ -633,8 +633,7 @@ async fn failing_source_aborts_the_multipart_upload() {
     let err = client
         .put_from(&req, &mut Failing(12 << 20))
         .await
-        .err()
-        .expect("must fail");
+        .expect_err("must fail");
     assert!(err.to_string().contains("source broke"), "{err}");
     let uploads =
         b.s3.list_multipart_uploads()

@@ -575,15 +575,14 @@ fn decode_v1_v2(f: &Fields<'_>) -> Result<Envelope, EnvelopeError> {
             format!("{} bytes, {content_alg:?} needs {expected_iv}", iv.len()),
         ));
     }
-    if content_alg == ContentAlg::AesGcm {
-        if let Some(bits) = f.get(TAG_LEN) {
-            if bits.trim() != GCM_TAG_LEN_BITS {
-                return Err(invalid(
-                    TAG_LEN,
-                    format!("{bits:?}: only 128-bit tags exist"),
-                ));
-            }
-        }
+    if content_alg == ContentAlg::AesGcm
+        && let Some(bits) = f.get(TAG_LEN)
+        && bits.trim() != GCM_TAG_LEN_BITS
+    {
+        return Err(invalid(
+            TAG_LEN,
+            format!("{bits:?}: only 128-bit tags exist"),
+        ));
     }
     let desc = f.context(MATDESC)?;
     let (matdesc, encryption_context) = if wrap.is_kms() {

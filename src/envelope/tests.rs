@@ -292,7 +292,8 @@ fn peer_vectors_decode_and_round_trip() {
 
 #[test]
 fn instruction_file_with_two_key_fields_conflicts() {
-    let file = br#"{"x-amz-key":"AAAA","x-amz-key-v2":"AAECAwQFBgcICQ==","x-amz-iv":"J+/TIrOtlvPsMuzA",
+    let file =
+        br#"{"x-amz-key":"AAAA","x-amz-key-v2":"AAECAwQFBgcICQ==","x-amz-iv":"J+/TIrOtlvPsMuzA",
         "x-amz-cek-alg":"AES/GCM/NoPadding","x-amz-wrap-alg":"kms+context"}"#;
     assert_eq!(
         Detected::NoEnvelopeInMetadata.complete_with_instruction_file(&Metadata::new(), file),

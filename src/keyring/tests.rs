@@ -123,8 +123,7 @@ async fn wrong_key_kind_is_no_matching_key() {
     let err = ring
         .unwrap_key(&env, &UnwrapOptions::default())
         .await
-        .err()
-        .expect("must fail");
+        .expect_err("must fail");
     assert!(matches!(err, KeyringError::NoMatchingKey { .. }), "{err}");
     assert!(err.to_string().contains("RSA-OAEP-SHA1"), "{err}");
 }

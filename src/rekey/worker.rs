@@ -515,7 +515,7 @@ async fn inspect(
     ctx: &RekeyConfig,
     bucket: &str,
     key: &str,
-) -> Result<Option<(ObjectHead, EnvelopeState, Action)>, ObjError> {
+) -> Result<Option<(ObjectHead, EnvelopeState, Action, Option<String>)>, ObjError> {
     ctx.s3_limit.wait().await;
     let head = match ctx.client.head(bucket, key).await {
         Ok(h) => h,
@@ -523,9 +523,9 @@ async fn inspect(
         Err(e) => return Err(e.into()),
     };
     ctx.s3_limit.wait().await;
-    let state = ctx.client.envelope_of(&head).await?;
+    let (state, instruction_etag) = ctx.client.envelope_and_instruction_etag(&head).await?;
     let action = plan::classify(&head, &state, &ctx.target, ctx.reencrypt);
-    Ok(Some((head, state, action)))
+    Ok(Some((head, state, action, instruction_etag)))
 }
 
 /// One attempt at one object; `classified` is set as soon as the action is known.
@@ -535,7 +535,8 @@ async fn process(
     classified: &mut Option<store::Action>,
 ) -> Result<Done, ObjError> {
     let c = &ctx.config;
-    let Some((head, state, action)) = inspect(c, &job.bucket, &job.key).await? else {
+    let Some((head, state, action, instruction_etag)) = inspect(c, &job.bucket, &job.key).await?
+    else {
         // Deleted since it was listed: nothing left to migrate.
         return Ok(Done {
             outcome: Outcome {
@@ -593,6 +594,8 @@ async fn process(
             .delete_object()
             .bucket(&head.bucket)
             .key(&ikey)
+            // Only the file we read: a fresh one from another writer stays.
+            .set_if_match(instruction_etag.clone())
             .send()
             .await;
         if let Err(e) = c.client.observe("DeleteObject", &head.bucket, &ikey, t, r) {
@@ -837,6 +840,9 @@ async fn copy_object(
         .key(&head.key)
         .copy_source(source)
         .set_copy_source_if_match(head.etag.clone())
+        // The source condition is checked when the copy reads; this one when it commits, so a
+        // write that lands during the copy is not overwritten either.
+        .set_if_match(head.etag.clone())
         .metadata_directive(MetadataDirective::Replace)
         .tagging_directive(TaggingDirective::Copy)
         .set_metadata(Some(metadata.into_iter().collect()))
@@ -1035,7 +1041,7 @@ pub async fn dry_run(config: &RekeyConfig, shutdown: &Shutdown) -> Result<WorkSu
         .take_while(|_| std::future::ready(!shutdown.is_stopping()))
         .map(|row| async move {
             let label = match inspect(config, &row.bucket, &row.key).await {
-                Ok(Some((head, state, action))) => {
+                Ok(Some((head, state, action, _))) => {
                     let format = match &state {
                         EnvelopeState::Plaintext => "plaintext".to_owned(),
                         EnvelopeState::Encrypted(e) => e.format_name(),

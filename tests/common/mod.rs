@@ -74,20 +74,18 @@ pub fn bin() -> Command {
 }
 
 pub fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().expect("spawn");
-    out
+    cmd.output().expect("spawn")
 }
 
 /// Runs a peer script (`aioboto3` or `awsclient`) with its own venv's Python.
 pub fn peer(which: &str, args: &[&str]) -> Output {
     let py = std::env::var(format!("S3CSE_PY_{}", which.to_uppercase())).expect("peer python");
     let dir = std::env::var("S3CSE_PEERS_DIR").expect("S3CSE_PEERS_DIR");
-    let out = Command::new(py)
+    Command::new(py)
         .arg(Path::new(&dir).join(format!("{which}_peer.py")))
         .args(args)
         .output()
-        .expect("spawn peer");
-    out
+        .expect("spawn peer")
 }
 
 pub fn assert_ok(what: &str, out: &Output) {
