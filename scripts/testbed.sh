@@ -157,7 +157,7 @@ start_weed() {
 EOF
   setsid nohup "$VENVS/testbed/bin/weed" mini -dir="$TB/seaweed/data" -ip=$HOST -ip.bind=$HOST \
     -s3.port=$S3_PORT -s3.config="$TB/seaweed/s3.json" -admin.ui=false -master.telemetry=false \
-    -webdav=false -s3.port.iceberg=0 -s3.port.lance=0 \
+    -webdav=false -s3.port.iceberg=0 -s3.port.lance=0 -volume.max=1000 -master.volumeSizeLimitMB=64 \
     >"$TB/logs/weed.log" 2>&1 </dev/null &
   echo $! > "$TB/weed.pid"
   log "started SeaweedFS (pid $!), S3 on $HOST:$S3_PORT"
