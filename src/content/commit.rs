@@ -301,26 +301,13 @@ mod tests {
         );
     }
 
-    /// The vectors directory: the project's copy under tests/vectors, or the shared one while
-    /// that copy is being made.
-    fn vector_case(name: &str) -> Option<std::path::PathBuf> {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-        [
-            root.join("tests/vectors/cases").join(name),
-            root.join("../shared/vectors/cases").join(name),
-        ]
-        .into_iter()
-        .find(|p| p.join("case.json").exists())
-    }
-
-    /// Peer-written: amazon-s3-encryption-client-python 4.0.0 wrote this V3 object (see the
-    /// vectors' README); its KMS data key was recovered from the emulator.
+    /// Peer-written: amazon-s3-encryption-client-python 4.0.0 wrote this V3 object (provenance in
+    /// tests/vectors/README.md); its KMS data key was recovered from the emulator. The other
+    /// vectors are covered table-driven in `content::tests::peer_vectors`.
     #[test]
     fn python_v4_commit_vector_decrypts() {
-        let name = "awsv4-v3-commit-1000";
-        let Some(dir) = vector_case(name) else {
-            panic!("vector {name} not found under tests/vectors/cases or ../shared/vectors/cases");
-        };
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/vectors/cases/awsv4-v3-commit-1000");
         let case: serde_json::Value =
             serde_json::from_slice(&std::fs::read(dir.join("case.json")).unwrap()).unwrap();
         let b64 = base64::engine::general_purpose::STANDARD;
