@@ -315,6 +315,27 @@ pub struct PutSummary {
     pub parts: usize,
 }
 
+/// Sets every preserved object attribute on an S3 request builder. PutObject,
+/// CreateMultipartUpload and CopyObject builders share these setter names but no type, so this
+/// is a macro: one list of what a rewrite keeps, used by every write path.
+macro_rules! with_attributes {
+    ($builder:expr, $a:expr) => {{
+        let a: &$crate::client::ObjectAttributes = $a;
+        $builder
+            .set_content_type(a.content_type.clone())
+            .set_content_encoding(a.content_encoding.clone())
+            .set_content_disposition(a.content_disposition.clone())
+            .set_content_language(a.content_language.clone())
+            .set_cache_control(a.cache_control.clone())
+            .set_expires($crate::client::parse_expires(a.expires.as_deref()))
+            .set_storage_class(a.storage_class.as_deref().map(Into::into))
+            .set_server_side_encryption(a.server_side_encryption.as_deref().map(Into::into))
+            .set_ssekms_key_id(a.sse_kms_key_id.clone())
+            .set_bucket_key_enabled(a.bucket_key_enabled)
+    }};
+}
+pub(crate) use with_attributes;
+
 /// The client. Cheap to clone.
 #[derive(Clone)]
 pub struct S3Cse {
@@ -859,29 +880,21 @@ impl S3Cse {
     ) -> Result<(Option<String>, Option<String>), ClientError> {
         let t = Instant::now();
         let a = &req.attrs;
-        let r = self
-            .s3
-            .put_object()
-            .bucket(&req.bucket)
-            .key(&req.key)
-            .content_length(body.len() as i64)
-            .body(ByteStream::from(body))
-            .set_metadata(Some(metadata.clone().into_iter().collect()))
-            .set_content_type(a.content_type.clone())
-            .set_content_encoding(a.content_encoding.clone())
-            .set_content_disposition(a.content_disposition.clone())
-            .set_content_language(a.content_language.clone())
-            .set_cache_control(a.cache_control.clone())
-            .set_expires(parse_expires(a.expires.as_deref()))
-            .set_storage_class(a.storage_class.as_deref().map(Into::into))
-            .set_server_side_encryption(a.server_side_encryption.as_deref().map(Into::into))
-            .set_ssekms_key_id(a.sse_kms_key_id.clone())
-            .set_bucket_key_enabled(a.bucket_key_enabled)
-            .set_tagging(req.tagging.clone())
-            .set_if_match(req.if_match.clone())
-            .set_if_none_match(req.if_none_match.then(|| "*".to_owned()))
-            .send()
-            .await;
+        let r = crate::client::with_attributes!(
+            self.s3
+                .put_object()
+                .bucket(&req.bucket)
+                .key(&req.key)
+                .content_length(body.len() as i64)
+                .body(ByteStream::from(body))
+                .set_metadata(Some(metadata.clone().into_iter().collect())),
+            a
+        )
+        .set_tagging(req.tagging.clone())
+        .set_if_match(req.if_match.clone())
+        .set_if_none_match(req.if_none_match.then(|| "*".to_owned()))
+        .send()
+        .await;
         let out = self.observe("PutObject", &req.bucket, &req.key, t, r)?;
         Ok((
             out.e_tag().map(str::to_owned),
@@ -896,26 +909,18 @@ impl S3Cse {
     ) -> Result<Multipart, ClientError> {
         let t = Instant::now();
         let a = &req.attrs;
-        let r = self
-            .s3
-            .create_multipart_upload()
-            .bucket(&req.bucket)
-            .key(&req.key)
-            .checksum_algorithm(ChecksumAlgorithm::Crc32)
-            .set_metadata(Some(metadata.clone().into_iter().collect()))
-            .set_content_type(a.content_type.clone())
-            .set_content_encoding(a.content_encoding.clone())
-            .set_content_disposition(a.content_disposition.clone())
-            .set_content_language(a.content_language.clone())
-            .set_cache_control(a.cache_control.clone())
-            .set_expires(parse_expires(a.expires.as_deref()))
-            .set_storage_class(a.storage_class.as_deref().map(Into::into))
-            .set_server_side_encryption(a.server_side_encryption.as_deref().map(Into::into))
-            .set_ssekms_key_id(a.sse_kms_key_id.clone())
-            .set_bucket_key_enabled(a.bucket_key_enabled)
-            .set_tagging(req.tagging.clone())
-            .send()
-            .await;
+        let r = crate::client::with_attributes!(
+            self.s3
+                .create_multipart_upload()
+                .bucket(&req.bucket)
+                .key(&req.key)
+                .checksum_algorithm(ChecksumAlgorithm::Crc32)
+                .set_metadata(Some(metadata.clone().into_iter().collect())),
+            a
+        )
+        .set_tagging(req.tagging.clone())
+        .send()
+        .await;
         let out = self.observe("CreateMultipartUpload", &req.bucket, &req.key, t, r)?;
         let upload_id = out.upload_id().ok_or_else(|| ClientError::S3 {
             operation: "CreateMultipartUpload",
@@ -1091,7 +1096,8 @@ pub fn normalize_metadata(m: Option<&std::collections::HashMap<String, String>>)
         .collect()
 }
 
-fn parse_expires(s: Option<&str>) -> Option<aws_smithy_types::DateTime> {
+/// The `Expires` header as S3 returns it (an HTTP date); `None` if it is not one.
+pub fn parse_expires(s: Option<&str>) -> Option<aws_smithy_types::DateTime> {
     s.and_then(|s| {
         aws_smithy_types::DateTime::from_str(s, aws_smithy_types::date_time::Format::HttpDate).ok()
     })

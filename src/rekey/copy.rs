@@ -30,7 +30,7 @@ use crate::metrics::{RetryReason, Service};
 
 use super::RekeyConfig;
 use super::kms::backoff;
-use super::worker::{MAX_COPY_SIZE, copy_source, parse_expires};
+use super::worker::{MAX_COPY_SIZE, copy_source};
 
 /// Parts copied at once. The server moves the bytes, so this bounds only open requests; a few
 /// overlap the per-request latency without crowding the `--s3-rps` budget of the other workers.
@@ -87,26 +87,18 @@ pub async fn copy_onto_itself(
     let a = &head.attrs;
     c.s3_limit.wait().await;
     let t = Instant::now();
-    let r = c
-        .client
-        .s3()
-        .create_multipart_upload()
-        .bucket(bucket)
-        .key(key)
-        .set_metadata(Some(metadata.into_iter().collect()))
-        .set_content_type(a.content_type.clone())
-        .set_content_encoding(a.content_encoding.clone())
-        .set_content_disposition(a.content_disposition.clone())
-        .set_content_language(a.content_language.clone())
-        .set_cache_control(a.cache_control.clone())
-        .set_expires(parse_expires(a.expires.as_deref()))
-        .set_storage_class(a.storage_class.as_deref().map(Into::into))
-        .set_server_side_encryption(a.server_side_encryption.as_deref().map(Into::into))
-        .set_ssekms_key_id(a.sse_kms_key_id.clone())
-        .set_bucket_key_enabled(a.bucket_key_enabled)
-        .set_tagging(tagging)
-        .send()
-        .await;
+    let r = crate::client::with_attributes!(
+        c.client
+            .s3()
+            .create_multipart_upload()
+            .bucket(bucket)
+            .key(key)
+            .set_metadata(Some(metadata.into_iter().collect())),
+        a
+    )
+    .set_tagging(tagging)
+    .send()
+    .await;
     let out = c
         .client
         .observe("CreateMultipartUpload", bucket, key, t, r)?;

@@ -832,32 +832,24 @@ async fn copy_object(
     let source = copy_source(head);
     c.s3_limit.wait().await;
     let t = Instant::now();
-    let r = c
-        .client
-        .s3()
-        .copy_object()
-        .bucket(&head.bucket)
-        .key(&head.key)
-        .copy_source(source)
-        .set_copy_source_if_match(head.etag.clone())
-        // The source condition is checked when the copy reads; this one when it commits, so a
-        // write that lands during the copy is not overwritten either.
-        .set_if_match(head.etag.clone())
-        .metadata_directive(MetadataDirective::Replace)
-        .tagging_directive(TaggingDirective::Copy)
-        .set_metadata(Some(metadata.into_iter().collect()))
-        .set_content_type(a.content_type.clone())
-        .set_content_encoding(a.content_encoding.clone())
-        .set_content_disposition(a.content_disposition.clone())
-        .set_content_language(a.content_language.clone())
-        .set_cache_control(a.cache_control.clone())
-        .set_expires(parse_expires(a.expires.as_deref()))
-        .set_storage_class(a.storage_class.as_deref().map(Into::into))
-        .set_server_side_encryption(a.server_side_encryption.as_deref().map(Into::into))
-        .set_ssekms_key_id(a.sse_kms_key_id.clone())
-        .set_bucket_key_enabled(a.bucket_key_enabled)
-        .send()
-        .await;
+    let r = crate::client::with_attributes!(
+        c.client
+            .s3()
+            .copy_object()
+            .bucket(&head.bucket)
+            .key(&head.key)
+            .copy_source(source)
+            .set_copy_source_if_match(head.etag.clone())
+            // The source condition is checked when the copy reads; this one when it commits, so a
+            // write that lands during the copy is not overwritten either.
+            .set_if_match(head.etag.clone())
+            .metadata_directive(MetadataDirective::Replace)
+            .tagging_directive(TaggingDirective::Copy)
+            .set_metadata(Some(metadata.into_iter().collect())),
+        a
+    )
+    .send()
+    .await;
     let out = c
         .client
         .observe("CopyObject", &head.bucket, &head.key, t, r)?;
@@ -940,12 +932,6 @@ fn check_envelope(meta: &Metadata, written: &Envelope) -> Result<(), ObjError> {
             format!("the written object's envelope does not decode: {e}"),
         )),
     }
-}
-
-pub(super) fn parse_expires(s: Option<&str>) -> Option<aws_smithy_types::DateTime> {
-    s.and_then(|s| {
-        aws_smithy_types::DateTime::from_str(s, aws_smithy_types::date_time::Format::HttpDate).ok()
-    })
 }
 
 /// Decrypts the source body as the uploader reads it, hashing the plaintext. At EOF the
