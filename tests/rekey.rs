@@ -693,6 +693,41 @@ async fn rekey_migrates_a_mixed_bucket_and_is_idempotent() {
     let st: serde_json::Value = serde_json::from_slice(&o.stdout).expect("status json");
     assert_eq!(st["by_state"]["done"]["objects"], 11, "{st}");
     assert_eq!(st["by_state"]["failed"]["objects"], 1, "{st}");
+
+    // --retry-failed puts the failed object back in the queue: it is examined again (and, still
+    // corrupt, fails again: exit 1), while the done ones stay untouched.
+    let retry_metrics = tmp.path().join("retry.prom");
+    let o = run(&[
+        "rekey",
+        &url,
+        "--state",
+        &state,
+        "--kms-key-id",
+        &target,
+        "--aes-key-file",
+        &aes,
+        "--rsa-key-file",
+        &rsa,
+        "--retry-failed",
+        "--metrics-textfile",
+        &retry_metrics.display().to_string(),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    let retried = std::fs::read_to_string(&retry_metrics).expect("metrics textfile");
+    assert_eq!(
+        objects(&retried, "failed"),
+        1.0,
+        "the failed object was examined again"
+    );
+    assert_eq!(
+        objects(&retried, "rewritten") + objects(&retried, "rewrapped"),
+        0.0
+    );
+    assert_eq!(
+        etags(&s3, &bucket).await,
+        after,
+        "a retry of a corrupt object writes nothing"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -90,6 +90,11 @@ pub struct RunArgs {
     /// Skip reading each written object back.
     #[arg(long)]
     no_verify: bool,
+    /// Put objects that failed or stayed in conflict in an earlier run back in the queue first
+    /// (after fixing a key file, or once KMS is reachable again). Without it they stay failed
+    /// until their ETag changes, and `status`/`report` keep showing them.
+    #[arg(long)]
+    retry_failed: bool,
     /// Limit S3 requests per second (all workers together).
     #[arg(long, value_name = "N")]
     s3_rps: Option<u32>,
@@ -379,6 +384,14 @@ async fn run(a: RunArgs, target_url: Option<(String, String)>, do_scan: bool) ->
         check_bucket(&s3, &bucket).await?;
     }
     let store = open_store(&a.state).await?;
+    if a.retry_failed && !a.dry_run {
+        let n = store
+            .retry_failed(true)
+            .await
+            .context("re-queueing failed objects")
+            .map_err(Failure::usage)?;
+        tracing::info!(objects = n, "re-queued failed and conflicting objects");
+    }
     let client = with_observer(
         S3Cse::new(s3, keyring).with_policy(DecryptPolicy::legacy()),
         &metrics,
