@@ -737,6 +737,7 @@ def report(bench, a):
         if ("small", "a-cN") in P:
             rows.append((f"(a″) s3cse rekey --concurrency {nc}", "a-cN", P[("small", "a-cN")]["objects"]))
         bud = {k: budget(k, n) for _, k, n in rows}
+        why.append("")
         why.append(f"CPU budget of the small-object phases (client + S3 and KMS servers, all on these "
                    f"{NPROC} cores; per object, or per call for (d)):")
         why.append("")
