@@ -9,7 +9,7 @@ use std::io::SeekFrom;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWrite, AsyncWriteExt};
 
-use crate::consts::{AES_BLOCK, GCM_IV_LEN, GCM_MAX_PLAINTEXT, V3_MESSAGE_ID_LEN};
+use crate::consts::{AES_BLOCK, GCM_IV_LEN, GCM_MAX_PLAINTEXT};
 use crate::content::{self, ContentDecryptor, ContentEncryptor, ContentError};
 use crate::envelope::{ContentAlg, Context, Envelope, EnvelopeError, Location, Version};
 use crate::keyring::{Keyring, KeyringError, KmsErrorKind, UnwrapOptions};
@@ -472,8 +472,7 @@ pub async fn new_encryption(
                 (Version::V2, iv, Vec::new(), Vec::new(), enc)
             }
             WriteFormat::V3 => {
-                let mut mid = vec![0u8; V3_MESSAGE_ID_LEN];
-                fill_random(&mut mid);
+                let mid = content::commit::new_message_id().to_vec();
                 let (enc, commitment) =
                     content::commit::committing_encryptor(key.cek.expose(), &mid)?;
                 (
