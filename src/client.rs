@@ -831,7 +831,7 @@ impl S3Cse {
         req: &PutRequest,
         metadata: &Metadata,
         part_size: usize,
-        mut encryptor: Box<dyn content::ContentEncryptor>,
+        encryptor: Box<dyn content::ContentEncryptor>,
         src: &mut R,
         upload: &mut Option<Multipart>,
     ) -> Result<(BytesMut, u64), ClientError> {
@@ -839,18 +839,24 @@ impl S3Cse {
         let mut inbuf = vec![0u8; codec::CHUNK.min(part_size)];
         let mut out = Vec::with_capacity(codec::CHUNK + 32);
         let mut total = 0u64;
+        // `finish` consumes the encryptor: it is taken out at the end of the input.
+        let mut encryptor = Some(encryptor);
         let mut done = false;
         while !done {
             let n = codec::read_full(src, &mut inbuf).await?;
             out.clear();
-            if n == 0 {
-                encryptor_finish(&mut encryptor, &mut out)?;
-                done = true;
-            } else {
-                total += n as u64;
-                encryptor
-                    .update(&inbuf[..n], &mut out)
-                    .map_err(CodecError::from)?;
+            match encryptor.take() {
+                Some(enc) if n == 0 => {
+                    enc.finish(&mut out).map_err(CodecError::from)?;
+                    done = true;
+                }
+                Some(mut enc) => {
+                    total += n as u64;
+                    enc.update(&inbuf[..n], &mut out)
+                        .map_err(CodecError::from)?;
+                    encryptor = Some(enc);
+                }
+                None => done = true,
             }
             pending.extend_from_slice(&out);
             while pending.len() > part_size || (done && upload.is_some() && !pending.is_empty()) {
@@ -936,30 +942,6 @@ impl S3Cse {
             done: Vec::new(),
             inflight: FuturesUnordered::new(),
         })
-    }
-}
-
-fn encryptor_finish(
-    enc: &mut Box<dyn content::ContentEncryptor>,
-    out: &mut Vec<u8>,
-) -> Result<(), ClientError> {
-    // `finish` consumes the box; swap in a finished placeholder.
-    let e = std::mem::replace(enc, Box::new(Finished));
-    e.finish(out).map_err(|e| ClientError::Codec(e.into()))
-}
-
-/// Stands in for an encryptor after `finish`.
-struct Finished;
-
-impl content::ContentEncryptor for Finished {
-    fn update(&mut self, _: &[u8], _: &mut Vec<u8>) -> Result<(), ContentError> {
-        Err(ContentError::TooLarge)
-    }
-    fn finish(self: Box<Self>, _: &mut Vec<u8>) -> Result<(), ContentError> {
-        Ok(())
-    }
-    fn ciphertext_len(&self, n: u64) -> u64 {
-        n
     }
 }
 
