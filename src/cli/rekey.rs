@@ -18,7 +18,7 @@ use s3cse::client::S3Cse;
 use s3cse::codec::DecryptPolicy;
 use s3cse::keyring::{AwsKms, KmsClient, KmsKeyring};
 use s3cse::metrics::{self, Metrics, Outcome};
-use s3cse::rekey::kms::{RekeyKms, describe_key};
+use s3cse::rekey::kms::{RekeyKms, describe_key, without_sdk_retries};
 use s3cse::rekey::limit::RateLimit;
 use s3cse::rekey::worker::{COPY_PART_SIZE, MAX_COPY_SIZE};
 use s3cse::rekey::{RekeyConfig, RunSummary, Shard, Shutdown};
@@ -368,8 +368,9 @@ async fn run(a: RunArgs, target_url: Option<(String, String)>, do_scan: bool) ->
         .with_context(|| format!("KMS key {kms_key_id}"))
         .map_err(Failure::usage)?;
     tracing::info!(key_id = %target.key_id, arn = %target.arn, "target KMS key");
+    // RekeyKms retries KMS itself; the SDK's retries would multiply with its own.
     let kms: Arc<dyn KmsClient> = Arc::new(RekeyKms::new(
-        Arc::new(AwsKms::new(kms_sdk)),
+        Arc::new(AwsKms::new(without_sdk_retries(&kms_sdk))),
         RateLimit::per_second(a.kms_rps),
         metrics.clone(),
     ));

@@ -5,6 +5,16 @@
 //!
 //! Each logical call counts once per attempt in the metrics, so "one KMS call per rewritten or
 //! rewrapped object" can be checked from the `outcome="ok"` series.
+//!
+//! # Retry budget
+//! Retries happen in layers, and layers multiply: the SDK's own retry (standard mode: 3
+//! attempts per request), this decorator's [`MAX_ATTEMPTS`], and the worker's attempts per
+//! object (5, `worker::MAX_ATTEMPTS`), which re-run the whole object when this decorator gives
+//! up. With all three one throttled call could be sent 3 x 6 x 5 = 90 times. So the SDK client
+//! this decorator wraps has its retries turned off ([`without_sdk_retries`]): this layer retries
+//! instead, because it waits for the shared `--kms-rps` token before each attempt and counts
+//! every attempt in the metrics, which the SDK's hidden retries would not. One KMS call of one
+//! object is sent at most `MAX_ATTEMPTS` x 5 = 30 times.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -20,9 +30,11 @@ use crate::secret::SecretBytes;
 
 use super::limit::RateLimit;
 
-/// Attempts per KMS call (first try included). KMS throttling clears within seconds; beyond
-/// this the object is failed and a later run retries it.
-const MAX_ATTEMPTS: u32 = 6;
+/// Attempts per KMS call (first try included), the only KMS retry layer below the worker's (the
+/// SDK's is off, see [`without_sdk_retries`]). KMS throttling clears within seconds: the five
+/// backoffs add up to at most 6.2 s. Beyond this the object attempt fails; the worker retries
+/// the object, and a later run retries a failed object.
+pub const MAX_ATTEMPTS: u32 = 6;
 /// First backoff; doubles per attempt, full jitter, capped at [`MAX_BACKOFF`].
 const BASE_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
@@ -132,6 +144,19 @@ impl KmsClient for RekeyKms {
     }
 }
 
+/// `client` with the SDK's retries turned off (one attempt per request), everything else (region,
+/// endpoint, credentials, timeouts) kept: the client to wrap in [`RekeyKms`], which retries
+/// itself. See the module's retry budget.
+pub fn without_sdk_retries(client: &aws_sdk_kms::Client) -> aws_sdk_kms::Client {
+    aws_sdk_kms::Client::from_conf(
+        client
+            .config()
+            .to_builder()
+            .retry_config(aws_sdk_kms::config::retry::RetryConfig::disabled())
+            .build(),
+    )
+}
+
 /// Resolves the target key once at start (DescribeKey): its id and ARN. An alias resolves to
 /// the key behind it. Errors here are configuration/access errors (exit 2).
 pub async fn describe_key(
@@ -166,10 +191,110 @@ pub async fn describe_key(
 mod tests {
     use super::*;
 
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use aws_sdk_kms::config::retry::RetryConfig;
+    use aws_sdk_kms::config::{BehaviorVersion, Region};
+
     #[test]
     fn backoff_is_bounded() {
         for a in 0..40 {
             assert!(backoff(a) <= MAX_BACKOFF);
         }
+    }
+
+    /// A KMS that fails every call with `kind`, counting the calls.
+    struct Failing {
+        kind: KmsErrorKind,
+        calls: AtomicU32,
+    }
+
+    impl Failing {
+        fn fail(&self) -> Result<Vec<u8>, KmsError> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            Err(KmsError::new(self.kind, "injected"))
+        }
+    }
+
+    impl KmsClient for Failing {
+        fn generate_data_key<'a>(
+            &'a self,
+            _: &'a str,
+            _: &'a Context,
+        ) -> BoxFuture<'a, Result<(SecretBytes, Vec<u8>), KmsError>> {
+            Box::pin(async move { self.fail().map(|b| (SecretBytes::random(32), b)) })
+        }
+
+        fn decrypt<'a>(
+            &'a self,
+            _: Option<&'a str>,
+            _: &'a [u8],
+            _: &'a Context,
+        ) -> BoxFuture<'a, Result<SecretBytes, KmsError>> {
+            Box::pin(async move { self.fail().map(|_| SecretBytes::random(32)) })
+        }
+
+        fn encrypt<'a>(
+            &'a self,
+            _: &'a str,
+            _: &'a SecretBytes,
+            _: &'a Context,
+        ) -> BoxFuture<'a, Result<Vec<u8>, KmsError>> {
+            Box::pin(async move { self.fail() })
+        }
+
+        fn re_encrypt<'a>(
+            &'a self,
+            _: &'a [u8],
+            _: &'a Context,
+            _: &'a str,
+            _: &'a Context,
+        ) -> BoxFuture<'a, Result<Vec<u8>, KmsError>> {
+            Box::pin(async move { self.fail() })
+        }
+    }
+
+    /// Sends one `ReEncrypt` through a [`RekeyKms`] over a KMS failing with `kind`; returns how
+    /// many requests reached it.
+    async fn attempts_on(kind: KmsErrorKind) -> u32 {
+        let inner = Arc::new(Failing {
+            kind,
+            calls: AtomicU32::new(0),
+        });
+        let metrics = Arc::new(Metrics::new("test"));
+        let kms = RekeyKms::new(inner.clone(), RateLimit::default(), metrics.clone());
+        let ctx = Context::new();
+        let r = kms.re_encrypt(b"blob", &ctx, "key", &ctx).await;
+        assert_eq!(r.map_err(|e| e.kind).err(), Some(kind));
+        let calls = inner.calls.load(Ordering::SeqCst);
+        assert_eq!(
+            metrics.kms_requests("ReEncrypt"),
+            u64::from(calls),
+            "every attempt is counted"
+        );
+        calls
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn throttling_is_retried_up_to_the_budget_and_no_further() {
+        assert_eq!(attempts_on(KmsErrorKind::Throttled).await, MAX_ATTEMPTS);
+        assert_eq!(attempts_on(KmsErrorKind::Transient).await, MAX_ATTEMPTS);
+        // Retrying would not fix these.
+        assert_eq!(attempts_on(KmsErrorKind::AccessDenied).await, 1);
+        assert_eq!(attempts_on(KmsErrorKind::InvalidCiphertext).await, 1);
+    }
+
+    #[test]
+    fn the_wrapped_sdk_client_does_not_retry() {
+        let conf = aws_sdk_kms::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("eu-west-1"))
+            .endpoint_url("http://127.0.0.1:4599")
+            .retry_config(RetryConfig::standard().with_max_attempts(3))
+            .build();
+        let client = without_sdk_retries(&aws_sdk_kms::Client::from_conf(conf));
+        let c = client.config();
+        assert_eq!(c.retry_config().map(|r| r.max_attempts()), Some(1));
+        assert_eq!(c.region().map(|r| r.as_ref()), Some("eu-west-1"));
     }
 }
