@@ -5,7 +5,7 @@
 //! |------------------------------------------------------|----------|
 //! | no envelope                                          | skip (plaintext) |
 //! | V3 (key-committing)                                  | skip (current)   |
-//! | V2 `kms+context` AES-GCM whose EDK names the target  | skip (current), no KMS call |
+//! | V2 `kms+context` AES-GCM whose EDK names the target (in any Region, for a multi-Region key) | skip (current), no KMS call |
 //! | CBC content, any wrap                                | rewrite  |
 //! | GCM content under any other wrap                     | rewrap (rewrite with `--reencrypt`) |
 //! | a `.instruction` object                              | skip (never data) |
@@ -67,42 +67,97 @@ impl Action {
 }
 
 /// The KMS key new envelopes are wrapped with, resolved once (DescribeKey) at start.
+///
+/// # Multi-Region keys
+/// A multi-Region key (`mrk-…`) and its replicas in other Regions share one key id and one key
+/// material: a blob made by any replica decrypts with any other. So an object whose data key
+/// was wrapped by a replica of the target key in another Region counts as **current** (skipped,
+/// as rewrapping it here would only produce an equivalent blob). That is also the AWS Encryption
+/// SDK's rule, "MRK match for decrypt": two multi-Region key ARNs match when everything but the
+/// Region matches
+/// (<https://github.com/awslabs/aws-encryption-sdk-specification/blob/master/framework/aws-kms/aws-kms-mrk-match-for-decrypt.md>).
+/// It comes for free here: the blob names the key by its id, which has no Region in it.
+///
+/// # Aliases
+/// An alias is not a key: the key behind it can change. [`crate::rekey::kms::describe_key`]
+/// resolves it at start, so `key_id` is a key id. A `TargetKey` built by hand with an alias
+/// (or anything that is not a key id or key ARN) never makes an object current: everything
+/// under it is rewrapped, which costs KMS calls but never leaves a legacy object behind.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TargetKey {
-    /// The key id (a UUID, or `mrk-…`).
+    /// The key id (a UUID, or `mrk-…` for a multi-Region key).
     pub key_id: String,
     /// The key ARN.
     pub arn: String,
 }
 
 impl TargetKey {
-    /// True if a KMS ciphertext blob was made under this key. KMS blobs carry the key's id:
-    /// moto's start with it as ASCII, AWS's hold the raw 16-byte UUID. A false negative only
-    /// costs a needless rewrap, never a skipped legacy object (the blob of another key never
-    /// contains this key's id).
+    /// True if a KMS ciphertext blob was made under this key (in any Region, for a
+    /// multi-Region key). KMS blobs carry the key's id: moto's start with it as ASCII, AWS's
+    /// hold its 16 raw bytes. A false negative only costs a needless rewrap, never a skipped
+    /// legacy object (the blob of another key never contains this key's id).
     pub fn owns_blob(&self, blob: &[u8]) -> bool {
-        if contains(blob, self.key_id.as_bytes()) {
-            return true;
-        }
-        match uuid_bytes(&self.key_id) {
-            Some(raw) => contains(blob, &raw),
-            None => false,
-        }
+        let Some(id) = key_id_of(&self.key_id).or_else(|| key_id_of(&self.arn)) else {
+            return false;
+        };
+        // Only a well-formed key id: a short or odd string could turn up in any blob.
+        let Some(raw) = raw_key_id(id) else {
+            return false;
+        };
+        contains(blob, id.as_bytes()) || contains(blob, &raw)
+    }
+
+    /// A multi-Region key (`mrk-…`): replicas in other Regions count as this key.
+    pub fn is_multi_region(&self) -> bool {
+        key_id_of(&self.key_id)
+            .or_else(|| key_id_of(&self.arn))
+            .is_some_and(|id| id.starts_with(MRK_PREFIX))
     }
 }
 
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+/// The key id prefix of multi-Region keys.
+const MRK_PREFIX: &str = "mrk-";
+
+/// The key id named by a KMS key identifier: a key id as it is, the resource id of a key ARN
+/// (`arn:PARTITION:kms:REGION:ACCOUNT:key/ID`, any partition and Region). `None` for aliases
+/// (`alias/…`, alias ARNs) and anything else: they do not name one key for good. The rules are
+/// the AWS Encryption SDK's
+/// (<https://github.com/awslabs/aws-encryption-sdk-specification/blob/master/framework/aws-kms/aws-kms-key-arn.md>).
+pub fn key_id_of(identifier: &str) -> Option<&str> {
+    if identifier.starts_with("alias/") {
+        return None;
+    }
+    let Some(rest) = identifier.strip_prefix("arn:") else {
+        return (!identifier.is_empty() && !identifier.contains([':', '/'])).then_some(identifier);
+    };
+    // partition : service : region : account : resource
+    let parts: Vec<&str> = rest.splitn(5, ':').collect();
+    let [partition, service, region, account, resource] = parts[..] else {
+        return None;
+    };
+    if partition.is_empty() || service != "kms" || region.is_empty() || account.is_empty() {
+        return None;
+    }
+    match resource.split_once('/') {
+        Some(("key", id)) if !id.is_empty() && !id.contains(['/', ':']) => Some(id),
+        _ => None,
+    }
 }
 
-/// `1234abcd-12ab-34cd-56ef-1234567890ab` -> its 16 bytes.
-fn uuid_bytes(id: &str) -> Option<[u8; 16]> {
-    let hex: String = id.chars().filter(|c| *c != '-').collect();
-    if hex.len() != 32 {
+/// The 16 raw bytes of a key id: a UUID `1234abcd-12ab-34cd-56ef-1234567890ab`, or a
+/// multi-Region `mrk-` + 32 hex digits (dashes tolerated). `None` for anything else.
+fn raw_key_id(id: &str) -> Option<[u8; 16]> {
+    let body = id.strip_prefix(MRK_PREFIX).unwrap_or(id);
+    let hex: String = body.chars().filter(|c| *c != '-').collect();
+    if hex.len() != 32 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
         return None;
     }
     let v = hex::decode(hex).ok()?;
     v.try_into().ok()
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 /// Classifies one object.
@@ -190,12 +245,25 @@ mod tests {
 
     fn aws_blob(key_id: &str) -> Vec<u8> {
         let mut b = vec![1u8, 2, 0];
-        b.extend_from_slice(&uuid_bytes(key_id).expect("uuid"));
+        b.extend_from_slice(&raw_key_id(key_id).expect("key id"));
         b.extend_from_slice(&[9u8; 100]);
         b
     }
 
     const OTHER: &str = "99999999-8888-7777-6666-555555555555";
+    const MRK: &str = "mrk-4321abcd12ab34cd56ef1234567890ab";
+    const OTHER_MRK: &str = "mrk-0000abcd12ab34cd56ef1234567890ab";
+
+    fn mrk_target(region: &str) -> TargetKey {
+        TargetKey {
+            key_id: MRK.into(),
+            arn: format!("arn:aws:kms:{region}:123456789012:key/{MRK}"),
+        }
+    }
+
+    fn kms_context_gcm(edk: &[u8]) -> Envelope {
+        env(Version::V2, ContentAlg::AesGcm, WrapAlg::KmsContext, edk)
+    }
 
     #[test]
     fn table() {
@@ -393,5 +461,123 @@ mod tests {
             arn: String::new(),
         };
         assert!(!alias.owns_blob(&aws_blob(KEY_ID)));
+    }
+
+    #[test]
+    fn key_ids_from_identifiers() {
+        let cases: &[(&str, Option<&str>)] = &[
+            (KEY_ID, Some(KEY_ID)),
+            (MRK, Some(MRK)),
+            (
+                "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab",
+                Some(KEY_ID),
+            ),
+            (
+                "arn:aws:kms:eu-west-1:123456789012:key/mrk-4321abcd12ab34cd56ef1234567890ab",
+                Some(MRK),
+            ),
+            (
+                "arn:aws-cn:kms:cn-north-1:123456789012:key/mrk-4321abcd12ab34cd56ef1234567890ab",
+                Some(MRK),
+            ),
+            // Aliases name whatever key they point at today.
+            ("alias/app", None),
+            ("alias/mrk-4321abcd12ab34cd56ef1234567890ab", None),
+            ("arn:aws:kms:us-east-1:123456789012:alias/app", None),
+            // Not KMS key identifiers.
+            ("", None),
+            ("arn:aws:s3:::bucket/key", None),
+            ("arn:aws:kms:us-east-1:123456789012:key/", None),
+            (
+                "arn:aws:kms::123456789012:key/mrk-4321abcd12ab34cd56ef1234567890ab",
+                None,
+            ),
+            ("arn:aws:kms:us-east-1:123456789012", None),
+            ("key/1234", None),
+        ];
+        for (identifier, want) in cases {
+            assert_eq!(key_id_of(identifier), *want, "{identifier}");
+        }
+    }
+
+    #[test]
+    fn raw_key_ids() {
+        assert_eq!(
+            raw_key_id(MRK).map(hex::encode).as_deref(),
+            Some("4321abcd12ab34cd56ef1234567890ab")
+        );
+        assert_eq!(
+            raw_key_id("mrk-4321abcd-12ab-34cd-56ef-1234567890ab"),
+            raw_key_id(MRK)
+        );
+        assert_eq!(
+            raw_key_id(KEY_ID).map(hex::encode).as_deref(),
+            Some("1234abcd12ab34cd56ef1234567890ab")
+        );
+        for bad in [
+            "mrk-1234",
+            "alias/app",
+            "mrk-zz21abcd12ab34cd56ef1234567890ab",
+            "",
+        ] {
+            assert_eq!(raw_key_id(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn multi_region_keys() {
+        use Action::*;
+        let here = mrk_target("us-east-1");
+        assert!(here.is_multi_region());
+        assert!(!target().is_multi_region());
+        // Blobs name the key by id, not by Region: one made by the replica in eu-west-1 is the
+        // same bytes as one made here, and counts as current (same key material).
+        for blob in [moto_blob(MRK), aws_blob(MRK)] {
+            assert!(here.owns_blob(&blob));
+            assert!(mrk_target("eu-west-1").owns_blob(&blob));
+            assert_eq!(
+                classify_envelope(&kms_context_gcm(&blob), &here, false),
+                Skip(SkipReason::Current)
+            );
+        }
+        // Another multi-Region key, or a single-Region key: rewrapped.
+        for blob in [moto_blob(OTHER_MRK), aws_blob(OTHER_MRK), aws_blob(KEY_ID)] {
+            assert!(!here.owns_blob(&blob));
+            assert_eq!(
+                classify_envelope(&kms_context_gcm(&blob), &here, false),
+                Rewrap
+            );
+        }
+        // A target given by its ARN only, in either field, resolves to the same id.
+        let by_arn = TargetKey {
+            key_id: here.arn.clone(),
+            arn: String::new(),
+        };
+        assert!(by_arn.owns_blob(&aws_blob(MRK)) && by_arn.is_multi_region());
+        let arn_only = TargetKey {
+            key_id: String::new(),
+            arn: mrk_target("ap-south-1").arn,
+        };
+        assert!(arn_only.owns_blob(&moto_blob(MRK)));
+    }
+
+    #[test]
+    fn an_alias_target_never_makes_an_object_current() {
+        // Even a blob that happens to hold the alias' bytes, or an alias named like a key id.
+        for alias in ["alias/app", "alias/mrk-4321abcd12ab34cd56ef1234567890ab"] {
+            let t = TargetKey {
+                key_id: alias.into(),
+                arn: format!("arn:aws:kms:us-east-1:123456789012:{alias}"),
+            };
+            assert!(!t.is_multi_region(), "{alias}");
+            for blob in [moto_blob(alias), moto_blob(MRK), aws_blob(MRK)] {
+                assert!(!t.owns_blob(&blob), "{alias}");
+                assert_eq!(
+                    classify_envelope(&kms_context_gcm(&blob), &t, false),
+                    Action::Rewrap,
+                    "{alias}"
+                );
+            }
+        }
     }
 }
