@@ -170,6 +170,38 @@ pub struct ObjectHead {
     pub last_modified: Option<String>,
     pub metadata: Metadata,
     pub attrs: ObjectAttributes,
+    /// `x-amz-tagging-count`: S3 sends it when the object has tags and the caller may read
+    /// them, so `None` means "no tags" only once tags are known to be readable.
+    pub tag_count: Option<i32>,
+}
+
+/// An [`ObjectHead`] from a HeadObject or GetObject output (same accessors on both).
+macro_rules! object_head {
+    ($out:expr, $bucket:expr, $key:expr) => {{
+        let h = &$out;
+        ObjectHead {
+            bucket: $bucket.into(),
+            key: $key.into(),
+            etag: h.e_tag().map(str::to_owned),
+            version_id: h.version_id().map(str::to_owned),
+            content_length: h.content_length().unwrap_or(0).max(0) as u64,
+            last_modified: h.last_modified().map(|d| d.to_string()),
+            metadata: normalize_metadata(h.metadata()),
+            attrs: ObjectAttributes {
+                content_type: h.content_type().map(str::to_owned),
+                content_encoding: h.content_encoding().map(str::to_owned),
+                content_disposition: h.content_disposition().map(str::to_owned),
+                content_language: h.content_language().map(str::to_owned),
+                cache_control: h.cache_control().map(str::to_owned),
+                expires: h.expires_string().map(str::to_owned),
+                storage_class: h.storage_class().map(|s| s.as_str().to_owned()),
+                server_side_encryption: h.server_side_encryption().map(|s| s.as_str().to_owned()),
+                sse_kms_key_id: h.ssekms_key_id().map(str::to_owned),
+                bucket_key_enabled: h.bucket_key_enabled(),
+            },
+            tag_count: h.tag_count(),
+        }
+    }};
 }
 
 /// The non-envelope attributes of an object, preserved across a rewrite.
@@ -425,27 +457,30 @@ impl S3Cse {
         let t = Instant::now();
         let r = self.s3.head_object().bucket(bucket).key(key).send().await;
         let h = self.observe("HeadObject", bucket, key, t, r)?;
-        Ok(ObjectHead {
-            bucket: bucket.into(),
-            key: key.into(),
-            etag: h.e_tag().map(str::to_owned),
-            version_id: h.version_id().map(str::to_owned),
-            content_length: h.content_length().unwrap_or(0).max(0) as u64,
-            last_modified: h.last_modified().map(|d| d.to_string()),
-            metadata: normalize_metadata(h.metadata()),
-            attrs: ObjectAttributes {
-                content_type: h.content_type().map(str::to_owned),
-                content_encoding: h.content_encoding().map(str::to_owned),
-                content_disposition: h.content_disposition().map(str::to_owned),
-                content_language: h.content_language().map(str::to_owned),
-                cache_control: h.cache_control().map(str::to_owned),
-                expires: h.expires_string().map(str::to_owned),
-                storage_class: h.storage_class().map(|s| s.as_str().to_owned()),
-                server_side_encryption: h.server_side_encryption().map(|s| s.as_str().to_owned()),
-                sse_kms_key_id: h.ssekms_key_id().map(str::to_owned),
-                bucket_key_enabled: h.bucket_key_enabled(),
-            },
-        })
+        Ok(object_head!(h, bucket, key))
+    }
+
+    /// One GET for what HEAD + [`Self::get_body`] would fetch: the head and the (unread) body
+    /// of the whole object, pinned to `if_match` when given. For small objects, where one
+    /// request less is most of the cost.
+    pub async fn get_with_head(
+        &self,
+        bucket: &str,
+        key: &str,
+        if_match: Option<&str>,
+    ) -> Result<(ObjectHead, ByteStream), ClientError> {
+        let t = Instant::now();
+        let r = self
+            .s3
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .set_if_match(if_match.map(str::to_owned))
+            .send()
+            .await;
+        let mut out = self.observe("GetObject", bucket, key, t, r)?;
+        let body = std::mem::take(&mut out.body);
+        Ok((object_head!(out, bucket, key), body))
     }
 
     /// The envelope of an object, fetching `<key>.instruction` when the metadata needs it or has

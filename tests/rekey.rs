@@ -116,6 +116,29 @@ async fn put_raw_gcm(s3: &aws_sdk_s3::Client, bucket: &str, key: &str, data: &[u
         .expect("put raw gcm");
 }
 
+/// Flips one byte of an object's stored body (the one `at` picks), keeping its metadata.
+async fn tamper(s3: &aws_sdk_s3::Client, bucket: &str, key: &str, at: impl Fn(&[u8]) -> usize) {
+    let raw = s3
+        .get_object()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .expect("get to tamper");
+    let meta = raw.metadata().cloned();
+    let mut body = raw.body.collect().await.expect("body").to_vec();
+    let i = at(&body);
+    body[i] ^= 0x55;
+    s3.put_object()
+        .bucket(bucket)
+        .key(key)
+        .set_metadata(meta)
+        .body(ByteStream::from(body))
+        .send()
+        .await
+        .expect("put tampered");
+}
+
 /// Reads an object back with s3cse (strict policy: only V2/V3 kms+context under `key_id`).
 async fn get_strict(
     s3: &aws_sdk_s3::Client,
@@ -500,25 +523,11 @@ async fn rekey_migrates_a_mixed_bucket_and_is_idempotent() {
         PutRequest::default(),
     )
     .await;
-    let raw = s3
-        .get_object()
-        .bucket(&bucket)
-        .key("corrupt.bin")
-        .send()
-        .await
-        .expect("get corrupt");
-    let raw_meta = raw.metadata().cloned();
-    let mut body = raw.body.collect().await.expect("body").to_vec();
-    let last = body.len() - 1;
-    body[last] ^= 0x55;
-    s3.put_object()
-        .bucket(&bucket)
-        .key("corrupt.bin")
-        .set_metadata(raw_meta)
-        .body(ByteStream::from(body))
-        .send()
-        .await
-        .expect("put corrupt");
+    tamper(&s3, &bucket, "corrupt.bin", |b| b.len() - 1).await;
+    // A GCM body under a legacy wrap would only need a rewrap (no body rewrite): its tag is
+    // still checked before its key is vouched for under the target key.
+    put_raw_gcm(&s3, &bucket, "raw-gcm-tampered.bin", &data(2000, 12)).await;
+    tamper(&s3, &bucket, "raw-gcm-tampered.bin", |b| b.len() / 2).await;
 
     let before = etags(&s3, &bucket).await;
     let (_sd, state) = state_file("mixed.db");
@@ -604,18 +613,26 @@ async fn rekey_migrates_a_mixed_bucket_and_is_idempotent() {
         "aws-v3.bin",
         "plain.txt",
         "corrupt.bin",
+        "raw-gcm-tampered.bin",
     ] {
         assert_eq!(before[key], after[key], "{key} untouched");
     }
     let failed = report(&state, "failed");
-    assert_eq!(failed.len(), 1, "{failed:?}");
-    assert_eq!(failed[0]["Key"], "corrupt.bin");
-    assert_eq!(failed[0]["ErrorCode"], "AuthenticationFailed");
+    let failed_keys: Vec<_> = failed.iter().map(|r| r["Key"].as_str()).collect();
+    assert_eq!(
+        failed_keys,
+        [Some("corrupt.bin"), Some("raw-gcm-tampered.bin")],
+        "{failed:?}"
+    );
+    for row in &failed {
+        assert_eq!(row["ErrorCode"], "AuthenticationFailed", "{row:?}");
+    }
 
     // One KMS call per migrated object: GenerateDataKey per rewrite (5), ReEncrypt per KMS
     // rewrap (2), Encrypt per raw-key rewrap (1); Decrypt only for the KMS-wrapped CBC source;
     // none for the skipped ones. The corrupt CBC object costs one GenerateDataKey too: CBC
-    // cannot be authenticated before its body has streamed through the new encryption.
+    // cannot be authenticated before its body has streamed through the new encryption. The
+    // tampered raw-key GCM object costs none: its tag is checked before the Encrypt.
     let k = |op: &str| {
         metric(
             &pushed,
@@ -633,7 +650,7 @@ async fn rekey_migrates_a_mixed_bucket_and_is_idempotent() {
     assert_eq!(objects(&pushed, "rewritten"), 5.0, "{pushed}");
     assert_eq!(objects(&pushed, "rewrapped"), 3.0);
     assert_eq!(objects(&pushed, "skipped"), 3.0);
-    assert_eq!(objects(&pushed, "failed"), 1.0);
+    assert_eq!(objects(&pushed, "failed"), 2.0);
     assert!(
         !pushed.contains("s3cse_rekey_last_success_timestamp_seconds"),
         "a failed run does not claim success: {pushed}"
@@ -692,10 +709,10 @@ async fn rekey_migrates_a_mixed_bucket_and_is_idempotent() {
     let o = ok(run(&["status", "--state", &state, "--json"]), "status");
     let st: serde_json::Value = serde_json::from_slice(&o.stdout).expect("status json");
     assert_eq!(st["by_state"]["done"]["objects"], 11, "{st}");
-    assert_eq!(st["by_state"]["failed"]["objects"], 1, "{st}");
+    assert_eq!(st["by_state"]["failed"]["objects"], 2, "{st}");
 
-    // --retry-failed puts the failed object back in the queue: it is examined again (and, still
-    // corrupt, fails again: exit 1), while the done ones stay untouched.
+    // --retry-failed puts the failed objects back in the queue: they are examined again (and,
+    // still corrupt, fail again: exit 1), while the done ones stay untouched.
     let retry_metrics = tmp.path().join("retry.prom");
     let o = run(&[
         "rekey",
@@ -716,8 +733,8 @@ async fn rekey_migrates_a_mixed_bucket_and_is_idempotent() {
     let retried = std::fs::read_to_string(&retry_metrics).expect("metrics textfile");
     assert_eq!(
         objects(&retried, "failed"),
-        1.0,
-        "the failed object was examined again"
+        2.0,
+        "the failed objects were examined again"
     );
     assert_eq!(
         objects(&retried, "rewritten") + objects(&retried, "rewrapped"),
@@ -1215,6 +1232,7 @@ async fn a_multipart_copy_rewrap_is_conditional_on_the_etag() {
         dry_run: false,
         reencrypt: false,
         verify: true,
+        always_read_tags: false,
         lease: Duration::from_secs(30),
         scan: true,
         work: true,

@@ -90,6 +90,10 @@ pub struct RunArgs {
     /// Skip reading each written object back.
     #[arg(long)]
     no_verify: bool,
+    /// Read every object's tags before rewriting it (GetObjectTagging), even when the head
+    /// says it has none: for S3-compatible stores that do not send `x-amz-tagging-count`.
+    #[arg(long)]
+    always_read_tags: bool,
     /// Put objects that failed or stayed in conflict in an earlier run back in the queue first
     /// (after fixing a key file, or once KMS is reachable again). Without it they stay failed
     /// until their ETag changes, and `status`/`report` keep showing them.
@@ -419,6 +423,7 @@ async fn run(a: RunArgs, target_url: Option<(String, String)>, do_scan: bool) ->
         dry_run: a.dry_run,
         reencrypt: a.reencrypt,
         verify: !a.no_verify,
+        always_read_tags: a.always_read_tags,
         lease: Duration::from_secs(a.lease_secs.max(3)),
         scan: do_scan,
         work: true,

@@ -73,6 +73,9 @@ pub struct RekeyConfig {
     pub reencrypt: bool,
     /// Read every written object back and compare.
     pub verify: bool,
+    /// Read tags with GetObjectTagging before every rewrite, not only when the head counts
+    /// some (for stores that do not send `x-amz-tagging-count`).
+    pub always_read_tags: bool,
     /// Lease of a claimed job; renewed while the job runs, so only a dead worker's lease lapses.
     pub lease: Duration,
     /// Run the scan (`rekey`, `scan`).

@@ -24,10 +24,12 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context as TaskContext, Poll, ready};
 use std::time::{Duration, Instant};
 
+use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{MetadataDirective, TaggingDirective};
 use futures::{StreamExt, TryStreamExt};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
@@ -195,6 +197,10 @@ struct Ctx {
     owner: String,
     summary: Mutex<WorkSummary>,
     inflight: Mutex<BTreeSet<i64>>,
+    /// A GetObjectTagging succeeded in this run (see [`read_tags`]).
+    tags_readable: AtomicBool,
+    /// A tag read found tags the head did not count (see [`read_tags`]).
+    counts_unreliable: AtomicBool,
 }
 
 impl Ctx {
@@ -272,6 +278,8 @@ pub async fn work(config: &RekeyConfig, shutdown: &Shutdown) -> Result<WorkSumma
         owner: owner.clone(),
         summary: Mutex::new(WorkSummary::default()),
         inflight: Mutex::new(BTreeSet::new()),
+        tags_readable: AtomicBool::new(false),
+        counts_unreliable: AtomicBool::new(false),
     });
     let lease = config.lease.max(Duration::from_secs(3));
     // Renews the leases of running jobs: only a dead worker's lease lapses.
@@ -510,22 +518,63 @@ fn retry_labels(code: &str, http: Option<u16>) -> (Service, RetryReason) {
     (Service::S3, reason)
 }
 
-/// HEAD + envelope + classification, shared by the worker and `--dry-run`.
+/// Objects the listing says are at most this large are fetched with one GET (head and body)
+/// instead of HEAD, then GET: for small objects the request, not the bytes, is the cost. A
+/// skipped one costs its body's transfer instead of a HEAD, so the bound stays small.
+const GET_FIRST_MAX: u64 = 256 << 10;
+
+/// What classification saw.
+struct Inspected {
+    head: ObjectHead,
+    /// The body, when one GET fetched it with the head ([`GET_FIRST_MAX`]); not yet read.
+    body: Option<ByteStream>,
+    state: EnvelopeState,
+    action: Action,
+    instruction_etag: Option<String>,
+}
+
+/// HEAD (or, with `get_if_match`, a GET pinned to that ETag) + envelope + classification,
+/// shared by the worker and `--dry-run`. `None`: the object is gone.
 async fn inspect(
     ctx: &RekeyConfig,
     bucket: &str,
     key: &str,
-) -> Result<Option<(ObjectHead, EnvelopeState, Action, Option<String>)>, ObjError> {
+    get_if_match: Option<&str>,
+) -> Result<Option<Inspected>, ObjError> {
     ctx.s3_limit.wait().await;
-    let head = match ctx.client.head(bucket, key).await {
-        Ok(h) => h,
+    let fetched = match get_if_match {
+        Some(etag) => ctx
+            .client
+            .get_with_head(bucket, key, Some(etag))
+            .await
+            .map(|(h, b)| (h, Some(b))),
+        None => ctx.client.head(bucket, key).await.map(|h| (h, None)),
+    };
+    let (head, body) = match fetched {
+        Ok(x) => x,
         Err(ClientError::NotFound { .. }) => return Ok(None),
         Err(e) => return Err(e.into()),
     };
     ctx.s3_limit.wait().await;
     let (state, instruction_etag) = ctx.client.envelope_and_instruction_etag(&head).await?;
     let action = plan::classify(&head, &state, &ctx.target, ctx.reencrypt);
-    Ok(Some((head, state, action, instruction_etag)))
+    Ok(Some(Inspected {
+        head,
+        body,
+        state,
+        action,
+        instruction_etag,
+    }))
+}
+
+/// Reads a small body that is not needed to its end, so the connection can be reused (an
+/// unread response makes the HTTP client close it). Larger bodies are just dropped.
+async fn discard(body: Option<ByteStream>, len: u64) {
+    if let Some(body) = body
+        && len <= GET_FIRST_MAX
+    {
+        let _ = body.collect().await;
+    }
 }
 
 /// One attempt at one object; `classified` is set as soon as the action is known.
@@ -535,7 +584,16 @@ async fn process(
     classified: &mut Option<store::Action>,
 ) -> Result<Done, ObjError> {
     let c = &ctx.config;
-    let Some((head, state, action, instruction_etag)) = inspect(c, &job.bucket, &job.key).await?
+    // Small objects: one GET pinned to the listed ETag gives the head and the body.
+    let get_first =
+        (job.size <= GET_FIRST_MAX && !job.etag.is_empty()).then_some(job.etag.as_str());
+    let Some(Inspected {
+        head,
+        body,
+        state,
+        action,
+        instruction_etag,
+    }) = inspect(c, &job.bucket, &job.key, get_first).await?
     else {
         // Deleted since it was listed: nothing left to migrate.
         return Ok(Done {
@@ -566,6 +624,7 @@ async fn process(
     };
     let env = match (action, state) {
         (Action::Skip(_), _) | (_, EnvelopeState::Plaintext) => {
+            discard(body, head.content_length).await;
             return Ok(Done {
                 outcome: Outcome {
                     source_format: Some(format),
@@ -581,8 +640,8 @@ async fn process(
     };
     *classified = Some(action.store_action());
     let written = match action {
-        Action::Rewrite => rewrite(c, &head, &env).await?,
-        _ => rewrap(c, &head, &env).await?,
+        Action::Rewrite => rewrite(ctx, &head, &env, body).await?,
+        _ => rewrap(ctx, &head, &env, body).await?,
     };
     if env.location == Location::InstructionFile {
         let ikey = format!("{}{INSTRUCTION_SUFFIX}", head.key);
@@ -652,6 +711,37 @@ async fn source_key(c: &RekeyConfig, env: &Envelope) -> Result<SecretBytes, ObjE
     }
 }
 
+/// The object's tags as an `x-amz-tagging` value, for a write that cannot copy them. The
+/// GetObjectTagging request is skipped when the head said the object has none: S3 sends
+/// `x-amz-tagging-count` on HEAD and GET when an object has tags *and* the caller may read
+/// them, so an absent count means "no tags" only after a tag read in this run succeeded (the
+/// first ones always read). A store that leaves the count out although the object has tags
+/// is caught when a read finds tags the head did not count: from then on every write reads.
+/// `--always-read-tags` reads them every time.
+async fn read_tags(ctx: &Ctx, head: &ObjectHead) -> Result<Option<String>, ObjError> {
+    let counted = head.tag_count.unwrap_or(0) > 0;
+    if !must_read_tags(
+        head.tag_count,
+        ctx.tags_readable.load(Ordering::Relaxed),
+        ctx.counts_unreliable.load(Ordering::Relaxed),
+        ctx.config.always_read_tags,
+    ) {
+        return Ok(None);
+    }
+    let tags = tagging(&ctx.config, head).await?;
+    ctx.tags_readable.store(true, Ordering::Relaxed);
+    if tags.is_some() && !counted && !ctx.counts_unreliable.swap(true, Ordering::Relaxed) {
+        tracing::warn!(key = %head.key, "the store does not report tag counts: reading the tags of every object");
+    }
+    Ok(tags)
+}
+
+/// Whether [`read_tags`] asks: always when the head counts tags, and for an object the head
+/// says has none until a read proved tags readable (and the count trustworthy).
+fn must_read_tags(count: Option<i32>, readable: bool, unreliable: bool, always: bool) -> bool {
+    count.unwrap_or(0) > 0 || !readable || unreliable || always
+}
+
 async fn tagging(c: &RekeyConfig, head: &ObjectHead) -> Result<Option<String>, ObjError> {
     c.s3_limit.wait().await;
     let t = Instant::now();
@@ -680,12 +770,39 @@ async fn tagging(c: &RekeyConfig, head: &ObjectHead) -> Result<Option<String>, O
     Ok((!tags.is_empty()).then(|| tags.join("&")))
 }
 
-async fn rewrite(c: &RekeyConfig, head: &ObjectHead, env: &Envelope) -> Result<Written, ObjError> {
-    let src_key = source_key(c, env).await?;
-    let tagging = tagging(c, head).await?;
+async fn rewrite(
+    ctx: &Ctx,
+    head: &ObjectHead,
+    env: &Envelope,
+    body: Option<ByteStream>,
+) -> Result<Written, ObjError> {
+    let c = &ctx.config;
+    // A raw-key unwrap is local: fail on a wrong key before any KMS call.
+    let local_key = if env.wrap.is_kms() {
+        None
+    } else {
+        Some(source_key(c, env).await?)
+    };
     let plaintext_len = env.plaintext_len_for(head.content_length);
     let ec = target_context(c);
-    let (cek, blob) = c.kms.generate_data_key(&c.target.key_id, &ec).await?;
+    // The requests that don't depend on each other go out together: the source key (KMS
+    // Decrypt for `kms` wraps), the new data key, the tags, the body.
+    let (src_key, (cek, blob), tagging, body) = tokio::try_join!(
+        async {
+            match local_key {
+                Some(k) => Ok(k),
+                None => source_key(c, env).await,
+            }
+        },
+        async {
+            c.kms
+                .generate_data_key(&c.target.key_id, &ec)
+                .await
+                .map_err(ObjError::from)
+        },
+        read_tags(ctx, head),
+        body_of(c, head, body),
+    )?;
     let mut iv = vec![0u8; GCM_IV_LEN];
     fill_random(&mut iv);
     let encryptor = content::gcm_encryptor(cek.expose(), &iv, &[]).map_err(CodecError::from)?;
@@ -703,8 +820,6 @@ async fn rewrite(c: &RekeyConfig, head: &ObjectHead, env: &Envelope) -> Result<W
         location: Location::ObjectMetadata,
     };
     let decryptor = ObjectDecryptor::new(env, &src_key)?;
-    c.s3_limit.wait().await;
-    let body = c.client.get_body(head, None).await?;
     let mut reader = DecryptReader::new(body.into_async_read(), decryptor);
     let req = PutRequest {
         bucket: head.bucket.clone(),
@@ -751,18 +866,57 @@ async fn rewrite(c: &RekeyConfig, head: &ObjectHead, env: &Envelope) -> Result<W
     })
 }
 
-async fn rewrap(c: &RekeyConfig, head: &ObjectHead, env: &Envelope) -> Result<Written, ObjError> {
+/// The body: the one [`inspect`]'s GET fetched, or a GET pinned to the ETag HEAD saw.
+async fn body_of(
+    c: &RekeyConfig,
+    head: &ObjectHead,
+    body: Option<ByteStream>,
+) -> Result<ByteStream, ObjError> {
+    match body {
+        Some(b) => Ok(b),
+        None => {
+            c.s3_limit.wait().await;
+            Ok(c.client.get_body(head, None).await?)
+        }
+    }
+}
+
+/// Decrypts a whole source body (tag checked) and returns its plaintext SHA-256; the
+/// plaintext is dropped as it goes.
+async fn authenticate(
+    body: ByteStream,
+    env: &Envelope,
+    cek: &SecretBytes,
+) -> Result<String, ObjError> {
+    let mut reader = DecryptReader::new(body.into_async_read(), ObjectDecryptor::new(env, cek)?);
+    let r = tokio::io::copy(&mut reader, &mut tokio::io::sink()).await;
+    if reader.auth_failed {
+        return Err(CodecError::DecryptionFailed.into());
+    }
+    r.map_err(ClientError::Io)?;
+    Ok(reader.sha256_hex())
+}
+
+async fn rewrap(
+    ctx: &Ctx,
+    head: &ObjectHead,
+    env: &Envelope,
+    body: Option<ByteStream>,
+) -> Result<Written, ObjError> {
+    let c = &ctx.config;
     let multipart = head.content_length > c.copy_part_threshold;
     // CopyObject copies the tags itself (TaggingDirective::Copy); a multipart upload takes
     // them as a header, so read them first.
     let tags = if multipart {
-        tagging(c, head).await?
+        read_tags(ctx, head).await?
     } else {
         None
     };
     let ec = target_context(c);
-    let (blob, cek) = if env.wrap.is_kms() {
-        // One ReEncrypt: the content key never leaves KMS.
+    let (blob, cek, source_sha) = if env.wrap.is_kms() {
+        // One ReEncrypt: the content key never leaves KMS, so the body cannot be checked
+        // here; its tag is still checked by every reader (`--reencrypt` checks it now).
+        discard(body, head.content_length).await;
         (
             c.kms
                 .re_encrypt(
@@ -773,10 +927,18 @@ async fn rewrap(c: &RekeyConfig, head: &ObjectHead, env: &Envelope) -> Result<Wr
                 )
                 .await?,
             None,
+            None,
         )
     } else {
+        // The key is in hand: authenticate the body before vouching for it under the new
+        // key, so a tampered object fails (untouched) instead of being rewrapped.
         let cek = source_key(c, env).await?;
-        (c.kms.encrypt(&c.target.key_id, &cek, &ec).await?, Some(cek))
+        let sha = authenticate(body_of(c, head, body).await?, env, &cek).await?;
+        (
+            c.kms.encrypt(&c.target.key_id, &cek, &ec).await?,
+            Some(cek),
+            Some(sha),
+        )
     };
     let new_env = Envelope {
         version: Version::V2,
@@ -800,15 +962,27 @@ async fn rewrap(c: &RekeyConfig, head: &ObjectHead, env: &Envelope) -> Result<Wr
     } else {
         copy_object(c, head, metadata).await?
     };
-    let sha = if c.verify {
-        verify_read(c, head, etag.as_deref(), &new_env, cek.as_ref()).await?
-    } else {
-        None
-    };
+    if c.verify {
+        // A single CopyObject keeps a plain (MD5) ETag: the same ETag means the same bytes,
+        // already authenticated above, so the envelope is all left to check.
+        let same_bytes = !multipart
+            && source_sha.is_some()
+            && etag.is_some()
+            && etag == head.etag
+            && !etag.as_deref().unwrap_or_default().contains('-');
+        let key = if same_bytes { None } else { cek.as_ref() };
+        let got = verify_read(c, head, etag.as_deref(), &new_env, key).await?;
+        if got.is_some() && got != source_sha {
+            return Err(ObjError::failed(
+                "VerifyFailed",
+                "the rewrapped object's plaintext SHA-256 differs from the source's",
+            ));
+        }
+    }
     Ok(Written {
         etag,
         version_id,
-        sha256: sha,
+        sha256: source_sha,
     })
 }
 
@@ -1026,8 +1200,13 @@ pub async fn dry_run(config: &RekeyConfig, shutdown: &Shutdown) -> Result<WorkSu
     let planned = futures::stream::iter(rows)
         .take_while(|_| std::future::ready(!shutdown.is_stopping()))
         .map(|row| async move {
-            let label = match inspect(config, &row.bucket, &row.key).await {
-                Ok(Some((head, state, action, _))) => {
+            let label = match inspect(config, &row.bucket, &row.key, None).await {
+                Ok(Some(Inspected {
+                    head,
+                    state,
+                    action,
+                    ..
+                })) => {
                     let format = match &state {
                         EnvelopeState::Plaintext => "plaintext".to_owned(),
                         EnvelopeState::Encrypted(e) => e.format_name(),
@@ -1072,6 +1251,19 @@ mod tests {
             utf8_percent_encode(k, COPY_SOURCE).to_string(),
             "dir/na%C3%AFve%20file%2Bx%3F.txt"
         );
+    }
+
+    #[test]
+    fn tags_are_read_unless_the_count_is_known_to_be_trustworthy() {
+        // Counted tags: always read.
+        assert!(must_read_tags(Some(2), true, false, false));
+        // No count: read until a read succeeded, then trust the count...
+        assert!(must_read_tags(None, false, false, false));
+        assert!(!must_read_tags(None, true, false, false));
+        assert!(!must_read_tags(Some(0), true, false, false));
+        // ...unless the store was caught leaving it out, or the user asked.
+        assert!(must_read_tags(None, true, true, false));
+        assert!(must_read_tags(None, true, false, true));
     }
 
     #[tokio::test]
