@@ -119,6 +119,11 @@ pub struct RunArgs {
     metrics_textfile: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
+    /// On SIGTERM/SIGINT, give the objects in flight this many seconds to finish; then (or on a
+    /// second signal) abandon them: their jobs go back to the queue for the next run, metrics are
+    /// flushed and the process exits. Keep it below Kubernetes' terminationGracePeriodSeconds.
+    #[arg(long, default_value_t = 25, value_name = "SECS")]
+    stop_timeout: u64,
     /// Lease of a claimed job in seconds (renewed while it runs; a dead worker's lapses).
     #[arg(long, default_value_t = 60, hide = true)]
     lease_secs: u64,
@@ -252,18 +257,20 @@ pub async fn scan(a: ScanArgs) -> CliResult {
         shard: shard.map(|s| (s.index, s.count)),
     };
     let (trigger, shutdown) = Shutdown::new();
-    let signals = tokio::spawn(wait_for_signal(trigger));
-    let s = s3cse::rekey::scan::scan(
-        &client,
-        &store,
-        &key,
-        &RateLimit::per_second(a.s3_rps),
-        &shutdown,
-    )
-    .await
-    .context("scan")
-    .map_err(Failure::failed)?;
+    // A scan stops between two pages; a second signal drops the page in flight (a page and its
+    // checkpoint are committed together, so nothing is lost).
+    let signals = tokio::spawn(wait_for_signal(trigger, SCAN_STOP_TIMEOUT));
+    let s3_limit = RateLimit::per_second(a.s3_rps);
+    let listing = s3cse::rekey::scan::scan(&client, &store, &key, &s3_limit, &shutdown);
+    let scanned = s3cse::rekey::unless_abandoned(&shutdown, listing).await;
     signals.abort();
+    let Some(s) = scanned else {
+        store.close().await;
+        return Err(Failure::failed(anyhow!(
+            "scan stopped: run it again to resume from its checkpoint"
+        )));
+    };
+    let s = s.context("scan").map_err(Failure::failed)?;
     println!(
         "listed {} keys: {} new, {} changed, {} unchanged",
         s.listed, s.enqueued.inserted, s.enqueued.reset, s.enqueued.unchanged
@@ -328,25 +335,73 @@ fn check_textfile(path: Option<&Path>) -> CliResult {
     }
 }
 
-async fn wait_for_signal(trigger: s3cse::rekey::ShutdownTrigger) {
+/// How long the Pushgateway push may take after a stop signal (instead of its usual 30 s), so
+/// the whole exit after the stop timeout stays within a few seconds: releasing the leases
+/// (0.2 s), this push, the textfile, a last scrape (at most 5 s). The chart keeps
+/// terminationGracePeriodSeconds at least 15 s above the stop timeout for it.
+const STOP_PUSH_TIMEOUT: Duration = Duration::from_secs(8);
+
+/// How long `s3cse scan` lets a page in flight finish after SIGTERM/SIGINT.
+const SCAN_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// SIGTERM and SIGINT, as one stream.
+struct StopSignals {
     #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => return,
-            };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
+    term: Option<tokio::signal::unix::Signal>,
+}
+
+impl StopSignals {
+    fn new() -> Self {
+        Self {
+            #[cfg(unix)]
+            term: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok(),
         }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        {
+            let term = async {
+                match self.term.as_mut() {
+                    Some(t) => {
+                        t.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = term => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
-    tracing::warn!("stop requested: finishing the objects in flight, releasing the rest");
+}
+
+/// First SIGTERM/SIGINT: stop claiming, let the objects in flight finish. `stop_timeout` later,
+/// or at a second signal: abandon them (their jobs are released, metrics flushed). A third
+/// signal exits at once (exit 1), should the flush itself hang; leases then lapse.
+async fn wait_for_signal(trigger: s3cse::rekey::ShutdownTrigger, stop_timeout: Duration) {
+    let mut signals = StopSignals::new();
+    signals.next().await;
+    tracing::warn!(
+        stop_timeout_secs = stop_timeout.as_secs(),
+        "stop requested: finishing the objects in flight, releasing the rest"
+    );
     trigger.trigger();
+    tokio::select! {
+        _ = signals.next() => tracing::warn!("second stop signal: abandoning the objects in flight"),
+        _ = tokio::time::sleep(stop_timeout) => {
+            tracing::warn!("stop timeout: abandoning the objects in flight")
+        }
+    }
+    trigger.abandon();
+    signals.next().await;
+    tracing::error!("third stop signal: exiting now");
+    std::process::exit(1);
 }
 
 async fn run(a: RunArgs, target_url: Option<(String, String)>, do_scan: bool) -> CliResult {
@@ -437,7 +492,10 @@ async fn run(a: RunArgs, target_url: Option<(String, String)>, do_scan: bool) ->
         copy_part_size: a.copy_part_size,
     };
     let (trigger, shutdown) = Shutdown::new();
-    let signals = tokio::spawn(wait_for_signal(trigger));
+    let signals = tokio::spawn(wait_for_signal(
+        trigger,
+        Duration::from_secs(a.stop_timeout),
+    ));
     let progress = std::io::stderr()
         .is_terminal()
         .then(|| spawn_progress(store.clone()));
@@ -466,7 +524,15 @@ async fn run(a: RunArgs, target_url: Option<(String, String)>, do_scan: bool) ->
             .map(|i| ("shard", i))
             .into_iter()
             .collect();
-        if let Err(e) = metrics::push_add(&metrics, url, "s3cse-rekey", &grouping).await {
+        let push = metrics::push_add(&metrics, url, "s3cse-rekey", &grouping);
+        let pushed = match &result {
+            // After a stop signal the pod's grace period is running out: a shorter wait.
+            Ok(s) if s.interrupted => tokio::time::timeout(STOP_PUSH_TIMEOUT, push)
+                .await
+                .unwrap_or(Err(metrics::MetricsError::Timeout(STOP_PUSH_TIMEOUT))),
+            _ => push.await,
+        };
+        if let Err(e) = pushed {
             tracing::warn!(error = %e, "pushing metrics to the Pushgateway failed");
         }
     }
@@ -489,6 +555,13 @@ async fn run(a: RunArgs, target_url: Option<(String, String)>, do_scan: bool) ->
     store.close().await;
     let summary = result.context("rekey").map_err(Failure::failed)?;
     print_summary(&summary, a.dry_run);
+    if let Some(released) = summary.abandoned {
+        return Err(Failure::failed(anyhow!(
+            "stopped: {released} object(s) in flight abandoned and queued again for the next \
+             run; see `s3cse status --state {}`",
+            a.state.display()
+        )));
+    }
     if code != 0 {
         return Err(Failure::failed(anyhow!(
             "{} object(s) failed, {} left in conflict{}: see `s3cse report --state {} --only failed`",
@@ -513,6 +586,11 @@ fn print_summary(s: &RunSummary, dry_run: bool) {
             "scan: listed {} keys ({} new, {} changed, {} unchanged)",
             scan.listed, scan.enqueued.inserted, scan.enqueued.reset, scan.enqueued.unchanged
         );
+    }
+    if s.abandoned.is_some() {
+        // The workers' tallies went with them; the job table has every outcome.
+        let _ = writeln!(out, "work: stopped, the objects in flight abandoned");
+        return;
     }
     if dry_run {
         let _ = writeln!(out, "dry run: nothing was written. Plan (objects, bytes):");

@@ -105,56 +105,125 @@ pub struct RekeyConfig {
 #[derive(Debug, Clone, Default)]
 pub struct RunSummary {
     pub scan: Option<ScanSummary>,
+    /// What the workers did; empty when the run was abandoned (the job table has the outcomes).
     pub work: WorkSummary,
     /// The run stopped early on SIGTERM/SIGINT.
     pub interrupted: bool,
+    /// The stop was abandoned ([`ShutdownTrigger::abandon`]: the stop deadline, or a second
+    /// signal): the objects in flight were dropped unfinished and their jobs handed back to the
+    /// queue, this many of them.
+    pub abandoned: Option<u64>,
 }
 
-/// A stop signal shared by the scanner and the workers: stop claiming, finish in-flight work.
+/// A stop signal shared by the scanner and the workers, in two steps. [`ShutdownTrigger::trigger`]:
+/// stop claiming, finish the objects in flight, release claimed-but-unstarted jobs.
+/// [`ShutdownTrigger::abandon`] (at a deadline, or on a second signal): [`run`] drops the work
+/// in flight and hands its jobs back to the queue, so a process that must be gone by a deadline
+/// (Kubernetes' `terminationGracePeriodSeconds`) leaves nothing leased behind.
 #[derive(Clone)]
 pub struct Shutdown {
-    rx: watch::Receiver<bool>,
+    rx: watch::Receiver<Stop>,
+}
+
+/// The stop steps, in order: a later one implies the earlier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Stop {
+    Running,
+    Draining,
+    Abandoned,
 }
 
 /// The sending side of [`Shutdown`].
 pub struct ShutdownTrigger {
-    tx: watch::Sender<bool>,
+    tx: watch::Sender<Stop>,
 }
 
 impl Shutdown {
     pub fn new() -> (ShutdownTrigger, Shutdown) {
-        let (tx, rx) = watch::channel(false);
+        let (tx, rx) = watch::channel(Stop::Running);
         (ShutdownTrigger { tx }, Shutdown { rx })
     }
 
     /// A shutdown that never fires.
     pub fn never() -> Shutdown {
-        let (tx, rx) = watch::channel(false);
-        // Dropping the sender leaves the value false forever.
+        let (tx, rx) = watch::channel(Stop::Running);
+        // Dropping the sender leaves the value `Running` forever.
         drop(tx);
         Shutdown { rx }
     }
 
+    /// A stop was requested (graceful or abandoned).
     pub fn is_stopping(&self) -> bool {
-        *self.rx.borrow()
+        *self.rx.borrow() >= Stop::Draining
+    }
+
+    /// The work in flight is to be dropped, not finished.
+    pub fn is_abandoned(&self) -> bool {
+        *self.rx.borrow() == Stop::Abandoned
     }
 
     /// Resolves when the stop is requested (never, if the trigger is dropped unfired).
     pub async fn stopped(&self) {
+        self.reached(Stop::Draining).await
+    }
+
+    /// Resolves when the stop is abandoned (never, if the trigger is dropped before that).
+    pub async fn abandoned(&self) {
+        self.reached(Stop::Abandoned).await
+    }
+
+    async fn reached(&self, step: Stop) {
         let mut rx = self.rx.clone();
-        if rx.wait_for(|v| *v).await.is_err() {
+        if rx.wait_for(|v| *v >= step).await.is_err() {
             std::future::pending::<()>().await;
         }
     }
 }
 
 impl ShutdownTrigger {
+    /// Graceful stop: no new objects, the ones in flight finish.
     pub fn trigger(&self) {
-        let _ = self.tx.send(true);
+        self.advance(Stop::Draining);
+    }
+
+    /// Stop now: the objects in flight are dropped unfinished and their jobs released.
+    pub fn abandon(&self) {
+        self.advance(Stop::Abandoned);
+    }
+
+    fn advance(&self, step: Stop) {
+        self.tx.send_if_modified(|v| {
+            let later = step > *v;
+            if later {
+                *v = step;
+            }
+            later
+        });
+    }
+}
+
+/// Runs `work` unless the stop is abandoned first; then `None`, and `work` is dropped, which
+/// cancels it at its next `.await` (tasks it spawned into a `JoinSet` are aborted with it).
+pub async fn unless_abandoned<T>(
+    shutdown: &Shutdown,
+    work: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    tokio::select! {
+        biased;
+        () = shutdown.abandoned() => None,
+        r = work => Some(r),
     }
 }
 
 /// Scans, then works, as configured. Resumes from the state file.
+///
+/// On an abandoned stop the scan or work in flight is dropped: a scan page is committed with its
+/// checkpoint in one transaction, so no key is lost; every job this process holds goes back to
+/// `pending` ([`release_own_leases`]) for the next run. A write S3 had already received may
+/// still land: the next run then finds the object changed (a conflict, re-examined, never
+/// overwritten) and, being current, skips it. A multipart upload or copy in flight is not
+/// aborted (its abort path never runs): the bucket's AbortIncompleteMultipartUpload lifecycle
+/// rule removes its parts.
 pub async fn run(config: RekeyConfig, shutdown: Shutdown) -> Result<RunSummary, RekeyError> {
     let mut summary = RunSummary::default();
     if config.scan {
@@ -163,14 +232,21 @@ pub async fn run(config: RekeyConfig, shutdown: Shutdown) -> Result<RunSummary, 
             prefix: config.prefix.clone(),
             shard: config.shard.map(|s| (s.index, s.count)),
         };
-        let s = scan::scan(
-            &config.client,
-            &config.store,
-            &key,
-            &config.s3_limit,
+        let scanned = unless_abandoned(
             &shutdown,
+            scan::scan(
+                &config.client,
+                &config.store,
+                &key,
+                &config.s3_limit,
+                &shutdown,
+            ),
         )
-        .await?;
+        .await;
+        let Some(s) = scanned else {
+            return abandon(&config.store, summary).await;
+        };
+        let s = s?;
         tracing::info!(
             listed = s.listed,
             new = s.enqueued.inserted,
@@ -180,12 +256,114 @@ pub async fn run(config: RekeyConfig, shutdown: Shutdown) -> Result<RunSummary, 
         summary.scan = Some(s);
     }
     if config.work && !shutdown.is_stopping() {
-        summary.work = if config.dry_run {
-            worker::dry_run(&config, &shutdown).await?
-        } else {
-            worker::work(&config, &shutdown).await?
+        let work = async {
+            if config.dry_run {
+                worker::dry_run(&config, &shutdown).await
+            } else {
+                worker::work(&config, &shutdown).await
+            }
         };
+        let Some(w) = unless_abandoned(&shutdown, work).await else {
+            return abandon(&config.store, summary).await;
+        };
+        summary.work = w?;
     }
     summary.interrupted = shutdown.is_stopping();
     Ok(summary)
+}
+
+/// The end of an abandoned run: this process's jobs back to the queue.
+async fn abandon(store: &JobStore, mut summary: RunSummary) -> Result<RunSummary, RekeyError> {
+    let released = release_own_leases(store).await?;
+    tracing::warn!(
+        released,
+        "stop abandoned: the objects in flight were dropped, their jobs are back in the queue"
+    );
+    summary.interrupted = true;
+    summary.abandoned = Some(released);
+    Ok(summary)
+}
+
+/// Hands every job leased by this process back to `pending`, whatever its worker was doing.
+///
+/// The worker's lease owners are `host:pid:start` ([`worker`]), so `host:pid:` names this
+/// process's. Done twice: a claim that was already on its way to SQLite when the work was
+/// dropped may land just after the first pass. (Should one land later still, its lease lapses
+/// like a dead worker's.)
+pub async fn release_own_leases(store: &JobStore) -> Result<u64, RekeyError> {
+    let prefix = process_owner_prefix();
+    let mut released = store.release_owner_prefix(&prefix).await?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    released += store.release_owner_prefix(&prefix).await?;
+    Ok(released)
+}
+
+/// `host:pid:`, the start of the lease owner ids of this process. The host is read as the
+/// worker reads it: `HOSTNAME`, else /etc/hostname, else `localhost`.
+fn process_owner_prefix() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    format!("{host}:{}:", std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn stop_steps_only_move_forward() {
+        let (trigger, shutdown) = Shutdown::new();
+        assert!(!shutdown.is_stopping() && !shutdown.is_abandoned());
+        trigger.trigger();
+        assert!(shutdown.is_stopping() && !shutdown.is_abandoned());
+        shutdown.stopped().await;
+        trigger.abandon();
+        assert!(shutdown.is_stopping() && shutdown.is_abandoned());
+        // A late graceful request does not take the abandon back.
+        trigger.trigger();
+        assert!(shutdown.is_abandoned());
+        shutdown.abandoned().await;
+        // Abandoning without a graceful step first stops too.
+        let (trigger, shutdown) = Shutdown::new();
+        trigger.abandon();
+        assert!(shutdown.is_stopping());
+        shutdown.stopped().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unless_abandoned_drops_the_work_at_the_abandon() {
+        let (trigger, shutdown) = Shutdown::new();
+        assert_eq!(unless_abandoned(&shutdown, async { 7 }).await, Some(7));
+        trigger.trigger();
+        // A graceful stop lets the work finish.
+        let slow = tokio::time::sleep(Duration::from_secs(3600));
+        let abandon = async {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            trigger.abandon();
+        };
+        let t = tokio::time::Instant::now();
+        let (r, ()) = tokio::join!(unless_abandoned(&shutdown, slow), abandon);
+        assert_eq!(r, None);
+        assert_eq!(t.elapsed(), Duration::from_secs(5));
+        // Once abandoned, even ready work is not started.
+        assert_eq!(unless_abandoned(&shutdown, async { 7 }).await, None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn never_never_fires() {
+        let shutdown = Shutdown::never();
+        let r = tokio::time::timeout(Duration::from_secs(3600), shutdown.abandoned()).await;
+        assert!(r.is_err() && !shutdown.is_stopping());
+    }
+
+    #[test]
+    fn the_owner_prefix_is_host_and_pid() {
+        let p = process_owner_prefix();
+        let pid = format!(":{}:", std::process::id());
+        assert!(p.ends_with(&pid) && p.len() > pid.len(), "{p}");
+    }
 }

@@ -854,6 +854,25 @@ impl JobStore {
         Ok(done.rows_affected())
     }
 
+    /// Abandoned stop: hands every running job whose lease owner starts with `owner_prefix` (a
+    /// process's `host:pid:`, whatever ids its workers hold) back as `pending`, its attempt given
+    /// back like [`release`](Self::release). Matched as a plain prefix (no `LIKE` wildcards: a
+    /// host name may contain `_`). Returns how many.
+    pub async fn release_owner_prefix(&self, owner_prefix: &str) -> Result<u64, StoreError> {
+        if owner_prefix.is_empty() {
+            return Ok(0);
+        }
+        let done = sqlx::query(
+            "UPDATE jobs SET state = 'pending', attempts = max(attempts - 1, 0), \
+             lease_owner = NULL, lease_until = NULL, updated_at = unixepoch() \
+             WHERE state = 'running' AND substr(lease_owner, 1, length(?1)) = ?1",
+        )
+        .bind(owner_prefix)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
     /// Puts every `failed` (and, if `conflicts` is set, `conflict`) job back to `pending` with
     /// its attempts reset, for `rekey --retry-failed`. Returns how many.
     pub async fn retry_failed(&self, conflicts: bool) -> Result<u64, StoreError> {

@@ -473,6 +473,49 @@ async fn requeue_release_and_outcome_validation() {
 }
 
 #[tokio::test]
+async fn release_owner_prefix_frees_one_process_only() {
+    let (_dir, store) = store().await;
+    store
+        .enqueue_page(&scan(), &page(5, "\"e\""), "k000004")
+        .await
+        .unwrap();
+    // This process (two runs' owners), a process on another host with the same pid, and a
+    // pid that merely starts with ours.
+    let mine = store.claim("pod_a:7:111", 2, LEASE).await.unwrap();
+    let mine2 = store.claim("pod_a:7:222", 1, LEASE).await.unwrap();
+    let other_host = store.claim("pod_b:7:111", 1, LEASE).await.unwrap();
+    let other_pid = store.claim("pod_a:77:111", 1, LEASE).await.unwrap();
+    assert!(
+        store
+            .complete(mine[1].id, "pod_a:7:111", &done(Action::Skip, "x"))
+            .await
+            .unwrap()
+    );
+
+    // `_` is no wildcard: "pod%a" matches nothing.
+    assert_eq!(store.release_owner_prefix("pod%a:7:").await.unwrap(), 0);
+    assert_eq!(store.release_owner_prefix("pod_a:7:").await.unwrap(), 2);
+    for job in [&mine[0], &mine2[0]] {
+        let j = store.job(job.id).await.unwrap().unwrap();
+        assert_eq!(
+            (j.state, j.attempts, j.lease_owner),
+            (JobState::Pending, 0, None)
+        );
+    }
+    let finished = store.job(mine[1].id).await.unwrap().unwrap();
+    assert_eq!(
+        finished.state,
+        JobState::Done,
+        "finished jobs stay finished"
+    );
+    for job in [&other_host[0], &other_pid[0]] {
+        let j = store.job(job.id).await.unwrap().unwrap();
+        assert_eq!(j.state, JobState::Running, "{:?}", j.lease_owner);
+    }
+    assert_eq!(store.release_owner_prefix("").await.unwrap(), 0);
+}
+
+#[tokio::test]
 async fn counts_and_report() {
     let (_dir, store) = store().await;
     let objects: Vec<ListedObject> = (0..6)

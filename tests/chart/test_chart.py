@@ -76,6 +76,7 @@ REKEY_FLAGS_CONTRACT = {
     "--state", "--kms-key-id", "--aes-key-file", "--rsa-key-file", "--context", "--concurrency",
     "--dry-run", "--reencrypt", "--no-verify", "--s3-rps", "--kms-rps", "--shard", "--shards",
     "--metrics-addr", "--pushgateway", "--log-format", "--endpoint-url", "--path-style",
+    "--stop-timeout",
 }
 
 # --------------------------------------------------------------------------------------------
@@ -381,6 +382,31 @@ def test_service_account_carries_irsa_annotation():
     assert env["AWS_REGION"] == "eu-west-1"
 
 
+# s3cse's exit after the stop timeout: lease release, Pushgateway push (8 s after a stop), a last
+# scrape (5 s). The chart's guard and this test use the same margin.
+STOP_EXIT_MARGIN = 15
+
+
+@pytest.mark.parametrize("case", sorted(ALL_CASES))
+def test_stop_timeout_fits_the_grace_period(case):
+    objects = render(ALL_CASES[case])
+    pod = workload_job_spec(objects)["template"]["spec"]
+    stop = int(flag_value(rekey_container(objects)["args"], "--stop-timeout"))
+    assert pod["terminationGracePeriodSeconds"] >= stop + STOP_EXIT_MARGIN
+    if case.startswith("defaults-"):
+        assert (stop, pod["terminationGracePeriodSeconds"]) == (45, 60)
+
+
+def test_stop_timeout_and_grace_period_values():
+    objects = render({"mode": "cronjob", "rekey": {"stopTimeoutSeconds": 0},
+                      "terminationGracePeriodSeconds": 15})
+    assert flag_value(rekey_container(objects)["args"], "--stop-timeout") == "0"
+    assert workload_job_spec(objects)["template"]["spec"]["terminationGracePeriodSeconds"] == 15
+    # SIGKILL would come before s3cse has released its objects and flushed its metrics.
+    with pytest.raises(HelmError, match="terminationGracePeriodSeconds"):
+        render({"rekey": {"stopTimeoutSeconds": 50}, "terminationGracePeriodSeconds": 60})
+
+
 def test_template_guards():
     # A Secret's key names without the Secret.
     with pytest.raises(HelmError, match="existingSecret"):
@@ -417,6 +443,9 @@ BAD_VALUES = {
     "typo nested": {"metrics": {"podmonitor": {"enabled": True}}},
     "exit code out of range": {"job": {"failJobOnExitCodes": [256]}},
     "pushgateway not a URL": {"metrics": {"pushgateway": {"url": "pushgateway:9091"}}},
+    "stop timeout negative": {"rekey": {"stopTimeoutSeconds": -1}},
+    "stop timeout as string": {"rekey": {"stopTimeoutSeconds": "45"}},
+    "grace period 0": {"terminationGracePeriodSeconds": 0},
 }
 
 

@@ -5,7 +5,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+
+use s3cse::client::{GetOptions, PutRequest, S3Cse};
+use s3cse::keyring::{AesMasterKey, AwsKms, Keyring, KmsKeyring};
 
 /// The test bed's environment, or `None` (with a message) when it is not running.
 pub fn testbed() -> Option<()> {
@@ -113,4 +117,46 @@ pub fn data(n: usize, seed: u8) -> Vec<u8> {
             x as u8
         })
         .collect()
+}
+
+/// The AES-256 master key file of the vectors: the legacy key of [`put_v1`] objects.
+pub fn aes_key_file() -> PathBuf {
+    vectors().join("keys/aes256.hex")
+}
+
+/// Writes `data` with s3cse's legacy V1 writer (AES/ECB-wrapped key under [`aes_key_file`],
+/// CBC content): a legacy object for `rekey` to migrate.
+pub async fn put_v1(s3: &aws_sdk_s3::Client, bucket: &str, key: &str, data: &[u8]) {
+    let bytes = std::fs::read(aes_key_file()).expect("aes key");
+    let ring = Keyring::aes(AesMasterKey::from_file_bytes(&bytes).expect("aes key"));
+    let client = S3Cse::new(s3.clone(), ring.clone());
+    let enc = s3cse::codec::new_legacy_v1_encryption(&ring, Some(data.len() as u64)).expect("v1");
+    let req = PutRequest {
+        bucket: bucket.into(),
+        key: key.into(),
+        plaintext_len: Some(data.len() as u64),
+        ..PutRequest::default()
+    };
+    client
+        .put_encrypted(&req, enc, &mut &data[..])
+        .await
+        .expect("put v1");
+}
+
+/// Reads an object back with s3cse's strict policy: only V2/V3 `kms+context` under `key_id`
+/// decrypt, so this also proves the object was migrated.
+pub async fn get_strict(
+    s3: &aws_sdk_s3::Client,
+    kms: &aws_sdk_kms::Client,
+    key_id: &str,
+    bucket: &str,
+    key: &str,
+) -> Vec<u8> {
+    let ring = Keyring::kms(KmsKeyring::new(Arc::new(AwsKms::new(kms.clone())), key_id));
+    let mut out = Vec::new();
+    S3Cse::new(s3.clone(), ring)
+        .get_to(bucket, key, &GetOptions::default(), &mut out)
+        .await
+        .expect("strict get");
+    out
 }

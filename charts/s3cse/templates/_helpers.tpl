@@ -126,6 +126,11 @@ Checks the schema can't express (or can't word helpfully). Included by every wor
 {{- if and (include "s3cse.sharded" .) (eq .Values.sharding.state "singleNode") (not .Values.persistence.enabled) -}}
 {{- fail "sharding.state: singleNode shares the state PVC: set persistence.enabled" -}}
 {{- end -}}
+{{- /* After the stop timeout s3cse needs up to 15 s: release its leases (0.2 s), push to the
+       Pushgateway (at most 8 s after a stop), let a last scrape finish (at most 5 s). */}}
+{{- if lt (int .Values.terminationGracePeriodSeconds) (add (int .Values.rekey.stopTimeoutSeconds) 15) -}}
+{{- fail "terminationGracePeriodSeconds must be at least rekey.stopTimeoutSeconds + 15 (s3cse releases its objects and flushes its metrics after the stop timeout)" -}}
+{{- end -}}
 {{- end -}}
 
 {{/*
@@ -184,6 +189,8 @@ Arguments of `s3cse rekey`, one YAML list item per line. Keep flag names in step
 - --pushgateway
 - {{ . | quote }}
 {{- end }}
+- --stop-timeout
+- {{ int .Values.rekey.stopTimeoutSeconds | toString | quote }}
 - --log-format
 - {{ .Values.rekey.logFormat | quote }}
 {{- with .Values.aws.endpointUrl }}
@@ -254,6 +261,9 @@ metadata:
   {{- end }}
 spec:
   restartPolicy: Never
+  # SIGTERM -> rekey.stopTimeoutSeconds for the objects in flight -> release + metrics flush ->
+  # exit, all before SIGKILL.
+  terminationGracePeriodSeconds: {{ int .Values.terminationGracePeriodSeconds }}
   serviceAccountName: {{ include "s3cse.serviceAccountName" . }}
   automountServiceAccountToken: {{ .Values.automountServiceAccountToken }}
   {{- with .Values.priorityClassName }}

@@ -1,0 +1,248 @@
+//! `s3cse rekey --stop-timeout`: SIGTERM lets the objects in flight finish for at most that long,
+//! then abandons them: the process flushes its metrics and exits with every lease handed back,
+//! and the next run migrates what is left. Against the local test bed (`scripts/testbed.sh up`),
+//! through the real binary; without `S3CSE_TESTBED` each test says "skipped" and passes.
+//!
+//! Objects are slowed down with `--s3-rps`: each takes several S3 requests (HEAD, GET, PUT, the
+//! verifying GET), so at 2 requests per second four objects in flight need far longer than the
+//! stop timeout.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const OBJECTS: u8 = 12;
+
+fn object(i: u8) -> (String, Vec<u8>) {
+    (format!("obj/{i:02}"), data(2000 + usize::from(i) * 37, i))
+}
+
+/// A bucket of [`OBJECTS`] legacy V1 objects and a fresh target key.
+async fn seeded(tag: &str) -> (aws_sdk_s3::Client, aws_sdk_kms::Client, String, String) {
+    let (s3, kms) = (s3().await, kms().await);
+    let bucket = bucket(&s3, tag).await;
+    for i in 0..OBJECTS {
+        let (key, body) = object(i);
+        put_v1(&s3, &bucket, &key, &body).await;
+    }
+    let target = kms_key(&kms).await;
+    (s3, kms, bucket, target)
+}
+
+fn rekey_args<'a>(bucket_url: &'a str, state: &'a str, target: &'a str) -> Vec<String> {
+    let aes = aes_key_file().display().to_string();
+    [
+        "rekey",
+        bucket_url,
+        "--state",
+        state,
+        "--kms-key-id",
+        target,
+        "--aes-key-file",
+        aes.as_str(),
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+/// `status --json` of the state file, by state (`running`, `pending`, `done`, ...).
+fn counts(state: &str) -> Option<serde_json::Value> {
+    let o = run(bin().args(["status", "--state", state, "--json"]));
+    o.status.success().then_some(())?;
+    let st: serde_json::Value = serde_json::from_slice(&o.stdout).ok()?;
+    Some(st["by_state"].clone())
+}
+
+fn objects_in(by_state: &serde_json::Value, state: &str) -> u64 {
+    by_state[state]["objects"].as_u64().unwrap_or(0)
+}
+
+/// Waits until the run has claimed objects, so that a signal finds work in flight.
+fn wait_until_running(child: &mut Child, state: &str) {
+    let t = Instant::now();
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("rekey ended before any object was in flight: {status}");
+        }
+        if counts(state).is_some_and(|c| objects_in(&c, "running") > 0) {
+            return;
+        }
+        assert!(t.elapsed() < Duration::from_secs(60), "no object claimed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn signal(child: &Child, name: &str) {
+    let pid = child.id().to_string();
+    let o = run(Command::new("kill").args(["-s", name, &pid]));
+    assert_ok("kill", &o);
+}
+
+/// Waits for `child` to exit, at most `limit`; returns its status and how long it took.
+fn wait_exit(child: &mut Child, limit: Duration) -> (ExitStatus, Duration) {
+    let t = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return (status, t.elapsed());
+        }
+        if t.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("rekey still running {limit:?} after the stop signal");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn stderr_of(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// N of the exit message "stopped: N object(s) in flight abandoned ...".
+fn abandoned_count(stderr: &str) -> u64 {
+    let (_, rest) = stderr
+        .split_once("stopped: ")
+        .unwrap_or_else(|| panic!("no abandon message:\n{stderr}"));
+    rest.split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{stderr}"))
+}
+
+/// After an abandoned stop: nothing leased, nothing failed, and the objects not finished are
+/// pending again.
+fn assert_released(state: &str) -> u64 {
+    let c = counts(state).expect("status");
+    assert_eq!(objects_in(&c, "running"), 0, "every lease released: {c}");
+    assert_eq!(
+        objects_in(&c, "failed") + objects_in(&c, "conflict"),
+        0,
+        "{c}"
+    );
+    let pending = objects_in(&c, "pending");
+    assert!(pending > 0, "some objects were left for the next run: {c}");
+    assert_eq!(pending + objects_in(&c, "done"), u64::from(OBJECTS), "{c}");
+    pending
+}
+
+/// A second, unhurried run migrates everything; each object reads back strictly.
+async fn finish_and_check(
+    s3: &aws_sdk_s3::Client,
+    kms: &aws_sdk_kms::Client,
+    bucket: &str,
+    state: &str,
+    target: &str,
+) {
+    let url = format!("s3://{bucket}");
+    let o = run(bin().args(rekey_args(&url, state, target)));
+    assert_ok("second rekey", &o);
+    let c = counts(state).expect("status");
+    assert_eq!(objects_in(&c, "done"), u64::from(OBJECTS), "{c}");
+    for i in 0..OBJECTS {
+        let (key, body) = object(i);
+        assert!(
+            get_strict(s3, kms, target, bucket, &key).await == body,
+            "{key}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_abandons_objects_in_flight_at_the_stop_timeout() {
+    if testbed().is_none() {
+        return;
+    }
+    let (s3, kms, bucket, target) = seeded("stop-deadline").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state.db").display().to_string();
+    let textfile = dir.path().join("rekey.prom");
+    let log = dir.path().join("stderr.log");
+    let url = format!("s3://{bucket}");
+    const STOP_TIMEOUT: Duration = Duration::from_secs(2);
+    let mut child = bin()
+        .args(rekey_args(&url, &state, &target))
+        .args(["--concurrency", "4", "--s3-rps", "2", "--stop-timeout", "2"])
+        .arg("--metrics-textfile")
+        .arg(&textfile)
+        .env("S3CSE_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("spawn rekey");
+    wait_until_running(&mut child, &state);
+
+    signal(&child, "TERM");
+    let (status, took) = wait_exit(&mut child, STOP_TIMEOUT + Duration::from_secs(10));
+    let stderr = stderr_of(&log);
+    assert_eq!(status.code(), Some(1), "interrupted runs exit 1:\n{stderr}");
+    // It waited for the objects in flight, up to the timeout, and not much longer.
+    assert!(
+        took >= STOP_TIMEOUT - Duration::from_millis(100),
+        "{took:?}:\n{stderr}"
+    );
+    assert!(took < STOP_TIMEOUT + Duration::from_secs(5), "{took:?}");
+    assert!(stderr.contains("stop timeout: abandoning"), "{stderr}");
+    assert!(
+        abandoned_count(&stderr) >= 1,
+        "objects were in flight:\n{stderr}"
+    );
+    assert_released(&state);
+    // The metrics were flushed on the way out.
+    let prom = std::fs::read_to_string(&textfile).expect("metrics textfile written");
+    assert!(prom.contains("s3cse_s3_requests_total"), "{prom}");
+
+    finish_and_check(&s3, &kms, &bucket, &state, &target).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_signal_abandons_at_once() {
+    if testbed().is_none() {
+        return;
+    }
+    let (s3, kms, bucket, target) = seeded("stop-twice").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state.db").display().to_string();
+    let log = dir.path().join("stderr.log");
+    let url = format!("s3://{bucket}");
+    let mut child = bin()
+        .args(rekey_args(&url, &state, &target))
+        // A stop timeout far beyond the test's patience: only the second signal can end it.
+        .args([
+            "--concurrency",
+            "4",
+            "--s3-rps",
+            "1",
+            "--stop-timeout",
+            "600",
+        ])
+        .env("S3CSE_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("spawn rekey");
+    wait_until_running(&mut child, &state);
+
+    signal(&child, "TERM");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        child.try_wait().expect("wait").is_none(),
+        "the first signal waits for the objects in flight"
+    );
+    signal(&child, "INT");
+    let (status, took) = wait_exit(&mut child, Duration::from_secs(10));
+    let stderr = stderr_of(&log);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(took < Duration::from_secs(5), "{took:?}:\n{stderr}");
+    assert!(stderr.contains("second stop signal"), "{stderr}");
+    assert!(
+        abandoned_count(&stderr) >= 1,
+        "objects were in flight:\n{stderr}"
+    );
+    assert_released(&state);
+
+    finish_and_check(&s3, &kms, &bucket, &state, &target).await;
+}
