@@ -90,14 +90,11 @@ fn key_args(b: &Bed, source: &str) -> Vec<String> {
         "kms" => vec!["--kms-key-id".into(), b.key_id.clone()],
         "aes" => vec![
             "--aes-key-file".into(),
-            vectors().join("keys/aes256.hex").display().to_string(),
+            aes_key_file().display().to_string(),
         ],
         _ => vec![
             "--rsa-key-file".into(),
-            vectors()
-                .join("keys/rsa2048-private.pem")
-                .display()
-                .to_string(),
+            rsa_private_key_file().display().to_string(),
         ],
     }
 }
@@ -132,12 +129,7 @@ async fn round_trip_every_format_key_source_and_size() {
                 let key = format!("{source}/{format}/{n}");
                 let src = b.write("in", &pt);
                 let mut args = key_args(&b, source);
-                args.extend([
-                    "--format".into(),
-                    format.into(),
-                    "--part-size-mib".into(),
-                    "5".into(),
-                ]);
+                args.extend(strings(&["--format", format, "--part-size-mib", "5"]));
                 assert_ok(&key, &put(&b, &src, &key, &args));
                 let out = b.path("out");
                 assert_ok(&key, &get(&b, &key, &out, &key_args(&b, source)));
@@ -206,32 +198,12 @@ async fn ranged_reads_at_and_across_block_and_part_boundaries() {
     let mut objects = Vec::new();
     for format in ["v2", "v3"] {
         let mut args = key_args(&b, "kms");
-        args.extend([
-            "--format".into(),
-            format.into(),
-            "--part-size-mib".into(),
-            "5".into(),
-        ]);
+        args.extend(strings(&["--format", format, "--part-size-mib", "5"]));
         assert_ok(format, &put(&b, &src, format, &args));
         objects.push((format.to_owned(), key_args(&b, "kms")));
     }
     // A legacy V1 CBC object through the library's legacy writer.
-    let aes = AesMasterKey::from_file_bytes(
-        &std::fs::read(vectors().join("keys/aes256.hex")).expect("key"),
-    )
-    .expect("aes");
-    let client = S3Cse::new(b.s3.clone(), Keyring::aes(aes));
-    let enc = codec::new_legacy_v1_encryption(client.keyring(), Some(n as u64)).expect("legacy");
-    let req = PutRequest {
-        bucket: b.bucket.clone(),
-        key: "v1".into(),
-        plaintext_len: Some(n as u64),
-        ..Default::default()
-    };
-    client
-        .put_encrypted(&req, enc, &mut &pt[..])
-        .await
-        .expect("put v1");
+    put_v1(&b.s3, &b.bucket, "v1", &pt).await;
     objects.push(("v1".into(), key_args(&b, "aes")));
     let part = 5 << 20;
     let ranges: Vec<(u64, u64)> = vec![
@@ -250,11 +222,11 @@ async fn ranged_reads_at_and_across_block_and_part_boundaries() {
         for &(a, z) in &ranges {
             let out = b.path("range");
             let mut args = keys.clone();
-            args.extend([
-                "--allow-legacy".into(),
-                "--range".into(),
-                format!("bytes={a}-{z}"),
-            ]);
+            args.extend(strings(&[
+                "--allow-legacy",
+                "--range",
+                &format!("bytes={a}-{z}"),
+            ]));
             assert_ok(&format!("{key} {a}-{z}"), &get(&b, key, &out, &args));
             let want = &pt[a as usize..=(z as usize).min(n - 1)];
             assert!(
@@ -265,11 +237,7 @@ async fn ranged_reads_at_and_across_block_and_part_boundaries() {
         // Suffix range.
         let out = b.path("suffix");
         let mut args = keys.clone();
-        args.extend([
-            "--allow-legacy".into(),
-            "--range".into(),
-            "bytes=-33".into(),
-        ]);
+        args.extend(strings(&["--allow-legacy", "--range", "bytes=-33"]));
         assert_ok(key, &get(&b, key, &out, &args));
         assert!(
             std::fs::read(&out).expect("out") == pt[n - 33..],
@@ -279,7 +247,7 @@ async fn ranged_reads_at_and_across_block_and_part_boundaries() {
     // Ranges are unauthenticated: refused without the opt-in.
     let out = b.path("refused");
     let mut args = key_args(&b, "kms");
-    args.extend(["--range".into(), "bytes=0-10".into()]);
+    args.extend(strings(&["--range", "bytes=0-10"]));
     let o = get(&b, "v2", &out, &args);
     assert_eq!(o.status.code(), Some(1));
     assert!(
@@ -331,14 +299,14 @@ async fn refusals_leave_no_output() {
     let pt = data(3000, 1);
     let src = b.write("in", &pt);
     let mut args = key_args(&b, "kms");
-    args.extend(["--context".into(), "team=ops".into()]);
+    args.extend(strings(&["--context", "team=ops"]));
     assert_ok("put", &put(&b, &src, "ctx", &args));
     // The right context reads; another context is refused.
     let out = b.path("ok");
     assert_ok("get", &get(&b, "ctx", &out, &args));
     let out = b.path("ctx.out");
     let mut wrong = key_args(&b, "kms");
-    wrong.extend(["--context".into(), "team=dev".into()]);
+    wrong.extend(strings(&["--context", "team=dev"]));
     let o = get(&b, "ctx", &out, &wrong);
     assert_eq!(o.status.code(), Some(1));
     assert!(
@@ -404,12 +372,12 @@ async fn inspect_needs_no_key() {
     };
     let src = b.write("in", b"abc");
     let mut args = key_args(&b, "kms");
-    args.extend([
-        "--context".into(),
-        "team=ops".into(),
-        "--content-type".into(),
-        "text/plain".into(),
-    ]);
+    args.extend(strings(&[
+        "--context",
+        "team=ops",
+        "--content-type",
+        "text/plain",
+    ]));
     assert_ok("put", &put(&b, &src, "k", &args));
     let o = run(bin().args(["inspect", "--json"]).arg(b.url("k")));
     assert_ok("inspect", &o);
@@ -428,86 +396,57 @@ async fn peer_written_objects_read_back() {
     let Some(b) = bed("peers-in").await else {
         return;
     };
-    let aes = vectors().join("keys/aes256.hex").display().to_string();
-    let rsa_priv = vectors()
-        .join("keys/rsa2048-private.pem")
-        .display()
-        .to_string();
+    let aes = aes_key_file().display().to_string();
+    let rsa = rsa_private_key_file().display().to_string();
+    let kms = b.key_id.as_str();
+    // (peer, its put arguments, the key source s3cse reads it with)
+    let cases: [(&str, Vec<&str>, &str); 6] = [
+        (
+            "aioboto3",
+            vec!["--kind", "kms", "--kms-key-id", kms],
+            "kms",
+        ),
+        (
+            "aioboto3",
+            vec!["--kind", "kms", "--cbc", "--kms-key-id", kms],
+            "kms",
+        ),
+        (
+            "aioboto3",
+            vec!["--kind", "symmetric", "--aes-key-file", &aes],
+            "aes",
+        ),
+        (
+            "aioboto3",
+            vec!["--kind", "asymmetric", "--rsa-key-file", &rsa],
+            "rsa",
+        ),
+        (
+            "awsclient",
+            vec!["--format", "v2", "--kms-key-id", kms],
+            "kms",
+        ),
+        (
+            "awsclient",
+            vec![
+                "--format",
+                "v3",
+                "--kms-key-id",
+                kms,
+                "--context",
+                "team=ops",
+            ],
+            "kms",
+        ),
+    ];
     for n in [0usize, 17, 70_000] {
         let pt = data(n, 5);
-        let src = b.write("in", &pt).display().to_string();
-        let cases: Vec<(&str, Vec<String>, Vec<String>)> = vec![
-            (
-                "aioboto3",
-                vec![
-                    "--kind".into(),
-                    "kms".into(),
-                    "--kms-key-id".into(),
-                    b.key_id.clone(),
-                ],
-                key_args(&b, "kms"),
-            ),
-            (
-                "aioboto3",
-                vec![
-                    "--kind".into(),
-                    "kms".into(),
-                    "--cbc".into(),
-                    "--kms-key-id".into(),
-                    b.key_id.clone(),
-                ],
-                key_args(&b, "kms"),
-            ),
-            (
-                "aioboto3",
-                vec![
-                    "--kind".into(),
-                    "symmetric".into(),
-                    "--aes-key-file".into(),
-                    aes.clone(),
-                ],
-                key_args(&b, "aes"),
-            ),
-            (
-                "aioboto3",
-                vec![
-                    "--kind".into(),
-                    "asymmetric".into(),
-                    "--rsa-key-file".into(),
-                    rsa_priv.clone(),
-                ],
-                key_args(&b, "rsa"),
-            ),
-            (
-                "awsclient",
-                vec![
-                    "--format".into(),
-                    "v2".into(),
-                    "--kms-key-id".into(),
-                    b.key_id.clone(),
-                ],
-                key_args(&b, "kms"),
-            ),
-            (
-                "awsclient",
-                vec![
-                    "--format".into(),
-                    "v3".into(),
-                    "--kms-key-id".into(),
-                    b.key_id.clone(),
-                    "--context".into(),
-                    "team=ops".into(),
-                ],
-                key_args(&b, "kms"),
-            ),
-        ];
-        for (i, (peer_name, peer_args, our_keys)) in cases.into_iter().enumerate() {
+        let src = b.write("in", &pt);
+        for (i, (peer_name, peer_args, source)) in cases.iter().enumerate() {
             let key = format!("{peer_name}-{i}-{n}");
-            let mut args = vec!["put", "--bucket", &b.bucket, "--key", &key, "--input", &src];
-            args.extend(peer_args.iter().map(String::as_str));
-            assert_ok(&key, &peer(peer_name, &args));
+            assert_ok(&key, &peer_put(peer_name, &b.bucket, &key, &src, peer_args));
             let out = b.path("out");
-            let mut ours = our_keys.clone();
+            let mut ours = key_args(&b, source);
             ours.push("--allow-legacy".into());
             assert_ok(&key, &get(&b, &key, &out, &ours));
             assert!(
@@ -531,40 +470,26 @@ async fn s3cse_written_objects_read_by_peers() {
         for format in ["v2", "v3"] {
             let key = format!("{format}-{n}");
             let mut args = key_args(&b, "kms");
-            args.extend(
-                [
-                    "--format",
-                    format,
-                    "--context",
-                    "team=ops",
-                    "--content-type",
-                    "application/x-test",
-                    "--metadata",
-                    "owner=qa",
-                    "--part-size-mib",
-                    "5",
-                ]
-                .map(String::from),
-            );
-            assert_ok(&key, &put(&b, &src, &key, &args));
-            let out = b.path("peer.out").display().to_string();
-            let mut pargs = vec![
-                "get",
-                "--bucket",
-                &b.bucket,
-                "--key",
-                &key,
-                "--output",
-                &out,
-                "--kms-key-id",
-                &b.key_id,
+            args.extend(strings(&[
+                "--format",
+                format,
                 "--context",
                 "team=ops",
-            ];
+                "--content-type",
+                "application/x-test",
+                "--metadata",
+                "owner=qa",
+                "--part-size-mib",
+                "5",
+            ]));
+            assert_ok(&key, &put(&b, &src, &key, &args));
+            let out = b.path("peer.out");
+            let mut pargs = vec!["--kms-key-id", &b.key_id, "--context", "team=ops"];
             if format == "v3" {
                 pargs.push("--strict");
             }
-            assert_ok(&format!("awsclient get {key}"), &peer("awsclient", &pargs));
+            let got = peer_get("awsclient", &b.bucket, &key, &out, &pargs);
+            assert_ok(&format!("awsclient get {key}"), &got);
             assert!(
                 std::fs::read(&out).expect("out") == pt,
                 "{key}: AWS client read different bytes"
@@ -575,23 +500,9 @@ async fn s3cse_written_objects_read_by_peers() {
             assert_eq!(h["content_type"], "application/x-test", "{key}");
             assert_eq!(h["metadata"]["owner"], "qa", "{key}");
             if format == "v2" && n < 1 << 20 {
-                let aout = b.path("aio.out").display().to_string();
-                let a = peer(
-                    "aioboto3",
-                    &[
-                        "get",
-                        "--bucket",
-                        &b.bucket,
-                        "--key",
-                        &key,
-                        "--output",
-                        &aout,
-                        "--kind",
-                        "kms",
-                        "--kms-key-id",
-                        &b.key_id,
-                    ],
-                );
+                let aout = b.path("aio.out");
+                let kms = ["--kind", "kms", "--kms-key-id", &b.key_id];
+                let a = peer_get("aioboto3", &b.bucket, &key, &aout, &kms);
                 assert_ok(&format!("aioboto3 get {key}"), &a);
                 assert!(
                     std::fs::read(&aout).expect("out") == pt,

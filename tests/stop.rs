@@ -76,6 +76,19 @@ fn wait_until_running(child: &mut Child, state: &str) {
     }
 }
 
+/// Starts `rekey` on `bucket` with `extra` options, its stderr (info logs) in `log`.
+fn spawn_rekey(bucket: &str, state: &str, target: &str, extra: &[&str], log: &Path) -> Child {
+    let url = format!("s3://{bucket}");
+    bin()
+        .args(rekey_args(&url, state, target))
+        .args(extra)
+        .env("S3CSE_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).expect("log"))
+        .spawn()
+        .expect("spawn rekey")
+}
+
 fn signal(child: &Child, name: &str) {
     let pid = child.id().to_string();
     let o = run(Command::new("kill").args(["-s", name, &pid]));
@@ -159,20 +172,12 @@ async fn sigterm_abandons_objects_in_flight_at_the_stop_timeout() {
     let (s3, kms, bucket, target) = seeded("stop-deadline").await;
     let dir = tempfile::tempdir().expect("tempdir");
     let state = dir.path().join("state.db").display().to_string();
-    let textfile = dir.path().join("rekey.prom");
+    let textfile = dir.path().join("rekey.prom").display().to_string();
     let log = dir.path().join("stderr.log");
-    let url = format!("s3://{bucket}");
     const STOP_TIMEOUT: Duration = Duration::from_secs(2);
-    let mut child = bin()
-        .args(rekey_args(&url, &state, &target))
-        .args(["--concurrency", "4", "--s3-rps", "2", "--stop-timeout", "2"])
-        .arg("--metrics-textfile")
-        .arg(&textfile)
-        .env("S3CSE_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("log"))
-        .spawn()
-        .expect("spawn rekey");
+    let slow = ["--concurrency", "4", "--s3-rps", "2", "--stop-timeout", "2"];
+    let extra = [&slow[..], &["--metrics-textfile", &textfile]].concat();
+    let mut child = spawn_rekey(&bucket, &state, &target, &extra, &log);
     wait_until_running(&mut child, &state);
 
     signal(&child, "TERM");
@@ -207,23 +212,16 @@ async fn a_second_signal_abandons_at_once() {
     let dir = tempfile::tempdir().expect("tempdir");
     let state = dir.path().join("state.db").display().to_string();
     let log = dir.path().join("stderr.log");
-    let url = format!("s3://{bucket}");
-    let mut child = bin()
-        .args(rekey_args(&url, &state, &target))
-        // A stop timeout far beyond the test's patience: only the second signal can end it.
-        .args([
-            "--concurrency",
-            "4",
-            "--s3-rps",
-            "1",
-            "--stop-timeout",
-            "600",
-        ])
-        .env("S3CSE_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("log"))
-        .spawn()
-        .expect("spawn rekey");
+    // A stop timeout far beyond the test's patience: only the second signal can end it.
+    let slow = [
+        "--concurrency",
+        "4",
+        "--s3-rps",
+        "1",
+        "--stop-timeout",
+        "600",
+    ];
+    let mut child = spawn_rekey(&bucket, &state, &target, &slow, &log);
     wait_until_running(&mut child, &state);
 
     signal(&child, "TERM");

@@ -92,6 +92,35 @@ pub fn peer(which: &str, args: &[&str]) -> Output {
         .expect("spawn peer")
 }
 
+/// `peer WHICH put --bucket B --key K --input FILE EXTRA...`: a peer encrypts `input` into S3.
+pub fn peer_put(which: &str, bucket: &str, key: &str, input: &Path, extra: &[&str]) -> Output {
+    peer_object(which, "put", bucket, key, ("--input", input), extra)
+}
+
+/// `peer WHICH get --bucket B --key K --output FILE EXTRA...`: a peer decrypts an object.
+pub fn peer_get(which: &str, bucket: &str, key: &str, output: &Path, extra: &[&str]) -> Output {
+    peer_object(which, "get", bucket, key, ("--output", output), extra)
+}
+
+fn peer_object(
+    which: &str,
+    op: &str,
+    bucket: &str,
+    key: &str,
+    (file_flag, file): (&str, &Path),
+    extra: &[&str],
+) -> Output {
+    let file = file.display().to_string();
+    let mut args = vec![op, "--bucket", bucket, "--key", key, file_flag, &file];
+    args.extend_from_slice(extra);
+    peer(which, &args)
+}
+
+/// Owned arguments from string literals: `strings(&["--format", "v3"])`.
+pub fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|a| (*a).to_owned()).collect()
+}
+
 pub fn assert_ok(what: &str, out: &Output) {
     assert!(
         out.status.success(),
@@ -122,6 +151,11 @@ pub fn data(n: usize, seed: u8) -> Vec<u8> {
 /// The AES-256 master key file of the vectors: the legacy key of [`put_v1`] objects.
 pub fn aes_key_file() -> PathBuf {
     vectors().join("keys/aes256.hex")
+}
+
+/// The RSA-2048 private key (PEM) of the vectors.
+pub fn rsa_private_key_file() -> PathBuf {
+    vectors().join("keys/rsa2048-private.pem")
 }
 
 /// Writes `data` with s3cse's legacy V1 writer (AES/ECB-wrapped key under [`aes_key_file`],

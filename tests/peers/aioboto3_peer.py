@@ -24,42 +24,21 @@ Exit 0 on success; on failure a one-line message on stderr and exit 1 (2 for usa
 """
 import argparse
 import asyncio
-import os
 import sys
 
 from aioboto3.s3.cse import S3CSE, AsymmetricCryptoContext, KMSCryptoContext, SymmetricCryptoContext
-from botocore.config import Config
 from cryptography.hazmat.primitives import serialization
 
+from peer_common import client_kwargs, kv_pairs, run_op
+
 PROG = "aioboto3_peer"
-
-
-def client_args(service):
-    """aioboto3's S3CSE takes separate client kwargs for S3 and for KMS, so each gets its endpoint."""
-    args = {"region_name": os.environ.get("AWS_REGION", "us-east-1")}
-    url = os.environ.get("AWS_ENDPOINT_URL_" + service.upper())
-    if url:
-        args["endpoint_url"] = url
-    if service == "s3":
-        args["config"] = Config(s3={"addressing_style": "path"})
-    return args
-
-
-def kv_pairs(items):
-    out = {}
-    for item in items or []:
-        if "=" not in item:
-            raise SystemExit(f"{PROG}: error: expected k=v, got {item!r}")
-        k, v = item.split("=", 1)
-        out[k] = v
-    return out
 
 
 def crypto_context(a, op):
     if a.kind == "kms":
         if op == "put" and not a.kms_key_id:
             raise SystemExit(f"{PROG}: error: put --kind kms needs --kms-key-id")
-        return KMSCryptoContext(keyid=a.kms_key_id, kms_client_args=client_args("kms"),
+        return KMSCryptoContext(keyid=a.kms_key_id, kms_client_args=client_kwargs("kms"),
                                 authenticated_encryption=not a.cbc)
     if a.kind == "symmetric":
         if not a.aes_key_file:
@@ -80,14 +59,15 @@ def crypto_context(a, op):
 async def run(a):
     # Built inside the running loop: the raw-key contexts grab the current event loop.
     ctx = crypto_context(a, a.op)
-    async with S3CSE(crypto_context=ctx, s3_client_args=client_args("s3")) as c:
+    # S3CSE takes separate client kwargs for S3 and for KMS, so each gets its own endpoint.
+    async with S3CSE(crypto_context=ctx, s3_client_args=client_kwargs("s3")) as c:
         if a.op == "put":
             body = open(a.input, "rb").read()
             kw = {}
             if a.content_type:
                 kw["ContentType"] = a.content_type
             await c.put_object(Body=body, Bucket=a.bucket, Key=a.key,
-                               Metadata=kv_pairs(a.metadata) or None, **kw)
+                               Metadata=kv_pairs(PROG, a.metadata) or None, **kw)
         else:
             kw = {"Range": a.range} if a.range else {}
             resp = await c.get_object(Bucket=a.bucket, Key=a.key, **kw)
@@ -120,14 +100,7 @@ def parse(argv):
 
 def main(argv=None):
     a = parse(argv)
-    try:
-        asyncio.run(run(a))
-    except SystemExit:
-        raise
-    except Exception as e:
-        print(f"{PROG}: {a.op} s3://{a.bucket}/{a.key} failed: {type(e).__name__}: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return run_op(PROG, a, lambda: asyncio.run(run(a)))
 
 
 if __name__ == "__main__":

@@ -23,36 +23,20 @@ Exit 0 on success; on failure a one-line message on stderr and exit 1 (2 for usa
 """
 import argparse
 import json
-import os
 import sys
 
 import boto3
-from botocore.config import Config
 from s3_encryption import S3EncryptionClient, S3EncryptionClientConfig
 from s3_encryption.materials.kms_keyring import KmsKeyring
 from s3_encryption.materials.materials import AlgorithmSuite, CommitmentPolicy
+
+from peer_common import client_kwargs, kv_pairs, run_op
 
 PROG = "awsclient_peer"
 
 
 def client(service):
-    kw = {"region_name": os.environ.get("AWS_REGION", "us-east-1")}
-    url = os.environ.get("AWS_ENDPOINT_URL_" + service.upper())
-    if url:
-        kw["endpoint_url"] = url
-    if service == "s3":
-        kw["config"] = Config(s3={"addressing_style": "path"})
-    return boto3.client(service, **kw)
-
-
-def kv_pairs(items):
-    out = {}
-    for item in items or []:
-        if "=" not in item:
-            raise SystemExit(f"{PROG}: error: expected k=v, got {item!r}")
-        k, v = item.split("=", 1)
-        out[k] = v
-    return out
+    return boto3.client(service, **client_kwargs(service))
 
 
 def put(a):
@@ -64,15 +48,15 @@ def put(a):
     else:
         cfg = S3EncryptionClientConfig(keyring=keyring)
     kw = {}
-    ctx = kv_pairs(a.context)
+    ctx = kv_pairs(PROG, a.context)
     if ctx:
         kw["EncryptionContext"] = ctx
     if a.content_type:
         kw["ContentType"] = a.content_type
-    md = kv_pairs(a.metadata)
+    md = kv_pairs(PROG, a.metadata)
     if md:
         kw["Metadata"] = md
-    tags = kv_pairs(a.tag)
+    tags = kv_pairs(PROG, a.tag)
     if tags:
         from urllib.parse import urlencode
         kw["Tagging"] = urlencode(tags)
@@ -87,7 +71,7 @@ def get(a):
     cfg = S3EncryptionClientConfig(keyring=keyring, commitment_policy=policy,
                                    enable_legacy_unauthenticated_modes=a.allow_legacy)
     kw = {}
-    ctx = kv_pairs(a.context)
+    ctx = kv_pairs(PROG, a.context)
     if ctx:
         kw["EncryptionContext"] = ctx
     resp = S3EncryptionClient(client("s3"), cfg).get_object(Bucket=a.bucket, Key=a.key, **kw)
@@ -132,15 +116,7 @@ def parse(argv):
 
 def main(argv=None):
     a = parse(argv)
-    try:
-        {"put": put, "get": get, "head": head}[a.op](a)
-    except SystemExit:
-        raise
-    except Exception as e:
-        msg = str(e).replace("\n", " ")
-        print(f"{PROG}: {a.op} s3://{a.bucket}/{a.key} failed: {type(e).__name__}: {msg}", file=sys.stderr)
-        return 1
-    return 0
+    return run_op(PROG, a, lambda: {"put": put, "get": get, "head": head}[a.op](a))
 
 
 if __name__ == "__main__":

@@ -7,19 +7,16 @@
 """
 import argparse
 import json
-import os
 import sys
 
 import boto3
-from botocore.config import Config
+
+from peer_common import client_kwargs
 
 
 def client(service):
-    kw = {"region_name": os.environ.get("AWS_REGION", "us-east-1"),
-          "endpoint_url": os.environ["AWS_ENDPOINT_URL_" + service.upper()]}
-    if service == "s3":
-        kw["config"] = Config(s3={"addressing_style": "path"})
-    return boto3.client(service, **kw)
+    # Never AWS itself: this script creates buckets and keys.
+    return boto3.client(service, **client_kwargs(service, require_endpoint=True))
 
 
 def main(argv=None):
