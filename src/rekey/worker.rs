@@ -820,7 +820,7 @@ async fn rewrite(
         location: Location::ObjectMetadata,
     };
     let decryptor = ObjectDecryptor::new(env, &src_key)?;
-    let mut reader = DecryptReader::new(body.into_async_read(), decryptor);
+    let mut reader = DecryptReader::new(body.into_async_read(), decryptor, head.content_length);
     let req = PutRequest {
         bucket: head.bucket.clone(),
         key: head.key.clone(),
@@ -885,10 +885,12 @@ async fn body_of(
 /// plaintext is dropped as it goes.
 async fn authenticate(
     body: ByteStream,
+    len: u64,
     env: &Envelope,
     cek: &SecretBytes,
 ) -> Result<String, ObjError> {
-    let mut reader = DecryptReader::new(body.into_async_read(), ObjectDecryptor::new(env, cek)?);
+    let dec = ObjectDecryptor::new(env, cek)?;
+    let mut reader = DecryptReader::new(body.into_async_read(), dec, len);
     let r = tokio::io::copy(&mut reader, &mut tokio::io::sink()).await;
     if reader.auth_failed {
         return Err(CodecError::DecryptionFailed.into());
@@ -933,7 +935,13 @@ async fn rewrap(
         // The key is in hand: authenticate the body before vouching for it under the new
         // key, so a tampered object fails (untouched) instead of being rewrapped.
         let cek = source_key(c, env).await?;
-        let sha = authenticate(body_of(c, head, body).await?, env, &cek).await?;
+        let sha = authenticate(
+            body_of(c, head, body).await?,
+            head.content_length,
+            env,
+            &cek,
+        )
+        .await?;
         (
             c.kms.encrypt(&c.target.key_id, &cek, &ec).await?,
             Some(cek),
@@ -1074,10 +1082,11 @@ async fn verify_read(
     let out = c.client.observe("GetObject", bucket, key, t, r)?;
     check_envelope(&normalize_metadata(out.metadata()), written)?;
     let mut dec = ObjectDecryptor::new(written, cek)?;
+    let cap = buffer_len(out.content_length().unwrap_or(0).max(0) as u64).min(codec::CHUNK);
     let mut body = out.body.into_async_read();
     let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; codec::CHUNK];
-    let mut plain = Vec::with_capacity(codec::CHUNK + 32);
+    let mut buf = vec![0u8; cap];
+    let mut plain = Vec::with_capacity(cap + 32);
     loop {
         let n = body.read(&mut buf).await.map_err(ClientError::Io)?;
         plain.clear();
@@ -1108,6 +1117,13 @@ fn check_envelope(meta: &Metadata, written: &Envelope) -> Result<(), ObjError> {
     }
 }
 
+/// A read buffer for a body of `len` bytes: its size plus slack, between 8 and 256 KiB.
+fn buffer_len(len: u64) -> usize {
+    usize::try_from(len.saturating_add(64))
+        .unwrap_or(usize::MAX)
+        .clamp(8 << 10, 256 << 10)
+}
+
 /// Decrypts the source body as the uploader reads it, hashing the plaintext. At EOF the
 /// decryptor's `finish` (padding / tag / length check) runs; if it fails the read fails, so the
 /// upload never completes (PutObject is not sent; a multipart upload is not completed).
@@ -1124,13 +1140,16 @@ pub struct DecryptReader<R> {
 }
 
 impl<R: AsyncRead + Unpin> DecryptReader<R> {
-    pub fn new(inner: R, dec: ObjectDecryptor) -> Self {
+    /// `len_hint`: the source's stored size. Buffers are sized for it (up to 256 KiB), so a
+    /// small object does not pay for zeroing and mapping a large buffer.
+    pub fn new(inner: R, dec: ObjectDecryptor, len_hint: u64) -> Self {
+        let cap = buffer_len(len_hint);
         Self {
             inner,
             dec: Some(dec),
             hasher: Sha256::new(),
-            inbuf: vec![0u8; 256 << 10],
-            out: Vec::with_capacity((256 << 10) + 32),
+            inbuf: vec![0u8; cap],
+            out: Vec::with_capacity(cap + 32),
             pos: 0,
             eof: false,
             auth_failed: false,
@@ -1288,7 +1307,8 @@ mod tests {
             plaintext_length: None,
             location: Location::ObjectMetadata,
         };
-        let mut good = DecryptReader::new(&ct[..], ObjectDecryptor::new(&env, &key).expect("dec"));
+        let dec = ObjectDecryptor::new(&env, &key).expect("dec");
+        let mut good = DecryptReader::new(&ct[..], dec, ct.len() as u64);
         let mut out = Vec::new();
         good.read_to_end(&mut out).await.expect("read");
         assert_eq!(out, b"hello world, this is a test");
@@ -1298,8 +1318,11 @@ mod tests {
         );
         let mut bad_ct = ct.clone();
         bad_ct[3] ^= 1;
-        let mut bad =
-            DecryptReader::new(&bad_ct[..], ObjectDecryptor::new(&env, &key).expect("dec"));
+        let mut bad = DecryptReader::new(
+            &bad_ct[..],
+            ObjectDecryptor::new(&env, &key).expect("dec"),
+            1,
+        );
         assert!(bad.read_to_end(&mut Vec::new()).await.is_err());
         assert!(bad.auth_failed);
     }
