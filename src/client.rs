@@ -8,8 +8,18 @@
 //!   above it (the GCM tag ends the last part), parts held as `Bytes` so the SDK can retry them.
 //! - [`S3Cse::inspect`]: HEAD only (plus the instruction file if needed); no key material.
 //!
-//! Memory is bounded by `part_size * (upload_concurrency + 1)` plus the spool's in-memory part,
-//! whatever the object size.
+//! # Memory
+//! Whatever the object size, one upload holds at most `upload_concurrency + 1` part buffers (one
+//! being filled, the others uploading), each allocated once with its final size (a whole small
+//! object's ciphertext, or `part_size` + a few bytes): `part_size * (upload_concurrency + 1)`.
+//! All uploads of one client (and its clones) also share one [`BufferBudget`]
+//! ([`DEFAULT_BUFFER_BUDGET`], 64 MiB, unless [`S3Cse::with_buffer_budget`]): the part buffers
+//! of every upload in flight add up to at most the budget, so `rekey --concurrency N` with N
+//! large objects does not take N times as much. Outside the budget, each upload in progress
+//! has one read buffer of at most [`codec::CHUNK`] (less for small objects of known size), and a
+//! GET its spool's in-memory part.
+
+mod budget;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,15 +27,18 @@ use std::time::{Duration, Instant};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart};
-use bytes::{Bytes, BytesMut};
-use futures::stream::{FuturesUnordered, StreamExt};
+use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::task::JoinSet;
 
 use crate::codec::{self, CodecError, DecryptPolicy, NewEncryption, WriteFormat};
 use crate::consts::{GCM_TAG_LEN, INSTRUCTION_SUFFIX, USER_META_PREFIX};
 use crate::content::{self, ContentError};
 use crate::envelope::{self, ContentAlg, Context, Detected, Envelope, Metadata};
 use crate::keyring::Keyring;
+
+pub use budget::{BufferBudget, DEFAULT_BUFFER_BUDGET};
+use budget::{HeldBudget, PartBuffer};
 
 /// Smallest S3 part (except the last).
 pub const MIN_PART_SIZE: usize = 5 << 20;
@@ -376,6 +389,9 @@ pub struct S3Cse {
     policy: DecryptPolicy,
     part_size: usize,
     upload_concurrency: usize,
+    /// Shared by every upload of this client and its clones: bounds the part buffers of all
+    /// uploads in flight together, not just of one.
+    budget: BufferBudget,
     observer: Option<RequestObserver>,
 }
 
@@ -387,6 +403,7 @@ impl S3Cse {
             policy: DecryptPolicy::default(),
             part_size: DEFAULT_PART_SIZE,
             upload_concurrency: 4,
+            budget: BufferBudget::new(DEFAULT_BUFFER_BUDGET),
             observer: None,
         }
     }
@@ -403,10 +420,32 @@ impl S3Cse {
         self
     }
 
-    /// Parts uploaded at once: memory is `part_size * (n + 1)`.
+    /// Parts of one upload in flight at once: one upload's buffers take at most
+    /// `part_size * (n + 1)`, within the client's [`BufferBudget`].
     pub fn with_upload_concurrency(mut self, n: usize) -> Self {
         self.upload_concurrency = n.max(1);
         self
+    }
+
+    /// A budget of `bytes` for the part buffers of all uploads of this client together (a new
+    /// one, shared by the clones made from here on). Uploads wait for room in it before filling
+    /// a buffer; a budget under `part_size` still lets one part through at a time.
+    pub fn with_buffer_budget(mut self, bytes: u64) -> Self {
+        self.budget = BufferBudget::new(bytes);
+        self
+    }
+
+    /// The budget of this client's part buffers.
+    pub fn buffer_budget(&self) -> &BufferBudget {
+        &self.budget
+    }
+
+    /// The most part-buffer memory one upload of at most 10,000 parts of `part_size` can hold:
+    /// `upload_concurrency + 1` buffers of `part_size` plus [`PART_SLACK`] (as the budget counts
+    /// them, in whole KiB). A budget of at least this never holds a single upload back.
+    pub fn upload_buffer_bytes(&self) -> u64 {
+        let buffer = ((self.part_size + PART_SLACK) as u64).next_multiple_of(1 << 10);
+        buffer * (self.upload_concurrency as u64 + 1)
     }
 
     pub fn with_observer(mut self, observer: RequestObserver) -> Self {
@@ -833,7 +872,7 @@ impl S3Cse {
             .await;
         // Whatever failed (the source, the cipher, a part, the length check), an upload that
         // was started is aborted: nothing is committed and no parts are left behind.
-        let (pending, total) = match streamed {
+        let (single, total) = match streamed {
             Ok(v) => v,
             Err(e) => {
                 if let Some(mp) = upload.take() {
@@ -842,12 +881,17 @@ impl S3Cse {
                 return Err(e);
             }
         };
-        let (etag, version_id, parts) = match upload {
-            None => {
-                let (etag, version) = self.put_single(req, &metadata, pending.freeze()).await?;
+        let (etag, version_id, parts) = match (upload, single) {
+            (Some(mp), _) => mp.complete(self, req).await?,
+            (None, Some(buf)) => {
+                // The budget's share is held until the PUT is done with the bytes.
+                let (body, held) = buf.freeze();
+                let r = self.put_single(req, &metadata, body).await;
+                drop(held);
+                let (etag, version) = r?;
                 (etag, version, 1)
             }
-            Some(mp) => mp.complete(self, req).await?,
+            (None, None) => unreachable!("no upload was started, so the whole body is left"),
         };
         Ok(PutSummary {
             etag,
@@ -858,59 +902,124 @@ impl S3Cse {
         })
     }
 
-    /// Reads and encrypts `src`, uploading full parts (starting the multipart upload at the first
-    /// one). Returns what is left for a single PUT (when no upload was started) and the
-    /// plaintext length.
+    /// Reads and encrypts `src` into part buffers taken from the budget, uploading each full one
+    /// (starting the multipart upload at the first). Returns the buffer to send in a single PUT
+    /// when no upload was started, and the plaintext length.
+    ///
+    /// Every buffer is allocated once, with the capacity it will need (see [`PART_SLACK`]), and
+    /// the encryptor writes straight into it: no growing, copying or splitting of one shared
+    /// allocation, which left parts in buffers of up to twice the part size and let glibc's
+    /// arenas fragment (BENCHMARKS.md, "S3 client memory").
     async fn encrypt_into_parts<R: AsyncRead + Unpin>(
         &self,
         req: &PutRequest,
         metadata: &Metadata,
         part_size: usize,
-        encryptor: Box<dyn content::ContentEncryptor>,
+        mut encryptor: Box<dyn content::ContentEncryptor>,
         src: &mut R,
         upload: &mut Option<Multipart>,
-    ) -> Result<(BytesMut, u64), ClientError> {
-        let mut pending = BytesMut::with_capacity(part_size + codec::CHUNK + 32);
-        let mut inbuf = vec![0u8; codec::CHUNK.min(part_size)];
-        let mut out = Vec::with_capacity(codec::CHUNK + 32);
-        let mut total = 0u64;
-        // `finish` consumes the encryptor: it is taken out at the end of the input.
-        let mut encryptor = Some(encryptor);
-        let mut done = false;
-        while !done {
-            let n = codec::read_full(src, &mut inbuf).await?;
-            out.clear();
-            match encryptor.take() {
-                Some(enc) if n == 0 => {
-                    enc.finish(&mut out).map_err(CodecError::from)?;
-                    done = true;
-                }
-                Some(mut enc) => {
-                    total += n as u64;
-                    enc.update(&inbuf[..n], &mut out)
-                        .map_err(CodecError::from)?;
-                    encryptor = Some(enc);
-                }
-                None => done = true,
-            }
-            pending.extend_from_slice(&out);
-            while pending.len() > part_size || (done && upload.is_some() && !pending.is_empty()) {
-                let take = pending.len().min(part_size);
-                let part = pending.split_to(take).freeze();
-                if upload.is_none() {
-                    *upload = Some(self.create_multipart(req, metadata).await?);
-                }
-                if let Some(mp) = upload.as_mut() {
-                    mp.push(self, part, self.upload_concurrency).await?;
-                }
-            }
-        }
-        if let Some(want) = req.plaintext_len.filter(|&n| n != total) {
-            return Err(ClientError::Io(std::io::Error::other(format!(
+    ) -> Result<(Option<PartBuffer>, u64), ClientError> {
+        let announced = req.plaintext_len;
+        let mismatch = |total: u64, want: u64| {
+            ClientError::Io(std::io::Error::other(format!(
                 "read {total} bytes, {want} were announced"
-            ))));
+            )))
+        };
+        // Plaintext comes in chunks of at most CHUNK: a small object of known length needs a
+        // read buffer of its own size only (one byte more, to see the end).
+        let chunk = announced.map_or(codec::CHUNK, |n| {
+            n.saturating_add(1).min(codec::CHUNK as u64) as usize
+        });
+        let mut inbuf = vec![0u8; chunk];
+        let mut n = codec::read_full(src, &mut inbuf).await?;
+        let mut eof = n < inbuf.len();
+        // The first buffer holds the whole ciphertext when it is known to fit in one part (the
+        // announced length, or a first chunk that already reached the end): a small object
+        // takes only its own size from the budget, so small uploads do not queue behind large
+        // ones. Otherwise it is a whole part.
+        let whole = announced
+            .or(eof.then_some(n as u64))
+            .map(|len| encryptor.ciphertext_len(len));
+        let first = match whole {
+            Some(ct) if ct <= part_size as u64 => ct as usize,
+            _ => part_size + PART_SLACK,
+        };
+        let mut buf = self.budget.buffer(first).await;
+        let mut total = 0u64;
+        loop {
+            total += n as u64;
+            if let Some(want) = announced.filter(|&want| total > want) {
+                return Err(mismatch(total, want));
+            }
+            let mut rest = &inbuf[..n];
+            while !rest.is_empty() {
+                if buf.len() >= part_size {
+                    // A full part, and more follows: send it.
+                    let next = part_size + PART_SLACK;
+                    buf = self
+                        .send_part(req, metadata, part_size, buf, next, upload)
+                        .await?;
+                }
+                let take = rest.len().min(part_size - buf.len());
+                encryptor
+                    .update(&rest[..take], &mut buf.data)
+                    .map_err(CodecError::from)?;
+                rest = &rest[take..];
+            }
+            if eof {
+                break;
+            }
+            n = codec::read_full(src, &mut inbuf).await?;
+            eof = n < inbuf.len();
         }
-        Ok((pending, total))
+        encryptor.finish(&mut buf.data).map_err(CodecError::from)?;
+        if let Some(want) = announced.filter(|&want| want != total) {
+            return Err(mismatch(total, want));
+        }
+        if upload.is_none() && buf.len() <= part_size {
+            return Ok((Some(buf), total));
+        }
+        if buf.len() > part_size {
+            // A full last part, then the few bytes of the tag that did not fit in it.
+            let next = buf.len() - part_size;
+            buf = self
+                .send_part(req, metadata, part_size, buf, next, upload)
+                .await?;
+        }
+        if let Some(mp) = upload.as_mut()
+            && !buf.data.is_empty()
+        {
+            mp.push(self, buf);
+        }
+        Ok((None, total))
+    }
+
+    /// Sends the first `part_size` bytes of `buf` as the next part (starting the multipart
+    /// upload at the first) and returns the next buffer, of `next_capacity`, holding any bytes
+    /// past `part_size`. Waits first for one of the upload's parts in flight to finish if
+    /// `upload_concurrency` are, then for room in the budget: never while holding a buffer not
+    /// yet sent, so uploads sharing the budget cannot deadlock.
+    async fn send_part(
+        &self,
+        req: &PutRequest,
+        metadata: &Metadata,
+        part_size: usize,
+        mut buf: PartBuffer,
+        next_capacity: usize,
+        upload: &mut Option<Multipart>,
+    ) -> Result<PartBuffer, ClientError> {
+        let tail = (buf.len() > part_size).then(|| buf.data.split_off(part_size));
+        let mp = match upload {
+            Some(mp) => mp,
+            None => upload.insert(self.create_multipart(req, metadata).await?),
+        };
+        mp.push(self, buf);
+        mp.wait_for_slot(self.upload_concurrency).await?;
+        let mut next = self.budget.buffer(next_capacity).await;
+        if let Some(tail) = tail {
+            next.data.extend_from_slice(&tail);
+        }
+        Ok(next)
     }
 
     async fn put_single(
@@ -975,7 +1084,7 @@ impl S3Cse {
             upload_id: upload_id.to_owned(),
             next_part: 1,
             done: Vec::new(),
-            inflight: FuturesUnordered::new(),
+            inflight: JoinSet::new(),
         })
     }
 }
@@ -983,7 +1092,10 @@ impl S3Cse {
 /// Decrypts one fetched chunk of a ranged read in place.
 type RangeDecrypt = Box<dyn FnMut(&mut Vec<u8>) -> Result<(), ContentError> + Send>;
 
-type PartFuture = futures::future::BoxFuture<'static, Result<CompletedPart, ClientError>>;
+/// Room left in a part buffer past `part_size`, so that the encryptor never has to grow it: a
+/// block cipher holds back less than a block, and `finish` adds at most a padded block plus the
+/// held bytes (CBC) or the 16-byte tag (GCM).
+pub const PART_SLACK: usize = 64;
 
 /// An upload in progress: parts in flight (bounded) and parts done.
 struct Multipart {
@@ -992,17 +1104,15 @@ struct Multipart {
     upload_id: String,
     next_part: i32,
     done: Vec<CompletedPart>,
-    inflight: FuturesUnordered<PartFuture>,
+    /// Each part uploads in a task of its own, so it finishes, and gives its buffer's share of
+    /// the budget back, while this upload waits for its source or for the budget. Dropping the
+    /// set cancels them.
+    inflight: JoinSet<Result<CompletedPart, ClientError>>,
 }
 
 impl Multipart {
-    /// Starts uploading `part`, first waiting while `limit` parts are in flight.
-    async fn push(&mut self, client: &S3Cse, part: Bytes, limit: usize) -> Result<(), ClientError> {
-        while self.inflight.len() >= limit {
-            if let Some(r) = self.inflight.next().await {
-                self.done.push(r?);
-            }
-        }
+    /// Starts uploading `part` as the next part number.
+    fn push(&mut self, client: &S3Cse, part: PartBuffer) {
         let n = self.next_part;
         self.next_part += 1;
         let c = client.clone();
@@ -1011,7 +1121,8 @@ impl Multipart {
             self.key.clone(),
             self.upload_id.clone(),
         );
-        self.inflight.push(Box::pin(async move {
+        let (body, held) = part.freeze();
+        self.inflight.spawn(async move {
             let t = Instant::now();
             let r =
                 c.s3.upload_part()
@@ -1019,18 +1130,35 @@ impl Multipart {
                     .key(&key)
                     .upload_id(&upload_id)
                     .part_number(n)
-                    .content_length(part.len() as i64)
+                    .content_length(body.len() as i64)
                     .checksum_algorithm(ChecksumAlgorithm::Crc32)
-                    .body(ByteStream::from(part))
+                    .body(ByteStream::from(body))
                     .send()
                     .await;
+            // The request and its body are gone, whatever the outcome: the bytes go back to
+            // the budget now, not when this upload ends.
+            drop::<HeldBudget>(held);
             let out = c.observe("UploadPart", &bucket, &key, t, r)?;
             Ok(CompletedPart::builder()
                 .part_number(n)
                 .set_e_tag(out.e_tag().map(str::to_owned))
                 .set_checksum_crc32(out.checksum_crc32().map(str::to_owned))
                 .build())
-        }));
+        });
+    }
+
+    /// Collects the parts that have finished, then waits while `limit` are still in flight.
+    /// The first failed part fails the upload.
+    async fn wait_for_slot(&mut self, limit: usize) -> Result<(), ClientError> {
+        while let Some(r) = self.inflight.try_join_next() {
+            self.done.push(joined(r)?);
+        }
+        while self.inflight.len() >= limit {
+            match self.inflight.join_next().await {
+                Some(r) => self.done.push(joined(r)?),
+                None => break,
+            }
+        }
         Ok(())
     }
 
@@ -1039,8 +1167,8 @@ impl Multipart {
         client: &S3Cse,
         req: &PutRequest,
     ) -> Result<(Option<String>, Option<String>, usize), ClientError> {
-        while let Some(r) = self.inflight.next().await {
-            match r {
+        while let Some(r) = self.inflight.join_next().await {
+            match joined(r) {
                 Ok(p) => self.done.push(p),
                 Err(e) => {
                     self.abort(client).await;
@@ -1080,8 +1208,11 @@ impl Multipart {
     }
 
     /// Best effort: a failed abort leaves parts for the bucket's lifecycle rule.
-    async fn abort(self, client: &S3Cse) {
-        drop(self.inflight);
+    async fn abort(mut self, client: &S3Cse) {
+        // Cancel the parts in flight and wait until they are gone, so that none lands after
+        // the abort.
+        self.inflight.abort_all();
+        while self.inflight.join_next().await.is_some() {}
         let t = Instant::now();
         let r = client
             .s3
@@ -1094,6 +1225,19 @@ impl Multipart {
         if let Err(e) = client.observe("AbortMultipartUpload", &self.bucket, &self.key, t, r) {
             tracing::warn!(bucket = %self.bucket, key = %self.key, error = %e, "abort of multipart upload failed");
         }
+    }
+}
+
+/// A part upload task's result; a panic in the task is resumed here.
+fn joined(
+    r: Result<Result<CompletedPart, ClientError>, tokio::task::JoinError>,
+) -> Result<CompletedPart, ClientError> {
+    match r {
+        Ok(r) => r,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => Err(ClientError::Io(std::io::Error::other(
+            "a part upload was cancelled",
+        ))),
     }
 }
 

@@ -163,6 +163,9 @@ pub async fn put(a: PutArgs) -> CliResult {
     let conf = sdk_config().await;
     let client =
         S3Cse::new(a.aws.s3_client(&conf).await, keyring).with_part_size(a.part_size_mib << 20);
+    // One upload: a budget that never holds it back, whatever --part-size-mib.
+    let budget = client.upload_buffer_bytes();
+    let client = client.with_buffer_budget(budget);
     let tagging = (!a.tags.is_empty()).then(|| {
         let enc = |s: &str| {
             percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
