@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::{Context as _, anyhow};
 use clap::{Args, ValueEnum};
 use futures::TryStreamExt;
-use s3cse::client::S3Cse;
+use s3cse::client::{DEFAULT_BUFFER_BUDGET, S3Cse};
 use s3cse::codec::DecryptPolicy;
 use s3cse::keyring::{AwsKms, KmsClient, KmsKeyring};
 use s3cse::metrics::{self, Metrics, Outcome};
@@ -90,6 +90,11 @@ pub struct RunArgs {
     /// Skip reading each written object back.
     #[arg(long)]
     no_verify: bool,
+    /// Memory for the part buffers of all the objects being written at once, in MiB. Large
+    /// objects are written in 8 MiB parts, up to 5 buffers each; with many in flight, each
+    /// waits for room here before filling its next part. A small object takes only its size.
+    #[arg(long, default_value_t = DEFAULT_BUFFER_BUDGET >> 20, value_name = "MIB")]
+    max_buffer_mib: u64,
     /// Read every object's tags before rewriting it (GetObjectTagging), even when the head
     /// says it has none: for S3-compatible stores that do not send `x-amz-tagging-count`.
     #[arg(long)]
@@ -453,7 +458,9 @@ async fn run(a: RunArgs, target_url: Option<(String, String)>, do_scan: bool) ->
         tracing::info!(objects = n, "re-queued failed and conflicting objects");
     }
     let client = with_observer(
-        S3Cse::new(s3, keyring).with_policy(DecryptPolicy::legacy()),
+        S3Cse::new(s3, keyring)
+            .with_policy(DecryptPolicy::legacy())
+            .with_buffer_budget(a.max_buffer_mib << 20),
         &metrics,
     );
     let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();

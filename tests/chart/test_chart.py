@@ -76,7 +76,7 @@ REKEY_FLAGS_CONTRACT = {
     "--state", "--kms-key-id", "--aes-key-file", "--rsa-key-file", "--context", "--concurrency",
     "--dry-run", "--reencrypt", "--no-verify", "--s3-rps", "--kms-rps", "--shard", "--shards",
     "--metrics-addr", "--pushgateway", "--log-format", "--endpoint-url", "--path-style",
-    "--stop-timeout",
+    "--stop-timeout", "--max-buffer-mib",
 }
 
 # --------------------------------------------------------------------------------------------
@@ -95,6 +95,7 @@ FULL = {
         "kmsKeyId": "arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab",
         "encryptionContext": {"app": "billing", "env": "prod"},
         "concurrency": 64,
+        "maxBufferMib": 128,
         "dryRun": True,
         "reencrypt": True,
         "verify": False,
@@ -435,6 +436,7 @@ BAD_VALUES = {
     "bucket not a name": {"rekey": {"bucket": "s3://my-bucket"}},
     "prefix with leading slash": {"rekey": {"prefix": "/logs"}},
     "concurrency 0": {"rekey": {"concurrency": 0}},
+    "max buffer 0": {"rekey": {"maxBufferMib": 0}},
     "log format": {"rekey": {"logFormat": "xml"}},
     "dryRun as string": {"rekey": {"dryRun": "yes"}},
     "context value not a string": {"rekey": {"encryptionContext": {"n": 1}}},

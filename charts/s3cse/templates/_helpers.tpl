@@ -160,6 +160,10 @@ Arguments of `s3cse rekey`, one YAML list item per line. Keep flag names in step
 - --concurrency
 - {{ . | quote }}
 {{- end }}
+{{- with .Values.rekey.maxBufferMib }}
+- --max-buffer-mib
+- {{ . | quote }}
+{{- end }}
 {{- if .Values.rekey.dryRun }}
 - --dry-run
 {{- end }}
