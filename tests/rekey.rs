@@ -1293,3 +1293,111 @@ async fn a_multipart_copy_rewrap_is_conditional_on_the_etag() {
     assert_eq!(job.state, s3cse::store::JobState::Done);
     assert_eq!(job.conflicts, 1, "{job:?}");
 }
+
+/// A worker that dies after its write and before recording it: the next run finds the object
+/// already current, and records the write from the intent kept in the state file (action,
+/// source format, the replaced version: the way back), writing nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_write_whose_outcome_was_lost_is_recorded_from_its_intent() {
+    if !testbed() {
+        return;
+    }
+    let (s3, kms) = (s3().await, kms().await);
+    let bucket = new_bucket(&s3, "rekey-intent").await;
+    s3.put_bucket_versioning()
+        .bucket(&bucket)
+        .versioning_configuration(
+            aws_sdk_s3::types::VersioningConfiguration::builder()
+                .status(aws_sdk_s3::types::BucketVersioningStatus::Enabled)
+                .build(),
+        )
+        .send()
+        .await
+        .expect("versioning");
+    let target = new_key(&kms).await;
+    put_v1(&s3, &bucket, "a.bin", &data(700, 1), PutRequest::default()).await;
+    let source = s3
+        .head_object()
+        .bucket(&bucket)
+        .key("a.bin")
+        .send()
+        .await
+        .expect("head");
+    let (src_etag, src_version) = (
+        source.e_tag().expect("etag").to_owned(),
+        source.version_id().expect("versioned").to_owned(),
+    );
+    let (_sd, state) = state_file("intent.db");
+    let aes = keys_dir().join("aes256.hex").display().to_string();
+    let url = format!("s3://{bucket}");
+    let args = [
+        "rekey",
+        &url,
+        "--state",
+        &state,
+        "--kms-key-id",
+        &target,
+        "--aes-key-file",
+        &aes,
+    ];
+    assert_eq!(run(&args).status.code(), Some(0));
+    let after = etags(&s3, &bucket).await;
+
+    // Put the row back as a crash after the write leaves it: running under a dead worker's
+    // expired lease, the listed (source) ETag, no outcome, and the intent the worker recorded.
+    let db = sqlx::SqlitePool::connect(&format!("sqlite://{state}"))
+        .await
+        .expect("open state");
+    let (intent,): (Option<String>,) = sqlx::query_as("SELECT intent FROM jobs")
+        .fetch_one(&db)
+        .await
+        .expect("row");
+    assert_eq!(intent, None, "a recorded outcome clears the intent");
+    let intent = serde_json::json!({
+        "action": "rewrite",
+        "source_format": "v1-aes",
+        "source_etag": src_etag,
+        "source_version_id": src_version,
+    });
+    sqlx::query(
+        "UPDATE jobs SET state = 'running', lease_owner = 'gone-host:1:1', \
+         lease_until = unixepoch() - 1, etag = ?1, version_id = NULL, source_format = NULL, \
+         action = NULL, result_etag = NULL, result_version_id = NULL, \
+         previous_version_id = NULL, plaintext_sha256 = NULL, finished_at = NULL, intent = ?2",
+    )
+    .bind(&src_etag)
+    .bind(intent.to_string())
+    .execute(&db)
+    .await
+    .expect("simulate the crash");
+
+    let o = run(&args);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert_eq!(etags(&s3, &bucket).await, after, "nothing written again");
+    let row: (
+        String,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+    ) = sqlx::query_as(
+        "SELECT state, action, source_format, previous_version_id, intent FROM jobs",
+    )
+    .fetch_one(&db)
+    .await
+    .expect("row");
+    assert_eq!(
+        row,
+        (
+            "done".to_owned(),
+            Some("rewrite".to_owned()),
+            Some("v1-aes".to_owned()),
+            Some(src_version.clone()),
+            None
+        ),
+        "the write is recorded with the way back"
+    );
+    let done = report(&state, "done");
+    assert_eq!(done[0]["VersionId"], src_version.as_str(), "{done:?}");
+    db.close().await;
+}

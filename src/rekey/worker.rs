@@ -48,7 +48,7 @@ use crate::secret::{SecretBytes, fill_random};
 use crate::store::{self, Job, JobState, JobStore, Outcome};
 
 use super::kms::backoff;
-use super::plan::{self, Action};
+use super::plan::{self, Action, SkipReason};
 use super::{RekeyConfig, RekeyError, Shutdown};
 
 /// Attempts per object on transient S3/KMS failures (first try included).
@@ -622,6 +622,12 @@ async fn process(
         EnvelopeState::Plaintext => "plaintext".to_owned(),
         EnvelopeState::Encrypted(env) => env.format_name(),
     };
+    if let Action::Skip(SkipReason::Current) = action
+        && let Some(done) = recovered(job, &head)
+    {
+        discard(body, head.content_length).await;
+        return Ok(done);
+    }
     let env = match (action, state) {
         (Action::Skip(_), _) | (_, EnvelopeState::Plaintext) => {
             discard(body, head.content_length).await;
@@ -639,6 +645,31 @@ async fn process(
         (_, EnvelopeState::Encrypted(env)) => env,
     };
     *classified = Some(action.store_action());
+    // Before writing: what we are about to replace, so a crash between the write and the
+    // outcome update does not lose the way back (see `recovered`).
+    let intent = store::Intent {
+        action: action.store_action(),
+        source_format: format.clone(),
+        source_etag: head.etag.clone(),
+        source_version_id: head.version_id.clone(),
+    };
+    match c.store.record_intent(job.id, &ctx.owner, &intent).await {
+        Ok(true) => {}
+        Ok(false) => {
+            return Err(ObjError::failed(
+                "LeaseLost",
+                "another worker holds this job now: not writing",
+            ));
+        }
+        Err(e) => {
+            return Err(ObjError::Failed {
+                code: "StateError".into(),
+                http: None,
+                message: e.to_string(),
+                transient: true,
+            });
+        }
+    }
     let written = match action {
         Action::Rewrite => rewrite(ctx, &head, &env, body).await?,
         _ => rewrap(ctx, &head, &env, body).await?,
@@ -678,6 +709,34 @@ async fn process(
             _ => ObjectResult::Rewrapped,
         },
         action: store_action,
+    })
+}
+
+/// A job whose earlier attempt wrote the object and died before recording it: the object is
+/// current now, and the intent recorded before that write names a source ETag that is no
+/// longer there. The write is recorded from the intent (action, format, replaced version),
+/// so `report` keeps the way back. `None` for any other current object.
+fn recovered(job: &Job, head: &ObjectHead) -> Option<Done> {
+    let intent = job.intent.as_ref()?;
+    if intent.source_etag.is_none() || intent.source_etag == head.etag {
+        return None;
+    }
+    tracing::info!(key = %job.key, action = intent.action.as_str(),
+        "recorded a write an interrupted run made");
+    Some(Done {
+        outcome: Outcome {
+            source_format: Some(intent.source_format.clone()),
+            action: Some(intent.action),
+            result_etag: head.etag.clone(),
+            result_version_id: head.version_id.clone(),
+            previous_version_id: intent.source_version_id.clone(),
+            ..Outcome::new(JobState::Done)
+        },
+        result: match intent.action {
+            store::Action::Rewrite => ObjectResult::Rewritten,
+            _ => ObjectResult::Rewrapped,
+        },
+        action: intent.action,
     })
 }
 

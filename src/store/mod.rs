@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use futures::Stream;
 use futures::stream::{self, StreamExt, TryStreamExt};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
@@ -98,6 +98,9 @@ pub enum StoreError {
     /// Caller bug: an [`Outcome`] must be final (`done`, `failed` or `conflict`).
     #[error("an outcome must be done, failed or conflict, not {0}")]
     NotFinal(JobState),
+    /// A value could not be encoded for the database.
+    #[error("cannot encode a value for the job database: {0}")]
+    Encode(String),
 }
 
 /// State of a job row.
@@ -171,7 +174,7 @@ impl FromStr for JobState {
 }
 
 /// What a worker did (or decided to do) with an object.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
     /// Re-encrypt the content under a new data key (legacy content cipher).
@@ -318,9 +321,24 @@ pub struct Job {
     pub updated_at: i64,
     /// Unix seconds, set when the job reached a final state.
     pub finished_at: Option<i64>,
+    /// What a worker was about to write when it last held the job, if no outcome followed.
+    pub intent: Option<Intent>,
 }
 
-/// The final result of a job, written by [`JobStore::complete`].
+/// A write about to happen, recorded by [`JobStore::record_intent`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Intent {
+    /// `rewrite` or `rewrap`.
+    pub action: Action,
+    /// Format of the source, e.g. `v1-aes`.
+    pub source_format: String,
+    /// ETag of the source about to be replaced.
+    pub source_etag: Option<String>,
+    /// Version id of the source (the way back on a versioned bucket).
+    pub source_version_id: Option<String>,
+}
+
+/// The final outcome of a job.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outcome {
     /// `Done`, `Failed` or `Conflict` (anything else is refused with [`StoreError::NotFinal`]).
@@ -508,7 +526,7 @@ macro_rules! job_columns {
         "id, bucket, key, version_id, etag, size, last_modified, storage_class, state, \
          source_format, action, skip_reason, attempts, conflicts, last_error, error_code, \
          http_status, lease_owner, lease_until, result_etag, result_version_id, \
-         previous_version_id, plaintext_sha256, created_at, updated_at, finished_at"
+         previous_version_id, plaintext_sha256, created_at, updated_at, finished_at, intent"
     };
 }
 
@@ -786,7 +804,7 @@ impl JobStore {
              result_etag = ?5, result_version_id = ?6, previous_version_id = ?7, \
              version_id = coalesce(?7, version_id), plaintext_sha256 = ?8, error_code = ?9, \
              http_status = ?10, last_error = ?11, lease_owner = NULL, lease_until = NULL, \
-             updated_at = unixepoch(), finished_at = unixepoch() \
+             intent = NULL, updated_at = unixepoch(), finished_at = unixepoch() \
              WHERE id = ?12 AND lease_owner = ?13 AND state = 'running'",
         )
         .bind(outcome.state.as_str())
@@ -800,6 +818,29 @@ impl JobStore {
         .bind(&outcome.error_code)
         .bind(outcome.http_status)
         .bind(&outcome.last_error)
+        .bind(id)
+        .bind(owner)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Records what `owner` is about to write over job `id`'s object ([`Intent`]), before the
+    /// write: if the process dies after the write and before [`complete`](Self::complete),
+    /// the next attempt can still record the replaced version. Returns `false` if `owner` no
+    /// longer holds the job (then don't write).
+    pub async fn record_intent(
+        &self,
+        id: i64,
+        owner: &str,
+        intent: &Intent,
+    ) -> Result<bool, StoreError> {
+        let json = serde_json::to_string(intent).map_err(|e| StoreError::Encode(e.to_string()))?;
+        let done = sqlx::query(
+            "UPDATE jobs SET intent = ?1, updated_at = unixepoch() \
+             WHERE id = ?2 AND lease_owner = ?3 AND state = 'running'",
+        )
+        .bind(json)
         .bind(id)
         .bind(owner)
         .execute(&self.pool)
@@ -1051,6 +1092,11 @@ impl<'r> FromRow<'r, SqliteRow> for Job {
             result_etag: row.try_get("result_etag")?,
             result_version_id: row.try_get("result_version_id")?,
             previous_version_id: row.try_get("previous_version_id")?,
+            intent: {
+                let json: Option<String> = row.try_get("intent")?;
+                // An unreadable intent is as good as none: it only helps recovery.
+                json.and_then(|j| serde_json::from_str(&j).ok())
+            },
             plaintext_sha256: row.try_get("plaintext_sha256")?,
             created_at: row.try_get("created_at")?,
             updated_at: row.try_get("updated_at")?,

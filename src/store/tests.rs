@@ -781,3 +781,50 @@ fn process_cpu_secs() -> f64 {
     };
     (ticks(11) + ticks(12)) / 100.0
 }
+
+#[tokio::test]
+async fn an_intent_lasts_until_an_outcome_is_recorded() {
+    let (_d, store) = store().await;
+    store
+        .enqueue_page(&scan(), &[obj("a", "e1", 10)], "a")
+        .await
+        .unwrap();
+    let job = claim_all(&store, "w1").await.remove(0);
+    assert_eq!(job.intent, None);
+    let intent = Intent {
+        action: Action::Rewrite,
+        source_format: "v1-aes".into(),
+        source_etag: Some("e1".into()),
+        source_version_id: Some("v1".into()),
+    };
+    assert!(
+        !store.record_intent(job.id, "w2", &intent).await.unwrap(),
+        "only the lease holder records an intent"
+    );
+    assert!(store.record_intent(job.id, "w1", &intent).await.unwrap());
+    assert_eq!(by_key(&store, "a").await.intent.as_ref(), Some(&intent));
+
+    // The worker dies after its write; the next attempt sees the new ETag (a conflict) and a
+    // rescan lists it: the intent survives both.
+    store
+        .requeue(job.id, "w1", Some("e2"), None, "changed")
+        .await
+        .unwrap();
+    store
+        .enqueue_page(&scan(), &[obj("a", "e3", 10)], "a")
+        .await
+        .unwrap();
+    let again = by_key(&store, "a").await;
+    assert_eq!(again.etag, "e3", "the rescan reset the row");
+    assert_eq!(again.intent.as_ref(), Some(&intent));
+
+    // An outcome clears it.
+    let job = claim_all(&store, "w3").await.remove(0);
+    assert!(
+        store
+            .complete(job.id, "w3", &done(Action::Rewrite, "e3"))
+            .await
+            .unwrap()
+    );
+    assert_eq!(by_key(&store, "a").await.intent, None);
+}
