@@ -791,8 +791,47 @@ async fn dry_run_writes_nothing_and_reports_the_plan() {
         .expect("rewrite line");
     assert!(line.split_whitespace().nth(1) == Some("2"), "{line}");
     assert_eq!(etags(&s3, &bucket).await, before, "dry run wrote nothing");
-    // The jobs are still pending: a real run afterwards does the work.
-    assert_eq!(report(&state, "pending").len(), 4);
+    // The jobs are still pending, with the plan recorded: status and report show it.
+    let pending = report(&state, "pending");
+    assert_eq!(pending.len(), 4);
+    let plan: BTreeMap<String, (String, String)> = pending
+        .iter()
+        .map(|r| {
+            let s = |k: &str| r[k].as_str().unwrap_or_default().to_owned();
+            (s("Key"), (s("action"), s("source_format")))
+        })
+        .collect();
+    assert_eq!(plan["a.bin"].0, "rewrite", "{pending:?}");
+    assert_eq!(plan["c.bin"].0, "rewrap", "{pending:?}");
+    assert_eq!(plan["p.txt"], ("skip".into(), "plaintext".into()));
+    let o = ok(run(&["status", "--state", &state, "--json"]), "status");
+    let st: serde_json::Value = serde_json::from_slice(&o.stdout).expect("status json");
+    assert_eq!(st["planned"]["rewrite"]["objects"], 2, "{st}");
+    assert_eq!(st["planned"]["rewrap"]["objects"], 1, "{st}");
+    assert_eq!(st["planned"]["skip:plaintext"]["objects"], 1, "{st}");
+    assert_eq!(
+        st["by_action"],
+        serde_json::json!({}),
+        "nothing done yet: {st}"
+    );
+
+    // A real run afterwards does the work and replaces the plan by what was done.
+    let o = run(&[
+        "rekey",
+        &format!("s3://{bucket}"),
+        "--state",
+        &state,
+        "--kms-key-id",
+        &target,
+        "--aes-key-file",
+        &aes,
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    let o = ok(run(&["status", "--state", &state, "--json"]), "status");
+    let st: serde_json::Value = serde_json::from_slice(&o.stdout).expect("status json");
+    assert_eq!(st["planned"], serde_json::json!({}), "{st}");
+    assert_eq!(st["by_action"]["rewrite"]["objects"], 2, "{st}");
+    assert_eq!(st["by_action"]["rewrap"]["objects"], 1, "{st}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

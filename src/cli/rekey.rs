@@ -5,6 +5,7 @@
 //! stayed in conflict (`report --only failed` says which and why); 2 usage, configuration or
 //! access error before any work (bad key file, DescribeKey refused, bucket missing, state file).
 
+use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -22,7 +23,7 @@ use s3cse::rekey::kms::{RekeyKms, describe_key, without_sdk_retries};
 use s3cse::rekey::limit::RateLimit;
 use s3cse::rekey::worker::{COPY_PART_SIZE, MAX_COPY_SIZE};
 use s3cse::rekey::{RekeyConfig, RunSummary, Shard, Shutdown};
-use s3cse::store::{JobState, JobStore, ScanKey};
+use s3cse::store::{Action, JobState, JobStore, ScanKey, Tally};
 
 use super::aws::{AwsArgs, parse_s3_url, sdk_config};
 use super::keys::{KeyArgs, context_of, kms_client};
@@ -80,7 +81,9 @@ pub struct RunArgs {
     /// Objects processed at once (S3 latency bound: tens are cheap).
     #[arg(long, default_value_t = 16, value_name = "N")]
     concurrency: usize,
-    /// Classify only (HEAD + envelope): no KMS call, nothing written to S3; prints the plan.
+    /// Classify only (HEAD + envelope): no KMS call, nothing written to S3; prints the plan and
+    /// records it in the state file (jobs stay pending; `status` shows it as "planned",
+    /// `report` per object).
     #[arg(long)]
     dry_run: bool,
     /// Rewrite GCM objects too under a fresh data key, instead of rewrapping their content key
@@ -682,25 +685,22 @@ pub async fn status(a: StatusArgs) -> CliResult {
                 )
             })
             .collect();
-        let by_action: serde_json::Map<String, serde_json::Value> = c
-            .by_action
-            .iter()
-            .map(|((a, r), t)| {
-                let k = match r {
-                    Some(r) => format!("{}:{r}", a.as_str()),
-                    None => a.as_str().to_owned(),
-                };
-                (
-                    k,
-                    serde_json::json!({"objects": t.objects, "bytes": t.bytes}),
-                )
-            })
-            .collect();
+        let actions = |m: &BTreeMap<(Action, Option<String>), Tally>| {
+            m.iter()
+                .map(|((a, r), t)| {
+                    (
+                        action_label(*a, r.as_deref()),
+                        serde_json::json!({"objects": t.objects, "bytes": t.bytes}),
+                    )
+                })
+                .collect::<serde_json::Map<String, serde_json::Value>>()
+        };
         let v = serde_json::json!({
             "total": {"objects": c.total.objects, "bytes": c.total.bytes},
             "by_state": by_state,
             "by_source_format": by_format,
-            "by_action": by_action,
+            "by_action": actions(&c.by_action),
+            "planned": actions(&c.planned),
             "bytes_done": done.bytes,
             "bytes_left": left.bytes,
             "objects_per_second": rate,
@@ -731,11 +731,15 @@ pub async fn status(a: StatusArgs) -> CliResult {
     }
     let _ = writeln!(out, "by action:");
     for ((a, r), t) in &c.by_action {
-        let k = match r {
-            Some(r) => format!("{}:{r}", a.as_str()),
-            None => a.as_str().to_owned(),
-        };
+        let k = action_label(*a, r.as_deref());
         let _ = writeln!(out, "  {k:<24} {:>10} {:>16}", t.objects, t.bytes);
+    }
+    if !c.planned.is_empty() {
+        let _ = writeln!(out, "planned (pending, from --dry-run):");
+        for ((a, r), t) in &c.planned {
+            let k = action_label(*a, r.as_deref());
+            let _ = writeln!(out, "  {k:<24} {:>10} {:>16}", t.objects, t.bytes);
+        }
     }
     let _ = writeln!(out, "bytes done: {}, left: {}", done.bytes, left.bytes);
     match (rate, eta) {
@@ -803,4 +807,12 @@ pub async fn report(a: ReportArgs) -> CliResult {
     out.flush().map_err(io)?;
     store.close().await;
     Ok(())
+}
+
+/// `rewrite`, `rewrap`, `skip:plaintext`, …: an action and its skip reason.
+fn action_label(action: Action, skip_reason: Option<&str>) -> String {
+    match skip_reason {
+        Some(r) => format!("{}:{r}", action.as_str()),
+        None => action.as_str().to_owned(),
+    }
 }

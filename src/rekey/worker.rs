@@ -1267,8 +1267,9 @@ impl<R: AsyncRead + Unpin> AsyncRead for DecryptReader<R> {
     }
 }
 
-/// `--dry-run`: classifies every pending job (HEAD + envelope; no KMS, no writes) and tallies
-/// objects and bytes by planned action. Job states are left as they are.
+/// `--dry-run`: classifies every pending job (HEAD + envelope; no KMS, no writes), records the
+/// plan in its row (state left `pending`: `status` and `report` show it) and tallies objects
+/// and bytes by planned action.
 pub async fn dry_run(config: &RekeyConfig, shutdown: &Shutdown) -> Result<WorkSummary, RekeyError> {
     let rows: Vec<_> = config
         .store
@@ -1278,7 +1279,8 @@ pub async fn dry_run(config: &RekeyConfig, shutdown: &Shutdown) -> Result<WorkSu
     let planned = futures::stream::iter(rows)
         .take_while(|_| std::future::ready(!shutdown.is_stopping()))
         .map(|row| async move {
-            let label = match inspect(config, &row.bucket, &row.key, None).await {
+            let mut plan = Outcome::new(JobState::Pending);
+            let (label, bytes) = match inspect(config, &row.bucket, &row.key, None).await {
                 Ok(Some(Inspected {
                     head,
                     state,
@@ -1294,21 +1296,28 @@ pub async fn dry_run(config: &RekeyConfig, shutdown: &Shutdown) -> Result<WorkSu
                         a => a.store_action().as_str().to_owned(),
                     };
                     tracing::info!(key = %row.key, format = %format, plan = %label, "planned");
+                    plan.source_format = Some(format);
+                    plan.action = Some(action.store_action());
+                    plan.skip_reason = action.skip_reason().map(str::to_owned);
                     (label, head.content_length)
                 }
                 Ok(None) => ("skip:deleted".to_owned(), 0),
                 Err(ObjError::Failed { code, message, .. }) => {
                     tracing::warn!(key = %row.key, code = %code, error = %message, "would fail");
-                    (format!("fail:{code}"), 0)
+                    let label = format!("fail:{code}");
+                    plan.error_code = Some(code);
+                    plan.last_error = Some(message);
+                    (label, 0)
                 }
                 Err(ObjError::Conflict { .. }) => ("conflict".to_owned(), 0),
             };
             // No object metric: nothing was processed. The HEADs show in the S3 requests.
-            label
+            config.store.record_plan(row.id, &plan).await?;
+            Ok::<_, RekeyError>((label, bytes))
         })
         .buffer_unordered(config.concurrency.max(1))
-        .collect::<Vec<_>>()
-        .await;
+        .try_collect::<Vec<_>>()
+        .await?;
     let mut summary = WorkSummary::default();
     for (label, bytes) in planned {
         let e = summary.planned.entry(label).or_default();

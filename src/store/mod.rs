@@ -466,8 +466,10 @@ pub struct Counts {
     pub by_state: StateCounts,
     /// By source format, over the rows a worker has classified.
     pub by_source_format: BTreeMap<String, Tally>,
-    /// By action and skip reason, over the rows with an action.
+    /// By action and skip reason, over the rows a worker has finished.
     pub by_action: BTreeMap<(Action, Option<String>), Tally>,
+    /// By planned action and skip reason, over the pending rows a `--dry-run` classified.
+    pub planned: BTreeMap<(Action, Option<String>), Tally>,
     /// All rows.
     pub total: Tally,
     /// Earliest `finished_at` (unix seconds): with `last_finished_at` and the finished bytes,
@@ -848,6 +850,26 @@ impl JobStore {
         Ok(done.rows_affected() == 1)
     }
 
+    /// `--dry-run`: records what a run would do with pending job `id` (its source format and
+    /// planned action, or the error it would hit) without changing its state, so `status`
+    /// and `report` show the plan. A real run overwrites it. Returns `false` if the job is no
+    /// longer pending.
+    pub async fn record_plan(&self, id: i64, plan: &Outcome) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE jobs SET source_format = ?1, action = ?2, skip_reason = ?3, error_code = ?4, \
+             last_error = ?5, updated_at = unixepoch() WHERE id = ?6 AND state = 'pending'",
+        )
+        .bind(&plan.source_format)
+        .bind(plan.action.map(Action::as_str))
+        .bind(&plan.skip_reason)
+        .bind(&plan.error_code)
+        .bind(&plan.last_error)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// Puts job `id` back to `pending` after a conflict (the conditional write got 412: the
     /// object changed since it was listed), counting one more conflict. `new_etag`/`new_size`,
     /// if the worker learned them, replace the listed ones so the next attempt's `If-Match`
@@ -983,11 +1005,12 @@ impl JobStore {
             }
             if let Some(action) = action {
                 let action = parse_action(&action)?;
-                counts
-                    .by_action
-                    .entry((action, skip_reason))
-                    .or_default()
-                    .add(t);
+                let map = if state == JobState::Pending.as_str() {
+                    &mut counts.planned
+                } else {
+                    &mut counts.by_action
+                };
+                map.entry((action, skip_reason)).or_default().add(t);
             }
             counts.first_finished_at = min_opt(counts.first_finished_at, first);
             counts.last_finished_at = counts.last_finished_at.max(last);
