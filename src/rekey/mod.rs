@@ -300,14 +300,18 @@ pub async fn release_own_leases(store: &JobStore) -> Result<u64, RekeyError> {
 
 /// `host:pid:`, the start of the lease owner ids of this process. The host is read as the
 /// worker reads it: `HOSTNAME`, else /etc/hostname, else `localhost`.
-fn process_owner_prefix() -> String {
-    let host = std::env::var("HOSTNAME")
+pub(crate) fn process_owner_prefix() -> String {
+    format!("{}:{}:", hostname(), std::process::id())
+}
+
+/// This host's name (`HOSTNAME`, else /etc/hostname): the first part of a lease owner.
+pub(crate) fn hostname() -> String {
+    std::env::var("HOSTNAME")
         .ok()
         .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
         .map(|s| s.trim().to_owned())
         .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "localhost".into());
-    format!("{host}:{}:", std::process::id())
+        .unwrap_or_else(|| "localhost".into())
 }
 
 #[cfg(test)]

@@ -212,27 +212,29 @@ impl Ctx {
 }
 
 /// `host:pid:start`: unique per process; the host and pid let a restarted worker on the same
-/// host release the rows of a dead predecessor without waiting for the lease to lapse.
+/// host release the rows of a dead predecessor without waiting for the lease to lapse, and an
+/// abandoned stop release this process's rows ([`super::process_owner_prefix`]).
 fn owner_id() -> String {
     let start = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or_default();
-    format!("{}:{}:{start}", hostname(), std::process::id())
+    format!("{}{start}", super::process_owner_prefix())
 }
 
-fn hostname() -> String {
-    std::env::var("HOSTNAME")
-        .ok()
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "localhost".into())
+/// Aborts a background task when dropped: the lease-renewal and gauge tasks end with
+/// [`work`], also when its future is dropped (an abandoned stop).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Releases `running` rows leased by a dead process of this host (killed with SIGKILL, OOM).
 async fn release_dead_leases(store: &JobStore, me: &str) -> Result<u64, RekeyError> {
-    let host = hostname();
+    let host = super::hostname();
     let my_pid = std::process::id().to_string();
     let running: Vec<_> = store.report(Some(JobState::Running)).try_collect().await?;
     let mut by_owner: HashMap<String, Vec<i64>> = HashMap::new();
@@ -285,7 +287,7 @@ pub async fn work(config: &RekeyConfig, shutdown: &Shutdown) -> Result<WorkSumma
     // Renews the leases of running jobs: only a dead worker's lease lapses.
     let renew = {
         let ctx = ctx.clone();
-        tokio::spawn(async move {
+        AbortOnDrop(tokio::spawn(async move {
             loop {
                 tokio::time::sleep(lease / 3).await;
                 let ids: Vec<i64> = ctx
@@ -297,22 +299,21 @@ pub async fn work(config: &RekeyConfig, shutdown: &Shutdown) -> Result<WorkSumma
                     tracing::warn!(error = %e, "lease renewal failed");
                 }
             }
-        })
+        }))
     };
     let gauges = {
         let ctx = ctx.clone();
-        tokio::spawn(async move {
+        AbortOnDrop(tokio::spawn(async move {
             loop {
                 if let Ok(c) = ctx.config.store.state_counts().await {
                     ctx.config.metrics.set_queue(&c);
                 }
                 tokio::time::sleep(GAUGE_INTERVAL).await;
             }
-        })
+        }))
     };
     let result = claim_loop(&ctx, shutdown, lease).await;
-    renew.abort();
-    gauges.abort();
+    drop((renew, gauges));
     if let Ok(c) = config.store.state_counts().await {
         config.metrics.set_queue(&c);
     }
