@@ -11,9 +11,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aws_sdk_s3::primitives::ByteStream;
-use s3cse::client::{GetOptions, PutRequest, S3Cse};
+use s3cse::client::{PutRequest, S3Cse};
 use s3cse::codec::{self, WriteFormat};
-use s3cse::keyring::{AesMasterKey, AwsKms, Keyring, KmsKeyring};
+use s3cse::keyring::{AesMasterKey, AwsKms, Keyring};
+
+mod common;
+
+use common::{data, get_strict, kms, s3};
 
 const BIN: &str = env!("CARGO_BIN_EXE_s3cse");
 
@@ -39,24 +43,6 @@ fn unique(prefix: &str) -> String {
         .expect("clock")
         .as_nanos();
     format!("{prefix}-{}-{}", std::process::id(), n % 1_000_000_000)
-}
-
-async fn s3() -> aws_sdk_s3::Client {
-    let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .load()
-        .await;
-    aws_sdk_s3::Client::from_conf(
-        aws_sdk_s3::config::Builder::from(&conf)
-            .force_path_style(true)
-            .build(),
-    )
-}
-
-async fn kms() -> aws_sdk_kms::Client {
-    let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .load()
-        .await;
-    aws_sdk_kms::Client::new(&conf)
 }
 
 async fn new_key(kms: &aws_sdk_kms::Client) -> String {
@@ -139,24 +125,6 @@ async fn tamper(s3: &aws_sdk_s3::Client, bucket: &str, key: &str, at: impl Fn(&[
         .expect("put tampered");
 }
 
-/// Reads an object back with s3cse (strict policy: only V2/V3 kms+context under `key_id`).
-async fn get_strict(
-    s3: &aws_sdk_s3::Client,
-    kms: &aws_sdk_kms::Client,
-    key_id: &str,
-    bucket: &str,
-    key: &str,
-) -> Vec<u8> {
-    let ring = Keyring::kms(KmsKeyring::new(Arc::new(AwsKms::new(kms.clone())), key_id));
-    let client = S3Cse::new(s3.clone(), ring);
-    let mut out = Vec::new();
-    client
-        .get_to(bucket, key, &GetOptions::default(), &mut out)
-        .await
-        .expect("strict get");
-    out
-}
-
 async fn etags(s3: &aws_sdk_s3::Client, bucket: &str) -> BTreeMap<String, String> {
     let out = s3
         .list_objects_v2()
@@ -172,12 +140,6 @@ async fn etags(s3: &aws_sdk_s3::Client, bucket: &str) -> BTreeMap<String, String
                 o.e_tag().unwrap_or_default().to_owned(),
             )
         })
-        .collect()
-}
-
-fn data(n: usize, seed: u8) -> Vec<u8> {
-    (0..n)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
         .collect()
 }
 
@@ -301,6 +263,15 @@ fn save_scrape(text: &str) {
         let _ = std::fs::create_dir_all(dir);
     }
     std::fs::write(&path, text).expect("save scrape");
+}
+
+/// `s3cse CMD [URL] --state STATE --kms-key-id TARGET EXTRA...`.
+fn rekey_cmd(cmd: &str, url: Option<&str>, state: &str, target: &str, extra: &[&str]) -> Output {
+    let mut args = vec![cmd];
+    args.extend(url);
+    args.extend(["--state", state, "--kms-key-id", target]);
+    args.extend_from_slice(extra);
+    run(&args)
 }
 
 fn state_file(name: &str) -> (tempfile::TempDir, String) {
@@ -533,22 +504,22 @@ async fn rekey_migrates_a_mixed_bucket_and_is_idempotent() {
     let (_sd, state) = state_file("mixed.db");
     let (push_url, push) = fake_pushgateway();
     let url = format!("s3://{bucket}");
-    let o = run(&[
+    let o = rekey_cmd(
         "rekey",
-        &url,
-        "--state",
+        Some(&url),
         &state,
-        "--kms-key-id",
         &target,
-        "--aes-key-file",
-        &aes,
-        "--rsa-key-file",
-        &rsa,
-        "--concurrency",
-        "4",
-        "--pushgateway",
-        &push_url,
-    ]);
+        &[
+            "--aes-key-file",
+            &aes,
+            "--rsa-key-file",
+            &rsa,
+            "--concurrency",
+            "4",
+            "--pushgateway",
+            &push_url,
+        ],
+    );
     assert_eq!(
         o.status.code(),
         Some(1),
@@ -659,20 +630,20 @@ async fn rekey_migrates_a_mixed_bucket_and_is_idempotent() {
     // A second run writes nothing, calls KMS for nothing but DescribeKey, succeeds, and leaves
     // its final metrics in the textfile.
     let textfile = tmp.path().join("s3cse.prom");
-    let o = run(&[
+    let o = rekey_cmd(
         "rekey",
-        &url,
-        "--state",
+        Some(&url),
         &state,
-        "--kms-key-id",
         &target,
-        "--aes-key-file",
-        &aes,
-        "--rsa-key-file",
-        &rsa,
-        "--metrics-textfile",
-        &textfile.display().to_string(),
-    ]);
+        &[
+            "--aes-key-file",
+            &aes,
+            "--rsa-key-file",
+            &rsa,
+            "--metrics-textfile",
+            &textfile.display().to_string(),
+        ],
+    );
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
     assert_eq!(etags(&s3, &bucket).await, after, "second run wrote nothing");
     let final_metrics = std::fs::read_to_string(&textfile).expect("metrics textfile");
@@ -714,21 +685,21 @@ async fn rekey_migrates_a_mixed_bucket_and_is_idempotent() {
     // --retry-failed puts the failed objects back in the queue: they are examined again (and,
     // still corrupt, fail again: exit 1), while the done ones stay untouched.
     let retry_metrics = tmp.path().join("retry.prom");
-    let o = run(&[
+    let o = rekey_cmd(
         "rekey",
-        &url,
-        "--state",
+        Some(&url),
         &state,
-        "--kms-key-id",
         &target,
-        "--aes-key-file",
-        &aes,
-        "--rsa-key-file",
-        &rsa,
-        "--retry-failed",
-        "--metrics-textfile",
-        &retry_metrics.display().to_string(),
-    ]);
+        &[
+            "--aes-key-file",
+            &aes,
+            "--rsa-key-file",
+            &rsa,
+            "--retry-failed",
+            "--metrics-textfile",
+            &retry_metrics.display().to_string(),
+        ],
+    );
     assert_eq!(o.status.code(), Some(1), "{}", show(&o));
     let retried = std::fs::read_to_string(&retry_metrics).expect("metrics textfile");
     assert_eq!(
@@ -768,17 +739,13 @@ async fn dry_run_writes_nothing_and_reports_the_plan() {
     let before = etags(&s3, &bucket).await;
     let (_sd, state) = state_file("dry.db");
     let aes = keys_dir().join("aes256.hex").display().to_string();
-    let o = run(&[
+    let o = rekey_cmd(
         "rekey",
-        &format!("s3://{bucket}"),
-        "--state",
+        Some(&format!("s3://{bucket}")),
         &state,
-        "--kms-key-id",
         &target,
-        "--aes-key-file",
-        &aes,
-        "--dry-run",
-    ]);
+        &["--aes-key-file", &aes, "--dry-run"],
+    );
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(
@@ -816,16 +783,13 @@ async fn dry_run_writes_nothing_and_reports_the_plan() {
     );
 
     // A real run afterwards does the work and replaces the plan by what was done.
-    let o = run(&[
+    let o = rekey_cmd(
         "rekey",
-        &format!("s3://{bucket}"),
-        "--state",
+        Some(&format!("s3://{bucket}")),
         &state,
-        "--kms-key-id",
         &target,
-        "--aes-key-file",
-        &aes,
-    ]);
+        &["--aes-key-file", &aes],
+    );
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
     let o = ok(run(&["status", "--state", &state, "--json"]), "status");
     let st: serde_json::Value = serde_json::from_slice(&o.stdout).expect("status json");
@@ -861,15 +825,7 @@ async fn an_object_overwritten_between_scan_and_work_is_not_clobbered() {
     // Someone writes new content after the scan.
     let newer = data(777, 99);
     put_v1(&s3, &bucket, "o1", &newer, PutRequest::default()).await;
-    let o = run(&[
-        "work",
-        "--state",
-        &state,
-        "--kms-key-id",
-        &target,
-        "--aes-key-file",
-        &aes,
-    ]);
+    let o = rekey_cmd("work", None, &state, &target, &["--aes-key-file", &aes]);
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
     assert_eq!(
         get_strict(&s3, &kms, &target, &bucket, "o1").await,
@@ -985,18 +941,13 @@ async fn a_killed_run_resumes_and_loses_nothing() {
         "killed midway: {st}"
     );
 
-    let o = run(&[
+    let o = rekey_cmd(
         "rekey",
-        &url,
-        "--state",
+        Some(&url),
         &state,
-        "--kms-key-id",
         &target,
-        "--aes-key-file",
-        &aes,
-        "--concurrency",
-        "8",
-    ]);
+        &["--aes-key-file", &aes, "--concurrency", "8"],
+    );
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
     let st: serde_json::Value =
         serde_json::from_slice(&ok(run(&["status", "--state", &state, "--json"]), "status").stdout)
@@ -1071,20 +1022,20 @@ async fn rewrap_above_the_copy_threshold_is_a_multipart_copy() {
     let (_sd, state) = state_file("mpcopy.db");
     let textfile = tmp.path().join("metrics.prom");
     let part = (5u64 << 20).to_string();
-    let o = run(&[
+    let o = rekey_cmd(
         "rekey",
-        &format!("s3://{bucket}"),
-        "--state",
+        Some(&format!("s3://{bucket}")),
         &state,
-        "--kms-key-id",
         &target,
-        "--copy-part-threshold",
-        &part,
-        "--copy-part-size",
-        &part,
-        "--metrics-textfile",
-        &textfile.display().to_string(),
-    ]);
+        &[
+            "--copy-part-threshold",
+            &part,
+            "--copy-part-size",
+            &part,
+            "--metrics-textfile",
+            &textfile.display().to_string(),
+        ],
+    );
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
     for (key, want) in [("big-gcm.bin", &big), ("small-gcm.bin", &small)] {
         let out = tmp.path().join("out");
