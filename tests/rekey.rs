@@ -1320,17 +1320,16 @@ async fn a_write_whose_outcome_was_lost_is_recorded_from_its_intent() {
     let (_sd, state) = state_file("intent.db");
     let aes = keys_dir().join("aes256.hex").display().to_string();
     let url = format!("s3://{bucket}");
-    let args = [
-        "rekey",
-        &url,
-        "--state",
-        &state,
-        "--kms-key-id",
-        &target,
-        "--aes-key-file",
-        &aes,
-    ];
-    assert_eq!(run(&args).status.code(), Some(0));
+    let rekey = || {
+        rekey_cmd(
+            "rekey",
+            Some(&url),
+            &state,
+            &target,
+            &["--aes-key-file", &aes],
+        )
+    };
+    assert_eq!(rekey().status.code(), Some(0));
     let after = etags(&s3, &bucket).await;
 
     // Put the row back as a crash after the write leaves it: running under a dead worker's
@@ -1361,7 +1360,7 @@ async fn a_write_whose_outcome_was_lost_is_recorded_from_its_intent() {
     .await
     .expect("simulate the crash");
 
-    let o = run(&args);
+    let o = rekey();
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
     assert_eq!(etags(&s3, &bucket).await, after, "nothing written again");
     let row: (
