@@ -1121,7 +1121,8 @@ impl Multipart {
             self.key.clone(),
             self.upload_id.clone(),
         );
-        let (body, held) = part.freeze();
+        let (body, held): (Bytes, HeldBudget) = part.freeze();
+        let sent = body.clone();
         self.inflight.spawn(async move {
             let t = Instant::now();
             let r =
@@ -1135,9 +1136,9 @@ impl Multipart {
                     .body(ByteStream::from(body))
                     .send()
                     .await;
-            // The request and its body are gone, whatever the outcome: the bytes go back to
-            // the budget now, not when this upload ends.
-            drop::<HeldBudget>(held);
+            // The request and its body are gone, whatever the outcome: the buffer goes back
+            // to the budget now (for the next part), not when this upload ends.
+            held.give_back(sent);
             let out = c.observe("UploadPart", &bucket, &key, t, r)?;
             Ok(CompletedPart::builder()
                 .part_number(n)
