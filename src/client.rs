@@ -16,7 +16,7 @@
 //! ([`DEFAULT_BUFFER_BUDGET`], 64 MiB, unless [`S3Cse::with_buffer_budget`]): the part buffers
 //! of every upload in flight add up to at most the budget, so `rekey --concurrency N` with N
 //! large objects does not take N times as much. Outside the budget, each upload in progress
-//! has one read buffer of at most [`codec::CHUNK`] (less for small objects of known size), and a
+//! has one read buffer of at most [`PUT_READ_CHUNK`] (less for small objects of known size), and a
 //! GET its spool's in-memory part.
 
 mod budget;
@@ -925,10 +925,10 @@ impl S3Cse {
                 "read {total} bytes, {want} were announced"
             )))
         };
-        // Plaintext comes in chunks of at most CHUNK: a small object of known length needs a
+        // Plaintext comes in chunks of at most PUT_READ_CHUNK: a small object of known length needs a
         // read buffer of its own size only (one byte more, to see the end).
-        let chunk = announced.map_or(codec::CHUNK, |n| {
-            n.saturating_add(1).min(codec::CHUNK as u64) as usize
+        let chunk = announced.map_or(PUT_READ_CHUNK, |n| {
+            n.saturating_add(1).min(PUT_READ_CHUNK as u64) as usize
         });
         let mut inbuf = vec![0u8; chunk];
         let mut n = codec::read_full(src, &mut inbuf).await?;
@@ -1091,6 +1091,11 @@ impl S3Cse {
 
 /// Decrypts one fetched chunk of a ranged read in place.
 type RangeDecrypt = Box<dyn FnMut(&mut Vec<u8>) -> Result<(), ContentError> + Send>;
+
+/// Plaintext read buffer of one upload, outside the budget: with `rekey --concurrency 64`
+/// there are 64 of them. The ciphers work in 8 KiB slices, and a decrypting source hands out
+/// at most 256 KiB a read, so a larger buffer buys nothing.
+pub const PUT_READ_CHUNK: usize = 256 << 10;
 
 /// Room left in a part buffer past `part_size`, so that the encryptor never has to grow it: a
 /// block cipher holds back less than a block, and `finish` adds at most a padded block plus the
