@@ -187,7 +187,7 @@ async fn part_buffers_of_concurrent_uploads_stay_within_the_budget() {
         b.bytes(),
         "every share was given back (or kept with its buffer for reuse)"
     );
-    // Outside the budget: 23 read buffers (1 MiB for the large objects, their own size for
+    // Outside the budget: 23 read buffers (256 KiB for the large objects, their own size for
     // the small ones), hyper's and the SDK's buffers. Without the budget the part buffers alone
     // would reach 75 MiB; with buffers that double as they fill, twice that.
     let limit = budget as usize + 12 * MIB;
