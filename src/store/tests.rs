@@ -105,10 +105,10 @@ async fn claim_uses_the_partial_indexes() {
         .await
         .unwrap();
     sqlx::query("ANALYZE").execute(&store.pool).await.unwrap();
-    let plan: Vec<String> = sqlx::query(AssertSqlSafe(format!("EXPLAIN QUERY PLAN {CLAIM_SQL}")))
+    let sql = format!("EXPLAIN QUERY PLAN {}", claim_sql(10));
+    let plan: Vec<String> = sqlx::query(AssertSqlSafe(sql))
         .bind("w")
         .bind(60i64)
-        .bind(10i64)
         .fetch_all(&store.pool)
         .await
         .unwrap()
