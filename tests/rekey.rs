@@ -504,22 +504,22 @@ async fn rekey_migrates_a_mixed_bucket_and_is_idempotent() {
     let (_sd, state) = state_file("mixed.db");
     let (push_url, push) = fake_pushgateway();
     let url = format!("s3://{bucket}");
-    let o = rekey_cmd(
-        "rekey",
-        Some(&url),
-        &state,
-        &target,
-        &[
+    let rekey_with_keys = |extra: &[&str]| {
+        let keys = [
             "--aes-key-file",
-            &aes,
+            aes.as_str(),
             "--rsa-key-file",
-            &rsa,
-            "--concurrency",
-            "4",
-            "--pushgateway",
-            &push_url,
-        ],
-    );
+            rsa.as_str(),
+        ];
+        rekey_cmd(
+            "rekey",
+            Some(&url),
+            &state,
+            &target,
+            &[&keys[..], extra].concat(),
+        )
+    };
+    let o = rekey_with_keys(&["--concurrency", "4", "--pushgateway", &push_url]);
     assert_eq!(
         o.status.code(),
         Some(1),
@@ -630,20 +630,7 @@ async fn rekey_migrates_a_mixed_bucket_and_is_idempotent() {
     // A second run writes nothing, calls KMS for nothing but DescribeKey, succeeds, and leaves
     // its final metrics in the textfile.
     let textfile = tmp.path().join("s3cse.prom");
-    let o = rekey_cmd(
-        "rekey",
-        Some(&url),
-        &state,
-        &target,
-        &[
-            "--aes-key-file",
-            &aes,
-            "--rsa-key-file",
-            &rsa,
-            "--metrics-textfile",
-            &textfile.display().to_string(),
-        ],
-    );
+    let o = rekey_with_keys(&["--metrics-textfile", &textfile.display().to_string()]);
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
     assert_eq!(etags(&s3, &bucket).await, after, "second run wrote nothing");
     let final_metrics = std::fs::read_to_string(&textfile).expect("metrics textfile");
@@ -685,21 +672,11 @@ async fn rekey_migrates_a_mixed_bucket_and_is_idempotent() {
     // --retry-failed puts the failed objects back in the queue: they are examined again (and,
     // still corrupt, fail again: exit 1), while the done ones stay untouched.
     let retry_metrics = tmp.path().join("retry.prom");
-    let o = rekey_cmd(
-        "rekey",
-        Some(&url),
-        &state,
-        &target,
-        &[
-            "--aes-key-file",
-            &aes,
-            "--rsa-key-file",
-            &rsa,
-            "--retry-failed",
-            "--metrics-textfile",
-            &retry_metrics.display().to_string(),
-        ],
-    );
+    let o = rekey_with_keys(&[
+        "--retry-failed",
+        "--metrics-textfile",
+        &retry_metrics.display().to_string(),
+    ]);
     assert_eq!(o.status.code(), Some(1), "{}", show(&o));
     let retried = std::fs::read_to_string(&retry_metrics).expect("metrics textfile");
     assert_eq!(
