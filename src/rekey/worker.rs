@@ -672,8 +672,19 @@ async fn process(
         }
     }
     let written = match action {
-        Action::Rewrite => rewrite(ctx, &head, &env, body).await?,
-        _ => rewrap(ctx, &head, &env, body).await?,
+        Action::Rewrite => rewrite(ctx, &head, &env, body).await,
+        _ => rewrap(ctx, &head, &env, body).await,
+    };
+    let written = match written {
+        Err(e @ ObjError::Conflict { .. }) => {
+            // Our conditional write (or read) was refused: nothing of it landed, so a later
+            // attempt must not take another writer's current object for ours.
+            if let Err(se) = c.store.clear_intent(job.id, &ctx.owner).await {
+                tracing::warn!(key = %job.key, error = %se, "could not clear the intent");
+            }
+            return Err(e);
+        }
+        r => r?,
     };
     if env.location == Location::InstructionFile {
         let ikey = format!("{}{INSTRUCTION_SUFFIX}", head.key);

@@ -858,6 +858,20 @@ impl JobStore {
         Ok(done.rows_affected() == 1)
     }
 
+    /// Forgets `owner`'s intent on job `id`: its write was refused (the object changed first),
+    /// so nothing of it is to be recovered.
+    pub async fn clear_intent(&self, id: i64, owner: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE jobs SET intent = NULL WHERE id = ?1 AND lease_owner = ?2 \
+             AND state = 'running'",
+        )
+        .bind(id)
+        .bind(owner)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// `--dry-run`: records what a run would do with pending job `id` (its source format and
     /// planned action, or the error it would hit) without changing its state, so `status`
     /// and `report` show the plan. A real run overwrites it. Returns `false` if the job is no

@@ -804,6 +804,13 @@ async fn an_intent_lasts_until_an_outcome_is_recorded() {
     assert!(store.record_intent(job.id, "w1", &intent).await.unwrap());
     assert_eq!(by_key(&store, "a").await.intent.as_ref(), Some(&intent));
 
+    // A refused write forgets only the holder's intent.
+    store.clear_intent(job.id, "w2").await.unwrap();
+    assert_eq!(by_key(&store, "a").await.intent.as_ref(), Some(&intent));
+    store.clear_intent(job.id, "w1").await.unwrap();
+    assert_eq!(by_key(&store, "a").await.intent, None);
+    assert!(store.record_intent(job.id, "w1", &intent).await.unwrap());
+
     // The worker dies after its write; the next attempt sees the new ETag (a conflict) and a
     // rescan lists it: the intent survives both.
     store
