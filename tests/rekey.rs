@@ -1363,6 +1363,17 @@ async fn a_write_whose_outcome_was_lost_is_recorded_from_its_intent() {
         ),
         "the write is recorded with the way back"
     );
+    // ...and verified now, as any write: decrypted under the target key, its plaintext hashed.
+    let (sha,): (Option<String>,) = sqlx::query_as("SELECT plaintext_sha256 FROM jobs")
+        .fetch_one(&db)
+        .await
+        .expect("row");
+    use sha2::Digest as _;
+    assert_eq!(
+        sha,
+        Some(hex::encode(sha2::Sha256::digest(data(700, 1)))),
+        "the recovered write was read back and decrypted"
+    );
     let done = report(&state, "done");
     assert_eq!(done[0]["VersionId"], src_version.as_str(), "{done:?}");
     db.close().await;

@@ -624,9 +624,19 @@ async fn process(
         EnvelopeState::Encrypted(env) => env.format_name(),
     };
     if let Action::Skip(SkipReason::Current) = action
-        && let Some(done) = recovered(job, &head)
+        && let Some(mut done) = recovered(job, &head)
     {
-        discard(body, head.content_length).await;
+        match (&state, c.verify) {
+            (EnvelopeState::Encrypted(env), true) => {
+                // The interrupted attempt never verified its write: decrypt it now (one KMS
+                // Decrypt, tag checked) and record its plaintext SHA-256.
+                let cek = source_key(c, env).await?;
+                let body = body_of(c, &head, body).await?;
+                let sha = authenticate(body, head.content_length, env, &cek).await?;
+                done.outcome.plaintext_sha256 = Some(sha);
+            }
+            _ => discard(body, head.content_length).await,
+        }
         return Ok(done);
     }
     let env = match (action, state) {
@@ -727,7 +737,8 @@ async fn process(
 /// A job whose earlier attempt wrote the object and died before recording it: the object is
 /// current now, and the intent recorded before that write names a source ETag that is no
 /// longer there. The write is recorded from the intent (action, format, replaced version),
-/// so `report` keeps the way back. `None` for any other current object.
+/// so `report` keeps the way back; the caller verifies it as any write. `None` for any other
+/// current object.
 fn recovered(job: &Job, head: &ObjectHead) -> Option<Done> {
     let intent = job.intent.as_ref()?;
     if intent.source_etag.is_none() || intent.source_etag == head.etag {
