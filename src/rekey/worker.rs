@@ -543,7 +543,7 @@ async fn inspect(
     get_if_match: Option<&str>,
 ) -> Result<Option<Inspected>, ObjError> {
     ctx.s3_limit.wait().await;
-    let fetched = match get_if_match {
+    let mut fetched = match get_if_match {
         Some(etag) => ctx
             .client
             .get_with_head(bucket, key, Some(etag))
@@ -551,6 +551,16 @@ async fn inspect(
             .map(|(h, b)| (h, Some(b))),
         None => ctx.client.head(bucket, key).await.map(|h| (h, None)),
     };
+    if let Err(ClientError::S3 {
+        code: Some(code), ..
+    }) = &fetched
+        && code == "InvalidObjectState"
+    {
+        // Archived (an archive tier the listing did not show): HEAD still answers, and a
+        // plaintext or current object is skipped without being restored.
+        ctx.s3_limit.wait().await;
+        fetched = ctx.client.head(bucket, key).await.map(|h| (h, None));
+    }
     let (head, body) = match fetched {
         Ok(x) => x,
         Err(ClientError::NotFound { .. }) => return Ok(None),
@@ -566,6 +576,23 @@ async fn inspect(
         action,
         instruction_etag,
     }))
+}
+
+/// Storage classes whose objects a GET returns at once. GLACIER and DEEP_ARCHIVE objects
+/// answer a GET with InvalidObjectState until restored, and INTELLIGENT_TIERING ones may sit in
+/// an archive tier: those start with HEAD.
+fn readable_at_once(storage_class: Option<&str>) -> bool {
+    matches!(
+        storage_class,
+        None | Some(
+            "STANDARD"
+                | "STANDARD_IA"
+                | "ONEZONE_IA"
+                | "REDUCED_REDUNDANCY"
+                | "GLACIER_IR"
+                | "EXPRESS_ONEZONE"
+        )
+    )
 }
 
 /// Reads a small body that is not needed to its end, so the connection can be reused (an
@@ -586,8 +613,10 @@ async fn process(
 ) -> Result<Done, ObjError> {
     let c = &ctx.config;
     // Small objects: one GET pinned to the listed ETag gives the head and the body.
-    let get_first =
-        (job.size <= GET_FIRST_MAX && !job.etag.is_empty()).then_some(job.etag.as_str());
+    let get_first = (job.size <= GET_FIRST_MAX
+        && !job.etag.is_empty()
+        && readable_at_once(job.storage_class.as_deref()))
+    .then_some(job.etag.as_str());
     let Some(Inspected {
         head,
         body,
@@ -1361,6 +1390,26 @@ mod tests {
             utf8_percent_encode(k, COPY_SOURCE).to_string(),
             "dir/na%C3%AFve%20file%2Bx%3F.txt"
         );
+    }
+
+    #[test]
+    fn archived_storage_classes_start_with_head() {
+        for class in [
+            None,
+            Some("STANDARD"),
+            Some("STANDARD_IA"),
+            Some("GLACIER_IR"),
+        ] {
+            assert!(readable_at_once(class), "{class:?}");
+        }
+        for class in [
+            "GLACIER",
+            "DEEP_ARCHIVE",
+            "INTELLIGENT_TIERING",
+            "SOMETHING_NEW",
+        ] {
+            assert!(!readable_at_once(Some(class)), "{class}");
+        }
     }
 
     #[test]
