@@ -659,9 +659,7 @@ async fn process(
             (EnvelopeState::Encrypted(env), true) => {
                 // The interrupted attempt never verified its write: decrypt it now (one KMS
                 // Decrypt, tag checked) and record its plaintext SHA-256.
-                let cek = source_key(c, env).await?;
-                let body = body_of(c, &head, body).await?;
-                let sha = authenticate(body, head.content_length, env, &cek).await?;
+                let (_, sha) = authenticate(c, &head, env, body).await?;
                 done.outcome.plaintext_sha256 = Some(sha);
             }
             _ => discard(body, head.content_length).await,
@@ -992,22 +990,25 @@ async fn body_of(
     }
 }
 
-/// Decrypts a whole source body (tag checked) and returns its plaintext SHA-256; the
-/// plaintext is dropped as it goes.
+/// Unwraps the object's content key and decrypts its whole body with it (tag checked; the
+/// body fetched unless `body` has it), dropping the plaintext as it goes. Returns the key and
+/// the plaintext SHA-256.
 async fn authenticate(
-    body: ByteStream,
-    len: u64,
+    c: &RekeyConfig,
+    head: &ObjectHead,
     env: &Envelope,
-    cek: &SecretBytes,
-) -> Result<String, ObjError> {
-    let dec = ObjectDecryptor::new(env, cek)?;
-    let mut reader = DecryptReader::new(body.into_async_read(), dec, len);
+    body: Option<ByteStream>,
+) -> Result<(SecretBytes, String), ObjError> {
+    let cek = source_key(c, env).await?;
+    let body = body_of(c, head, body).await?;
+    let dec = ObjectDecryptor::new(env, &cek)?;
+    let mut reader = DecryptReader::new(body.into_async_read(), dec, head.content_length);
     let r = tokio::io::copy(&mut reader, &mut tokio::io::sink()).await;
     if reader.auth_failed {
         return Err(CodecError::DecryptionFailed.into());
     }
     r.map_err(ClientError::Io)?;
-    Ok(reader.sha256_hex())
+    Ok((cek, reader.sha256_hex()))
 }
 
 async fn rewrap(
@@ -1045,14 +1046,7 @@ async fn rewrap(
     } else {
         // The key is in hand: authenticate the body before vouching for it under the new
         // key, so a tampered object fails (untouched) instead of being rewrapped.
-        let cek = source_key(c, env).await?;
-        let sha = authenticate(
-            body_of(c, head, body).await?,
-            head.content_length,
-            env,
-            &cek,
-        )
-        .await?;
+        let (cek, sha) = authenticate(c, head, env, body).await?;
         (
             c.kms.encrypt(&c.target.key_id, &cek, &ec).await?,
             Some(cek),
