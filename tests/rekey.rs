@@ -1,7 +1,8 @@
 //! `s3cse rekey` against the local test bed (SeaweedFS S3 + moto KMS, `scripts/testbed.sh up`),
 //! through the real binary. Buckets are seeded by the peers (aioboto3, AWS's Python client) and
 //! by s3cse's own legacy writer; results are read back with AWS's Python client under the target
-//! key. Without `S3CSE_TESTBED` every test prints "skipped" and passes.
+//! key. Without `S3CSE_TESTBED` every test says "skipped" and passes (under CI it fails instead:
+//! see `common::testbed`).
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -10,81 +11,21 @@ use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aws_sdk_s3::primitives::ByteStream;
 use s3cse::client::{PutRequest, S3Cse};
 use s3cse::codec::{self, WriteFormat};
-use s3cse::keyring::{AesMasterKey, AwsKms, Keyring};
+use s3cse::keyring::{AwsKms, Keyring};
 
 mod common;
 
-use common::{data, get_strict, kms, s3};
+use common::{
+    Bed, aes_key, aes_key_file, bed, data, kms_key, peer_get, peer_head, peer_put, put_v1,
+    put_v1_with, rsa_private_key_file, vectors,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_s3cse");
 
-fn testbed() -> bool {
-    if std::env::var_os("S3CSE_TESTBED").is_none() {
-        println!("skipped: run scripts/test.sh");
-        return false;
-    }
-    true
-}
-
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn keys_dir() -> PathBuf {
-    root().join("tests/vectors/keys")
-}
-
-fn unique(prefix: &str) -> String {
-    let n = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_nanos();
-    format!("{prefix}-{}-{}", std::process::id(), n % 1_000_000_000)
-}
-
-async fn new_key(kms: &aws_sdk_kms::Client) -> String {
-    let out = kms
-        .create_key()
-        .description("s3cse rekey test")
-        .send()
-        .await
-        .expect("create key");
-    out.key_metadata().expect("metadata").key_id().to_owned()
-}
-
-async fn new_bucket(s3: &aws_sdk_s3::Client, prefix: &str) -> String {
-    let b = unique(prefix);
-    s3.create_bucket()
-        .bucket(&b)
-        .send()
-        .await
-        .expect("create bucket");
-    b
-}
-
-fn aes_key() -> AesMasterKey {
-    let bytes = std::fs::read(keys_dir().join("aes256.hex")).expect("aes key");
-    AesMasterKey::from_file_bytes(&bytes).expect("aes key")
-}
-
-/// Writes `data` with s3cse's legacy V1 writer (AES/ECB-wrapped key, CBC content).
-async fn put_v1(s3: &aws_sdk_s3::Client, bucket: &str, key: &str, data: &[u8], req: PutRequest) {
-    let ring = Keyring::aes(aes_key());
-    let client = S3Cse::new(s3.clone(), ring.clone());
-    let enc = codec::new_legacy_v1_encryption(&ring, Some(data.len() as u64)).expect("v1");
-    let req = PutRequest {
-        bucket: bucket.into(),
-        key: key.into(),
-        plaintext_len: Some(data.len() as u64),
-        ..req
-    };
-    client
-        .put_encrypted(&req, enc, &mut &data[..])
-        .await
-        .expect("put v1");
 }
 
 /// Writes `data` as V2 with a raw AES key (`AES/GCM` wrap, GCM content).
@@ -103,35 +44,21 @@ async fn put_raw_gcm(s3: &aws_sdk_s3::Client, bucket: &str, key: &str, data: &[u
 }
 
 /// Flips one byte of an object's stored body (the one `at` picks), keeping its metadata.
-async fn tamper(s3: &aws_sdk_s3::Client, bucket: &str, key: &str, at: impl Fn(&[u8]) -> usize) {
-    let raw = s3
-        .get_object()
-        .bucket(bucket)
-        .key(key)
-        .send()
-        .await
-        .expect("get to tamper");
-    let meta = raw.metadata().cloned();
-    let mut body = raw.body.collect().await.expect("body").to_vec();
+async fn tamper(b: &Bed, key: &str, at: impl Fn(&[u8]) -> usize) {
+    let (mut body, meta) = b.raw_get(key).await;
     let i = at(&body);
     body[i] ^= 0x55;
-    s3.put_object()
-        .bucket(bucket)
-        .key(key)
-        .set_metadata(meta)
-        .body(ByteStream::from(body))
-        .send()
-        .await
-        .expect("put tampered");
+    b.raw_put(key, body, &meta.into_iter().collect::<Vec<_>>())
+        .await;
 }
 
-async fn etags(s3: &aws_sdk_s3::Client, bucket: &str) -> BTreeMap<String, String> {
-    let out = s3
-        .list_objects_v2()
-        .bucket(bucket)
-        .send()
-        .await
-        .expect("list");
+async fn etags(b: &Bed) -> BTreeMap<String, String> {
+    let out =
+        b.s3.list_objects_v2()
+            .bucket(&b.bucket)
+            .send()
+            .await
+            .expect("list");
     out.contents()
         .iter()
         .map(|o| {
@@ -158,25 +85,6 @@ fn show(o: &Output) -> String {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     )
-}
-
-fn peer(python_env: &str, script: &str, args: &[&str]) -> Output {
-    let py = std::env::var(python_env).expect(python_env);
-    let dir = std::env::var("S3CSE_PEERS_DIR")
-        .unwrap_or_else(|_| root().join("tests/peers").display().to_string());
-    Command::new(py)
-        .arg(Path::new(&dir).join(script))
-        .args(args)
-        .output()
-        .expect("peer")
-}
-
-fn aio(args: &[&str]) -> Output {
-    peer("S3CSE_PY_AIOBOTO3", "aioboto3_peer.py", args)
-}
-
-fn awsc(args: &[&str]) -> Output {
-    peer("S3CSE_PY_AWSCLIENT", "awsclient_peer.py", args)
 }
 
 fn ok(o: Output, what: &str) -> Output {
@@ -274,6 +182,20 @@ fn rekey_cmd(cmd: &str, url: Option<&str>, state: &str, target: &str, extra: &[&
     run(&args)
 }
 
+/// `s3cse rekey s3://BUCKET --state STATE --kms-key-id KEY --aes-key-file AES EXTRA...`: the
+/// bed's bucket to the bed's key, legacy objects read with the vectors' AES key.
+fn rekey_aes(b: &Bed, state: &str, extra: &[&str]) -> Output {
+    let aes = aes_key_file().display().to_string();
+    let args = [&["--aes-key-file", aes.as_str()][..], extra].concat();
+    rekey_cmd("rekey", Some(&b.bucket_url()), state, &b.key_id, &args)
+}
+
+/// `s3cse status --state STATE --json`.
+fn status(state: &str) -> serde_json::Value {
+    let o = ok(run(&["status", "--state", state, "--json"]), "status");
+    serde_json::from_slice(&o.stdout).expect("status json")
+}
+
 fn state_file(name: &str) -> (tempfile::TempDir, String) {
     let dir = tempfile::tempdir().expect("tempdir");
     let p = dir.path().join(name).display().to_string();
@@ -295,69 +217,47 @@ fn report(state: &str, only: &str) -> Vec<serde_json::Value> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rekey_migrates_a_mixed_bucket_and_is_idempotent() {
-    if !testbed() {
+    let Some(b) = bed("rekey-mixed").await else {
         return;
-    }
-    let (s3, kms) = (s3().await, kms().await);
-    let bucket = new_bucket(&s3, "rekey-mixed").await;
-    let (old, target) = (new_key(&kms).await, new_key(&kms).await);
-    let tmp = tempfile::tempdir().expect("tmp");
-    let aes = keys_dir().join("aes256.hex").display().to_string();
-    let rsa_pub = keys_dir().join("rsa2048-public.pem").display().to_string();
-    let rsa = keys_dir().join("rsa2048-private.pem").display().to_string();
+    };
+    let (bucket, target) = (&b.bucket, &b.key_id);
+    let old = kms_key(&b.kms).await;
+    let aes = aes_key_file().display().to_string();
+    let rsa_pub = vectors()
+        .join("keys/rsa2048-public.pem")
+        .display()
+        .to_string();
+    let rsa = rsa_private_key_file().display().to_string();
     let mut inputs: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-    let mut input = |key: &str, n: usize, seed: u8| {
+    // `which` (a peer) puts `n` bytes from `seed` at `key`, with `extra` options.
+    let mut peer_seed = |which: &str, key: &str, n: usize, seed: u8, extra: &[&str]| {
         let d = data(n, seed);
-        let p = tmp.path().join(format!("in-{seed}"));
-        std::fs::write(&p, &d).expect("write input");
+        let f = b.write(&format!("in-{seed}"), &d);
         inputs.insert(key.to_owned(), d);
-        p.display().to_string()
+        ok(peer_put(which, bucket, key, &f, extra), key);
     };
     // Peers: aioboto3 V1 raw AES, V1 RSA, KMS CBC, KMS GCM (`kms` wrap); AWS's client V2 and V3.
-    let f = input("aio-v1-aes.bin", 5000, 1);
-    ok(
-        aio(&[
-            "put",
-            "--bucket",
-            &bucket,
-            "--key",
-            "aio-v1-aes.bin",
-            "--input",
-            &f,
-            "--kind",
-            "symmetric",
-            "--aes-key-file",
-            &aes,
-        ]),
-        "aio sym",
+    let aio = "aioboto3";
+    peer_seed(
+        aio,
+        "aio-v1-aes.bin",
+        5000,
+        1,
+        &["--kind", "symmetric", "--aes-key-file", &aes],
     );
-    let f = input("aio-v1-rsa.bin", 3001, 2);
-    ok(
-        aio(&[
-            "put",
-            "--bucket",
-            &bucket,
-            "--key",
-            "aio-v1-rsa.bin",
-            "--input",
-            &f,
-            "--kind",
-            "asymmetric",
-            "--rsa-key-file",
-            &rsa_pub,
-        ]),
-        "aio rsa",
+    peer_seed(
+        aio,
+        "aio-v1-rsa.bin",
+        3001,
+        2,
+        &["--kind", "asymmetric", "--rsa-key-file", &rsa_pub],
     );
-    let f = input("aio-kms-cbc.txt", 777, 3);
-    ok(
-        aio(&[
-            "put",
-            "--bucket",
-            &bucket,
-            "--key",
-            "aio-kms-cbc.txt",
-            "--input",
-            &f,
+    peer_seed(
+        aio,
+        "aio-kms-cbc.txt",
+        777,
+        3,
+        &[
             "--kind",
             "kms",
             "--kms-key-id",
@@ -367,19 +267,14 @@ async fn rekey_migrates_a_mixed_bucket_and_is_idempotent() {
             "text/plain",
             "--metadata",
             "owner=cbc",
-        ]),
-        "aio kms cbc",
+        ],
     );
-    let f = input("aio-kms-gcm.bin", 4096, 4);
-    ok(
-        aio(&[
-            "put",
-            "--bucket",
-            &bucket,
-            "--key",
-            "aio-kms-gcm.bin",
-            "--input",
-            &f,
+    peer_seed(
+        aio,
+        "aio-kms-gcm.bin",
+        4096,
+        4,
+        &[
             "--kind",
             "kms",
             "--kms-key-id",
@@ -388,19 +283,15 @@ async fn rekey_migrates_a_mixed_bucket_and_is_idempotent() {
             "application/x-gcm",
             "--metadata",
             "owner=gcm",
-        ]),
-        "aio kms gcm",
+        ],
     );
-    let f = input("aws-v2-old.bin", 2048, 5);
-    ok(
-        awsc(&[
-            "put",
-            "--bucket",
-            &bucket,
-            "--key",
-            "aws-v2-old.bin",
-            "--input",
-            &f,
+    let awsc = "awsclient";
+    peer_seed(
+        awsc,
+        "aws-v2-old.bin",
+        2048,
+        5,
+        &[
             "--kms-key-id",
             &old,
             "--format",
@@ -412,42 +303,21 @@ async fn rekey_migrates_a_mixed_bucket_and_is_idempotent() {
             "--tag",
             "t1=v1",
             "t2=v 2",
-        ]),
-        "aws v2 old",
+        ],
     );
-    let f = input("aws-v2-current.bin", 100, 6);
-    ok(
-        awsc(&[
-            "put",
-            "--bucket",
-            &bucket,
-            "--key",
-            "aws-v2-current.bin",
-            "--input",
-            &f,
-            "--kms-key-id",
-            &target,
-            "--format",
-            "v2",
-        ]),
-        "aws v2 target",
+    peer_seed(
+        awsc,
+        "aws-v2-current.bin",
+        100,
+        6,
+        &["--kms-key-id", target, "--format", "v2"],
     );
-    let f = input("aws-v3.bin", 100, 7);
-    ok(
-        awsc(&[
-            "put",
-            "--bucket",
-            &bucket,
-            "--key",
-            "aws-v3.bin",
-            "--input",
-            &f,
-            "--kms-key-id",
-            &old,
-            "--format",
-            "v3",
-        ]),
-        "aws v3",
+    peer_seed(
+        awsc,
+        "aws-v3.bin",
+        100,
+        7,
+        &["--kms-key-id", &old, "--format", "v3"],
     );
     // s3cse's own writers: unicode key with metadata, content type and tags; a multipart-size
     // V1 object; a raw-key GCM object (rewrap by Encrypt); plaintext; a corrupt V1 object.
@@ -459,9 +329,9 @@ async fn rekey_migrates_a_mixed_bucket_and_is_idempotent() {
         content_type: Some("application/x-uni".into()),
         ..Default::default()
     };
-    put_v1(
-        &s3,
-        &bucket,
+    put_v1_with(
+        &b.s3,
+        bucket,
         uni,
         &d,
         PutRequest {
@@ -474,49 +344,27 @@ async fn rekey_migrates_a_mixed_bucket_and_is_idempotent() {
     .await;
     inputs.insert(uni.into(), d);
     let big = data(9 << 20, 9);
-    put_v1(&s3, &bucket, "big.bin", &big, PutRequest::default()).await;
+    put_v1(&b.s3, bucket, "big.bin", &big).await;
     inputs.insert("big.bin".into(), big);
     let d = data(3333, 10);
-    put_raw_gcm(&s3, &bucket, "raw-gcm.bin", &d).await;
+    put_raw_gcm(&b.s3, bucket, "raw-gcm.bin", &d).await;
     inputs.insert("raw-gcm.bin".into(), d);
-    s3.put_object()
-        .bucket(&bucket)
-        .key("plain.txt")
-        .body(ByteStream::from_static(b"hello"))
-        .send()
-        .await
-        .expect("plain");
-    put_v1(
-        &s3,
-        &bucket,
-        "corrupt.bin",
-        &data(1000, 11),
-        PutRequest::default(),
-    )
-    .await;
-    tamper(&s3, &bucket, "corrupt.bin", |b| b.len() - 1).await;
+    b.raw_put("plain.txt", b"hello".to_vec(), &[]).await;
+    put_v1(&b.s3, bucket, "corrupt.bin", &data(1000, 11)).await;
+    tamper(&b, "corrupt.bin", |body| body.len() - 1).await;
     // A GCM body under a legacy wrap would only need a rewrap (no body rewrite): its tag is
     // still checked before its key is vouched for under the target key.
-    put_raw_gcm(&s3, &bucket, "raw-gcm-tampered.bin", &data(2000, 12)).await;
-    tamper(&s3, &bucket, "raw-gcm-tampered.bin", |b| b.len() / 2).await;
+    put_raw_gcm(&b.s3, bucket, "raw-gcm-tampered.bin", &data(2000, 12)).await;
+    tamper(&b, "raw-gcm-tampered.bin", |body| body.len() / 2).await;
 
-    let before = etags(&s3, &bucket).await;
+    let before = etags(&b).await;
     let (_sd, state) = state_file("mixed.db");
     let (push_url, push) = fake_pushgateway();
-    let url = format!("s3://{bucket}");
     let rekey_with_keys = |extra: &[&str]| {
-        let keys = [
-            "--aes-key-file",
-            aes.as_str(),
-            "--rsa-key-file",
-            rsa.as_str(),
-        ];
-        rekey_cmd(
-            "rekey",
-            Some(&url),
+        rekey_aes(
+            &b,
             &state,
-            &target,
-            &[&keys[..], extra].concat(),
+            &[&["--rsa-key-file", rsa.as_str()][..], extra].concat(),
         )
     };
     let o = rekey_with_keys(&["--concurrency", "4", "--pushgateway", &push_url]);
@@ -539,18 +387,8 @@ async fn rekey_migrates_a_mixed_bucket_and_is_idempotent() {
         "raw-gcm.bin",
     ];
     for key in migrated {
-        let out = tmp.path().join("out");
-        let o = awsc(&[
-            "get",
-            "--bucket",
-            &bucket,
-            "--key",
-            key,
-            "--output",
-            &out.display().to_string(),
-            "--kms-key-id",
-            &target,
-        ]);
+        let out = b.path("out");
+        let o = peer_get("awsclient", bucket, key, &out, &["--kms-key-id", target]);
         assert!(
             o.status.success(),
             "{key} reads with AWS's client under the target key: {}",
@@ -561,10 +399,7 @@ async fn rekey_migrates_a_mixed_bucket_and_is_idempotent() {
             "{key}: same bytes"
         );
     }
-    let head = |key: &str| {
-        let o = ok(awsc(&["head", "--bucket", &bucket, "--key", key]), "head");
-        serde_json::from_slice::<serde_json::Value>(&o.stdout).expect("head json")
-    };
+    let head = |key: &str| peer_head(bucket, key);
     let h = head("aws-v2-old.bin");
     assert_eq!(h["content_type"], "application/x-old");
     assert_eq!(h["metadata"]["owner"], "aws");
@@ -578,7 +413,7 @@ async fn rekey_migrates_a_mixed_bucket_and_is_idempotent() {
     assert_eq!(h["tags"], serde_json::json!({"k": "v w"}));
     assert_eq!(head("aio-kms-gcm.bin")["metadata"]["owner"], "gcm");
 
-    let after = etags(&s3, &bucket).await;
+    let after = etags(&b).await;
     for key in [
         "aws-v2-current.bin",
         "aws-v3.bin",
@@ -629,10 +464,10 @@ async fn rekey_migrates_a_mixed_bucket_and_is_idempotent() {
 
     // A second run writes nothing, calls KMS for nothing but DescribeKey, succeeds, and leaves
     // its final metrics in the textfile.
-    let textfile = tmp.path().join("s3cse.prom");
+    let textfile = b.path("s3cse.prom");
     let o = rekey_with_keys(&["--metrics-textfile", &textfile.display().to_string()]);
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
-    assert_eq!(etags(&s3, &bucket).await, after, "second run wrote nothing");
+    assert_eq!(etags(&b).await, after, "second run wrote nothing");
     let final_metrics = std::fs::read_to_string(&textfile).expect("metrics textfile");
     // The chart tests check the dashboard's and alerts' names against this real exposition;
     // it is a successful run's, so it has the last-success timestamp too.
@@ -664,14 +499,13 @@ async fn rekey_migrates_a_mixed_bucket_and_is_idempotent() {
         ),
         11.0
     );
-    let o = ok(run(&["status", "--state", &state, "--json"]), "status");
-    let st: serde_json::Value = serde_json::from_slice(&o.stdout).expect("status json");
+    let st = status(&state);
     assert_eq!(st["by_state"]["done"]["objects"], 11, "{st}");
     assert_eq!(st["by_state"]["failed"]["objects"], 2, "{st}");
 
     // --retry-failed puts the failed objects back in the queue: they are examined again (and,
     // still corrupt, fail again: exit 1), while the done ones stay untouched.
-    let retry_metrics = tmp.path().join("retry.prom");
+    let retry_metrics = b.path("retry.prom");
     let o = rekey_with_keys(&[
         "--retry-failed",
         "--metrics-textfile",
@@ -689,7 +523,7 @@ async fn rekey_migrates_a_mixed_bucket_and_is_idempotent() {
         0.0
     );
     assert_eq!(
-        etags(&s3, &bucket).await,
+        etags(&b).await,
         after,
         "a retry of a corrupt object writes nothing"
     );
@@ -697,32 +531,16 @@ async fn rekey_migrates_a_mixed_bucket_and_is_idempotent() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn dry_run_writes_nothing_and_reports_the_plan() {
-    if !testbed() {
+    let Some(b) = bed("rekey-dry").await else {
         return;
-    }
-    let (s3, kms) = (s3().await, kms().await);
-    let bucket = new_bucket(&s3, "rekey-dry").await;
-    let target = new_key(&kms).await;
-    put_v1(&s3, &bucket, "a.bin", &data(100, 1), PutRequest::default()).await;
-    put_v1(&s3, &bucket, "b.bin", &data(200, 2), PutRequest::default()).await;
-    put_raw_gcm(&s3, &bucket, "c.bin", &data(300, 3)).await;
-    s3.put_object()
-        .bucket(&bucket)
-        .key("p.txt")
-        .body(ByteStream::from_static(b"plain"))
-        .send()
-        .await
-        .expect("plain");
-    let before = etags(&s3, &bucket).await;
+    };
+    put_v1(&b.s3, &b.bucket, "a.bin", &data(100, 1)).await;
+    put_v1(&b.s3, &b.bucket, "b.bin", &data(200, 2)).await;
+    put_raw_gcm(&b.s3, &b.bucket, "c.bin", &data(300, 3)).await;
+    b.raw_put("p.txt", b"plain".to_vec(), &[]).await;
+    let before = etags(&b).await;
     let (_sd, state) = state_file("dry.db");
-    let aes = keys_dir().join("aes256.hex").display().to_string();
-    let o = rekey_cmd(
-        "rekey",
-        Some(&format!("s3://{bucket}")),
-        &state,
-        &target,
-        &["--aes-key-file", &aes, "--dry-run"],
-    );
+    let o = rekey_aes(&b, &state, &["--dry-run"]);
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(
@@ -734,7 +552,7 @@ async fn dry_run_writes_nothing_and_reports_the_plan() {
         .find(|l| l.trim_start().starts_with("rewrite"))
         .expect("rewrite line");
     assert!(line.split_whitespace().nth(1) == Some("2"), "{line}");
-    assert_eq!(etags(&s3, &bucket).await, before, "dry run wrote nothing");
+    assert_eq!(etags(&b).await, before, "dry run wrote nothing");
     // The jobs are still pending, with the plan recorded: status and report show it.
     let pending = report(&state, "pending");
     assert_eq!(pending.len(), 4);
@@ -748,8 +566,7 @@ async fn dry_run_writes_nothing_and_reports_the_plan() {
     assert_eq!(plan["a.bin"].0, "rewrite", "{pending:?}");
     assert_eq!(plan["c.bin"].0, "rewrap", "{pending:?}");
     assert_eq!(plan["p.txt"], ("skip".into(), "plaintext".into()));
-    let o = ok(run(&["status", "--state", &state, "--json"]), "status");
-    let st: serde_json::Value = serde_json::from_slice(&o.stdout).expect("status json");
+    let st = status(&state);
     assert_eq!(st["planned"]["rewrite"]["objects"], 2, "{st}");
     assert_eq!(st["planned"]["rewrap"]["objects"], 1, "{st}");
     assert_eq!(st["planned"]["skip:plaintext"]["objects"], 1, "{st}");
@@ -760,16 +577,9 @@ async fn dry_run_writes_nothing_and_reports_the_plan() {
     );
 
     // A real run afterwards does the work and replaces the plan by what was done.
-    let o = rekey_cmd(
-        "rekey",
-        Some(&format!("s3://{bucket}")),
-        &state,
-        &target,
-        &["--aes-key-file", &aes],
-    );
+    let o = rekey_aes(&b, &state, &[]);
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
-    let o = ok(run(&["status", "--state", &state, "--json"]), "status");
-    let st: serde_json::Value = serde_json::from_slice(&o.stdout).expect("status json");
+    let st = status(&state);
     assert_eq!(st["planned"], serde_json::json!({}), "{st}");
     assert_eq!(st["by_action"]["rewrite"]["objects"], 2, "{st}");
     assert_eq!(st["by_action"]["rewrap"]["objects"], 1, "{st}");
@@ -777,43 +587,27 @@ async fn dry_run_writes_nothing_and_reports_the_plan() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_object_overwritten_between_scan_and_work_is_not_clobbered() {
-    if !testbed() {
+    let Some(b) = bed("rekey-race").await else {
         return;
-    }
-    let (s3, kms) = (s3().await, kms().await);
-    let bucket = new_bucket(&s3, "rekey-race").await;
-    let target = new_key(&kms).await;
+    };
     for i in 0..3u8 {
-        put_v1(
-            &s3,
-            &bucket,
-            &format!("o{i}"),
-            &data(500, i),
-            PutRequest::default(),
-        )
-        .await;
+        put_v1(&b.s3, &b.bucket, &format!("o{i}"), &data(500, i)).await;
     }
     let (_sd, state) = state_file("race.db");
-    let aes = keys_dir().join("aes256.hex").display().to_string();
-    ok(
-        run(&["scan", &format!("s3://{bucket}"), "--state", &state]),
-        "scan",
-    );
+    let aes = aes_key_file().display().to_string();
+    ok(run(&["scan", &b.bucket_url(), "--state", &state]), "scan");
     // Someone writes new content after the scan.
     let newer = data(777, 99);
-    put_v1(&s3, &bucket, "o1", &newer, PutRequest::default()).await;
-    let o = rekey_cmd("work", None, &state, &target, &["--aes-key-file", &aes]);
+    put_v1(&b.s3, &b.bucket, "o1", &newer).await;
+    let o = rekey_cmd("work", None, &state, &b.key_id, &["--aes-key-file", &aes]);
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
     assert_eq!(
-        get_strict(&s3, &kms, &target, &bucket, "o1").await,
+        b.get_strict("o1").await,
         newer,
         "the newer content survives"
     );
     for i in [0u8, 2] {
-        assert_eq!(
-            get_strict(&s3, &kms, &target, &bucket, &format!("o{i}")).await,
-            data(500, i)
-        );
+        assert_eq!(b.get_strict(&format!("o{i}")).await, data(500, i));
     }
     let store = s3cse::store::JobStore::open(Path::new(&state))
         .await
@@ -832,23 +626,19 @@ async fn an_object_overwritten_between_scan_and_work_is_not_clobbered() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_run_resumes_and_loses_nothing() {
-    if !testbed() {
+    let Some(b) = bed("rekey-kill").await else {
         return;
-    }
-    let (s3, kms) = (s3().await, kms().await);
-    let bucket = new_bucket(&s3, "rekey-kill").await;
-    let target = new_key(&kms).await;
+    };
     const N: u8 = 120;
     let mut puts = Vec::new();
     for i in 0..N {
-        let (s3, bucket) = (s3.clone(), bucket.clone());
+        let (s3, bucket) = (b.s3.clone(), b.bucket.clone());
         puts.push(tokio::spawn(async move {
             put_v1(
                 &s3,
                 &bucket,
                 &format!("k/{i:03}"),
                 &data(300 + i as usize, i),
-                PutRequest::default(),
             )
             .await;
         }));
@@ -857,8 +647,8 @@ async fn a_killed_run_resumes_and_loses_nothing() {
         p.await.expect("seed");
     }
     let (_sd, state) = state_file("kill.db");
-    let aes = keys_dir().join("aes256.hex").display().to_string();
-    let url = format!("s3://{bucket}");
+    let aes = aes_key_file().display().to_string();
+    let url = b.bucket_url();
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
         l.local_addr().expect("addr").port()
@@ -871,7 +661,7 @@ async fn a_killed_run_resumes_and_loses_nothing() {
             "--state",
             &state,
             "--kms-key-id",
-            &target,
+            &b.key_id,
             "--aes-key-file",
             &aes,
             "--concurrency",
@@ -918,20 +708,12 @@ async fn a_killed_run_resumes_and_loses_nothing() {
         "killed midway: {st}"
     );
 
-    let o = rekey_cmd(
-        "rekey",
-        Some(&url),
-        &state,
-        &target,
-        &["--aes-key-file", &aes, "--concurrency", "8"],
-    );
+    let o = rekey_aes(&b, &state, &["--concurrency", "8"]);
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
-    let st: serde_json::Value =
-        serde_json::from_slice(&ok(run(&["status", "--state", &state, "--json"]), "status").stdout)
-            .expect("status");
+    let st = status(&state);
     assert_eq!(st["by_state"]["done"]["objects"], u64::from(N), "{st}");
     for i in 0..N {
-        let got = get_strict(&s3, &kms, &target, &bucket, &format!("k/{i:03}")).await;
+        let got = b.get_strict(&format!("k/{i:03}")).await;
         assert!(got == data(300 + i as usize, i), "k/{i:03}");
     }
 }
@@ -961,49 +743,37 @@ fn count(text: &str, name: &str, want: &[(&str, &str)]) -> u64 {
 /// tags; a small one next to it still takes one CopyObject.
 #[tokio::test(flavor = "multi_thread")]
 async fn rewrap_above_the_copy_threshold_is_a_multipart_copy() {
-    if !testbed() {
+    let Some(b) = bed("rekey-mpcopy").await else {
         return;
-    }
-    let (s3, kms) = (s3().await, kms().await);
-    let bucket = new_bucket(&s3, "rekey-mpcopy").await;
-    let (old, target) = (new_key(&kms).await, new_key(&kms).await);
-    let tmp = tempfile::tempdir().expect("tmp");
+    };
+    let (bucket, target) = (&b.bucket, &b.key_id);
+    let old = kms_key(&b.kms).await;
     let big = data((12 << 20) - 12_345, 21);
     let small = data(4321, 22);
     for (key, d) in [("big-gcm.bin", &big), ("small-gcm.bin", &small)] {
-        let f = tmp.path().join(key);
-        std::fs::write(&f, d).expect("input");
-        ok(
-            awsc(&[
-                "put",
-                "--bucket",
-                &bucket,
-                "--key",
-                key,
-                "--input",
-                &f.display().to_string(),
-                "--kms-key-id",
-                &old,
-                "--format",
-                "v2",
-                "--content-type",
-                "application/x-big",
-                "--metadata",
-                "owner=mp",
-                "--tag",
-                "t=big one",
-            ]),
-            "aws v2 put",
-        );
+        let f = b.write(key, d);
+        let put = [
+            "--kms-key-id",
+            &old,
+            "--format",
+            "v2",
+            "--content-type",
+            "application/x-big",
+            "--metadata",
+            "owner=mp",
+            "--tag",
+            "t=big one",
+        ];
+        ok(peer_put("awsclient", bucket, key, &f, &put), "aws v2 put");
     }
     let (_sd, state) = state_file("mpcopy.db");
-    let textfile = tmp.path().join("metrics.prom");
+    let textfile = b.path("metrics.prom");
     let part = (5u64 << 20).to_string();
     let o = rekey_cmd(
         "rekey",
-        Some(&format!("s3://{bucket}")),
+        Some(&b.bucket_url()),
         &state,
-        &target,
+        target,
         &[
             "--copy-part-threshold",
             &part,
@@ -1015,27 +785,16 @@ async fn rewrap_above_the_copy_threshold_is_a_multipart_copy() {
     );
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
     for (key, want) in [("big-gcm.bin", &big), ("small-gcm.bin", &small)] {
-        let out = tmp.path().join("out");
+        let out = b.path("out");
         ok(
-            awsc(&[
-                "get",
-                "--bucket",
-                &bucket,
-                "--key",
-                key,
-                "--output",
-                &out.display().to_string(),
-                "--kms-key-id",
-                &target,
-            ]),
+            peer_get("awsclient", bucket, key, &out, &["--kms-key-id", target]),
             key,
         );
         assert!(
             std::fs::read(&out).expect("out") == *want,
             "{key}: same bytes"
         );
-        let h = ok(awsc(&["head", "--bucket", &bucket, "--key", key]), "head");
-        let h: serde_json::Value = serde_json::from_slice(&h.stdout).expect("head json");
+        let h = peer_head(bucket, key);
         assert_eq!(h["content_type"], "application/x-big", "{key}");
         assert_eq!(h["metadata"]["owner"], "mp", "{key}");
         assert_eq!(h["tags"], serde_json::json!({"t": "big one"}), "{key}");
@@ -1144,24 +903,21 @@ async fn a_multipart_copy_rewrap_is_conditional_on_the_etag() {
     use s3cse::metrics::{Metrics, Outcome};
     use s3cse::rekey::limit::RateLimit;
 
-    if !testbed() {
+    let Some(b) = bed("rekey-mprace").await else {
         return;
-    }
-    let (s3, kms_sdk) = (s3().await, kms().await);
-    let bucket = new_bucket(&s3, "rekey-mprace").await;
-    let target = new_key(&kms_sdk).await;
+    };
     let older = data(11 << 20, 31);
     let newer = data((11 << 20) + 777, 32);
-    put_raw_gcm(&s3, &bucket, "race.bin", &older).await;
+    put_raw_gcm(&b.s3, &b.bucket, "race.bin", &older).await;
 
     let metrics = Arc::new(Metrics::new("test"));
-    let target_key = s3cse::rekey::kms::describe_key(&kms_sdk, &target, &metrics)
+    let target_key = s3cse::rekey::kms::describe_key(&b.kms, &b.key_id, &metrics)
         .await
         .expect("describe key");
     let racing = RacingKms {
-        inner: Arc::new(AwsKms::new(kms_sdk.clone())),
-        s3: s3.clone(),
-        bucket: bucket.clone(),
+        inner: Arc::new(AwsKms::new(b.kms.clone())),
+        s3: b.s3.clone(),
+        bucket: b.bucket.clone(),
         key: "race.bin".into(),
         newer: newer.clone(),
         fired: std::sync::atomic::AtomicBool::new(false),
@@ -1173,7 +929,7 @@ async fn a_multipart_copy_rewrap_is_conditional_on_the_etag() {
         metrics.clone(),
     ));
     let m = metrics.clone();
-    let client = S3Cse::new(s3.clone(), Keyring::aes(aes_key()))
+    let client = S3Cse::new(b.s3.clone(), Keyring::aes(aes_key()))
         .with_policy(codec::DecryptPolicy::legacy())
         .with_observer(Arc::new(move |op, outcome, took| {
             use s3cse::client::RequestOutcome as R;
@@ -1191,7 +947,7 @@ async fn a_multipart_copy_rewrap_is_conditional_on_the_etag() {
         .await
         .expect("store");
     let config = s3cse::rekey::RekeyConfig {
-        bucket: bucket.clone(),
+        bucket: b.bucket.clone(),
         prefix: String::new(),
         shard: None,
         context: s3cse::envelope::Context::new(),
@@ -1222,7 +978,7 @@ async fn a_multipart_copy_rewrap_is_conditional_on_the_etag() {
     );
 
     assert_eq!(
-        get_strict(&s3, &kms_sdk, &target, &bucket, "race.bin").await,
+        b.get_strict("race.bin").await,
         newer,
         "the newer object survives, rewrapped"
     );
@@ -1266,13 +1022,11 @@ async fn a_multipart_copy_rewrap_is_conditional_on_the_etag() {
 /// source format, the replaced version: the way back), writing nothing.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_write_whose_outcome_was_lost_is_recorded_from_its_intent() {
-    if !testbed() {
+    let Some(b) = bed("rekey-intent").await else {
         return;
-    }
-    let (s3, kms) = (s3().await, kms().await);
-    let bucket = new_bucket(&s3, "rekey-intent").await;
-    s3.put_bucket_versioning()
-        .bucket(&bucket)
+    };
+    b.s3.put_bucket_versioning()
+        .bucket(&b.bucket)
         .versioning_configuration(
             aws_sdk_s3::types::VersioningConfiguration::builder()
                 .status(aws_sdk_s3::types::BucketVersioningStatus::Enabled)
@@ -1281,33 +1035,21 @@ async fn a_write_whose_outcome_was_lost_is_recorded_from_its_intent() {
         .send()
         .await
         .expect("versioning");
-    let target = new_key(&kms).await;
-    put_v1(&s3, &bucket, "a.bin", &data(700, 1), PutRequest::default()).await;
-    let source = s3
-        .head_object()
-        .bucket(&bucket)
-        .key("a.bin")
-        .send()
-        .await
-        .expect("head");
+    put_v1(&b.s3, &b.bucket, "a.bin", &data(700, 1)).await;
+    let source =
+        b.s3.head_object()
+            .bucket(&b.bucket)
+            .key("a.bin")
+            .send()
+            .await
+            .expect("head");
     let (src_etag, src_version) = (
         source.e_tag().expect("etag").to_owned(),
         source.version_id().expect("versioned").to_owned(),
     );
     let (_sd, state) = state_file("intent.db");
-    let aes = keys_dir().join("aes256.hex").display().to_string();
-    let url = format!("s3://{bucket}");
-    let rekey = || {
-        rekey_cmd(
-            "rekey",
-            Some(&url),
-            &state,
-            &target,
-            &["--aes-key-file", &aes],
-        )
-    };
-    assert_eq!(rekey().status.code(), Some(0));
-    let after = etags(&s3, &bucket).await;
+    assert_eq!(rekey_aes(&b, &state, &[]).status.code(), Some(0));
+    let after = etags(&b).await;
 
     // Put the row back as a crash after the write leaves it: running under a dead worker's
     // expired lease, the listed (source) ETag, no outcome, and the intent the worker recorded.
@@ -1337,9 +1079,9 @@ async fn a_write_whose_outcome_was_lost_is_recorded_from_its_intent() {
     .await
     .expect("simulate the crash");
 
-    let o = rekey();
+    let o = rekey_aes(&b, &state, &[]);
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
-    assert_eq!(etags(&s3, &bucket).await, after, "nothing written again");
+    assert_eq!(etags(&b).await, after, "nothing written again");
     let row: (
         String,
         Option<String>,

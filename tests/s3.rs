@@ -14,76 +14,6 @@ use s3cse::envelope::Context;
 use s3cse::keyring::{AesMasterKey, Keyring};
 use s3cse::secret::SecretBytes;
 
-struct Bed {
-    s3: aws_sdk_s3::Client,
-    bucket: String,
-    key_id: String,
-    dir: tempfile::TempDir,
-}
-
-async fn bed(tag: &str) -> Option<Bed> {
-    testbed()?;
-    let s3 = s3().await;
-    let bucket = bucket(&s3, tag).await;
-    let key_id = kms_key(&kms().await).await;
-    Some(Bed {
-        s3,
-        bucket,
-        key_id,
-        dir: tempfile::tempdir().expect("tmp"),
-    })
-}
-
-impl Bed {
-    fn path(&self, name: &str) -> std::path::PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn url(&self, key: &str) -> String {
-        format!("s3://{}/{key}", self.bucket)
-    }
-
-    fn write(&self, name: &str, bytes: &[u8]) -> std::path::PathBuf {
-        let p = self.path(name);
-        std::fs::write(&p, bytes).expect("write");
-        p
-    }
-
-    async fn raw_put(&self, key: &str, body: Vec<u8>, meta: &[(String, String)]) {
-        let mut req = self
-            .s3
-            .put_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .body(body.into());
-        for (k, v) in meta {
-            req = req.metadata(k, v);
-        }
-        req.send().await.expect("raw put");
-    }
-
-    async fn raw_get(&self, key: &str) -> (Vec<u8>, std::collections::HashMap<String, String>) {
-        let out = self
-            .s3
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await
-            .expect("raw get");
-        let meta = out.metadata().cloned().unwrap_or_default();
-        (
-            out.body
-                .collect()
-                .await
-                .expect("body")
-                .into_bytes()
-                .to_vec(),
-            meta,
-        )
-    }
-}
-
 /// Key options for each key source, over files in the bed's temp dir.
 fn key_args(b: &Bed, source: &str) -> Vec<String> {
     match source {
@@ -494,9 +424,7 @@ async fn s3cse_written_objects_read_by_peers() {
                 std::fs::read(&out).expect("out") == pt,
                 "{key}: AWS client read different bytes"
             );
-            let head = peer("awsclient", &["head", "--bucket", &b.bucket, "--key", &key]);
-            assert_ok("head", &head);
-            let h: serde_json::Value = serde_json::from_slice(&head.stdout).expect("head json");
+            let h = peer_head(&b.bucket, &key);
             assert_eq!(h["content_type"], "application/x-test", "{key}");
             assert_eq!(h["metadata"]["owner"], "qa", "{key}");
             if format == "v2" && n < 1 << 20 {

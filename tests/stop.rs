@@ -21,29 +21,29 @@ fn object(i: u8) -> (String, Vec<u8>) {
     (format!("obj/{i:02}"), data(2000 + usize::from(i) * 37, i))
 }
 
-/// A bucket of [`OBJECTS`] legacy V1 objects and a fresh target key.
-async fn seeded(tag: &str) -> (aws_sdk_s3::Client, aws_sdk_kms::Client, String, String) {
-    let (s3, kms) = (s3().await, kms().await);
-    let bucket = bucket(&s3, tag).await;
+/// A [`Bed`] whose bucket holds [`OBJECTS`] legacy V1 objects (its key is the target key), or
+/// `None` without the test bed.
+async fn seeded(tag: &str) -> Option<Bed> {
+    let b = bed(tag).await?;
     for i in 0..OBJECTS {
         let (key, body) = object(i);
-        put_v1(&s3, &bucket, &key, &body).await;
+        put_v1(&b.s3, &b.bucket, &key, &body).await;
     }
-    let target = kms_key(&kms).await;
-    (s3, kms, bucket, target)
+    Some(b)
 }
 
-fn rekey_args<'a>(bucket_url: &'a str, state: &'a str, target: &'a str) -> Vec<String> {
-    let aes = aes_key_file().display().to_string();
+/// `rekey s3://BUCKET --state STATE --kms-key-id KEY --aes-key-file AES` on the bed.
+fn rekey_args(b: &Bed, state: &str) -> Vec<String> {
+    let (url, aes) = (b.bucket_url(), aes_key_file().display().to_string());
     [
         "rekey",
-        bucket_url,
+        &url,
         "--state",
         state,
         "--kms-key-id",
-        target,
+        &b.key_id,
         "--aes-key-file",
-        aes.as_str(),
+        &aes,
     ]
     .map(str::to_owned)
     .to_vec()
@@ -76,11 +76,10 @@ fn wait_until_running(child: &mut Child, state: &str) {
     }
 }
 
-/// Starts `rekey` on `bucket` with `extra` options, its stderr (info logs) in `log`.
-fn spawn_rekey(bucket: &str, state: &str, target: &str, extra: &[&str], log: &Path) -> Child {
-    let url = format!("s3://{bucket}");
+/// Starts `rekey` on the bed's bucket with `extra` options, its stderr (info logs) in `log`.
+fn spawn_rekey(b: &Bed, state: &str, extra: &[&str], log: &Path) -> Child {
     bin()
-        .args(rekey_args(&url, state, target))
+        .args(rekey_args(b, state))
         .args(extra)
         .env("S3CSE_LOG", "info")
         .stdout(Stdio::null())
@@ -143,41 +142,29 @@ fn assert_released(state: &str) -> u64 {
 }
 
 /// A second, unhurried run migrates everything; each object reads back strictly.
-async fn finish_and_check(
-    s3: &aws_sdk_s3::Client,
-    kms: &aws_sdk_kms::Client,
-    bucket: &str,
-    state: &str,
-    target: &str,
-) {
-    let url = format!("s3://{bucket}");
-    let o = run(bin().args(rekey_args(&url, state, target)));
+async fn finish_and_check(b: &Bed, state: &str) {
+    let o = run(bin().args(rekey_args(b, state)));
     assert_ok("second rekey", &o);
     let c = counts(state).expect("status");
     assert_eq!(objects_in(&c, "done"), u64::from(OBJECTS), "{c}");
     for i in 0..OBJECTS {
         let (key, body) = object(i);
-        assert!(
-            get_strict(s3, kms, target, bucket, &key).await == body,
-            "{key}"
-        );
+        assert!(b.get_strict(&key).await == body, "{key}");
     }
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_abandons_objects_in_flight_at_the_stop_timeout() {
-    if testbed().is_none() {
+    let Some(b) = seeded("stop-deadline").await else {
         return;
-    }
-    let (s3, kms, bucket, target) = seeded("stop-deadline").await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let state = dir.path().join("state.db").display().to_string();
-    let textfile = dir.path().join("rekey.prom").display().to_string();
-    let log = dir.path().join("stderr.log");
+    };
+    let state = b.path("state.db").display().to_string();
+    let textfile = b.path("rekey.prom").display().to_string();
+    let log = b.path("stderr.log");
     const STOP_TIMEOUT: Duration = Duration::from_secs(2);
     let slow = ["--concurrency", "4", "--s3-rps", "2", "--stop-timeout", "2"];
     let extra = [&slow[..], &["--metrics-textfile", &textfile]].concat();
-    let mut child = spawn_rekey(&bucket, &state, &target, &extra, &log);
+    let mut child = spawn_rekey(&b, &state, &extra, &log);
     wait_until_running(&mut child, &state);
 
     signal(&child, "TERM");
@@ -200,18 +187,16 @@ async fn sigterm_abandons_objects_in_flight_at_the_stop_timeout() {
     let prom = std::fs::read_to_string(&textfile).expect("metrics textfile written");
     assert!(prom.contains("s3cse_s3_requests_total"), "{prom}");
 
-    finish_and_check(&s3, &kms, &bucket, &state, &target).await;
+    finish_and_check(&b, &state).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_second_signal_abandons_at_once() {
-    if testbed().is_none() {
+    let Some(b) = seeded("stop-twice").await else {
         return;
-    }
-    let (s3, kms, bucket, target) = seeded("stop-twice").await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let state = dir.path().join("state.db").display().to_string();
-    let log = dir.path().join("stderr.log");
+    };
+    let state = b.path("state.db").display().to_string();
+    let log = b.path("stderr.log");
     // A stop timeout far beyond the test's patience: only the second signal can end it.
     let slow = [
         "--concurrency",
@@ -221,7 +206,7 @@ async fn a_second_signal_abandons_at_once() {
         "--stop-timeout",
         "600",
     ];
-    let mut child = spawn_rekey(&bucket, &state, &target, &slow, &log);
+    let mut child = spawn_rekey(&b, &state, &slow, &log);
     wait_until_running(&mut child, &state);
 
     signal(&child, "TERM");
@@ -242,5 +227,5 @@ async fn a_second_signal_abandons_at_once() {
     );
     assert_released(&state);
 
-    finish_and_check(&s3, &kms, &bucket, &state, &target).await;
+    finish_and_check(&b, &state).await;
 }

@@ -3,6 +3,7 @@
 //! `.testbed/env` so these variables are set). Without the test bed the tests say so and return.
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Arc;
@@ -62,6 +63,106 @@ pub async fn bucket(s3: &aws_sdk_s3::Client, tag: &str) -> String {
     name
 }
 
+/// What most test-bed tests start from: the S3 and KMS clients, a fresh bucket, a fresh KMS key
+/// and a temporary directory for local files.
+pub struct Bed {
+    pub s3: aws_sdk_s3::Client,
+    pub kms: aws_sdk_kms::Client,
+    pub bucket: String,
+    /// A fresh KMS key (the target key of the `rekey` tests).
+    pub key_id: String,
+    pub dir: tempfile::TempDir,
+}
+
+/// A [`Bed`] with a bucket named after `tag`, or `None` when the test bed is not running (the
+/// test says so and returns): `let Some(b) = bed("tag").await else { return };`.
+pub async fn bed(tag: &str) -> Option<Bed> {
+    testbed()?;
+    let (s3, kms) = (s3().await, kms().await);
+    let bucket = bucket(&s3, tag).await;
+    let key_id = kms_key(&kms).await;
+    Some(Bed {
+        s3,
+        kms,
+        bucket,
+        key_id,
+        dir: tempfile::tempdir().expect("tmp"),
+    })
+}
+
+impl Bed {
+    /// `name` in the bed's temporary directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Writes `bytes` to `name` in the temporary directory; returns its path.
+    pub fn write(&self, name: &str, bytes: &[u8]) -> PathBuf {
+        let p = self.path(name);
+        std::fs::write(&p, bytes).expect("write");
+        p
+    }
+
+    /// `s3://BUCKET/KEY`.
+    pub fn url(&self, key: &str) -> String {
+        format!("s3://{}/{key}", self.bucket)
+    }
+
+    /// `s3://BUCKET`: the whole bucket, as `rekey` and `scan` take it.
+    pub fn bucket_url(&self) -> String {
+        format!("s3://{}", self.bucket)
+    }
+
+    /// Stores `body` as is (no encryption) with the given user metadata.
+    pub async fn raw_put(&self, key: &str, body: Vec<u8>, meta: &[(String, String)]) {
+        let mut req = self
+            .s3
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .body(body.into());
+        for (k, v) in meta {
+            req = req.metadata(k, v);
+        }
+        req.send().await.expect("raw put");
+    }
+
+    /// The stored bytes of an object and its user metadata (no decryption).
+    pub async fn raw_get(&self, key: &str) -> (Vec<u8>, HashMap<String, String>) {
+        let out = self
+            .s3
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .expect("raw get");
+        let meta = out.metadata().cloned().unwrap_or_default();
+        (
+            out.body
+                .collect()
+                .await
+                .expect("body")
+                .into_bytes()
+                .to_vec(),
+            meta,
+        )
+    }
+
+    /// Reads an object back with s3cse's strict policy: only V2/V3 `kms+context` under the bed's
+    /// key decrypt, so this also proves the object was migrated to it.
+    pub async fn get_strict(&self, key: &str) -> Vec<u8> {
+        let kms = AwsKms::new(self.kms.clone());
+        let ring = Keyring::kms(KmsKeyring::new(Arc::new(kms), &self.key_id));
+        let mut out = Vec::new();
+        S3Cse::new(self.s3.clone(), ring)
+            .get_to(&self.bucket, key, &GetOptions::default(), &mut out)
+            .await
+            .expect("strict get");
+        out
+    }
+}
+
 /// A new symmetric KMS key in moto; returns its key id.
 pub async fn kms_key(kms: &aws_sdk_kms::Client) -> String {
     let out = kms
@@ -116,6 +217,13 @@ fn peer_object(
     peer(which, &args)
 }
 
+/// `awsclient_peer.py head`: an object's content type, user metadata and tags, as JSON.
+pub fn peer_head(bucket: &str, key: &str) -> serde_json::Value {
+    let o = peer("awsclient", &["head", "--bucket", bucket, "--key", key]);
+    assert_ok("head", &o);
+    serde_json::from_slice(&o.stdout).expect("head json")
+}
+
 /// Owned arguments from string literals: `strings(&["--format", "v3"])`.
 pub fn strings(args: &[&str]) -> Vec<String> {
     args.iter().map(|a| (*a).to_owned()).collect()
@@ -158,39 +266,37 @@ pub fn rsa_private_key_file() -> PathBuf {
     vectors().join("keys/rsa2048-private.pem")
 }
 
+/// The AES-256 master key of [`aes_key_file`].
+pub fn aes_key() -> AesMasterKey {
+    let bytes = std::fs::read(aes_key_file()).expect("aes key");
+    AesMasterKey::from_file_bytes(&bytes).expect("aes key")
+}
+
 /// Writes `data` with s3cse's legacy V1 writer (AES/ECB-wrapped key under [`aes_key_file`],
 /// CBC content): a legacy object for `rekey` to migrate.
 pub async fn put_v1(s3: &aws_sdk_s3::Client, bucket: &str, key: &str, data: &[u8]) {
-    let bytes = std::fs::read(aes_key_file()).expect("aes key");
-    let ring = Keyring::aes(AesMasterKey::from_file_bytes(&bytes).expect("aes key"));
+    put_v1_with(s3, bucket, key, data, PutRequest::default()).await;
+}
+
+/// [`put_v1`] with the rest of the request (metadata, attributes, tags) from `req`.
+pub async fn put_v1_with(
+    s3: &aws_sdk_s3::Client,
+    bucket: &str,
+    key: &str,
+    data: &[u8],
+    req: PutRequest,
+) {
+    let ring = Keyring::aes(aes_key());
     let client = S3Cse::new(s3.clone(), ring.clone());
     let enc = s3cse::codec::new_legacy_v1_encryption(&ring, Some(data.len() as u64)).expect("v1");
     let req = PutRequest {
         bucket: bucket.into(),
         key: key.into(),
         plaintext_len: Some(data.len() as u64),
-        ..PutRequest::default()
+        ..req
     };
     client
         .put_encrypted(&req, enc, &mut &data[..])
         .await
         .expect("put v1");
-}
-
-/// Reads an object back with s3cse's strict policy: only V2/V3 `kms+context` under `key_id`
-/// decrypt, so this also proves the object was migrated.
-pub async fn get_strict(
-    s3: &aws_sdk_s3::Client,
-    kms: &aws_sdk_kms::Client,
-    key_id: &str,
-    bucket: &str,
-    key: &str,
-) -> Vec<u8> {
-    let ring = Keyring::kms(KmsKeyring::new(Arc::new(AwsKms::new(kms.clone())), key_id));
-    let mut out = Vec::new();
-    S3Cse::new(s3.clone(), ring)
-        .get_to(bucket, key, &GetOptions::default(), &mut out)
-        .await
-        .expect("strict get");
-    out
 }
