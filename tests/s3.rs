@@ -42,6 +42,14 @@ fn get(b: &Bed, key: &str, out: &Path, extra: &[String]) -> std::process::Output
         .args(extra))
 }
 
+/// The command failed with exit 1 and `reason` in its stderr.
+#[track_caller]
+fn assert_refused(o: &std::process::Output, reason: &str) {
+    assert_eq!(o.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains(reason), "{stderr}");
+}
+
 #[tokio::test]
 async fn round_trip_every_format_key_source_and_size() {
     let Some(b) = bed("roundtrip").await else {
@@ -179,12 +187,7 @@ async fn ranged_reads_at_and_across_block_and_part_boundaries() {
     let mut args = key_args(&b, "kms");
     args.extend(strings(&["--range", "bytes=0-10"]));
     let o = get(&b, "v2", &out, &args);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(
-        String::from_utf8_lossy(&o.stderr).contains("LegacyRefused"),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    assert_refused(&o, "LegacyRefused");
     assert!(!out.exists());
 }
 
@@ -238,12 +241,7 @@ async fn refusals_leave_no_output() {
     let mut wrong = key_args(&b, "kms");
     wrong.extend(strings(&["--context", "team=dev"]));
     let o = get(&b, "ctx", &out, &wrong);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(
-        String::from_utf8_lossy(&o.stderr).contains("ContextMismatch"),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    assert_refused(&o, "ContextMismatch");
     assert!(!out.exists());
     // A wrong AES key.
     assert_ok("put aes", &put(&b, &src, "aes", &key_args(&b, "aes")));
@@ -254,12 +252,7 @@ async fn refusals_leave_no_output() {
         &out,
         &["--aes-key-file".into(), other.display().to_string()],
     );
-    assert_eq!(o.status.code(), Some(1));
-    assert!(
-        String::from_utf8_lossy(&o.stderr).contains("AuthenticationFailed"),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    assert_refused(&o, "AuthenticationFailed");
     assert!(!out.exists());
     // A tampered body under a valid envelope.
     let (mut body, meta) = b.raw_get("aes").await;
@@ -267,12 +260,7 @@ async fn refusals_leave_no_output() {
     b.raw_put("aes", body, &meta.into_iter().collect::<Vec<_>>())
         .await;
     let o = get(&b, "aes", &out, &key_args(&b, "aes"));
-    assert_eq!(o.status.code(), Some(1));
-    assert!(
-        String::from_utf8_lossy(&o.stderr).contains("AuthenticationFailed"),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    assert_refused(&o, "AuthenticationFailed");
     assert!(!out.exists(), "tampered object left output behind");
     // To stdout: nothing printed either.
     let o = run(bin().arg("get").arg(b.url("aes")).args(key_args(&b, "aes")));
@@ -291,8 +279,7 @@ async fn refusals_leave_no_output() {
     assert_eq!(std::fs::read(&out).expect("out"), b"hello");
     // A missing object: exit 1 naming it.
     let o = get(&b, "missing", &b.path("m"), &key_args(&b, "kms"));
-    assert_eq!(o.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("missing"));
+    assert_refused(&o, "missing");
 }
 
 #[tokio::test]
