@@ -348,6 +348,11 @@ pub struct PutRequest {
     pub if_none_match: bool,
     /// Plaintext length when known up front (recorded as `x-amz-unencrypted-content-length`).
     pub plaintext_len: Option<u64>,
+    /// When the exact length is not known, an upper bound of it (e.g. a CBC source's stored
+    /// size): the first buffer is sized by it and taken from the buffer budget before the
+    /// source is read, so an upload queued behind the budget holds no buffers. Reading more
+    /// than this fails the upload.
+    pub plaintext_len_max: Option<u64>,
 }
 
 /// What a PUT did.
@@ -925,31 +930,51 @@ impl S3Cse {
                 "read {total} bytes, {want} were announced"
             )))
         };
-        // Plaintext comes in chunks of at most PUT_READ_CHUNK: a small object of known length needs a
-        // read buffer of its own size only (one byte more, to see the end).
-        let chunk = announced.map_or(PUT_READ_CHUNK, |n| {
+        // The first buffer holds the whole ciphertext when it is known to fit in one part (the
+        // announced length, or a first chunk that already reached the end): a small object
+        // takes only its own size from the budget, so small uploads do not queue behind large
+        // ones. Otherwise it is a whole part.
+        let first_len = |whole: Option<u64>| match whole {
+            Some(ct) if ct <= part_size as u64 => ct as usize,
+            _ => part_size + PART_SLACK,
+        };
+        // With the length (or a bound of it) known, the budget's share comes first: an upload
+        // waiting for room has neither a read buffer nor read from its source yet (for rekey: a
+        // GET whose body stays in the socket), so uploads queued behind the budget cost next to
+        // nothing.
+        let bound = announced.or(req.plaintext_len_max);
+        let early = match bound {
+            Some(len) => {
+                let whole = encryptor.ciphertext_len(len);
+                Some(self.budget.buffer(first_len(Some(whole))).await)
+            }
+            None => None,
+        };
+        // Plaintext comes in chunks of at most PUT_READ_CHUNK: a small object of known length
+        // needs a read buffer of its own size only (one byte more, to see the end).
+        let chunk = bound.map_or(PUT_READ_CHUNK, |n| {
             n.saturating_add(1).min(PUT_READ_CHUNK as u64) as usize
         });
         let mut inbuf = vec![0u8; chunk];
         let mut n = codec::read_full(src, &mut inbuf).await?;
         let mut eof = n < inbuf.len();
-        // The first buffer holds the whole ciphertext when it is known to fit in one part (the
-        // announced length, or a first chunk that already reached the end): a small object
-        // takes only its own size from the budget, so small uploads do not queue behind large
-        // ones. Otherwise it is a whole part.
-        let whole = announced
-            .or(eof.then_some(n as u64))
-            .map(|len| encryptor.ciphertext_len(len));
-        let first = match whole {
-            Some(ct) if ct <= part_size as u64 => ct as usize,
-            _ => part_size + PART_SLACK,
+        let mut buf = match early {
+            Some(buf) => buf,
+            None => {
+                let whole = eof.then(|| encryptor.ciphertext_len(n as u64));
+                self.budget.buffer(first_len(whole)).await
+            }
         };
-        let mut buf = self.budget.buffer(first).await;
         let mut total = 0u64;
         loop {
             total += n as u64;
             if let Some(want) = announced.filter(|&want| total > want) {
                 return Err(mismatch(total, want));
+            }
+            if let Some(max) = req.plaintext_len_max.filter(|&max| total > max) {
+                return Err(ClientError::Io(std::io::Error::other(format!(
+                    "read {total} bytes, more than the {max} the source can hold"
+                ))));
             }
             let mut rest = &inbuf[..n];
             while !rest.is_empty() {

@@ -480,3 +480,111 @@ async fn failing_source_aborts_the_multipart_upload() {
             .await;
     assert!(head.is_err(), "a broken source was committed");
 }
+
+/// An upload that announces a bound of its length (`plaintext_len_max`, as rekey does with the
+/// source's stored size) takes its first buffer from the budget before it reads anything: one
+/// queued behind a full budget has not read its source (for rekey: the GET's body stays in the
+/// socket, no buffers held), and goes on once there is room.
+#[tokio::test]
+async fn an_upload_queued_behind_the_budget_has_not_read_its_source() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::{Poll, ready};
+    let Some(b) = bed("queued").await else { return };
+    /// `left` bytes of 7s, counting what was read; stops at `hold_at` until `gate` fires.
+    struct Gated {
+        left: usize,
+        read: Arc<AtomicUsize>,
+        hold_at: usize,
+        gate: Option<tokio::sync::oneshot::Receiver<()>>,
+    }
+    impl tokio::io::AsyncRead for Gated {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            let done = self.read.load(Ordering::SeqCst);
+            let held = done >= self.hold_at;
+            if let Some(gate) = self.gate.as_mut().filter(|_| held) {
+                let _ = ready!(std::pin::Pin::new(gate).poll(cx));
+                self.gate = None;
+            }
+            let mut n = self.left.min(buf.remaining());
+            if self.gate.is_some() {
+                n = n.min(self.hold_at - done);
+            }
+            buf.put_slice(&vec![7u8; n]);
+            self.left -= n;
+            self.read.fetch_add(n, Ordering::SeqCst);
+            Poll::Ready(Ok(()))
+        }
+    }
+    use std::future::Future;
+    const PART: usize = 5 << 20;
+    let ring = Keyring::aes(AesMasterKey::new(SecretBytes::random(32)).expect("aes"));
+    // Room for exactly one part buffer (part size + the encryptor's slack).
+    let client = S3Cse::new(b.s3.clone(), ring)
+        .with_part_size(PART)
+        .with_buffer_budget((PART + s3cse::client::PART_SLACK) as u64);
+    let (open, gate) = tokio::sync::oneshot::channel();
+    let a_read = Arc::new(AtomicUsize::new(0));
+    let mut a_src = Gated {
+        left: 12 << 20,
+        read: a_read.clone(),
+        hold_at: 6 << 20,
+        gate: Some(gate),
+    };
+    let a = {
+        let (client, bucket) = (client.clone(), b.bucket.clone());
+        tokio::spawn(async move {
+            let req = PutRequest {
+                bucket,
+                key: "a".into(),
+                ..Default::default()
+            };
+            client.put_from(&req, &mut a_src).await
+        })
+    };
+    // A stops 1 MiB into its second part, holding the budget's only part buffer.
+    let t0 = std::time::Instant::now();
+    while a_read.load(Ordering::SeqCst) < 6 << 20 {
+        assert!(
+            t0.elapsed().as_secs() < 60,
+            "upload a never reached its hold"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let b_read = Arc::new(AtomicUsize::new(0));
+    let mut b_src = Gated {
+        left: 1 << 20,
+        read: b_read.clone(),
+        hold_at: usize::MAX,
+        gate: None,
+    };
+    let queued = {
+        let (client, bucket) = (client.clone(), b.bucket.clone());
+        tokio::spawn(async move {
+            let req = PutRequest {
+                bucket,
+                key: "b".into(),
+                plaintext_len_max: Some(1 << 20),
+                ..Default::default()
+            };
+            client.put_from(&req, &mut b_src).await
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(!queued.is_finished(), "b went through a full budget");
+    assert_eq!(
+        b_read.load(Ordering::SeqCst),
+        0,
+        "b read its source while waiting for the budget"
+    );
+    open.send(()).expect("a waits");
+    let a = a.await.expect("join").expect("put a");
+    let queued = queued.await.expect("join").expect("put b");
+    assert_eq!((a.plaintext_len, a.parts), (12 << 20, 3));
+    assert_eq!((queued.plaintext_len, queued.parts), (1 << 20, 1));
+    assert_eq!(b_read.load(Ordering::SeqCst), 1 << 20);
+}

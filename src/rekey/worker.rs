@@ -941,6 +941,8 @@ async fn rewrite(
         if_match: head.etag.clone(),
         if_none_match: false,
         plaintext_len,
+        // Decrypting never yields more than the stored ciphertext.
+        plaintext_len_max: Some(head.content_length),
     };
     c.s3_limit.wait().await;
     let put = c
