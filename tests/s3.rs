@@ -527,25 +527,28 @@ async fn an_upload_queued_behind_the_budget_has_not_read_its_source() {
     let client = S3Cse::new(b.s3.clone(), ring)
         .with_part_size(PART)
         .with_buffer_budget((PART + s3cse::client::PART_SLACK) as u64);
+    // Uploads `len` bytes as `key` in a task of its own; returns the count of bytes read.
+    let spawn_put = |key: &str, len: usize, max: Option<u64>, hold: Option<(usize, _)>| {
+        let read = Arc::new(AtomicUsize::new(0));
+        let (hold_at, gate) = hold.map_or((usize::MAX, None), |(at, g)| (at, Some(g)));
+        let mut src = Gated {
+            left: len,
+            read: read.clone(),
+            hold_at,
+            gate,
+        };
+        let req = PutRequest {
+            bucket: b.bucket.clone(),
+            key: key.into(),
+            plaintext_len_max: max,
+            ..Default::default()
+        };
+        let client = client.clone();
+        let task = tokio::spawn(async move { client.put_from(&req, &mut src).await });
+        (task, read)
+    };
     let (open, gate) = tokio::sync::oneshot::channel();
-    let a_read = Arc::new(AtomicUsize::new(0));
-    let mut a_src = Gated {
-        left: 12 << 20,
-        read: a_read.clone(),
-        hold_at: 6 << 20,
-        gate: Some(gate),
-    };
-    let a = {
-        let (client, bucket) = (client.clone(), b.bucket.clone());
-        tokio::spawn(async move {
-            let req = PutRequest {
-                bucket,
-                key: "a".into(),
-                ..Default::default()
-            };
-            client.put_from(&req, &mut a_src).await
-        })
-    };
+    let (a, a_read) = spawn_put("a", 12 << 20, None, Some((6 << 20, gate)));
     // A stops 1 MiB into its second part, holding the budget's only part buffer.
     let t0 = std::time::Instant::now();
     while a_read.load(Ordering::SeqCst) < 6 << 20 {
@@ -555,25 +558,7 @@ async fn an_upload_queued_behind_the_budget_has_not_read_its_source() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    let b_read = Arc::new(AtomicUsize::new(0));
-    let mut b_src = Gated {
-        left: 1 << 20,
-        read: b_read.clone(),
-        hold_at: usize::MAX,
-        gate: None,
-    };
-    let queued = {
-        let (client, bucket) = (client.clone(), b.bucket.clone());
-        tokio::spawn(async move {
-            let req = PutRequest {
-                bucket,
-                key: "b".into(),
-                plaintext_len_max: Some(1 << 20),
-                ..Default::default()
-            };
-            client.put_from(&req, &mut b_src).await
-        })
-    };
+    let (queued, b_read) = spawn_put("b", 1 << 20, Some(1 << 20), None);
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     assert!(!queued.is_finished(), "b went through a full budget");
     assert_eq!(
