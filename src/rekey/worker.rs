@@ -201,8 +201,9 @@ struct Ctx {
     tags_readable: AtomicBool,
     /// A tag read found tags the head did not count (see [`read_tags`]).
     counts_unreliable: AtomicBool,
-    /// Rewrites of objects larger than one part, at most as many at once as the buffer budget
-    /// holds parts (see [`large_slots`]).
+    /// Bodies larger than one part streamed through this process (rewrites, and the
+    /// authentication of raw-key rewraps and recovered writes), at most as many at once as the
+    /// buffer budget holds parts (see [`large_slots`]).
     large: tokio::sync::Semaphore,
 }
 
@@ -223,6 +224,17 @@ impl Ctx {
     fn summary(&self, f: impl FnOnce(&mut WorkSummary)) {
         if let Ok(mut s) = self.summary.lock() {
             f(&mut s);
+        }
+    }
+
+    /// A slot for streaming the body of `head` through this process, if it is larger than one
+    /// part (see [`large_slots`]); `None` for smaller objects, which take none.
+    async fn large_slot(&self, head: &ObjectHead) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        if head.content_length > self.config.client.part_size() as u64 {
+            // Never closed, so the permit is always granted.
+            self.large.acquire().await.ok()
+        } else {
+            None
         }
     }
 }
@@ -676,7 +688,7 @@ async fn process(
             (EnvelopeState::Encrypted(env), true) => {
                 // The interrupted attempt never verified its write: decrypt it now (one KMS
                 // Decrypt, tag checked) and record its plaintext SHA-256.
-                let (_, sha) = authenticate(c, &head, env, body).await?;
+                let (_, sha) = authenticate(ctx, &head, env, body).await?;
                 done.outcome.plaintext_sha256 = Some(sha);
             }
             _ => discard(body, head.content_length).await,
@@ -903,12 +915,7 @@ async fn rewrite(
     body: Option<ByteStream>,
 ) -> Result<Written, ObjError> {
     let c = &ctx.config;
-    // Never closed, so the permit is always granted.
-    let _slot = if head.content_length > c.client.part_size() as u64 {
-        ctx.large.acquire().await.ok()
-    } else {
-        None
-    };
+    let _slot = ctx.large_slot(head).await;
     // A raw-key unwrap is local: fail on a wrong key before any KMS call.
     let local_key = if env.wrap.is_kms() {
         None
@@ -1021,11 +1028,13 @@ async fn body_of(
 /// body fetched unless `body` has it), dropping the plaintext as it goes. Returns the key and
 /// the plaintext SHA-256.
 async fn authenticate(
-    c: &RekeyConfig,
+    ctx: &Ctx,
     head: &ObjectHead,
     env: &Envelope,
     body: Option<ByteStream>,
 ) -> Result<(SecretBytes, String), ObjError> {
+    let c = &ctx.config;
+    let _slot = ctx.large_slot(head).await;
     let cek = source_key(c, env).await?;
     let body = body_of(c, head, body).await?;
     let dec = ObjectDecryptor::new(env, &cek)?;
@@ -1073,7 +1082,7 @@ async fn rewrap(
     } else {
         // The key is in hand: authenticate the body before vouching for it under the new
         // key, so a tampered object fails (untouched) instead of being rewrapped.
-        let (cek, sha) = authenticate(c, head, env, body).await?;
+        let (cek, sha) = authenticate(ctx, head, env, body).await?;
         (
             c.kms.encrypt(&c.target.key_id, &cek, &ec).await?,
             Some(cek),
