@@ -353,7 +353,14 @@ pub struct PutRequest {
     /// source is read, so an upload queued behind the budget holds no buffers. Reading more
     /// than this fails the upload.
     pub plaintext_len_max: Option<u64>,
+    /// Told the upload id as soon as a multipart upload is created (before any part is sent),
+    /// so that the caller can keep it where a crash does not lose it and abort the upload
+    /// later; `rekey` records it in the job's intent.
+    pub upload_started: Option<UploadNote>,
 }
+
+/// Where [`PutRequest::upload_started`] sends the id of a multipart upload it creates.
+pub type UploadNote = tokio::sync::mpsc::UnboundedSender<String>;
 
 /// What a PUT did.
 #[derive(Debug, Clone)]
@@ -1103,6 +1110,10 @@ impl S3Cse {
             status: None,
             message: "no upload id in the response".into(),
         })?;
+        if let Some(note) = &req.upload_started {
+            // The receiver may be gone (the caller stopped listening): nothing to tell then.
+            let _ = note.send(upload_id.to_owned());
+        }
         Ok(Multipart {
             bucket: req.bucket.clone(),
             key: req.key.clone(),

@@ -1017,6 +1017,198 @@ async fn a_multipart_copy_rewrap_is_conditional_on_the_etag() {
     assert_eq!(job.conflicts, 1, "{job:?}");
 }
 
+/// A multipart copy in progress is recorded in the job's intent as soon as it starts: a run
+/// killed (SIGKILL) in the middle of it leaves exactly that upload open, and the resumed run
+/// aborts it before it rewraps the object again, so no parts are left behind.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_multipart_copy_killed_midway_leaves_no_parts() {
+    let Some(b) = bed("rekey-killcopy").await else {
+        return;
+    };
+    let old = kms_key(&b.kms).await;
+    let body = data(20 << 20, 31);
+    let ring = Keyring::kms(s3cse::keyring::KmsKeyring::new(
+        Arc::new(AwsKms::new(b.kms.clone())),
+        &old,
+    ));
+    let req = PutRequest {
+        bucket: b.bucket.clone(),
+        key: "big.bin".into(),
+        format: WriteFormat::V2,
+        ..Default::default()
+    };
+    S3Cse::new(b.s3.clone(), ring)
+        .put_from(&req, &mut &body[..])
+        .await
+        .expect("put under the old key");
+    let (_sd, state) = state_file("killcopy.db");
+    let part = (5u64 << 20).to_string();
+    // 4 UploadPartCopy at 2 S3 requests per second: the copy is open for about 2 s.
+    let mut child = Command::new(BIN)
+        .args([
+            "rekey",
+            &b.bucket_url(),
+            "--state",
+            &state,
+            "--kms-key-id",
+            &b.key_id,
+            "--copy-part-threshold",
+            &part,
+            "--copy-part-size",
+            &part,
+            "--s3-rps",
+            "2",
+        ])
+        .env("S3CSE_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let recorded = {
+        let t = Instant::now();
+        loop {
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "no upload id recorded"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let Ok(db) = sqlx::SqlitePool::connect(&format!("sqlite://{state}")).await else {
+                continue;
+            };
+            let row: Option<(Option<String>,)> = sqlx::query_as("SELECT intent FROM jobs")
+                .fetch_optional(&db)
+                .await
+                .unwrap_or(None);
+            db.close().await;
+            let intent: Option<serde_json::Value> = row
+                .and_then(|(i,)| i)
+                .and_then(|i| serde_json::from_str(&i).ok());
+            if let Some(id) = intent.and_then(|i| i["upload_id"].as_str().map(str::to_owned)) {
+                break id;
+            }
+        }
+    };
+    child.kill().expect("kill -9");
+    let _ = child.wait();
+    let open_uploads = || async {
+        let l =
+            b.s3.list_multipart_uploads()
+                .bucket(&b.bucket)
+                .send()
+                .await
+                .expect("list uploads");
+        l.uploads()
+            .iter()
+            .filter_map(|u| u.upload_id().map(str::to_owned))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        open_uploads().await,
+        vec![recorded.clone()],
+        "the killed run left its recorded upload open"
+    );
+
+    let o = rekey_cmd(
+        "rekey",
+        Some(&b.bucket_url()),
+        &state,
+        &b.key_id,
+        &["--copy-part-threshold", &part, "--copy-part-size", &part],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert_eq!(open_uploads().await, Vec::<String>::new(), "no parts left");
+    assert!(
+        b.get_strict("big.bin").await == body,
+        "rewrapped, same bytes"
+    );
+}
+
+/// A multipart upload that an attempt started and never finished (the process died) is in the
+/// job's intent; the next attempt aborts it, so no parts are left behind. An upload nobody
+/// recorded (another writer's) is not touched.
+#[tokio::test]
+async fn an_upload_left_by_a_dead_attempt_is_aborted() {
+    let Some(b) = bed("rekey-orphan").await else {
+        return;
+    };
+    put_v1(&b.s3, &b.bucket, "a.bin", &data(700, 2)).await;
+    // Two open uploads with a part each: one as a dead attempt of ours leaves it, one not ours.
+    let mut ids = Vec::new();
+    for key in ["a.bin", "other.bin"] {
+        let up =
+            b.s3.create_multipart_upload()
+                .bucket(&b.bucket)
+                .key(key)
+                .send()
+                .await
+                .expect("create upload");
+        let id = up.upload_id().expect("upload id").to_owned();
+        b.s3.upload_part()
+            .bucket(&b.bucket)
+            .key(key)
+            .upload_id(&id)
+            .part_number(1)
+            .body(data(1024, 3).into())
+            .send()
+            .await
+            .expect("upload part");
+        ids.push(id);
+    }
+    let open_uploads = || async {
+        let l =
+            b.s3.list_multipart_uploads()
+                .bucket(&b.bucket)
+                .send()
+                .await
+                .expect("list uploads");
+        let mut ids: Vec<String> = l
+            .uploads()
+            .iter()
+            .filter_map(|u| u.upload_id().map(str::to_owned))
+            .collect();
+        ids.sort();
+        ids
+    };
+    let mut both = ids.clone();
+    both.sort();
+    assert_eq!(open_uploads().await, both);
+
+    let (_sd, state) = state_file("orphan.db");
+    ok(run(&["scan", &b.bucket_url(), "--state", &state]), "scan");
+    let db = sqlx::SqlitePool::connect(&format!("sqlite://{state}"))
+        .await
+        .expect("open state");
+    let intent = serde_json::json!({
+        "action": "rewrite",
+        "source_format": "v1-aes",
+        "source_etag": null,
+        "source_version_id": null,
+        "upload_id": ids[0],
+    });
+    let n = sqlx::query("UPDATE jobs SET intent = ?1 WHERE key = 'a.bin'")
+        .bind(intent.to_string())
+        .execute(&db)
+        .await
+        .expect("simulate the dead attempt")
+        .rows_affected();
+    assert_eq!(n, 1);
+
+    let o = rekey_aes(&b, &state, &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert_eq!(
+        open_uploads().await,
+        vec![ids[1].clone()],
+        "the recorded upload is aborted, the other one is left alone"
+    );
+    let row: (String, Option<String>) =
+        sqlx::query_as("SELECT state, intent FROM jobs WHERE key = 'a.bin'")
+            .fetch_one(&db)
+            .await
+            .expect("row");
+    assert_eq!(row, ("done".to_owned(), None), "migrated, intent cleared");
+    assert_eq!(b.get_strict("a.bin").await, data(700, 2));
+}
+
 /// A worker that dies after its write and before recording it: the next run finds the object
 /// already current, and records the write from the intent kept in the state file (action,
 /// source format, the replaced version: the way back), writing nothing.

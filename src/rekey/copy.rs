@@ -24,7 +24,7 @@ use std::time::Instant;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use futures::{StreamExt, TryStreamExt};
 
-use crate::client::{ClientError, MAX_PARTS, MIN_PART_SIZE, ObjectHead};
+use crate::client::{ClientError, MAX_PARTS, MIN_PART_SIZE, ObjectHead, UploadNote};
 use crate::envelope::Metadata;
 use crate::metrics::{RetryReason, Service};
 
@@ -69,6 +69,7 @@ pub async fn copy_onto_itself(
     head: &ObjectHead,
     metadata: Metadata,
     tagging: Option<String>,
+    upload_started: Option<&UploadNote>,
 ) -> Result<Copied, ClientError> {
     let Some(etag) = head.etag.clone() else {
         // Without an ETag there is no condition to copy under: refuse rather than risk
@@ -111,6 +112,9 @@ pub async fn copy_onto_itself(
             message: "no upload id in the response".into(),
         })?
         .to_owned();
+    if let Some(note) = upload_started {
+        let _ = note.send(upload_id.clone());
+    }
 
     let result = copy_and_complete(c, head, &etag, &upload_id, &ranges).await;
     if result.is_err() {
@@ -229,6 +233,18 @@ async fn copy_part(
 /// Best effort: a failed abort leaves parts for the bucket's lifecycle rule
 /// (AbortIncompleteMultipartUpload).
 async fn abort(c: &RekeyConfig, bucket: &str, key: &str, upload_id: &str) {
+    if let Err(e) = abort_upload(c, bucket, key, upload_id).await {
+        tracing::warn!(%bucket, %key, error = %e, "abort of the multipart copy failed");
+    }
+}
+
+/// AbortMultipartUpload, rate-limited and counted like every S3 request of a run.
+pub(super) async fn abort_upload(
+    c: &RekeyConfig,
+    bucket: &str,
+    key: &str,
+    upload_id: &str,
+) -> Result<(), ClientError> {
     c.s3_limit.wait().await;
     let t = Instant::now();
     let r = c
@@ -240,9 +256,9 @@ async fn abort(c: &RekeyConfig, bucket: &str, key: &str, upload_id: &str) {
         .upload_id(upload_id)
         .send()
         .await;
-    if let Err(e) = c.client.observe("AbortMultipartUpload", bucket, key, t, r) {
-        tracing::warn!(%bucket, %key, error = %e, "abort of the multipart copy failed");
-    }
+    c.client
+        .observe("AbortMultipartUpload", bucket, key, t, r)
+        .map(|_| ())
 }
 
 #[cfg(test)]

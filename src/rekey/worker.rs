@@ -37,7 +37,9 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 use tokio::task::JoinSet;
 
-use crate::client::{ClientError, EnvelopeState, ObjectHead, PutRequest, normalize_metadata};
+use crate::client::{
+    ClientError, EnvelopeState, ObjectHead, PutRequest, UploadNote, normalize_metadata,
+};
 use crate::codec::{self, CodecError, DecryptPolicy, NewEncryption, ObjectDecryptor, WriteFormat};
 use crate::consts::{CEK_GCM, EC_CEK_ALG, GCM_IV_LEN, INSTRUCTION_MARKER, INSTRUCTION_SUFFIX};
 use crate::content;
@@ -634,6 +636,22 @@ async fn discard(body: Option<ByteStream>, len: u64) {
     }
 }
 
+/// Aborts the multipart upload that an interrupted attempt at `job` started (its id is in the
+/// job's intent), so that its parts are not left behind. One that was completed or aborted is
+/// gone already (404 `NoSuchUpload`): nothing to do. A failure is logged, not fatal: the
+/// attempt goes on, and the bucket's lifecycle rule for incomplete uploads remains the backstop.
+async fn abort_orphan(c: &RekeyConfig, job: &Job, upload_id: &str) {
+    match super::copy::abort_upload(c, &job.bucket, &job.key, upload_id).await {
+        Ok(()) => tracing::info!(key = %job.key, upload_id,
+            "aborted the multipart upload of an interrupted attempt"),
+        Err(ClientError::S3 {
+            status: Some(404), ..
+        }) => tracing::debug!(key = %job.key, upload_id, "no upload left from the last attempt"),
+        Err(e) => tracing::warn!(key = %job.key, upload_id, error = %e,
+            "could not abort the multipart upload of an interrupted attempt"),
+    }
+}
+
 /// One attempt at one object; `classified` is set as soon as the action is known.
 async fn process(
     ctx: &Ctx,
@@ -641,6 +659,9 @@ async fn process(
     classified: &mut Option<store::Action>,
 ) -> Result<Done, ObjError> {
     let c = &ctx.config;
+    if let Some(upload_id) = job.intent.as_ref().and_then(|i| i.upload_id.as_deref()) {
+        abort_orphan(c, job, upload_id).await;
+    }
     // Small objects: one GET pinned to the listed ETag gives the head and the body.
     let get_first = (job.size <= GET_FIRST_MAX
         && !job.etag.is_empty()
@@ -719,6 +740,7 @@ async fn process(
         source_format: format.clone(),
         source_etag: head.etag.clone(),
         source_version_id: head.version_id.clone(),
+        upload_id: None,
     };
     match c.store.record_intent(job.id, &ctx.owner, &intent).await {
         Ok(true) => {}
@@ -737,10 +759,32 @@ async fn process(
             });
         }
     }
-    let written = match action {
-        Action::Rewrite => rewrite(ctx, &head, &env, body).await,
-        _ => rewrap(ctx, &head, &env, body).await,
+    // A multipart upload the write starts goes into the intent as soon as it exists, so that
+    // a crash before it completes leaves its id for the next attempt to abort.
+    let (note, mut started) = tokio::sync::mpsc::unbounded_channel();
+    let write = {
+        let (head, env) = (&head, &env);
+        async move {
+            let r = match action {
+                Action::Rewrite => rewrite(ctx, head, env, body, &note).await,
+                _ => rewrap(ctx, head, env, body, &note).await,
+            };
+            drop(note);
+            r
+        }
     };
+    let record = async {
+        while let Some(upload_id) = started.recv().await {
+            let with = store::Intent {
+                upload_id: Some(upload_id),
+                ..intent.clone()
+            };
+            if let Err(e) = c.store.record_intent(job.id, &ctx.owner, &with).await {
+                tracing::warn!(key = %job.key, error = %e, "could not record the upload id");
+            }
+        }
+    };
+    let (written, ()) = tokio::join!(write, record);
     let written = match written {
         Err(e @ ObjError::Conflict { .. }) => {
             // Our conditional write (or read) was refused: nothing of it landed, so a later
@@ -913,6 +957,7 @@ async fn rewrite(
     head: &ObjectHead,
     env: &Envelope,
     body: Option<ByteStream>,
+    upload_started: &UploadNote,
 ) -> Result<Written, ObjError> {
     let c = &ctx.config;
     let _slot = ctx.large_slot(head).await;
@@ -973,6 +1018,7 @@ async fn rewrite(
         plaintext_len,
         // Decrypting never yields more than the stored ciphertext.
         plaintext_len_max: Some(head.content_length),
+        upload_started: Some(upload_started.clone()),
     };
     c.s3_limit.wait().await;
     let put = c
@@ -1052,6 +1098,7 @@ async fn rewrap(
     head: &ObjectHead,
     env: &Envelope,
     body: Option<ByteStream>,
+    upload_started: &UploadNote,
 ) -> Result<Written, ObjError> {
     let c = &ctx.config;
     let multipart = head.content_length > c.copy_part_threshold;
@@ -1105,7 +1152,8 @@ async fn rewrap(
     let mut metadata = user_metadata(head);
     metadata.extend(new_env.to_metadata());
     let (etag, version_id) = if multipart {
-        let copied = super::copy::copy_onto_itself(c, head, metadata, tags).await?;
+        let copied =
+            super::copy::copy_onto_itself(c, head, metadata, tags, Some(upload_started)).await?;
         tracing::debug!(key = %head.key, parts = copied.parts, "multipart copy done");
         (copied.etag, copied.version_id)
     } else {

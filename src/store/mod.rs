@@ -336,6 +336,11 @@ pub struct Intent {
     pub source_etag: Option<String>,
     /// Version id of the source (the way back on a versioned bucket).
     pub source_version_id: Option<String>,
+    /// The multipart upload (or copy) the write started, recorded as soon as it exists: if the
+    /// process dies before completing or aborting it, the next attempt aborts it, so no parts
+    /// are left behind (they would be billed until a lifecycle rule removes them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload_id: Option<String>,
 }
 
 /// The final outcome of a job.

@@ -796,7 +796,16 @@ async fn an_intent_lasts_until_an_outcome_is_recorded() {
         source_format: "v1-aes".into(),
         source_etag: Some("e1".into()),
         source_version_id: Some("v1".into()),
+        upload_id: Some("up-1".into()),
     };
+    // Intents written before `upload_id` existed (no such key) still read.
+    let older = Intent {
+        upload_id: None,
+        ..intent.clone()
+    };
+    let json = serde_json::to_string(&older).unwrap();
+    assert!(!json.contains("upload_id"), "{json}");
+    assert_eq!(serde_json::from_str::<Intent>(&json).unwrap(), older);
     assert!(
         !store.record_intent(job.id, "w2", &intent).await.unwrap(),
         "only the lease holder records an intent"
