@@ -1090,20 +1090,8 @@ async fn a_multipart_copy_killed_midway_leaves_no_parts() {
     };
     child.kill().expect("kill -9");
     let _ = child.wait();
-    let open_uploads = || async {
-        let l =
-            b.s3.list_multipart_uploads()
-                .bucket(&b.bucket)
-                .send()
-                .await
-                .expect("list uploads");
-        l.uploads()
-            .iter()
-            .filter_map(|u| u.upload_id().map(str::to_owned))
-            .collect::<Vec<_>>()
-    };
     assert_eq!(
-        open_uploads().await,
+        b.open_uploads().await,
         vec![recorded.clone()],
         "the killed run left its recorded upload open"
     );
@@ -1116,7 +1104,11 @@ async fn a_multipart_copy_killed_midway_leaves_no_parts() {
         &["--copy-part-threshold", &part, "--copy-part-size", &part],
     );
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
-    assert_eq!(open_uploads().await, Vec::<String>::new(), "no parts left");
+    assert_eq!(
+        b.open_uploads().await,
+        Vec::<String>::new(),
+        "no parts left"
+    );
     assert!(
         b.get_strict("big.bin").await == body,
         "rewrapped, same bytes"
@@ -1154,24 +1146,9 @@ async fn an_upload_left_by_a_dead_attempt_is_aborted() {
             .expect("upload part");
         ids.push(id);
     }
-    let open_uploads = || async {
-        let l =
-            b.s3.list_multipart_uploads()
-                .bucket(&b.bucket)
-                .send()
-                .await
-                .expect("list uploads");
-        let mut ids: Vec<String> = l
-            .uploads()
-            .iter()
-            .filter_map(|u| u.upload_id().map(str::to_owned))
-            .collect();
-        ids.sort();
-        ids
-    };
     let mut both = ids.clone();
     both.sort();
-    assert_eq!(open_uploads().await, both);
+    assert_eq!(b.open_uploads().await, both);
 
     let (_sd, state) = state_file("orphan.db");
     ok(run(&["scan", &b.bucket_url(), "--state", &state]), "scan");
@@ -1196,7 +1173,7 @@ async fn an_upload_left_by_a_dead_attempt_is_aborted() {
     let o = rekey_aes(&b, &state, &[]);
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
     assert_eq!(
-        open_uploads().await,
+        b.open_uploads().await,
         vec![ids[1].clone()],
         "the recorded upload is aborted, the other one is left alone"
     );

@@ -461,16 +461,10 @@ async fn failing_source_aborts_the_multipart_upload() {
         .await
         .expect_err("must fail");
     assert!(err.to_string().contains("source broke"), "{err}");
-    let uploads =
-        b.s3.list_multipart_uploads()
-            .bucket(&b.bucket)
-            .send()
-            .await
-            .expect("list uploads");
+    let uploads = b.open_uploads().await;
     assert!(
-        uploads.uploads().is_empty(),
-        "multipart upload left behind: {:?}",
-        uploads.uploads()
+        uploads.is_empty(),
+        "multipart upload left behind: {uploads:?}"
     );
     let head =
         b.s3.head_object()

@@ -149,6 +149,24 @@ impl Bed {
         )
     }
 
+    /// Ids of the multipart uploads open in the bucket, sorted.
+    pub async fn open_uploads(&self) -> Vec<String> {
+        let l = self
+            .s3
+            .list_multipart_uploads()
+            .bucket(&self.bucket)
+            .send()
+            .await
+            .expect("list uploads");
+        let mut ids: Vec<String> = l
+            .uploads()
+            .iter()
+            .filter_map(|u| u.upload_id().map(str::to_owned))
+            .collect();
+        ids.sort();
+        ids
+    }
+
     /// Reads an object back with s3cse's strict policy: only V2/V3 `kms+context` under the bed's
     /// key decrypt, so this also proves the object was migrated to it.
     pub async fn get_strict(&self, key: &str) -> Vec<u8> {
