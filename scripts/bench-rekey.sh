@@ -13,6 +13,9 @@
 # on a 2-core machine; --also-no-verify --also-concurrency 64 add informative rows, ~4 min more).
 # Options are those of scripts/bench/bench_rekey.py (see its --help), plus --no-build (use the
 # existing target/release/s3cse as is; a release build is LTO'd: ~10 min on 2 cores).
+# For runs to compare, restart the test bed first (scripts/testbed.sh down, then up): a bed left up
+# all day through benchmarks got slower in every phase (BENCHMARKS.md, "An aged test bed"). The
+# script does not do it itself, since other runs (tests, another benchmark) may share the bed.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
