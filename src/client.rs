@@ -871,11 +871,12 @@ impl S3Cse {
             metadata.remove(*k);
         }
         metadata.extend(envelope.to_metadata());
-        // Parts grow for huge objects so the upload fits in 10,000 of them.
-        let part_size = match req.plaintext_len {
+        // Parts grow for huge objects so the upload fits in 10,000 of them (sized by the bound
+        // when the exact length is unknown, e.g. a CBC source).
+        let part_size = match req.plaintext_len.or(req.plaintext_len_max) {
             Some(n) => self
                 .part_size
-                .max(((n + GCM_TAG_LEN as u64).div_ceil(MAX_PARTS)) as usize),
+                .max(((n.min(MAX_OBJECT_SIZE) + GCM_TAG_LEN as u64).div_ceil(MAX_PARTS)) as usize),
             None => self.part_size,
         };
         let mut upload: Option<Multipart> = None;
@@ -949,7 +950,9 @@ impl S3Cse {
         // waiting for room has neither a read buffer nor read from its source yet (for rekey: a
         // GET whose body stays in the socket), so uploads queued behind the budget cost next to
         // nothing.
-        let bound = announced.or(req.plaintext_len_max);
+        // S3 objects are at most 5 TiB: a larger bound says nothing more (and keeps the
+        // arithmetic below far from overflow).
+        let bound = announced.or(req.plaintext_len_max.map(|m| m.min(MAX_OBJECT_SIZE)));
         let early = match bound {
             Some(len) => {
                 let whole = encryptor.ciphertext_len(len);
@@ -1132,6 +1135,9 @@ type RangeDecrypt = Box<dyn FnMut(&mut Vec<u8>) -> Result<(), ContentError> + Se
 /// there are 64 of them. The ciphers work in 8 KiB slices, and a decrypting source hands out
 /// at most 256 KiB a read, so a larger buffer buys nothing.
 pub const PUT_READ_CHUNK: usize = 256 << 10;
+
+/// The largest object S3 stores: 5 TiB.
+pub const MAX_OBJECT_SIZE: u64 = 5 << 40;
 
 /// Room left in a part buffer past `part_size`, so that the encryptor never has to grow it: a
 /// block cipher holds back less than a block, and `finish` adds at most a padded block plus the

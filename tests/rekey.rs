@@ -1117,13 +1117,15 @@ async fn a_multipart_copy_killed_midway_leaves_no_parts() {
 
 /// A multipart upload that an attempt started and never finished (the process died) is in the
 /// job's intent; the next attempt aborts it, so no parts are left behind. An upload nobody
-/// recorded (another writer's) is not touched.
+/// recorded (another writer's) is not touched, and one already gone (completed or aborted:
+/// 404 `NoSuchUpload`) does not hold the object up.
 #[tokio::test]
 async fn an_upload_left_by_a_dead_attempt_is_aborted() {
     let Some(b) = bed("rekey-orphan").await else {
         return;
     };
     put_v1(&b.s3, &b.bucket, "a.bin", &data(700, 2)).await;
+    put_v1(&b.s3, &b.bucket, "b.bin", &data(800, 4)).await;
     // Two open uploads with a part each: one as a dead attempt of ours leaves it, one not ours.
     let mut ids = Vec::new();
     for key in ["a.bin", "other.bin"] {
@@ -1169,6 +1171,13 @@ async fn an_upload_left_by_a_dead_attempt_is_aborted() {
         .expect("simulate the dead attempt")
         .rows_affected();
     assert_eq!(n, 1);
+    let mut gone = intent.clone();
+    gone["upload_id"] = "an-upload-that-is-gone".into();
+    sqlx::query("UPDATE jobs SET intent = ?1 WHERE key = 'b.bin'")
+        .bind(gone.to_string())
+        .execute(&db)
+        .await
+        .expect("an attempt whose upload is gone");
 
     let o = rekey_aes(&b, &state, &[]);
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
@@ -1177,13 +1186,20 @@ async fn an_upload_left_by_a_dead_attempt_is_aborted() {
         vec![ids[1].clone()],
         "the recorded upload is aborted, the other one is left alone"
     );
-    let row: (String, Option<String>) =
-        sqlx::query_as("SELECT state, intent FROM jobs WHERE key = 'a.bin'")
-            .fetch_one(&db)
-            .await
-            .expect("row");
-    assert_eq!(row, ("done".to_owned(), None), "migrated, intent cleared");
-    assert_eq!(b.get_strict("a.bin").await, data(700, 2));
+    for (key, want) in [("a.bin", data(700, 2)), ("b.bin", data(800, 4))] {
+        let row: (String, Option<String>) =
+            sqlx::query_as("SELECT state, intent FROM jobs WHERE key = ?1")
+                .bind(key)
+                .fetch_one(&db)
+                .await
+                .expect("row");
+        assert_eq!(
+            row,
+            ("done".to_owned(), None),
+            "{key}: migrated, intent cleared"
+        );
+        assert_eq!(b.get_strict(key).await, want, "{key}");
+    }
 }
 
 /// A worker that dies after its write and before recording it: the next run finds the object

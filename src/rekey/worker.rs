@@ -41,7 +41,9 @@ use crate::client::{
     ClientError, EnvelopeState, ObjectHead, PutRequest, UploadNote, normalize_metadata,
 };
 use crate::codec::{self, CodecError, DecryptPolicy, NewEncryption, ObjectDecryptor, WriteFormat};
-use crate::consts::{CEK_GCM, EC_CEK_ALG, GCM_IV_LEN, INSTRUCTION_MARKER, INSTRUCTION_SUFFIX};
+use crate::consts::{
+    CEK_GCM, EC_CEK_ALG, GCM_IV_LEN, GCM_TAG_LEN, INSTRUCTION_MARKER, INSTRUCTION_SUFFIX,
+};
 use crate::content;
 use crate::envelope::{self, ContentAlg, Envelope, Location, Metadata, Version, WrapAlg};
 use crate::keyring::KmsError;
@@ -210,9 +212,10 @@ struct Ctx {
 }
 
 /// How many objects larger than one part are rewritten at once: as many as the buffer budget
-/// has part buffers for (at least one). More would only wait for the budget in the middle of
-/// their upload while holding what a rewrite holds outside it: the source GET's connection and
-/// its HTTP read buffer (up to ~400 KiB), the decrypt buffers, then the verify read. Measured
+/// has part buffers for (at least one; each may still wait for more of the budget mid-upload,
+/// holding one). More would wait for the budget while holding what a rewrite holds outside it:
+/// the source GET's connection and its HTTP read buffer (up to ~400 KiB), the decrypt buffers,
+/// then the verify read. Measured
 /// with 64 x 16 MiB objects at `--concurrency 64`: those added up to ~2 MiB per object, 220 MiB
 /// in all; waiting before the GET, a queued rewrite holds none of it.
 fn large_slots(client: &crate::client::S3Cse) -> usize {
@@ -232,7 +235,10 @@ impl Ctx {
     /// A slot for streaming the body of `head` through this process, if it is larger than one
     /// part (see [`large_slots`]); `None` for smaller objects, which take none.
     async fn large_slot(&self, head: &ObjectHead) -> Option<tokio::sync::SemaphorePermit<'_>> {
-        if head.content_length > self.config.client.part_size() as u64 {
+        // The new object is the plaintext (at most the stored size) plus the GCM tag.
+        if head.content_length.saturating_add(GCM_TAG_LEN as u64)
+            > self.config.client.part_size() as u64
+        {
             // Never closed, so the permit is always granted.
             self.large.acquire().await.ok()
         } else {
@@ -388,8 +394,13 @@ async fn claim_loop(
                 unstarted.push(job.id);
                 continue;
             }
-            if let Ok(mut s) = ctx.inflight.lock() {
-                s.insert(job.id);
+            // A row of ours whose lease lapsed (renewals failed for a whole lease) can come back
+            // from the claim while its task still runs: the claim renewed the lease, and a
+            // second task would race the first on the same object.
+            if let Ok(mut s) = ctx.inflight.lock()
+                && !s.insert(job.id)
+            {
+                continue;
             }
             let ctx = ctx.clone();
             tasks.spawn(async move {
@@ -429,7 +440,7 @@ fn note_task(
 }
 
 /// Processes one job (retrying transient failures) and records its outcome.
-async fn handle_job(ctx: &Ctx, job: Job) -> Result<(), RekeyError> {
+async fn handle_job(ctx: &Ctx, mut job: Job) -> Result<(), RekeyError> {
     let started = Instant::now();
     let c = &ctx.config;
     let mut attempt = 0;
@@ -448,6 +459,11 @@ async fn handle_job(ctx: &Ctx, job: Job) -> Result<(), RekeyError> {
                 c.metrics.retry(service, reason);
                 tracing::debug!(key = %job.key, attempt, error = %message, "retrying object");
                 tokio::time::sleep(backoff(attempt)).await;
+                // The failed attempt may have recorded an upload to abort: the next one reads
+                // the intent as it is now, not as it was at the claim.
+                if let Ok(Some(fresh)) = c.store.job(job.id).await {
+                    job.intent = fresh.intent;
+                }
             }
             r => break r,
         }
@@ -638,17 +654,28 @@ async fn discard(body: Option<ByteStream>, len: u64) {
 
 /// Aborts the multipart upload that an interrupted attempt at `job` started (its id is in the
 /// job's intent), so that its parts are not left behind. One that was completed or aborted is
-/// gone already (404 `NoSuchUpload`): nothing to do. A failure is logged, not fatal: the
-/// attempt goes on, and the bucket's lifecycle rule for incomplete uploads remains the backstop.
-async fn abort_orphan(c: &RekeyConfig, job: &Job, upload_id: &str) {
+/// gone already (404 `NoSuchUpload`): nothing to do. Any other failure ends this attempt before
+/// it writes (a transient failure, retried later), so the id stays in the intent until the
+/// abort is confirmed.
+async fn abort_orphan(c: &RekeyConfig, job: &Job, upload_id: &str) -> Result<(), ObjError> {
     match super::copy::abort_upload(c, &job.bucket, &job.key, upload_id).await {
-        Ok(()) => tracing::info!(key = %job.key, upload_id,
-            "aborted the multipart upload of an interrupted attempt"),
-        Err(ClientError::S3 {
-            status: Some(404), ..
-        }) => tracing::debug!(key = %job.key, upload_id, "no upload left from the last attempt"),
-        Err(e) => tracing::warn!(key = %job.key, upload_id, error = %e,
-            "could not abort the multipart upload of an interrupted attempt"),
+        Ok(()) => {
+            tracing::info!(key = %job.key, upload_id,
+                "aborted the multipart upload of an interrupted attempt");
+            Ok(())
+        }
+        Err(ClientError::NotFound { .. }) => {
+            tracing::debug!(key = %job.key, upload_id, "no upload left from the last attempt");
+            Ok(())
+        }
+        Err(e) => Err(ObjError::Failed {
+            code: "AbortFailed".into(),
+            http: e.http_status(),
+            message: format!(
+                "could not abort the multipart upload {upload_id} of an interrupted attempt: {e}"
+            ),
+            transient: true,
+        }),
     }
 }
 
@@ -660,7 +687,7 @@ async fn process(
 ) -> Result<Done, ObjError> {
     let c = &ctx.config;
     if let Some(upload_id) = job.intent.as_ref().and_then(|i| i.upload_id.as_deref()) {
-        abort_orphan(c, job, upload_id).await;
+        abort_orphan(c, job, upload_id).await?;
     }
     // Small objects: one GET pinned to the listed ETag gives the head and the body.
     let get_first = (job.size <= GET_FIRST_MAX
@@ -779,8 +806,15 @@ async fn process(
                 upload_id: Some(upload_id),
                 ..intent.clone()
             };
-            if let Err(e) = c.store.record_intent(job.id, &ctx.owner, &with).await {
-                tracing::warn!(key = %job.key, error = %e, "could not record the upload id");
+            match c.store.record_intent(job.id, &ctx.owner, &with).await {
+                Ok(true) => {}
+                // The write is conditional on the source ETag, so it cannot clobber the next
+                // holder's work; only the upload's id goes unrecorded.
+                Ok(false) => tracing::warn!(key = %job.key, upload_id = with.upload_id.as_deref(),
+                    "lease lost during the write: upload id not recorded"),
+                Err(e) => {
+                    tracing::warn!(key = %job.key, error = %e, "could not record the upload id")
+                }
             }
         }
     };
@@ -788,7 +822,8 @@ async fn process(
     let written = match written {
         Err(e @ ObjError::Conflict { .. }) => {
             // Our conditional write (or read) was refused: nothing of it landed, so a later
-            // attempt must not take another writer's current object for ours.
+            // attempt must not take another writer's current object for ours. (An upload it
+            // started was aborted by the client on the refusal.)
             if let Err(se) = c.store.clear_intent(job.id, &ctx.owner).await {
                 tracing::warn!(key = %job.key, error = %se, "could not clear the intent");
             }
