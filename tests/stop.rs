@@ -229,3 +229,74 @@ async fn a_second_signal_abandons_at_once() {
 
     finish_and_check(&b, &state).await;
 }
+
+/// Objects larger than one part take a large-object slot before they are read; one still waiting
+/// for a slot when SIGTERM comes does not start: its job goes back to the queue at once, while
+/// the object in progress finishes.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_releases_large_objects_still_waiting_for_a_slot() {
+    let Some(b) = bed("stop-slots").await else {
+        return;
+    };
+    let big = |i: u8| (format!("big/{i}"), data(12 << 20, 40 + i));
+    for i in 0..2 {
+        let (key, body) = big(i);
+        put_v1(&b.s3, &b.bucket, &key, &body).await;
+    }
+    let state = b.path("state.db").display().to_string();
+    let log = b.path("stderr.log");
+    // An 8 MiB budget holds one 8 MiB part buffer at most: one slot. At 2 S3 requests a second
+    // the object that has it takes seconds; the stop timeout lets it finish.
+    let extra = [
+        "--concurrency",
+        "2",
+        "--max-buffer-mib",
+        "8",
+        "--s3-rps",
+        "2",
+        "--stop-timeout",
+        "60",
+    ];
+    let mut child = spawn_rekey(&b, &state, &extra, &log);
+    // Signal once one object is uploading (its multipart upload is in its intent): the other is
+    // then waiting for the slot, or not that far yet.
+    let t = Instant::now();
+    loop {
+        assert!(t.elapsed() < Duration::from_secs(60), "no upload started");
+        assert!(
+            child.try_wait().expect("wait").is_none(),
+            "rekey ended early"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+        let Ok(db) = sqlx::SqlitePool::connect(&format!("sqlite://{state}")).await else {
+            continue;
+        };
+        let uploading: Option<(i64,)> = sqlx::query_as(
+            "SELECT count(*) FROM jobs WHERE json_extract(intent, '$.upload_id') IS NOT NULL",
+        )
+        .fetch_optional(&db)
+        .await
+        .unwrap_or(None);
+        db.close().await;
+        if uploading.is_some_and(|(n,)| n > 0) {
+            break;
+        }
+    }
+    signal(&child, "TERM");
+    wait_exit(&mut child, Duration::from_secs(60));
+    let stderr = stderr_of(&log);
+    let c = counts(&state).expect("status");
+    assert_eq!(
+        (objects_in(&c, "done"), objects_in(&c, "pending")),
+        (1, 1),
+        "the object in progress finished, the waiting one was handed back: {c}\n{stderr}"
+    );
+    assert!(stderr.contains("released before it started"), "{stderr}");
+
+    let o = run(bin().args(rekey_args(&b, &state)));
+    assert_ok("second rekey", &o);
+    for i in 0..2 {
+        let (key, body) = big(i);
+        assert!(b.get_strict(&key).await == body, "{key}");
+    }
+}

@@ -113,6 +113,9 @@ enum ObjError {
         message: String,
         transient: bool,
     },
+    /// The stop came while the object waited for a large-object slot: nothing of it was read
+    /// or written, so its job goes back to the queue (as claimed jobs not yet started do).
+    Stopped,
 }
 
 impl ObjError {
@@ -209,6 +212,8 @@ struct Ctx {
     /// authentication of raw-key rewraps and recovered writes), at most as many at once as the
     /// buffer budget holds parts (see [`large_slots`]).
     large: tokio::sync::Semaphore,
+    /// The run's stop signal: a rewrite still waiting for a slot when it comes does not start.
+    shutdown: Shutdown,
 }
 
 /// How many objects larger than one part are rewritten at once: as many as the buffer budget
@@ -234,15 +239,24 @@ impl Ctx {
 
     /// A slot for streaming the body of `head` through this process, if it is larger than one
     /// part (see [`large_slots`]); `None` for smaller objects, which take none.
-    async fn large_slot(&self, head: &ObjectHead) -> Option<tokio::sync::SemaphorePermit<'_>> {
+    async fn large_slot(
+        &self,
+        head: &ObjectHead,
+    ) -> Result<Option<tokio::sync::SemaphorePermit<'_>>, ObjError> {
         // The new object is the plaintext (at most the stored size) plus the GCM tag.
         if head.content_length.saturating_add(GCM_TAG_LEN as u64)
             > self.config.client.part_size() as u64
         {
-            // Never closed, so the permit is always granted.
-            self.large.acquire().await.ok()
+            if self.shutdown.is_stopping() {
+                return Err(ObjError::Stopped);
+            }
+            tokio::select! {
+                // Never closed, so the permit is always granted.
+                p = self.large.acquire() => Ok(p.ok()),
+                () = self.shutdown.stopped() => Err(ObjError::Stopped),
+            }
         } else {
-            None
+            Ok(None)
         }
     }
 }
@@ -319,6 +333,7 @@ pub async fn work(config: &RekeyConfig, shutdown: &Shutdown) -> Result<WorkSumma
         tags_readable: AtomicBool::new(false),
         counts_unreliable: AtomicBool::new(false),
         large: tokio::sync::Semaphore::new(large_slots(&config.client)),
+        shutdown: shutdown.clone(),
     });
     let lease = config.lease.max(Duration::from_secs(3));
     // Renews the leases of running jobs: only a dead worker's lease lapses.
@@ -532,6 +547,10 @@ async fn handle_job(ctx: &Ctx, mut job: Job) -> Result<(), RekeyError> {
                 ..Outcome::new(JobState::Failed)
             };
             c.store.complete(job.id, &ctx.owner, &outcome).await?;
+        }
+        Err(ObjError::Stopped) => {
+            tracing::info!(key = %job.key, "stopping: released before it started");
+            c.store.release(&[job.id], &ctx.owner).await?;
         }
     }
     Ok(())
@@ -995,7 +1014,7 @@ async fn rewrite(
     upload_started: &UploadNote,
 ) -> Result<Written, ObjError> {
     let c = &ctx.config;
-    let _slot = ctx.large_slot(head).await;
+    let _slot = ctx.large_slot(head).await?;
     // A raw-key unwrap is local: fail on a wrong key before any KMS call.
     let local_key = if env.wrap.is_kms() {
         None
@@ -1115,7 +1134,7 @@ async fn authenticate(
     body: Option<ByteStream>,
 ) -> Result<(SecretBytes, String), ObjError> {
     let c = &ctx.config;
-    let _slot = ctx.large_slot(head).await;
+    let _slot = ctx.large_slot(head).await?;
     let cek = source_key(c, env).await?;
     let body = body_of(c, head, body).await?;
     let dec = ObjectDecryptor::new(env, &cek)?;
@@ -1482,6 +1501,8 @@ pub async fn dry_run(config: &RekeyConfig, shutdown: &Shutdown) -> Result<WorkSu
                     (label, 0)
                 }
                 Err(ObjError::Conflict { .. }) => ("conflict".to_owned(), 0),
+                // Only a rewrite waits for a slot; a dry run does not rewrite.
+                Err(ObjError::Stopped) => ("stopped".to_owned(), 0),
             };
             // No object metric: nothing was processed. The HEADs show in the S3 requests.
             config.store.record_plan(row.id, &plan).await?;
