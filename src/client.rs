@@ -359,6 +359,16 @@ pub struct PutRequest {
     pub upload_started: Option<UploadNote>,
 }
 
+impl PutRequest {
+    /// The plaintext length, or its bound when only that is known, at most S3's 5 TiB (a larger
+    /// one says nothing more, and keeps the size arithmetic far from overflow).
+    fn length_bound(&self) -> Option<u64> {
+        self.plaintext_len
+            .or(self.plaintext_len_max)
+            .map(|n| n.min(MAX_OBJECT_SIZE))
+    }
+}
+
 /// Where [`PutRequest::upload_started`] sends the id of a multipart upload it creates.
 pub type UploadNote = tokio::sync::mpsc::UnboundedSender<String>;
 
@@ -873,10 +883,10 @@ impl S3Cse {
         metadata.extend(envelope.to_metadata());
         // Parts grow for huge objects so the upload fits in 10,000 of them (sized by the bound
         // when the exact length is unknown, e.g. a CBC source).
-        let part_size = match req.plaintext_len.or(req.plaintext_len_max) {
+        let part_size = match req.length_bound() {
             Some(n) => self
                 .part_size
-                .max(((n.min(MAX_OBJECT_SIZE) + GCM_TAG_LEN as u64).div_ceil(MAX_PARTS)) as usize),
+                .max(((n + GCM_TAG_LEN as u64).div_ceil(MAX_PARTS)) as usize),
             None => self.part_size,
         };
         let mut upload: Option<Multipart> = None;
@@ -950,9 +960,7 @@ impl S3Cse {
         // waiting for room has neither a read buffer nor read from its source yet (for rekey: a
         // GET whose body stays in the socket), so uploads queued behind the budget cost next to
         // nothing.
-        // S3 objects are at most 5 TiB: a larger bound says nothing more (and keeps the
-        // arithmetic below far from overflow).
-        let bound = announced.or(req.plaintext_len_max.map(|m| m.min(MAX_OBJECT_SIZE)));
+        let bound = req.length_bound();
         let early = match bound {
             Some(len) => {
                 let whole = encryptor.ciphertext_len(len);

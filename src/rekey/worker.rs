@@ -247,13 +247,12 @@ impl Ctx {
         if head.content_length.saturating_add(GCM_TAG_LEN as u64)
             > self.config.client.part_size() as u64
         {
-            if self.shutdown.is_stopping() {
-                return Err(ObjError::Stopped);
-            }
             tokio::select! {
+                // A stop already requested wins over a free slot.
+                biased;
+                () = self.shutdown.stopped() => Err(ObjError::Stopped),
                 // Never closed, so the permit is always granted.
                 p = self.large.acquire() => Ok(p.ok()),
-                () = self.shutdown.stopped() => Err(ObjError::Stopped),
             }
         } else {
             Ok(None)
