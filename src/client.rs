@@ -1234,6 +1234,7 @@ impl Multipart {
         }
         self.done.sort_by_key(|p| p.part_number());
         let parts = self.done.len();
+        crate::failpoint!("upload-before-complete");
         let t = Instant::now();
         let r = client
             .s3

@@ -29,6 +29,7 @@ pub mod codec;
 pub mod consts;
 pub mod content;
 pub mod envelope;
+pub mod failpoint;
 pub mod keyring;
 pub mod metrics;
 pub mod rekey;

@@ -385,6 +385,8 @@ async fn rekey_migrates_a_mixed_bucket_and_is_idempotent() {
         uni,
         "big.bin",
         "raw-gcm.bin",
+        // V3 under another KMS key still needs that key: rewrapped, and still V3.
+        "aws-v3.bin",
     ];
     for key in migrated {
         let out = b.path("out");
@@ -412,11 +414,16 @@ async fn rekey_migrates_a_mixed_bucket_and_is_idempotent() {
     assert_eq!(h["metadata"]["owner"], "uni");
     assert_eq!(h["tags"], serde_json::json!({"k": "v w"}));
     assert_eq!(head("aio-kms-gcm.bin")["metadata"]["owner"], "gcm");
+    let (_, v3meta) = b.raw_get("aws-v3.bin").await;
+    assert_eq!(
+        v3meta.get("x-amz-c").map(String::as_str),
+        Some("115"),
+        "a V3 object stays V3 (key-committing) when rewrapped: {v3meta:?}"
+    );
 
     let after = etags(&b).await;
     for key in [
         "aws-v2-current.bin",
-        "aws-v3.bin",
         "plain.txt",
         "corrupt.bin",
         "raw-gcm-tampered.bin",
@@ -435,7 +442,7 @@ async fn rekey_migrates_a_mixed_bucket_and_is_idempotent() {
     }
 
     // One KMS call per migrated object: GenerateDataKey per rewrite (5), ReEncrypt per KMS
-    // rewrap (2), Encrypt per raw-key rewrap (1); Decrypt only for the KMS-wrapped CBC source;
+    // rewrap (3, the V3 one among them), Encrypt per raw-key rewrap (1); Decrypt only for the KMS-wrapped CBC source;
     // none for the skipped ones. The corrupt CBC object costs one GenerateDataKey too: CBC
     // cannot be authenticated before its body has streamed through the new encryption. The
     // tampered raw-key GCM object costs none: its tag is checked before the Encrypt.
@@ -447,15 +454,15 @@ async fn rekey_migrates_a_mixed_bucket_and_is_idempotent() {
         )
     };
     assert_eq!(k("GenerateDataKey"), 5.0 + 1.0, "{pushed}");
-    assert_eq!(k("ReEncrypt"), 2.0);
+    assert_eq!(k("ReEncrypt"), 3.0);
     assert_eq!(k("Encrypt"), 1.0);
     assert_eq!(k("Decrypt"), 1.0);
     assert_eq!(k("DescribeKey"), 1.0, "the target key is resolved once");
     let objects =
         |text: &str, result: &str| metric(text, "s3cse_rekey_objects_total", &[("result", result)]);
     assert_eq!(objects(&pushed, "rewritten"), 5.0, "{pushed}");
-    assert_eq!(objects(&pushed, "rewrapped"), 3.0);
-    assert_eq!(objects(&pushed, "skipped"), 3.0);
+    assert_eq!(objects(&pushed, "rewrapped"), 4.0);
+    assert_eq!(objects(&pushed, "skipped"), 2.0);
     assert_eq!(objects(&pushed, "failed"), 2.0);
     assert!(
         !pushed.contains("s3cse_rekey_last_success_timestamp_seconds"),
@@ -955,6 +962,8 @@ async fn a_multipart_copy_rewrap_is_conditional_on_the_etag() {
         dry_run: false,
         reencrypt: false,
         verify: true,
+        max_claims: 10,
+        object_timeout: Duration::from_secs(600),
         always_read_tags: false,
         lease: Duration::from_secs(30),
         scan: true,
@@ -996,7 +1005,9 @@ async fn a_multipart_copy_rewrap_is_conditional_on_the_etag() {
         s3("UploadPartCopy", "precondition_failed") >= 1,
         "the part copies carry the ETag condition:\n{text}"
     );
-    assert_eq!(s3("AbortMultipartUpload", "ok"), 1, "{text}");
+    // (The second attempt aborts the recorded upload id again, in case the first attempt's
+    // own abort had not gone through; S3 answers 404 for an upload already gone, SeaweedFS ok.)
+    assert!(s3("AbortMultipartUpload", "ok") >= 1, "{text}");
     assert_eq!(s3("CompleteMultipartUpload", "ok"), 1, "{text}");
     assert_eq!(s3("CompleteMultipartUpload", "precondition_failed"), 0);
     assert_eq!(metrics.kms_requests("Encrypt"), 2, "one per attempt");
@@ -1246,11 +1257,16 @@ async fn a_write_whose_outcome_was_lost_is_recorded_from_its_intent() {
         .await
         .expect("row");
     assert_eq!(intent, None, "a recorded outcome clears the intent");
+    // The fingerprint the worker recorded is of the envelope it then wrote: the one there now.
+    let (_, meta) = b.raw_get("a.bin").await;
+    let written =
+        s3cse::envelope::decode(&s3cse::client::normalize_metadata(Some(&meta))).expect("envelope");
     let intent = serde_json::json!({
         "action": "rewrite",
         "source_format": "v1-aes",
         "source_etag": src_etag,
         "source_version_id": src_version,
+        "fingerprint": s3cse::rekey::fingerprint(&written),
     });
     sqlx::query(
         "UPDATE jobs SET state = 'running', lease_owner = 'gone-host:1:1', \
@@ -1304,4 +1320,395 @@ async fn a_write_whose_outcome_was_lost_is_recorded_from_its_intent() {
     let done = report(&state, "done");
     assert_eq!(done[0]["VersionId"], src_version.as_str(), "{done:?}");
     db.close().await;
+}
+
+/// A fault in the S3 client's HTTP layer, injected by an SDK interceptor: the `nth` (1-based)
+/// response to an `operation` (as the SDK names it, e.g. `PutObject`) has its status replaced,
+/// after the server acted on the request: the answer to a write that landed is lost.
+#[derive(Debug)]
+struct LoseAnswer {
+    operation: &'static str,
+    /// Which responses to replace: every one from `from` to `to` (1-based, inclusive).
+    from: u32,
+    to: u32,
+    status: u16,
+    seen: std::sync::atomic::AtomicU32,
+}
+
+impl LoseAnswer {
+    fn new(operation: &'static str, from: u32, to: u32, status: u16) -> Arc<Self> {
+        Arc::new(LoseAnswer {
+            operation,
+            from,
+            to,
+            status,
+            seen: std::sync::atomic::AtomicU32::new(0),
+        })
+    }
+}
+
+#[derive(Debug)]
+struct LoseAnswerInterceptor(Arc<LoseAnswer>);
+
+impl aws_sdk_s3::config::Intercept for LoseAnswerInterceptor {
+    fn name(&self) -> &'static str {
+        "LoseAnswer"
+    }
+
+    fn modify_before_deserialization(
+        &self,
+        ctx: &mut aws_sdk_s3::config::interceptors::BeforeDeserializationInterceptorContextMut<'_>,
+        _rc: &aws_sdk_s3::config::RuntimeComponents,
+        cfg: &mut aws_sdk_s3::config::ConfigBag,
+    ) -> Result<(), aws_sdk_s3::error::BoxError> {
+        let f = &self.0;
+        let op = cfg.load::<aws_smithy_runtime_api::client::orchestrator::Metadata>();
+        if op.map(|m| m.name()) != Some(f.operation) {
+            return Ok(());
+        }
+        let n = f.seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        if (f.from..=f.to).contains(&n) {
+            let body = format!(
+                "<?xml version=\"1.0\"?><Error><Code>{}</Code><Message>injected</Message></Error>",
+                if f.status == 403 {
+                    "AccessDenied"
+                } else {
+                    "InternalError"
+                }
+            );
+            let resp = ctx.response_mut();
+            *resp.status_mut() = f.status.try_into().expect("status");
+            let len = body.len().to_string();
+            *resp.body_mut() = aws_smithy_types::body::SdkBody::from(body);
+            let h = resp.headers_mut();
+            h.insert("content-length", len);
+            h.insert("content-type", "application/xml");
+            for k in ["etag", "x-amz-meta-x-amz-key", "x-amz-meta-x-amz-key-v2"] {
+                h.remove(k);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs `rekey` in-process over the bed's bucket with `faults` injected into its S3 client;
+/// legacy objects are read with the vectors' AES key and KMS (any key), as the CLI does.
+async fn rekey_with_faults(
+    b: &Bed,
+    state: &str,
+    faults: &[Arc<LoseAnswer>],
+) -> s3cse::rekey::RunSummary {
+    use s3cse::keyring::KmsKeyring;
+    use s3cse::metrics::Metrics;
+    use s3cse::rekey::limit::RateLimit;
+
+    let conf = common::sdk_config().await;
+    let mut s3conf = aws_sdk_s3::config::Builder::from(&conf).force_path_style(true);
+    for f in faults {
+        s3conf = s3conf.interceptor(LoseAnswerInterceptor(f.clone()));
+    }
+    let s3 = aws_sdk_s3::Client::from_conf(s3conf.build());
+    let metrics = Arc::new(Metrics::new("test"));
+    let target = s3cse::rekey::kms::describe_key(&b.kms, &b.key_id, &metrics)
+        .await
+        .expect("describe key");
+    let kms: Arc<dyn s3cse::keyring::KmsClient> = Arc::new(s3cse::rekey::kms::RekeyKms::new(
+        Arc::new(AwsKms::new(b.kms.clone())),
+        RateLimit::default(),
+        metrics.clone(),
+    ));
+    let ring = Keyring::aes(aes_key()).with_kms(KmsKeyring::any_key(kms.clone(), None));
+    let client = S3Cse::new(s3, ring).with_policy(codec::DecryptPolicy::legacy());
+    let store = s3cse::store::JobStore::open(Path::new(state))
+        .await
+        .expect("store");
+    let config = s3cse::rekey::RekeyConfig {
+        bucket: b.bucket.clone(),
+        prefix: String::new(),
+        shard: None,
+        context: s3cse::envelope::Context::new(),
+        concurrency: 1,
+        dry_run: false,
+        reencrypt: false,
+        verify: true,
+        max_claims: 10,
+        object_timeout: Duration::from_secs(600),
+        always_read_tags: false,
+        lease: Duration::from_secs(30),
+        scan: true,
+        work: true,
+        client,
+        kms,
+        target,
+        store: store.clone(),
+        metrics,
+        s3_limit: RateLimit::default(),
+        copy_part_threshold: 5 << 30,
+        copy_part_size: 512 << 20,
+    };
+    let summary = s3cse::rekey::run(config, s3cse::rekey::Shutdown::never())
+        .await
+        .expect("run");
+    store.close().await;
+    summary
+}
+
+/// The object read back by AWS's Python client under the bed's key (the target).
+fn aws_reads(b: &Bed, key: &str) -> Vec<u8> {
+    let out = b.path("aws-out");
+    ok(
+        peer_get(
+            "awsclient",
+            &b.bucket,
+            key,
+            &out,
+            &["--kms-key-id", &b.key_id],
+        ),
+        key,
+    );
+    std::fs::read(&out).expect("out")
+}
+
+async fn enable_versioning(b: &Bed) {
+    b.s3.put_bucket_versioning()
+        .bucket(&b.bucket)
+        .versioning_configuration(
+            aws_sdk_s3::types::VersioningConfiguration::builder()
+                .status(aws_sdk_s3::types::BucketVersioningStatus::Enabled)
+                .build(),
+        )
+        .send()
+        .await
+        .expect("versioning");
+}
+
+async fn version_of(b: &Bed, key: &str) -> String {
+    b.s3.head_object()
+        .bucket(&b.bucket)
+        .key(key)
+        .send()
+        .await
+        .expect("head")
+        .version_id()
+        .expect("versioned")
+        .to_owned()
+}
+
+/// `(state, action, source_format, previous_version_id, error_code, result_etag)` of `key`.
+type Record = (
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+
+async fn record(state: &str, key: &str) -> Record {
+    let db = sqlx::SqlitePool::connect(&format!("sqlite://{state}"))
+        .await
+        .expect("open state");
+    let r = sqlx::query_as(
+        "SELECT state, action, source_format, previous_version_id, error_code, result_etag \
+         FROM jobs WHERE key = ?",
+    )
+    .bind(key)
+    .fetch_one(&db)
+    .await
+    .expect("row");
+    db.close().await;
+    r
+}
+
+/// Issue 10, defect 2: S3 takes the PUT, its answer is lost (500), the SDK's retry gets 412.
+/// Before the fix the job was requeued and the next attempt recorded the object "skip:
+/// current", unverified, without the replaced version. Also a CopyObject rewrap whose answer
+/// is lost on every attempt (the copy landed, with the same ETag).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_write_whose_answer_was_lost_is_recorded_as_the_write_it_was() {
+    let Some(b) = bed("rekey-lost").await else {
+        return;
+    };
+    enable_versioning(&b).await;
+    put_v1(&b.s3, &b.bucket, "cbc.bin", &data(5000, 3)).await;
+    put_raw_gcm(&b.s3, &b.bucket, "gcm.bin", &data(3000, 4)).await;
+    let (v_cbc, v_gcm) = (
+        version_of(&b, "cbc.bin").await,
+        version_of(&b, "gcm.bin").await,
+    );
+    let (_sd, state) = state_file("lost.db");
+    let put = LoseAnswer::new("PutObject", 1, 1, 500);
+    let copy = LoseAnswer::new("CopyObject", 1, 100, 500);
+    let summary = rekey_with_faults(&b, &state, &[put.clone(), copy.clone()]).await;
+    assert!(
+        put.seen.load(std::sync::atomic::Ordering::SeqCst) >= 2,
+        "the PUT was retried"
+    );
+    assert_eq!(summary.work.migrated, 2, "{summary:?}");
+    let (s, action, format, prev, code, _) = record(&state, "cbc.bin").await;
+    assert_eq!(
+        (
+            s.as_str(),
+            action.as_deref(),
+            format.as_deref(),
+            prev.as_deref(),
+            code
+        ),
+        (
+            "done",
+            Some("rewrite"),
+            Some("v1-aes-ecb-cbc"),
+            Some(v_cbc.as_str()),
+            None
+        )
+    );
+    let (s, action, _, prev, code, _) = record(&state, "gcm.bin").await;
+    assert_eq!(
+        (s.as_str(), action.as_deref(), prev.as_deref(), code),
+        ("done", Some("rewrap"), Some(v_gcm.as_str()), None)
+    );
+    for (key, want) in [("cbc.bin", data(5000, 3)), ("gcm.bin", data(3000, 4))] {
+        assert_eq!(
+            aws_reads(&b, key),
+            want,
+            "{key} reads back under the target"
+        );
+    }
+}
+
+/// Issue 10, defect 3: a verify that fails after the write is recorded failed *with* what was
+/// written (the result ETag, the replaced version) and keeps the intent; the next scan leaves
+/// it alone, and `--retry-failed` settles it as the rewrite it was (before the fix: the scan
+/// reset it and the next run recorded "skip: current").
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_verify_is_recorded_with_the_write_and_settled_later() {
+    let Some(b) = bed("rekey-verify").await else {
+        return;
+    };
+    enable_versioning(&b).await;
+    put_v1(&b.s3, &b.bucket, "v.bin", &data(4000, 5)).await;
+    let v0 = version_of(&b, "v.bin").await;
+    let (_sd, state) = state_file("verify.db");
+    // GET 1 reads the source (head + body at once), GET 2 is the verify read: refused, and so
+    // is every later read (a retry's), so the run ends with the object failed.
+    let verify = LoseAnswer::new("GetObject", 2, 100, 403);
+    let summary = rekey_with_faults(&b, &state, &[verify]).await;
+    assert_eq!(summary.work.failed, 1, "{summary:?}");
+    let (s, action, format, prev, code, result) = record(&state, "v.bin").await;
+    assert_eq!(
+        (
+            s.as_str(),
+            action.as_deref(),
+            format.as_deref(),
+            prev.as_deref()
+        ),
+        (
+            "failed",
+            Some("rewrite"),
+            Some("v1-aes-ecb-cbc"),
+            Some(v0.as_str())
+        ),
+    );
+    assert!(code.is_some(), "the failure's code is recorded");
+    let now = etags(&b).await;
+    assert_eq!(
+        result.as_deref(),
+        now.get("v.bin").map(String::as_str),
+        "the written ETag"
+    );
+
+    // A rescan leaves the failed record alone; a retry settles it without writing again.
+    let o = rekey_aes(&b, &state, &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert_eq!(
+        record(&state, "v.bin").await.0,
+        "failed",
+        "not reset by the rescan"
+    );
+    let o = rekey_aes(&b, &state, &["--retry-failed"]);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert_eq!(etags(&b).await, now, "nothing written again");
+    let (s, action, format, prev, code, _) = record(&state, "v.bin").await;
+    assert_eq!(
+        (
+            s.as_str(),
+            action.as_deref(),
+            format.as_deref(),
+            prev.as_deref(),
+            code
+        ),
+        (
+            "done",
+            Some("rewrite"),
+            Some("v1-aes-ecb-cbc"),
+            Some(v0.as_str()),
+            None
+        )
+    );
+    assert_eq!(aws_reads(&b, "v.bin"), data(4000, 5));
+}
+
+/// Issue 10, defect 4: an intent left behind by a crash before the write must not claim a
+/// later application write that happens to be current: its replaced version would be ours in
+/// the report, and a rollback from the report would destroy the application's newer data.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stale_intent_never_claims_another_writers_object() {
+    let Some(b) = bed("rekey-stale").await else {
+        return;
+    };
+    enable_versioning(&b).await;
+    put_v1(&b.s3, &b.bucket, "app.bin", &data(900, 6)).await;
+    let v0 = version_of(&b, "app.bin").await;
+    let listed = etags(&b).await["app.bin"].clone();
+    let (_sd, state) = state_file("stale.db");
+    assert_eq!(
+        run(&["scan", &b.bucket_url(), "--state", &state])
+            .status
+            .code(),
+        Some(0)
+    );
+    // A worker recorded its intent and died before writing (its fingerprint is of an
+    // envelope that never reached S3)...
+    let db = sqlx::SqlitePool::connect(&format!("sqlite://{state}"))
+        .await
+        .expect("open state");
+    let intent = serde_json::json!({
+        "action": "rewrite", "source_format": "v1-aes", "source_etag": listed,
+        "source_version_id": v0, "fingerprint": "00000000000000000000000000000000",
+    });
+    sqlx::query(
+        "UPDATE jobs SET state = 'running', lease_owner = 'gone-host:1:1', \
+         lease_until = unixepoch() - 1, attempts = 1, intent = ?1",
+    )
+    .bind(intent.to_string())
+    .execute(&db)
+    .await
+    .expect("simulate the crash");
+    db.close().await;
+    // ...then the application wrote the object anew, under the target key (current).
+    let app = b.write("app.txt", &data(1200, 7));
+    let o = run(&[
+        "put",
+        &app.display().to_string(),
+        &b.url("app.bin"),
+        "--kms-key-id",
+        &b.key_id,
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    let before = etags(&b).await;
+
+    let o = rekey_aes(&b, &state, &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert_eq!(
+        etags(&b).await,
+        before,
+        "the application's object is left as it is"
+    );
+    let (s, action, _, prev, _, result) = record(&state, "app.bin").await;
+    assert_eq!(
+        (s.as_str(), action.as_deref(), prev, result),
+        ("done", Some("skip"), None, None),
+        "recorded as the current object it is, not as our rewrite of v0"
+    );
+    assert_eq!(aws_reads(&b, "app.bin"), data(1200, 7));
 }

@@ -19,9 +19,9 @@ use s3cse::client::{DEFAULT_BUFFER_BUDGET, S3Cse};
 use s3cse::codec::DecryptPolicy;
 use s3cse::keyring::{AwsKms, KmsClient, KmsKeyring};
 use s3cse::metrics::{self, Metrics, Outcome};
+use s3cse::rekey::copy::{COPY_PART_SIZE, MAX_COPY_SIZE};
 use s3cse::rekey::kms::{RekeyKms, describe_key, without_sdk_retries};
 use s3cse::rekey::limit::RateLimit;
-use s3cse::rekey::worker::{COPY_PART_SIZE, MAX_COPY_SIZE};
 use s3cse::rekey::{RekeyConfig, RunSummary, Shard, Shutdown};
 use s3cse::store::{Action, JobState, JobStore, ScanKey, Tally};
 
@@ -107,6 +107,16 @@ pub struct RunArgs {
     /// until their ETag changes, and `status`/`report` keep showing them.
     #[arg(long)]
     retry_failed: bool,
+    /// Claims of one object without an outcome (each time the process died or hung on it)
+    /// before it is recorded failed (`TooManyAttempts`) instead of coming back every run;
+    /// `--retry-failed` gives it another round.
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    max_attempts: u32,
+    /// Deadline of one attempt at one object in seconds, plus one second per 4 MiB of the
+    /// object: a request that hangs is dropped and the object retried, instead of holding its
+    /// lease forever.
+    #[arg(long, default_value_t = 900, value_name = "SECS")]
+    object_timeout: u64,
     /// Limit S3 requests per second (all workers together).
     #[arg(long, value_name = "N")]
     s3_rps: Option<u32>,
@@ -488,6 +498,8 @@ async fn run(a: RunArgs, target_url: Option<(String, String)>, do_scan: bool) ->
         dry_run: a.dry_run,
         reencrypt: a.reencrypt,
         verify: !a.no_verify,
+        max_claims: a.max_attempts.max(1),
+        object_timeout: Duration::from_secs(a.object_timeout.max(1)),
         always_read_tags: a.always_read_tags,
         lease: Duration::from_secs(a.lease_secs.max(3)),
         scan: do_scan,

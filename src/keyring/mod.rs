@@ -310,7 +310,7 @@ fn valid_cek_len(n: usize) -> bool {
 /// The encryption context KMS Decrypt must be given, after the `kms+context` checks of FORMATS.md
 /// §3: stored `aws:x-amz-cek-alg` must name the content cipher; the caller's context (if given)
 /// must equal the stored one minus the reserved keys.
-fn kms_decrypt_context(env: &Envelope, opts: &UnwrapOptions) -> Result<Context, KeyringError> {
+pub fn kms_decrypt_context(env: &Envelope, opts: &UnwrapOptions) -> Result<Context, KeyringError> {
     let stored = &env.encryption_context;
     if env.wrap == WrapAlg::KmsContext {
         let actual = env.content_alg.wire_name();

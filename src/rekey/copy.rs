@@ -28,9 +28,35 @@ use crate::client::{ClientError, MAX_PARTS, MIN_PART_SIZE, ObjectHead, UploadNot
 use crate::envelope::Metadata;
 use crate::metrics::{RetryReason, Service};
 
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+
 use super::RekeyConfig;
 use super::kms::backoff;
-use super::worker::{MAX_COPY_SIZE, copy_source};
+
+/// Largest object CopyObject takes in one request; larger rewraps need UploadPartCopy. Also
+/// S3's largest part.
+pub const MAX_COPY_SIZE: u64 = 5 << 30;
+/// Part size of a multipart copy: 512 MiB makes a 6 GiB object 12 requests; the server copies
+/// the bytes, so no memory is at stake. 10,000 such parts reach 5,000 GiB; for larger objects
+/// (S3 allows 5 TiB) [`part_ranges`] grows the part.
+pub const COPY_PART_SIZE: u64 = 512 << 20;
+
+/// Object-key characters CopySource keeps as they are (RFC 3986 unreserved, plus `/`).
+const COPY_SOURCE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'/')
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// `bucket/key` as CopySource wants it (the key URL-encoded, slashes kept).
+pub(super) fn copy_source(head: &ObjectHead) -> String {
+    format!(
+        "{}/{}",
+        head.bucket,
+        utf8_percent_encode(&head.key, COPY_SOURCE)
+    )
+}
 
 /// Parts copied at once. The server moves the bytes, so this bounds only open requests; a few
 /// overlap the per-request latency without crowding the `--s3-rps` budget of the other workers.
@@ -148,6 +174,7 @@ async fn copy_and_complete(
         .await?;
     parts.sort_by_key(|p| p.part_number());
     let count = parts.len();
+    crate::failpoint!("copy-before-complete");
 
     c.s3_limit.wait().await;
     let t = Instant::now();
@@ -267,6 +294,15 @@ mod tests {
 
     use super::*;
 
+    #[test]
+    fn copy_source_keeps_slashes_and_encodes_the_rest() {
+        let k = "dir/naïve file+x?.txt";
+        assert_eq!(
+            utf8_percent_encode(k, COPY_SOURCE).to_string(),
+            "dir/na%C3%AFve%20file%2Bx%3F.txt"
+        );
+    }
+
     const MIB: u64 = 1 << 20;
     const GIB: u64 = 1 << 30;
 
@@ -306,7 +342,7 @@ mod tests {
 
     #[test]
     fn just_over_copy_object_limit_takes_eleven_default_parts() {
-        let r = part_ranges(MAX_COPY_SIZE + 1, super::super::worker::COPY_PART_SIZE);
+        let r = part_ranges(MAX_COPY_SIZE + 1, COPY_PART_SIZE);
         assert_eq!(r.len(), 11);
         assert_eq!(r[10], (MAX_COPY_SIZE, MAX_COPY_SIZE));
     }

@@ -4,8 +4,14 @@
 //! # Layout
 //! - [`plan`]: pure classification, HEAD + envelope -> skip / rewrite / rewrap.
 //! - [`scan`]: ListObjectsV2 -> the job table, with a checkpoint and `--shard I/N`.
-//! - [`worker`]: the claim loop (leases, `--concurrency` tasks, graceful stop) and the per-object
-//!   rewrite / rewrap / verify.
+//! - [`worker`]: the pool: the claim loop (leases, `--concurrency` tasks, graceful stop), retries,
+//!   deadlines, and the one store write that records each outcome.
+//! - `object`: one attempt at one object, the steps in order; the steps each have a file:
+//!   `inspect` (HEAD + envelope + classification), `rewrite`, `rewrap`, `verify`, `recover`
+//!   (what a crash or a lost answer left: settled from the job's intent), with `read`
+//!   (decrypting a source body), `tags`, and `task` (what the steps share). Imports go one way:
+//!   worker -> object -> steps -> task.
+//! - `dryrun`: `--dry-run`, inspection only.
 //! - [`copy`]: the multipart copy onto itself that rewraps objects above CopyObject's 5 GiB.
 //! - [`kms`]: the KMS decorator (rate limit, retries, metrics) and DescribeKey.
 //! - [`limit`]: the shared token buckets of `--s3-rps` / `--kms-rps`.
@@ -17,10 +23,20 @@
 //! it directly; the CLI builds them.
 
 pub mod copy;
+mod dryrun;
+mod inspect;
 pub mod kms;
 pub mod limit;
+mod object;
 pub mod plan;
+mod read;
+mod recover;
+mod rewrap;
+mod rewrite;
 pub mod scan;
+mod tags;
+mod task;
+mod verify;
 pub mod worker;
 
 use std::sync::Arc;
@@ -36,6 +52,7 @@ use crate::store::{JobStore, ScanKey, StoreError};
 
 pub use self::plan::{Action, SkipReason, TargetKey};
 pub use self::scan::{ScanSummary, Shard};
+pub use self::task::fingerprint;
 pub use self::worker::WorkSummary;
 
 /// Errors that stop a run (per-object failures are job outcomes, not errors).
@@ -54,6 +71,9 @@ pub enum RekeyError {
     /// Invalid configuration.
     #[error("{0}")]
     Config(String),
+    /// A bug: a worker task panicked (its job is recorded failed) or ended abnormally.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 /// Everything one run needs. Built by the CLI, or by tests.
@@ -73,6 +93,12 @@ pub struct RekeyConfig {
     pub reencrypt: bool,
     /// Read every written object back and compare.
     pub verify: bool,
+    /// Claims of one job without an outcome (each a process that died or hung on it) before it
+    /// is recorded failed (`TooManyAttempts`) instead of coming back every run.
+    pub max_claims: u32,
+    /// Deadline of one attempt at one object, plus a second per 4 MiB of it: a hung request
+    /// does not hold its lease forever. The attempt is dropped and retried.
+    pub object_timeout: Duration,
     /// Read tags with GetObjectTagging before every rewrite, not only when the head counts
     /// some (for stores that do not send `x-amz-tagging-count`).
     pub always_read_tags: bool,
@@ -93,10 +119,10 @@ pub struct RekeyConfig {
     pub metrics: Arc<Metrics>,
     pub s3_limit: limit::RateLimit,
     /// Rewraps of objects larger than this use a multipart copy (UploadPartCopy) instead of one
-    /// CopyObject. S3 caps CopyObject at 5 GiB ([`worker::MAX_COPY_SIZE`], the default); a
+    /// CopyObject. S3 caps CopyObject at 5 GiB ([`copy::MAX_COPY_SIZE`], the default); a
     /// lower value exercises the multipart path in tests.
     pub copy_part_threshold: u64,
-    /// Part size of those multipart copies ([`worker::COPY_PART_SIZE`] by default; S3 wants
+    /// Part size of those multipart copies ([`copy::COPY_PART_SIZE`] by default; S3 wants
     /// at least 5 MiB except for the last part, at most 5 GiB, and at most 10,000 parts).
     pub copy_part_size: u64,
 }
@@ -258,7 +284,7 @@ pub async fn run(config: RekeyConfig, shutdown: Shutdown) -> Result<RunSummary, 
     if config.work && !shutdown.is_stopping() {
         let work = async {
             if config.dry_run {
-                worker::dry_run(&config, &shutdown).await
+                dryrun::dry_run(&config, &shutdown).await
             } else {
                 worker::work(&config, &shutdown).await
             }
@@ -298,6 +324,25 @@ pub async fn release_own_leases(store: &JobStore) -> Result<u64, RekeyError> {
     Ok(released)
 }
 
+/// An object key as text for a log line: control characters (a newline that would forge a
+/// line of its own, escape sequences) are escaped as `\u{..}`; everything else is as it is.
+pub fn log_key(key: &str) -> impl std::fmt::Display + '_ {
+    struct LogKey<'a>(&'a str);
+    impl std::fmt::Display for LogKey<'_> {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            for c in self.0.chars() {
+                if c.is_control() {
+                    write!(f, "{}", c.escape_unicode())?;
+                } else {
+                    std::fmt::Write::write_char(f, c)?;
+                }
+            }
+            Ok(())
+        }
+    }
+    LogKey(key)
+}
+
 /// `host:pid:`, the start of the lease owner ids of this process. The host is read as the
 /// worker reads it: `HOSTNAME`, else /etc/hostname, else `localhost`.
 pub(crate) fn process_owner_prefix() -> String {
@@ -317,6 +362,15 @@ pub(crate) fn hostname() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_keys_stay_on_one_line() {
+        assert_eq!(log_key("a/b c+ü").to_string(), "a/b c+ü");
+        assert_eq!(
+            log_key("x\nlevel=ERROR fake\r\u{1b}[2J").to_string(),
+            "x\\u{a}level=ERROR fake\\u{d}\\u{1b}[2J"
+        );
+    }
 
     #[tokio::test(start_paused = true)]
     async fn stop_steps_only_move_forward() {

@@ -4,15 +4,14 @@
 //! | source                                               | action   |
 //! |------------------------------------------------------|----------|
 //! | no envelope                                          | skip (plaintext) |
-//! | V3 (key-committing)                                  | skip (current)   |
-//! | V2 `kms+context` AES-GCM whose EDK names the target (in any Region, for a multi-Region key) | skip (current), no KMS call |
+//! | V2 AES-GCM or V3, `kms+context` whose EDK names the target (in any Region, for a multi-Region key), envelope in the metadata | skip (current), no KMS call |
 //! | CBC content, any wrap                                | rewrite  |
-//! | GCM content under any other wrap                     | rewrap (rewrite with `--reencrypt`) |
+//! | GCM content (V2 or V3) under any other wrap, or with its envelope in a `.instruction` object | rewrap, V3 staying V3 (rewrite with `--reencrypt`) |
 //! | a `.instruction` object                              | skip (never data) |
 
 use crate::client::{EnvelopeState, ObjectHead};
 use crate::consts::INSTRUCTION_SUFFIX;
-use crate::envelope::{ContentAlg, Envelope, Version, WrapAlg};
+use crate::envelope::{ContentAlg, Envelope, Location, Version, WrapAlg};
 use crate::store;
 
 /// Why an object is left alone (the `skip_reason` column).
@@ -20,7 +19,7 @@ use crate::store;
 pub enum SkipReason {
     /// Not client-side encrypted.
     Plaintext,
-    /// Already in a current format under the target key (or V3).
+    /// Depends on the target key only: `kms+context` under it, envelope in the metadata.
     Current,
     /// `<key>.instruction`: the envelope of another object, never data.
     InstructionFile,
@@ -177,19 +176,19 @@ pub fn classify(
     classify_envelope(env, target, reencrypt)
 }
 
-/// Classifies an encrypted object by its envelope.
+/// Classifies an encrypted object by its envelope. Current means "depends on the target key
+/// only": `kms+context` under the target key, in the object's own metadata. A V3 object under
+/// any other wrap still needs that wrap's key (it is rewrapped, staying V3), and an envelope
+/// in a `.instruction` object can be swapped apart from its data (the 2025 key-commitment
+/// advisories), so it is moved into the metadata even under the target key.
 pub fn classify_envelope(env: &Envelope, target: &TargetKey, reencrypt: bool) -> Action {
-    if env.version == Version::V3 {
-        return Action::Skip(SkipReason::Current);
-    }
+    let under_target = env.wrap == WrapAlg::KmsContext
+        && env.location == Location::ObjectMetadata
+        && target.owns_blob(&env.encrypted_key);
     match env.content_alg {
         ContentAlg::AesCbc => Action::Rewrite,
-        ContentAlg::AesGcmCommitting => Action::Skip(SkipReason::Current),
-        ContentAlg::AesGcm => {
-            let current = env.version == Version::V2
-                && env.wrap == WrapAlg::KmsContext
-                && target.owns_blob(&env.encrypted_key);
-            if current {
+        ContentAlg::AesGcm | ContentAlg::AesGcmCommitting => {
+            if under_target && (env.version == Version::V2 || env.version == Version::V3) {
                 Action::Skip(SkipReason::Current)
             } else if reencrypt {
                 Action::Rewrite
@@ -203,7 +202,7 @@ pub fn classify_envelope(env: &Envelope, target: &TargetKey, reencrypt: bool) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::envelope::{Context, Location};
+    use crate::envelope::Context;
 
     const KEY_ID: &str = "1234abcd-12ab-34cd-56ef-1234567890ab";
 
@@ -393,7 +392,18 @@ mod tests {
                 Rewrite,
             ),
             (
-                "v3",
+                "v3 under the target",
+                env(
+                    Version::V3,
+                    ContentAlg::AesGcmCommitting,
+                    KmsContext,
+                    &moto_blob(KEY_ID),
+                ),
+                false,
+                Skip(Current),
+            ),
+            (
+                "v3 under another kms key",
                 env(
                     Version::V3,
                     ContentAlg::AesGcmCommitting,
@@ -401,7 +411,7 @@ mod tests {
                     &moto_blob(OTHER),
                 ),
                 false,
-                Skip(Current),
+                Rewrap,
             ),
             (
                 "v3 raw aes",
@@ -411,8 +421,42 @@ mod tests {
                     WrapAlg::AesGcm,
                     &[0; 60],
                 ),
+                false,
+                Rewrap,
+            ),
+            (
+                "v3 raw rsa --reencrypt",
+                env(
+                    Version::V3,
+                    ContentAlg::AesGcmCommitting,
+                    RsaOaepSha1,
+                    &[0; 256],
+                ),
                 true,
-                Skip(Current),
+                Rewrite,
+            ),
+            (
+                "v2 under the target, envelope in an instruction file",
+                Envelope {
+                    location: Location::InstructionFile,
+                    ..kms_context_gcm(&moto_blob(KEY_ID))
+                },
+                false,
+                Rewrap,
+            ),
+            (
+                "v3 under the target, envelope in an instruction file",
+                Envelope {
+                    location: Location::InstructionFile,
+                    ..env(
+                        Version::V3,
+                        ContentAlg::AesGcmCommitting,
+                        KmsContext,
+                        &moto_blob(KEY_ID),
+                    )
+                },
+                false,
+                Rewrap,
             ),
         ];
         for (name, e, reencrypt, want) in cases {

@@ -10,7 +10,6 @@ use std::time::Instant;
 use sha2::{Digest, Sha256};
 
 use crate::client::S3Cse;
-use crate::consts::INSTRUCTION_SUFFIX;
 use crate::store::{EnqueueStats, JobStore, ListedObject, ScanKey};
 
 use super::limit::RateLimit;
@@ -62,7 +61,7 @@ pub fn shard_of(key: &str, count: u32) -> u32 {
 pub struct ScanSummary {
     /// Keys listed (all shards, before filtering).
     pub listed: u64,
-    /// Keys handed to the store (this shard, no `.instruction`).
+    /// Keys handed to the store (this shard).
     pub enqueued: EnqueueStats,
 }
 
@@ -116,7 +115,9 @@ pub async fn scan(
             .iter()
             .filter_map(|o| {
                 let key = o.key()?;
-                if key.ends_with(INSTRUCTION_SUFFIX) || shard.is_some_and(|s| !s.contains(key)) {
+                // `.instruction` objects are listed too: a stale one (its object has its own
+                // envelope now) still holds a content key under the legacy key.
+                if shard.is_some_and(|s| !s.contains(key)) {
                     return None;
                 }
                 Some(ListedObject {

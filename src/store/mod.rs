@@ -341,6 +341,16 @@ pub struct Intent {
     /// are left behind (they would be billed until a lifecycle rule removes them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upload_id: Option<String>,
+    /// Fingerprint of the envelope about to be written (`rekey::task::fingerprint`), recorded
+    /// once the new data key exists, before the first byte is written: an object carrying it
+    /// was written by this attempt and nothing else, so recovery recognises our own write and
+    /// never an application's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+    /// ETag of the `<key>.instruction` object the source's envelope came from: deleted
+    /// (conditionally) once the envelope is in the metadata, also by a recovering attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instruction_etag: Option<String>,
 }
 
 /// The final outcome of a job.
@@ -368,6 +378,9 @@ pub struct Outcome {
     pub http_status: Option<u16>,
     /// Human-readable error.
     pub last_error: Option<String>,
+    /// Keep the job's intent (a failure after our write landed, a panic, a conflict): the next
+    /// attempt, after `--retry-failed`, must still recognise and settle that write.
+    pub keep_intent: bool,
 }
 
 impl Outcome {
@@ -386,6 +399,7 @@ impl Outcome {
             error_code: None,
             http_status: None,
             last_error: None,
+            keep_intent: false,
         }
     }
 }
@@ -819,7 +833,8 @@ impl JobStore {
              result_etag = ?5, result_version_id = ?6, previous_version_id = ?7, \
              version_id = coalesce(?7, version_id), plaintext_sha256 = ?8, error_code = ?9, \
              http_status = ?10, last_error = ?11, lease_owner = NULL, lease_until = NULL, \
-             intent = NULL, updated_at = unixepoch(), finished_at = unixepoch() \
+             intent = CASE WHEN ?14 THEN intent END, updated_at = unixepoch(), \
+             finished_at = unixepoch() \
              WHERE id = ?12 AND lease_owner = ?13 AND state = 'running'",
         )
         .bind(outcome.state.as_str())
@@ -835,6 +850,7 @@ impl JobStore {
         .bind(&outcome.last_error)
         .bind(id)
         .bind(owner)
+        .bind(outcome.keep_intent)
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)

@@ -797,14 +797,18 @@ async fn an_intent_lasts_until_an_outcome_is_recorded() {
         source_etag: Some("e1".into()),
         source_version_id: Some("v1".into()),
         upload_id: Some("up-1".into()),
+        fingerprint: Some("0123abcd".into()),
+        instruction_etag: None,
     };
     // Intents written before `upload_id` existed (no such key) still read.
     let older = Intent {
         upload_id: None,
+        fingerprint: None,
         ..intent.clone()
     };
     let json = serde_json::to_string(&older).unwrap();
     assert!(!json.contains("upload_id"), "{json}");
+    assert!(!json.contains("fingerprint"), "{json}");
     assert_eq!(serde_json::from_str::<Intent>(&json).unwrap(), older);
     assert!(
         !store.record_intent(job.id, "w2", &intent).await.unwrap(),

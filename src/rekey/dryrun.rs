@@ -1,0 +1,69 @@
+//! `--dry-run`: classifies every pending job (HEAD + envelope; no KMS, no writes), records the
+//! plan in its row (state left `pending`: `status` and `report` show it) and tallies objects
+//! and bytes by planned action.
+
+use futures::{StreamExt, TryStreamExt};
+
+use crate::store::{JobState, Outcome};
+
+use super::inspect::inspect;
+use super::plan::Action;
+use super::task::ObjError;
+use super::worker::WorkSummary;
+use super::{RekeyConfig, RekeyError, Shutdown};
+
+/// Plans every pending job; see the module documentation.
+/// and bytes by planned action.
+pub async fn dry_run(config: &RekeyConfig, shutdown: &Shutdown) -> Result<WorkSummary, RekeyError> {
+    let rows: Vec<_> = config
+        .store
+        .report(Some(JobState::Pending))
+        .try_collect()
+        .await?;
+    let planned = futures::stream::iter(rows)
+        .take_while(|_| std::future::ready(!shutdown.is_stopping()))
+        .map(|row| async move {
+            let mut plan = Outcome::new(JobState::Pending);
+            let (label, bytes) = match inspect(config, &row.bucket, &row.key, None).await {
+                Ok(Some(ins)) => {
+                    let (format, action) = (ins.format(), ins.action);
+                    let label = match action {
+                        Action::Skip(r) => format!("skip:{}", r.as_str()),
+                        a => a.store_action().as_str().to_owned(),
+                    };
+                    tracing::info!(key = %super::log_key(&row.key), format = %format, plan = %label, "planned");
+                    plan.source_format = Some(format);
+                    plan.action = Some(action.store_action());
+                    plan.skip_reason = action.skip_reason().map(str::to_owned);
+                    (label, ins.head.content_length)
+                }
+                Ok(None) => ("skip:deleted".to_owned(), 0),
+                Err(ObjError::Failed { code, message, .. }) => {
+                    tracing::warn!(key = %super::log_key(&row.key), code = %code, error = %message, "would fail");
+                    let label = format!("fail:{code}");
+                    plan.error_code = Some(code);
+                    plan.last_error = Some(message);
+                    (label, 0)
+                }
+                // (Inspection writes nothing, so nothing can fail after a write.)
+                Err(ObjError::Conflict { .. } | ObjError::AfterWrite { .. }) => {
+                    ("conflict".to_owned(), 0)
+                }
+                // Only a rewrite waits for a slot; a dry run does not rewrite.
+                Err(ObjError::Stopped) => ("stopped".to_owned(), 0),
+            };
+            // No object metric: nothing was processed. The HEADs show in the S3 requests.
+            config.store.record_plan(row.id, &plan).await?;
+            Ok::<_, RekeyError>((label, bytes))
+        })
+        .buffer_unordered(config.concurrency.max(1))
+        .try_collect::<Vec<_>>()
+        .await?;
+    let mut summary = WorkSummary::default();
+    for (label, bytes) in planned {
+        let e = summary.planned.entry(label).or_default();
+        e.0 += 1;
+        e.1 += bytes;
+    }
+    Ok(summary)
+}

@@ -1,0 +1,191 @@
+//! Reading a source body through its decryptor: [`DecryptReader`] decrypts while the uploader
+//! reads (a rewrite streams the plaintext into the new object), and [`authenticate`] decrypts a
+//! whole body to check its tag before its key is vouched for under the target key (raw-key
+//! rewraps, recovered writes).
+
+use std::pin::Pin;
+use std::task::{Context as TaskContext, Poll, ready};
+
+use aws_sdk_s3::primitives::ByteStream;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, ReadBuf};
+
+use crate::client::{ClientError, ObjectHead};
+use crate::codec::{CodecError, ObjectDecryptor};
+use crate::envelope::Envelope;
+use crate::secret::SecretBytes;
+
+use super::inspect::body_of;
+use super::task::{Ctx, ObjError, source_key};
+
+/// Unwraps the object's content key and decrypts its whole body with it (tag checked; the
+/// body fetched unless `body` has it), dropping the plaintext as it goes. Returns the key and
+/// the plaintext SHA-256.
+pub(super) async fn authenticate(
+    ctx: &Ctx,
+    head: &ObjectHead,
+    env: &Envelope,
+    body: Option<ByteStream>,
+) -> Result<(SecretBytes, String), ObjError> {
+    let c = &ctx.config;
+    let _slot = ctx.large_slot(head).await?;
+    let cek = source_key(c, env).await?;
+    let body = body_of(c, head, body).await?;
+    let dec = ObjectDecryptor::new(env, &cek)?;
+    let mut reader = DecryptReader::new(body.into_async_read(), dec, head.content_length);
+    let r = tokio::io::copy(&mut reader, &mut tokio::io::sink()).await;
+    if reader.auth_failed {
+        return Err(CodecError::DecryptionFailed.into());
+    }
+    r.map_err(ClientError::Io)?;
+    Ok((cek, reader.sha256_hex()))
+}
+
+/// A read buffer for a body of `len` bytes: its size plus slack, between 8 and 256 KiB.
+pub(super) fn buffer_len(len: u64) -> usize {
+    usize::try_from(len.saturating_add(64))
+        .unwrap_or(usize::MAX)
+        .clamp(8 << 10, 256 << 10)
+}
+
+/// Decrypts the source body as the uploader reads it, hashing the plaintext. At EOF the
+/// decryptor's `finish` (padding / tag / length check) runs; if it fails the read fails, so the
+/// upload never completes (PutObject is not sent; a multipart upload is not completed).
+pub struct DecryptReader<R> {
+    inner: R,
+    dec: Option<ObjectDecryptor>,
+    hasher: Sha256,
+    /// Allocated at the first read (`cap` bytes): a reader whose upload waits for the buffer
+    /// budget holds no buffers yet.
+    cap: usize,
+    inbuf: Vec<u8>,
+    out: Vec<u8>,
+    pos: usize,
+    eof: bool,
+    /// The source failed authentication (checked by the caller after the upload returns).
+    pub auth_failed: bool,
+}
+
+impl<R: AsyncRead + Unpin> DecryptReader<R> {
+    /// `len_hint`: the source's stored size. Buffers are sized for it (up to 256 KiB), so a
+    /// small object does not pay for zeroing and mapping a large buffer.
+    pub fn new(inner: R, dec: ObjectDecryptor, len_hint: u64) -> Self {
+        Self {
+            inner,
+            dec: Some(dec),
+            hasher: Sha256::new(),
+            cap: buffer_len(len_hint),
+            inbuf: Vec::new(),
+            out: Vec::new(),
+            pos: 0,
+            eof: false,
+            auth_failed: false,
+        }
+    }
+
+    /// SHA-256 of the plaintext produced (complete once EOF was read without error).
+    pub fn sha256_hex(&self) -> String {
+        hex::encode(self.hasher.clone().finalize())
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for DecryptReader<R> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if this.pos < this.out.len() {
+                let n = (this.out.len() - this.pos).min(buf.remaining());
+                buf.put_slice(&this.out[this.pos..this.pos + n]);
+                this.pos += n;
+                return Poll::Ready(Ok(()));
+            }
+            if this.eof {
+                return Poll::Ready(Ok(()));
+            }
+            this.out.clear();
+            this.pos = 0;
+            if this.inbuf.is_empty() {
+                this.inbuf = vec![0u8; this.cap];
+                this.out.reserve(this.cap + 32);
+            }
+            let mut rb = ReadBuf::new(&mut this.inbuf);
+            ready!(Pin::new(&mut this.inner).poll_read(cx, &mut rb))?;
+            let n = rb.filled().len();
+            let r = if n == 0 {
+                this.eof = true;
+                match this.dec.take() {
+                    Some(d) => d.finish(&mut this.out).map(|_| ()),
+                    None => Err(CodecError::DecryptionFailed),
+                }
+            } else {
+                match this.dec.as_mut() {
+                    Some(d) => d.update(&this.inbuf[..n], &mut this.out),
+                    None => Err(CodecError::DecryptionFailed),
+                }
+            };
+            if r.is_err() {
+                this.auth_failed = true;
+                this.out.clear();
+                return Poll::Ready(Err(std::io::Error::other(
+                    "the source object failed authentication",
+                )));
+            }
+            this.hasher.update(&this.out);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncReadExt;
+
+    use super::*;
+    use crate::content;
+    use crate::envelope::{self, ContentAlg, Location, Version, WrapAlg};
+
+    #[tokio::test]
+    async fn decrypt_reader_fails_at_eof_on_tamper() {
+        let key = SecretBytes::random(32);
+        let iv = [7u8; 12];
+        let mut enc = content::gcm_encryptor(key.expose(), &iv, &[]).expect("enc");
+        let mut ct = Vec::new();
+        enc.update(b"hello world, this is a test", &mut ct)
+            .expect("update");
+        enc.finish(&mut ct).expect("finish");
+        let env = Envelope {
+            version: Version::V2,
+            content_alg: ContentAlg::AesGcm,
+            wrap: WrapAlg::KmsContext,
+            encrypted_key: vec![1],
+            iv: iv.to_vec(),
+            matdesc: envelope::Context::new(),
+            encryption_context: envelope::Context::new(),
+            message_id: Vec::new(),
+            commitment: Vec::new(),
+            plaintext_length: None,
+            location: Location::ObjectMetadata,
+        };
+        let dec = ObjectDecryptor::new(&env, &key).expect("dec");
+        let mut good = DecryptReader::new(&ct[..], dec, ct.len() as u64);
+        let mut out = Vec::new();
+        good.read_to_end(&mut out).await.expect("read");
+        assert_eq!(out, b"hello world, this is a test");
+        assert_eq!(
+            good.sha256_hex(),
+            hex::encode(Sha256::digest(b"hello world, this is a test"))
+        );
+        let mut bad_ct = ct.clone();
+        bad_ct[3] ^= 1;
+        let mut bad = DecryptReader::new(
+            &bad_ct[..],
+            ObjectDecryptor::new(&env, &key).expect("dec"),
+            1,
+        );
+        assert!(bad.read_to_end(&mut Vec::new()).await.is_err());
+        assert!(bad.auth_failed);
+    }
+}

@@ -1,0 +1,222 @@
+//! What a crash, a stop or a lost answer leaves behind, and how the next attempt settles it.
+//!
+//! Before every write the job's intent is recorded ([`super::task::IntentLog`]): the action, the
+//! source format, ETag and version id, the `.instruction` object the envelope came from, the
+//! fingerprint of the envelope about to be written ([`super::task::fingerprint`]) and, as soon
+//! as it exists, the id of a multipart upload. The next attempt at the job then:
+//!
+//! - aborts the recorded multipart upload ([`abort_orphan`]), so no parts are left;
+//! - finds out whether the write landed: the object's envelope carries the recorded
+//!   fingerprint ([`is_ours`]). Only our own write matches: an application's write that
+//!   happens to be current does not, so a stale intent never claims it;
+//! - if it landed, [`settle`]s it: authenticates it (one KMS Decrypt, tag checked), deletes the
+//!   source's `.instruction` object if it is still the one read, and records the write from
+//!   the intent (action, source format, replaced version id).
+//!
+//! The same check runs at once when a write fails in a way that may hide its success (a 500
+//! after S3 took the PUT, then 412 on the SDK's retry; a cut connection), so a lost answer
+//! is recorded as the write it was.
+//!
+//! A `.instruction` object whose data object now has its own envelope in the metadata (a crash
+//! between a rewrite and the delete, or another tool) is stale: it still holds the content
+//! key under the legacy key, so it is deleted, conditionally on the ETag listed
+//! ([`instruction_object`]).
+
+use aws_sdk_s3::primitives::ByteStream;
+
+use crate::client::{ClientError, EnvelopeState, ObjectHead};
+use crate::consts::INSTRUCTION_SUFFIX;
+use crate::envelope::{self, Detected, Envelope, Location};
+use crate::store::{Intent, Job, JobState, Outcome};
+
+use super::RekeyConfig;
+use super::inspect::discard;
+use super::read::authenticate;
+use super::task::{Ctx, Done, ObjError, fingerprint};
+
+/// Aborts the multipart upload that an interrupted attempt at `job` started (its id is in the
+/// job's intent), so that its parts are not left behind. One that was completed or aborted is
+/// gone already (404 `NoSuchUpload`): nothing to do. Any other failure ends this attempt before
+/// it writes (a transient failure, retried later), so the id stays in the intent until the
+/// abort is confirmed.
+pub(super) async fn abort_orphan(
+    c: &RekeyConfig,
+    job: &Job,
+    upload_id: &str,
+) -> Result<(), ObjError> {
+    let key = super::log_key(&job.key);
+    match super::copy::abort_upload(c, &job.bucket, &job.key, upload_id).await {
+        Ok(()) => {
+            tracing::info!(%key, upload_id,
+                "aborted the multipart upload of an interrupted attempt");
+            Ok(())
+        }
+        Err(ClientError::NotFound { .. }) => {
+            tracing::debug!(%key, upload_id, "no upload left from the last attempt");
+            Ok(())
+        }
+        Err(e) => Err(ObjError::Failed {
+            code: "AbortFailed".into(),
+            http: e.http_status(),
+            message: format!(
+                "could not abort the multipart upload {upload_id} of an interrupted attempt: {e}"
+            ),
+            transient: true,
+        }),
+    }
+}
+
+/// True if the object's envelope is the one `intent` was about to write: that write landed.
+pub(super) fn is_ours(intent: Option<&Intent>, state: &EnvelopeState) -> bool {
+    let (Some(want), EnvelopeState::Encrypted(env)) =
+        (intent.and_then(|i| i.fingerprint.as_deref()), state)
+    else {
+        return false;
+    };
+    env.location == Location::ObjectMetadata && fingerprint(env) == want
+}
+
+/// After a failed write: HEADs the object and returns its head and envelope if the write
+/// landed after all (its envelope carries `intent`'s fingerprint). `None` when it did not, or
+/// when that cannot be told now (the failure stands, the intent stays for the next attempt).
+pub(super) async fn landed(
+    c: &RekeyConfig,
+    bucket: &str,
+    key: &str,
+    intent: &Intent,
+) -> Option<(ObjectHead, Envelope)> {
+    intent.fingerprint.as_ref()?;
+    c.s3_limit.wait().await;
+    let head = c.client.head(bucket, key).await.ok()?;
+    let Ok(Detected::Complete(env)) = envelope::detect(&head.metadata) else {
+        return None;
+    };
+    let state = EnvelopeState::Encrypted(env);
+    if !is_ours(Some(intent), &state) {
+        return None;
+    }
+    let EnvelopeState::Encrypted(env) = state else {
+        return None;
+    };
+    Some((head, env))
+}
+
+/// Settles a write of ours that landed but was not recorded: authenticates it (with `--verify`,
+/// the default), deletes the source's `.instruction` object if the intent names one, and
+/// returns the outcome recorded from the intent.
+pub(super) async fn settle(
+    ctx: &Ctx,
+    intent: &Intent,
+    head: &ObjectHead,
+    env: &Envelope,
+    body: Option<ByteStream>,
+) -> Result<Done, ObjError> {
+    let c = &ctx.config;
+    tracing::info!(key = %super::log_key(&head.key), action = intent.action.as_str(),
+        "settling a write an earlier attempt made");
+    let mut outcome = Outcome {
+        source_format: Some(intent.source_format.clone()),
+        action: Some(intent.action),
+        result_etag: head.etag.clone(),
+        result_version_id: head.version_id.clone(),
+        previous_version_id: intent.source_version_id.clone(),
+        ..Outcome::new(JobState::Done)
+    };
+    let rest = async {
+        if c.verify {
+            // The interrupted attempt never verified its write: decrypt it now (one KMS
+            // Decrypt, tag checked) and record its plaintext SHA-256.
+            let (_, sha) = authenticate(ctx, head, env, body).await?;
+            Ok::<_, ObjError>(Some(sha))
+        } else {
+            discard(body, head.content_length).await;
+            Ok(None)
+        }
+    };
+    let sha = rest.await.map_err(|e| e.after_write(&outcome))?;
+    outcome.plaintext_sha256 = sha;
+    if let Some(etag) = &intent.instruction_etag {
+        delete_instruction(c, head, etag)
+            .await
+            .map_err(|e| e.after_write(&outcome))?;
+    }
+    Ok(Done::written(outcome))
+}
+
+/// Deletes `<key>.instruction` if it is still the one read (`If-Match` its ETag). Gone already
+/// (404) or replaced by another writer (412): nothing of ours is left, fine either way.
+pub(super) async fn delete_instruction(
+    c: &RekeyConfig,
+    head: &ObjectHead,
+    etag: &str,
+) -> Result<(), ObjError> {
+    let ikey = format!("{}{INSTRUCTION_SUFFIX}", head.key);
+    crate::failpoint!("before-instruction-delete");
+    c.s3_limit.wait().await;
+    let t = std::time::Instant::now();
+    let r = c
+        .client
+        .s3()
+        .delete_object()
+        .bucket(&head.bucket)
+        .key(&ikey)
+        .if_match(etag)
+        .send()
+        .await;
+    match c.client.observe("DeleteObject", &head.bucket, &ikey, t, r) {
+        Ok(_) | Err(ClientError::NotFound { .. } | ClientError::PreconditionFailed) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A job for a `<key>.instruction` object. In use (its data object has no envelope of its own):
+/// skipped, the data object's job moves it. Stale (the data object has its envelope in its
+/// metadata, which readers take first): deleted if unchanged since listed. Orphan (no data
+/// object): left alone and recorded as such, for the operator (`audit` lists it).
+pub(super) async fn instruction_object(ctx: &Ctx, job: &Job) -> Result<Done, ObjError> {
+    let c = &ctx.config;
+    let data_key = job.key.strip_suffix(INSTRUCTION_SUFFIX).unwrap_or(&job.key);
+    c.s3_limit.wait().await;
+    let data = match c.client.head(&job.bucket, data_key).await {
+        Ok(h) => h,
+        Err(ClientError::NotFound { .. }) => {
+            return Ok(Done::skip(
+                Some("instruction-file".into()),
+                "orphan-instruction",
+            ));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if !matches!(envelope::detect(&data.metadata), Ok(Detected::Complete(_))) {
+        return Ok(Done::skip(
+            Some("instruction-file".into()),
+            "instruction-file",
+        ));
+    }
+    // Stale: delete it, but only as listed (a writer that just put a fresh one keeps it).
+    c.s3_limit.wait().await;
+    let t = std::time::Instant::now();
+    let r = c
+        .client
+        .s3()
+        .delete_object()
+        .bucket(&job.bucket)
+        .key(&job.key)
+        .set_if_match((!job.etag.is_empty()).then(|| job.etag.clone()))
+        .send()
+        .await;
+    match c
+        .client
+        .observe("DeleteObject", &job.bucket, &job.key, t, r)
+    {
+        Ok(_) | Err(ClientError::NotFound { .. }) => {
+            tracing::info!(key = %super::log_key(&job.key),
+                "deleted a stale instruction file (its object has its own envelope)");
+            Ok(Done::skip(
+                Some("instruction-file".into()),
+                "stale-instruction-deleted",
+            ))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
