@@ -4,7 +4,8 @@
 #   1. cargo fmt --check
 #   2. scripts/testbed.sh up (venvs + SeaweedFS + moto), in the background while clippy builds
 #   3. cargo clippy --all-targets -- -D warnings
-#   4. cargo test --all-targets, then cargo test --doc, with the test-bed env sourced
+#   4. cargo test --all-targets, then cargo test --doc, then the crash matrix (tests/crash.rs,
+#      built with the `failpoints` feature), with the test-bed env sourced
 #   5. pytest tests/chart (if that directory exists), with S3CSE_BIN set to the built binary and
 #      S3CSE_METRICS_SCRAPE to the scrape the Rust tests saved (if they did)
 #   6. tests/peers/smoke.sh (the peer scripts against the test bed)
@@ -93,7 +94,7 @@ fi
 SCRAPE="${S3CSE_METRICS_SCRAPE:-$ROOT/.testbed/metrics-scrape.txt}"
 export S3CSE_METRICS_SCRAPE="$SCRAPE"
 rm -f "$SCRAPE"
-for args in "--all-targets" "--doc"; do
+for args in "--all-targets" "--doc" "--features failpoints --test crash"; do
   banner "cargo test $args"
   rc=0
   # shellcheck disable=SC2086

@@ -19,7 +19,7 @@ mod common;
 
 use common::{
     Bed, aes_key, aes_key_file, bed, data, kms_key, peer_get, peer_head, peer_put, put_v1,
-    put_v1_with, rsa_private_key_file, vectors,
+    put_v1_with, record, rsa_private_key_file, vectors,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_s3cse");
@@ -1453,73 +1453,6 @@ async fn rekey_with_faults(
     summary
 }
 
-/// The object read back by AWS's Python client under the bed's key (the target).
-fn aws_reads(b: &Bed, key: &str) -> Vec<u8> {
-    let out = b.path("aws-out");
-    ok(
-        peer_get(
-            "awsclient",
-            &b.bucket,
-            key,
-            &out,
-            &["--kms-key-id", &b.key_id],
-        ),
-        key,
-    );
-    std::fs::read(&out).expect("out")
-}
-
-async fn enable_versioning(b: &Bed) {
-    b.s3.put_bucket_versioning()
-        .bucket(&b.bucket)
-        .versioning_configuration(
-            aws_sdk_s3::types::VersioningConfiguration::builder()
-                .status(aws_sdk_s3::types::BucketVersioningStatus::Enabled)
-                .build(),
-        )
-        .send()
-        .await
-        .expect("versioning");
-}
-
-async fn version_of(b: &Bed, key: &str) -> String {
-    b.s3.head_object()
-        .bucket(&b.bucket)
-        .key(key)
-        .send()
-        .await
-        .expect("head")
-        .version_id()
-        .expect("versioned")
-        .to_owned()
-}
-
-/// `(state, action, source_format, previous_version_id, error_code, result_etag)` of `key`.
-type Record = (
-    String,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-);
-
-async fn record(state: &str, key: &str) -> Record {
-    let db = sqlx::SqlitePool::connect(&format!("sqlite://{state}"))
-        .await
-        .expect("open state");
-    let r = sqlx::query_as(
-        "SELECT state, action, source_format, previous_version_id, error_code, result_etag \
-         FROM jobs WHERE key = ?",
-    )
-    .bind(key)
-    .fetch_one(&db)
-    .await
-    .expect("row");
-    db.close().await;
-    r
-}
-
 /// Issue 10, defect 2: S3 takes the PUT, its answer is lost (500), the SDK's retry gets 412.
 /// Before the fix the job was requeued and the next attempt recorded the object "skip:
 /// current", unverified, without the replaced version. Also a CopyObject rewrap whose answer
@@ -1529,13 +1462,10 @@ async fn a_write_whose_answer_was_lost_is_recorded_as_the_write_it_was() {
     let Some(b) = bed("rekey-lost").await else {
         return;
     };
-    enable_versioning(&b).await;
+    b.enable_versioning().await;
     put_v1(&b.s3, &b.bucket, "cbc.bin", &data(5000, 3)).await;
     put_raw_gcm(&b.s3, &b.bucket, "gcm.bin", &data(3000, 4)).await;
-    let (v_cbc, v_gcm) = (
-        version_of(&b, "cbc.bin").await,
-        version_of(&b, "gcm.bin").await,
-    );
+    let (v_cbc, v_gcm) = (b.version_of("cbc.bin").await, b.version_of("gcm.bin").await);
     let (_sd, state) = state_file("lost.db");
     let put = LoseAnswer::new("PutObject", 1, 1, 500);
     let copy = LoseAnswer::new("CopyObject", 1, 100, 500);
@@ -1568,11 +1498,7 @@ async fn a_write_whose_answer_was_lost_is_recorded_as_the_write_it_was() {
         ("done", Some("rewrap"), Some(v_gcm.as_str()), None)
     );
     for (key, want) in [("cbc.bin", data(5000, 3)), ("gcm.bin", data(3000, 4))] {
-        assert_eq!(
-            aws_reads(&b, key),
-            want,
-            "{key} reads back under the target"
-        );
+        assert_eq!(b.aws_reads(key), want, "{key} reads back under the target");
     }
 }
 
@@ -1585,9 +1511,9 @@ async fn a_failed_verify_is_recorded_with_the_write_and_settled_later() {
     let Some(b) = bed("rekey-verify").await else {
         return;
     };
-    enable_versioning(&b).await;
+    b.enable_versioning().await;
     put_v1(&b.s3, &b.bucket, "v.bin", &data(4000, 5)).await;
-    let v0 = version_of(&b, "v.bin").await;
+    let v0 = b.version_of("v.bin").await;
     let (_sd, state) = state_file("verify.db");
     // GET 1 reads the source (head + body at once), GET 2 is the verify read: refused, and so
     // is every later read (a retry's), so the run ends with the object failed.
@@ -1645,7 +1571,7 @@ async fn a_failed_verify_is_recorded_with_the_write_and_settled_later() {
             None
         )
     );
-    assert_eq!(aws_reads(&b, "v.bin"), data(4000, 5));
+    assert_eq!(b.aws_reads("v.bin"), data(4000, 5));
 }
 
 /// Issue 10, defect 4: an intent left behind by a crash before the write must not claim a
@@ -1656,9 +1582,9 @@ async fn a_stale_intent_never_claims_another_writers_object() {
     let Some(b) = bed("rekey-stale").await else {
         return;
     };
-    enable_versioning(&b).await;
+    b.enable_versioning().await;
     put_v1(&b.s3, &b.bucket, "app.bin", &data(900, 6)).await;
-    let v0 = version_of(&b, "app.bin").await;
+    let v0 = b.version_of("app.bin").await;
     let listed = etags(&b).await["app.bin"].clone();
     let (_sd, state) = state_file("stale.db");
     assert_eq!(
@@ -1710,5 +1636,5 @@ async fn a_stale_intent_never_claims_another_writers_object() {
         ("done", Some("skip"), None, None),
         "recorded as the current object it is, not as our rewrite of v0"
     );
-    assert_eq!(aws_reads(&b, "app.bin"), data(1200, 7));
+    assert_eq!(b.aws_reads("app.bin"), data(1200, 7));
 }

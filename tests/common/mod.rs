@@ -149,6 +149,67 @@ impl Bed {
         )
     }
 
+    /// Turns versioning on for the bed's bucket.
+    pub async fn enable_versioning(&self) {
+        self.s3
+            .put_bucket_versioning()
+            .bucket(&self.bucket)
+            .versioning_configuration(
+                aws_sdk_s3::types::VersioningConfiguration::builder()
+                    .status(aws_sdk_s3::types::BucketVersioningStatus::Enabled)
+                    .build(),
+            )
+            .send()
+            .await
+            .expect("versioning");
+    }
+
+    /// The current version id of `key` (versioned bucket).
+    pub async fn version_of(&self, key: &str) -> String {
+        self.s3
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .expect("head")
+            .version_id()
+            .expect("versioned")
+            .to_owned()
+    }
+
+    /// `key` read back by AWS's Python client under the bed's key (the rekey target).
+    pub fn aws_reads(&self, key: &str) -> Vec<u8> {
+        let out = self.path("aws-out");
+        let o = peer_get(
+            "awsclient",
+            &self.bucket,
+            key,
+            &out,
+            &["--kms-key-id", &self.key_id],
+        );
+        assert_ok(key, &o);
+        std::fs::read(&out).expect("out")
+    }
+
+    /// Every key in the bucket, sorted.
+    pub async fn keys(&self) -> Vec<String> {
+        let out = self
+            .s3
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .send()
+            .await
+            .expect("list");
+        let mut keys: Vec<String> = out
+            .contents()
+            .iter()
+            .filter_map(|o| o.key().map(str::to_owned))
+            .collect();
+        keys.sort();
+        keys
+    }
+
     /// Ids of the multipart uploads open in the bucket, sorted.
     pub async fn open_uploads(&self) -> Vec<String> {
         let l = self
@@ -317,4 +378,31 @@ pub async fn put_v1_with(
         .put_encrypted(&req, enc, &mut &data[..])
         .await
         .expect("put v1");
+}
+
+/// `(state, action, source_format, previous_version_id, error_code, result_etag)` of `key` in
+/// a rekey state file, read directly from its job table.
+pub type Record = (
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+
+pub async fn record(state: &str, key: &str) -> Record {
+    let db = sqlx::SqlitePool::connect(&format!("sqlite://{state}"))
+        .await
+        .expect("open state");
+    let r = sqlx::query_as(
+        "SELECT state, action, source_format, previous_version_id, error_code, result_etag \
+         FROM jobs WHERE key = ?",
+    )
+    .bind(key)
+    .fetch_one(&db)
+    .await
+    .expect("row");
+    db.close().await;
+    r
 }

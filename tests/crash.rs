@@ -1,0 +1,275 @@
+//! The crash matrix (issue 10): `s3cse rekey` is killed at every step boundary of every write
+//! path (a failpoint aborts the process, as an OOM kill would), run again, and then every
+//! invariant is checked: each object decrypts to its original plaintext under the target key
+//! (read back by AWS's Python client), the job table records it as rewritten / rewrapped from
+//! its source format with the replaced version id (versioned bucket), no multipart upload is
+//! left open, no `.instruction` object is left behind.
+//!
+//! Needs the binary built with the `failpoints` feature:
+//! `cargo test --features failpoints --test crash` (scripts/test.sh runs it). Without the
+//! feature this file compiles to nothing.
+#![cfg(feature = "failpoints")]
+
+use std::process::{Command, Output};
+
+use s3cse::client::{PutRequest, S3Cse};
+use s3cse::codec::{self, WriteFormat};
+use s3cse::keyring::Keyring;
+
+mod common;
+
+use common::{Bed, aes_key, aes_key_file, bed, data, put_v1, record};
+
+const BIN: &str = env!("CARGO_BIN_EXE_s3cse");
+
+/// The objects one case seeds: each write path has its own.
+#[derive(Debug, Clone, Copy)]
+enum Seed {
+    /// A small V1 object: a single-PUT rewrite.
+    SmallCbc,
+    /// A V1 object above the 8 MiB part size: a multipart rewrite.
+    BigCbc,
+    /// A raw-key GCM object: a CopyObject rewrap (KMS Encrypt).
+    Gcm,
+    /// A raw-key GCM object above the (lowered) copy threshold: a multipart copy rewrap.
+    BigGcm,
+    /// A raw-key GCM object with its envelope in `<key>.instruction`: a rewrap that moves
+    /// the envelope into the metadata, then deletes the instruction file.
+    Instruction,
+}
+
+impl Seed {
+    fn key(self) -> &'static str {
+        match self {
+            Seed::SmallCbc => "small é.bin",
+            Seed::BigCbc => "big.bin",
+            Seed::Gcm => "gcm+x.bin",
+            Seed::BigGcm => "big-gcm.bin",
+            Seed::Instruction => "dir/instr.bin",
+        }
+    }
+
+    /// (plaintext, expected action, expected source format).
+    async fn write(self, b: &Bed) -> (Vec<u8>, &'static str, &'static str) {
+        let key = self.key();
+        match self {
+            Seed::SmallCbc => {
+                let d = data(3000, 1);
+                put_v1(&b.s3, &b.bucket, key, &d).await;
+                (d, "rewrite", "v1-aes-ecb-cbc")
+            }
+            Seed::BigCbc => {
+                let d = data((9 << 20) + 5, 2);
+                put_v1(&b.s3, &b.bucket, key, &d).await;
+                (d, "rewrite", "v1-aes-ecb-cbc")
+            }
+            Seed::Gcm | Seed::BigGcm => {
+                let d = match self {
+                    Seed::Gcm => data(2500, 3),
+                    _ => data((11 << 20) + 3, 4),
+                };
+                let client = S3Cse::new(b.s3.clone(), Keyring::aes(aes_key()));
+                let req = PutRequest {
+                    bucket: b.bucket.clone(),
+                    key: key.into(),
+                    format: WriteFormat::V2,
+                    ..PutRequest::default()
+                };
+                client.put_from(&req, &mut &d[..]).await.expect("put gcm");
+                (d, "rewrap", "v2-aes-gcm-gcm")
+            }
+            Seed::Instruction => {
+                let d = data(4100, 5);
+                let ring = Keyring::aes(aes_key());
+                let enc =
+                    codec::new_encryption(&ring, WriteFormat::V2, &Default::default(), Some(4100))
+                        .await
+                        .expect("enc");
+                let mut ct = Vec::new();
+                let (env, _) = codec::encrypt_stream(enc, &mut &d[..], &mut ct)
+                    .await
+                    .expect("encrypt");
+                let (object_meta, file) = env.to_instruction_file();
+                b.raw_put(key, ct, &object_meta.into_iter().collect::<Vec<_>>())
+                    .await;
+                b.raw_put(
+                    &format!("{key}.instruction"),
+                    file,
+                    &[("x-amz-crypto-instr-file".into(), String::new())],
+                )
+                .await;
+                (d, "rewrap", "v2-aes-gcm-gcm")
+            }
+        }
+    }
+}
+
+/// `s3cse rekey` over the bed's bucket with the vectors' AES key; the copy threshold lowered
+/// to 5 MiB so the 11 MiB GCM object takes the multipart copy. `failpoint`: abort there.
+fn rekey(b: &Bed, state: &str, failpoint: Option<&str>) -> Output {
+    let aes = aes_key_file().display().to_string();
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "rekey",
+        &b.bucket_url(),
+        "--state",
+        state,
+        "--kms-key-id",
+        &b.key_id,
+        "--aes-key-file",
+        &aes,
+        "--copy-part-threshold",
+        "5242880",
+        "--copy-part-size",
+        "5242880",
+        "--lease-secs",
+        "3",
+    ]);
+    match failpoint {
+        Some(f) => cmd.env("S3CSE_FAILPOINT", f),
+        None => cmd.env_remove("S3CSE_FAILPOINT"),
+    };
+    cmd.output().expect("run s3cse")
+}
+
+fn show(o: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Seeds `seeds`, crashes a rekey at `failpoint`, runs it again to the end, and checks every
+/// invariant.
+async fn crash_at(tag: &str, failpoint: &str, seeds: &[Seed]) {
+    let Some(b) = bed(tag).await else {
+        return;
+    };
+    b.enable_versioning().await;
+    let mut want = Vec::new();
+    for s in seeds {
+        let (plain, action, format) = s.write(&b).await;
+        let version = b.version_of(s.key()).await;
+        want.push((s.key(), plain, action, format, version));
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    let state = dir.path().join("crash.db").display().to_string();
+
+    let o = rekey(&b, &state, Some(failpoint));
+    assert_eq!(
+        o.status.code(),
+        None,
+        "the process was killed at {failpoint}: {}",
+        show(&o)
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains(&format!("failpoint {failpoint}")),
+        "{}",
+        show(&o)
+    );
+    // The dead process's leases are released at the next start (same host, pid gone).
+    let o = rekey(&b, &state, None);
+    assert_eq!(o.status.code(), Some(0), "{failpoint}: {}", show(&o));
+
+    for (key, plain, action, format, version) in &want {
+        assert!(
+            b.aws_reads(key) == *plain,
+            "{failpoint}: {key} decrypts to its plaintext under the target key"
+        );
+        let (state_, action_, format_, prev, code, _) = record(&state, key).await;
+        assert_eq!(
+            (
+                state_.as_str(),
+                action_.as_deref(),
+                format_.as_deref(),
+                prev.as_deref(),
+                code
+            ),
+            (
+                "done",
+                Some(*action),
+                Some(*format),
+                Some(version.as_str()),
+                None
+            ),
+            "{failpoint}: {key} recorded as the write it was, with the replaced version"
+        );
+    }
+    assert_eq!(
+        b.open_uploads().await,
+        Vec::<String>::new(),
+        "{failpoint}: no open upload"
+    );
+    let keys = b.keys().await;
+    assert!(
+        !keys.iter().any(|k| k.ends_with(".instruction")),
+        "{failpoint}: no stray .instruction: {keys:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn crash_before_a_put() {
+    crash_at("crash-before-put", "rewrite-before-put", &[Seed::SmallCbc]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn crash_after_a_put() {
+    crash_at("crash-after-put", "rewrite-after-put", &[Seed::SmallCbc]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn crash_with_a_multipart_upload_open() {
+    crash_at("crash-mpu-open", "upload-before-complete", &[Seed::BigCbc]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn crash_after_a_multipart_upload() {
+    crash_at("crash-mpu-done", "rewrite-after-put", &[Seed::BigCbc]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn crash_before_a_copy() {
+    crash_at("crash-before-copy", "rewrap-before-copy", &[Seed::Gcm]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn crash_after_a_copy() {
+    crash_at("crash-after-copy", "rewrap-after-copy", &[Seed::Gcm]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn crash_with_a_multipart_copy_open() {
+    crash_at("crash-mpc-open", "copy-before-complete", &[Seed::BigGcm]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn crash_after_a_multipart_copy() {
+    crash_at("crash-mpc-done", "rewrap-after-copy", &[Seed::BigGcm]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn crash_after_the_verify() {
+    crash_at("crash-verify", "after-verify", &[Seed::SmallCbc, Seed::Gcm]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn crash_before_the_instruction_file_is_deleted() {
+    crash_at(
+        "crash-instr",
+        "before-instruction-delete",
+        &[Seed::Instruction],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn crash_before_the_outcome_is_recorded() {
+    crash_at(
+        "crash-record",
+        "before-record",
+        &[Seed::SmallCbc, Seed::Instruction],
+    )
+    .await;
+}
