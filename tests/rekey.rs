@@ -950,6 +950,7 @@ async fn a_multipart_copy_rewrap_is_conditional_on_the_etag() {
         bucket: b.bucket.clone(),
         prefix: String::new(),
         shard: None,
+        list_page_size: s3cse::rekey::scan::MAX_LIST_PAGE_SIZE,
         context: s3cse::envelope::Context::new(),
         concurrency: 1,
         dry_run: false,
