@@ -158,6 +158,51 @@ async fn empty_truncated_listing_pages_do_not_end_the_scan() {
     );
 }
 
+/// A truncated listing page without a continuation token is a broken listing: rekey stops with
+/// exit 2 and leaves the scan unfinished, where the old loop took it as the end of the bucket
+/// (exit 0, scan finished, nothing enqueued).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_truncated_page_without_a_token_fails_the_run() {
+    let Some(b) = bed("chaos-notoken").await else {
+        return;
+    };
+    for i in 0..3 {
+        b.raw_put(&format!("k{i}"), data(10, i), &[]).await;
+    }
+    let proxy = FaultProxy::start(3, &[("no-token", 1.0)]);
+    let state = b.path("notoken.db");
+    let o = run_bounded(
+        proxy.point(&mut rekey(&b, &state, &[])),
+        Duration::from_secs(60),
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", show(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("without a continuation token"),
+        "{}",
+        show(&o)
+    );
+    let store = JobStore::open_read_only(&state).await.expect("state");
+    let key = s3cse::store::ScanKey {
+        bucket: b.bucket.clone(),
+        prefix: String::new(),
+        shard: None,
+    };
+    assert_eq!(
+        store.scan_checkpoint(&key).await.expect("checkpoint"),
+        Some((None, false)),
+        "the scan is left unfinished"
+    );
+    store.close().await;
+    // Straight to the test bed, the next run lists and migrates everything.
+    let o = run_bounded(&mut rekey(&b, &state, &[]), Duration::from_secs(60));
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("scan: listed 3 keys"),
+        "{}",
+        show(&o)
+    );
+}
+
 /// What a source object of the chaos bucket is, and what rekey must record for it.
 #[derive(Debug, Clone)]
 struct Source {

@@ -3,7 +3,8 @@
 //!
 //! Exit codes: 0 every object of this run migrated or rightly skipped; 1 some objects failed or
 //! stayed in conflict (`report --only failed` says which and why); 2 usage, configuration or
-//! access error before any work (bad key file, DescribeKey refused, bucket missing, state file).
+//! access error before any work (bad key file, DescribeKey refused, bucket missing, state file),
+//! or a listing that cannot be followed (a truncated page without a continuation token).
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};

@@ -20,6 +20,8 @@ Faults, each drawn per request from a seeded RNG at its own rate (`--rate KIND=P
                 client's next request is the same one). A token is answered empty once only,
                 so the retry goes through.
   kms-throttle  KMS: 400 ThrottlingException, nothing forwarded
+  no-token      S3 ListObjectsV2: an empty page with IsTruncated=true and no
+                NextContinuationToken (a broken listing: the client must fail, not stop)
 
 Every injected fault is one JSON line in `--log` (kind, method, path, time), so tests count them.
 The first line on stdout is `listening on 127.0.0.1:PORT`. Stdlib only (Python 3.9+).
@@ -37,7 +39,7 @@ import time
 import urllib.parse
 from xml.sax.saxutils import escape
 
-KINDS = ["refuse", "slowdown", "lost-answer", "cut", "empty-page", "kms-throttle"]
+KINDS = ["refuse", "slowdown", "lost-answer", "cut", "empty-page", "kms-throttle", "no-token"]
 MAX_HEAD = 64 * 1024
 
 
@@ -138,6 +140,8 @@ class Proxy:
             if method == "GET":
                 eligible.append("cut")
             token = query.get("continuation-token")
+            if method == "GET" and query.get("list-type") == "2":
+                eligible.append("no-token")
             if method == "GET" and query.get("list-type") == "2" and token and token not in self.emptied:
                 eligible.append("empty-page")
         for kind in eligible:
@@ -161,10 +165,10 @@ class Proxy:
         headers = {"Content-Type": "application/xml", "x-amz-request-id": rid}
         return response(status, headers, body, req.start[0] == "HEAD")
 
-    def empty_page(self, req: Message, query: dict) -> bytes:
+    def empty_page(self, req: Message, query: dict, next_token: bool = True) -> bytes:
         path = urllib.parse.urlsplit(req.start[1]).path
         bucket = urllib.parse.unquote(path.strip("/").split("/")[0])
-        token = escape(query["continuation-token"])
+        token = escape(query.get("continuation-token", ""))
         prefix = query.get("prefix", "")
         if query.get("encoding-type") == "url":
             prefix = urllib.parse.quote(prefix, safe="")
@@ -173,8 +177,9 @@ class Proxy:
             '<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
             f"<Name>{escape(bucket)}</Name><Prefix>{escape(prefix)}</Prefix><KeyCount>0</KeyCount>"
             f"<MaxKeys>{escape(query.get('max-keys', '1000'))}</MaxKeys><IsTruncated>true</IsTruncated>"
-            f"<ContinuationToken>{token}</ContinuationToken>"
-            f"<NextContinuationToken>{token}</NextContinuationToken></ListBucketResult>"
+            + (f"<ContinuationToken>{token}</ContinuationToken>" if token else "")
+            + (f"<NextContinuationToken>{token}</NextContinuationToken>" if next_token else "")
+            + "</ListBucketResult>"
         ).encode()
         headers = {"Content-Type": "application/xml", "x-amz-request-id": self.request_id()}
         return response("200 OK", headers, body, False)
@@ -221,8 +226,8 @@ class Proxy:
                     body = json.dumps({"__type": "ThrottlingException", "message": "Rate exceeded"}).encode()
                     headers = {"Content-Type": "application/x-amz-json-1.1", "x-amzn-RequestId": self.request_id()}
                     writer.write(response("400 Bad Request", headers, body, False))
-                elif fault == "empty-page":
-                    writer.write(self.empty_page(req, query))
+                elif fault in ("empty-page", "no-token"):
+                    writer.write(self.empty_page(req, query, next_token=fault == "empty-page"))
                 else:
                     resp = await self.forward(service, req)
                     if fault == "lost-answer":
