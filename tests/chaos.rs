@@ -203,12 +203,15 @@ async fn a_truncated_page_without_a_token_fails_the_run() {
     );
 }
 
+/// What rekey must record for a source: its action and source format; `None` for plaintext
+/// (skipped, left as is).
+type Expect = Option<(Action, &'static str)>;
+
 /// What a source object of the chaos bucket is, and what rekey must record for it.
 #[derive(Debug, Clone)]
 struct Source {
     plaintext: Vec<u8>,
-    /// `None` for plaintext (skipped, left as is).
-    expect: Option<(Action, &'static str)>,
+    expect: Expect,
     version_id: String,
 }
 
@@ -254,7 +257,7 @@ async fn seed_mixed_bucket(b: &Bed) -> BTreeMap<String, Source> {
         .await
         .expect("versioning");
     let old = kms_key(&b.kms).await;
-    let mut plan: Vec<(String, Vec<u8>, Option<(Action, &'static str)>)> = Vec::new();
+    let mut plan: Vec<(String, Vec<u8>, Expect)> = Vec::new();
     let rewrite = Some((Action::Rewrite, "v1-aes-ecb-cbc"));
     // Small V1 objects (AES/ECB-wrapped key, CBC content): rewrites. Every tenth key is unicode
     // with spaces and `+`.
