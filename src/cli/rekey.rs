@@ -3,7 +3,8 @@
 //!
 //! Exit codes: 0 every object of this run migrated or rightly skipped; 1 some objects failed or
 //! stayed in conflict (`report --only failed` says which and why); 2 usage, configuration or
-//! access error before any work (bad key file, DescribeKey refused, bucket missing, state file).
+//! access error before any work (bad key file, DescribeKey refused, bucket missing, state file),
+//! or a listing that cannot be followed (a truncated page without a continuation token).
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
@@ -22,6 +23,7 @@ use s3cse::metrics::{self, Metrics, Outcome};
 use s3cse::rekey::copy::{COPY_PART_SIZE, MAX_COPY_SIZE};
 use s3cse::rekey::kms::{RekeyKms, describe_key, without_sdk_retries};
 use s3cse::rekey::limit::RateLimit;
+use s3cse::rekey::scan::MAX_LIST_PAGE_SIZE;
 use s3cse::rekey::{RekeyConfig, RunSummary, Shard, Shutdown};
 use s3cse::store::{Action, JobState, JobStore, ScanKey, Tally};
 
@@ -156,10 +158,22 @@ pub struct RunArgs {
     aws: AwsArgs,
 }
 
+/// `--list-page-size`, shared by `rekey` and `scan`.
+#[derive(Args, Debug, Clone, Copy)]
+pub struct ListArgs {
+    /// Keys per listing page (ListObjectsV2 MaxKeys, 1 to 1000). The scan commits its
+    /// checkpoint once a page, so smaller pages lose less on a crash, at more requests.
+    #[arg(long, default_value_t = MAX_LIST_PAGE_SIZE, value_name = "N",
+          value_parser = clap::value_parser!(i32).range(1..=i64::from(MAX_LIST_PAGE_SIZE)))]
+    list_page_size: i32,
+}
+
 #[derive(Args, Debug)]
 pub struct RekeyArgs {
     /// What to re-key: s3://BUCKET[/PREFIX].
     url: String,
+    #[command(flatten)]
+    list: ListArgs,
     #[command(flatten)]
     run: RunArgs,
 }
@@ -179,6 +193,8 @@ pub struct ScanArgs {
     state: PathBuf,
     #[command(flatten)]
     shard: ShardArgs,
+    #[command(flatten)]
+    list: ListArgs,
     /// Limit S3 requests per second.
     #[arg(long, value_name = "N")]
     s3_rps: Option<u32>,
@@ -252,11 +268,23 @@ async fn check_bucket(s3: &aws_sdk_s3::Client, bucket: &str) -> CliResult {
 
 pub async fn rekey(a: RekeyArgs) -> CliResult {
     let (bucket, prefix) = parse_s3_url(&a.url, false)?;
-    run(a.run, Some((bucket, prefix)), true).await
+    let target = ScanTarget {
+        bucket,
+        prefix,
+        list_page_size: a.list.list_page_size,
+    };
+    run(a.run, Some(target)).await
 }
 
 pub async fn work(a: WorkArgs) -> CliResult {
-    run(a.run, None, false).await
+    run(a.run, None).await
+}
+
+/// What `rekey` lists before it works (`work` lists nothing).
+struct ScanTarget {
+    bucket: String,
+    prefix: String,
+    list_page_size: i32,
 }
 
 pub async fn scan(a: ScanArgs) -> CliResult {
@@ -279,7 +307,14 @@ pub async fn scan(a: ScanArgs) -> CliResult {
     // checkpoint are committed together, so nothing is lost).
     let signals = tokio::spawn(wait_for_signal(trigger, SCAN_STOP_TIMEOUT));
     let s3_limit = RateLimit::per_second(a.s3_rps);
-    let listing = s3cse::rekey::scan::scan(&client, &store, &key, &s3_limit, &shutdown);
+    let listing = s3cse::rekey::scan::scan(
+        &client,
+        &store,
+        &key,
+        a.list.list_page_size,
+        &s3_limit,
+        &shutdown,
+    );
     let scanned = s3cse::rekey::unless_abandoned(&shutdown, listing).await;
     signals.abort();
     let Some(s) = scanned else {
@@ -288,7 +323,7 @@ pub async fn scan(a: ScanArgs) -> CliResult {
             "scan stopped: run it again to resume from its checkpoint"
         )));
     };
-    let s = s.context("scan").map_err(Failure::failed)?;
+    let s = s.context("scan").map_err(rekey_failure)?;
     println!(
         "listed {} keys: {} new, {} changed, {} unchanged",
         s.listed, s.enqueued.inserted, s.enqueued.reset, s.enqueued.unchanged
@@ -422,7 +457,17 @@ async fn wait_for_signal(trigger: s3cse::rekey::ShutdownTrigger, stop_timeout: D
     std::process::exit(1);
 }
 
-async fn run(a: RunArgs, target_url: Option<(String, String)>, do_scan: bool) -> CliResult {
+/// The exit code of a run that stopped on an error: a listing that cannot be followed is a
+/// broken bucket-level contract (exit 2, like an access error), anything else exit 1.
+fn rekey_failure(e: anyhow::Error) -> Failure {
+    match e.downcast_ref::<s3cse::rekey::RekeyError>() {
+        Some(s3cse::rekey::RekeyError::Listing(_)) => Failure::usage(e),
+        _ => Failure::failed(e),
+    }
+}
+
+async fn run(a: RunArgs, scan_target: Option<ScanTarget>) -> CliResult {
+    let do_scan = scan_target.is_some();
     init_logs(a.log_format);
     let shard = a.shard.resolve()?;
     let Some(kms_key_id) = a.keys.kms_key_id.clone() else {
@@ -457,7 +502,10 @@ async fn run(a: RunArgs, target_url: Option<(String, String)>, do_scan: bool) ->
     ));
     let conf = sdk_config().await;
     let s3 = a.aws.s3_client(&conf).await;
-    let (bucket, prefix) = target_url.unwrap_or_default();
+    let (bucket, prefix, list_page_size) = match scan_target {
+        Some(t) => (t.bucket, t.prefix, t.list_page_size),
+        None => (String::new(), String::new(), MAX_LIST_PAGE_SIZE),
+    };
     if do_scan {
         check_bucket(&s3, &bucket).await?;
     }
@@ -493,6 +541,7 @@ async fn run(a: RunArgs, target_url: Option<(String, String)>, do_scan: bool) ->
         bucket,
         prefix,
         shard,
+        list_page_size,
         context: context_of(&a.context),
         concurrency: a.concurrency.max(1),
         dry_run: a.dry_run,
@@ -575,7 +624,7 @@ async fn run(a: RunArgs, target_url: Option<(String, String)>, do_scan: bool) ->
         let _ = server.await;
     }
     store.close().await;
-    let summary = result.context("rekey").map_err(Failure::failed)?;
+    let summary = result.context("rekey").map_err(rekey_failure)?;
     print_summary(&summary, a.dry_run);
     if let Some(released) = summary.abandoned {
         return Err(Failure::failed(anyhow!(

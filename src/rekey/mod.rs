@@ -65,6 +65,10 @@ pub enum RekeyError {
     /// A bucket-level S3 request failed (listing).
     #[error(transparent)]
     S3(#[from] ClientError),
+    /// The listing cannot be followed to its end (a truncated page without a continuation
+    /// token, or one that makes no progress): the scan stops unfinished, never taken as done.
+    #[error("listing {0}")]
+    Listing(String),
     /// KMS refused the target key (DescribeKey).
     #[error("KMS: {0}")]
     Kms(#[from] KmsError),
@@ -83,6 +87,8 @@ pub struct RekeyConfig {
     /// Key prefix to list (`""`: the whole bucket).
     pub prefix: String,
     pub shard: Option<Shard>,
+    /// Keys per ListObjectsV2 page ([`scan::MAX_LIST_PAGE_SIZE`], S3's maximum, by default).
+    pub list_page_size: i32,
     /// User encryption context of the new envelopes (`aws:x-amz-cek-alg` is added).
     pub context: Context,
     /// Objects processed at once.
@@ -264,6 +270,7 @@ pub async fn run(config: RekeyConfig, shutdown: Shutdown) -> Result<RunSummary, 
                 &config.client,
                 &config.store,
                 &key,
+                config.list_page_size,
                 &config.s3_limit,
                 &shutdown,
             ),

@@ -406,3 +406,118 @@ pub async fn record(state: &str, key: &str) -> Record {
     db.close().await;
     r
 }
+
+/// `tests/faultproxy/faultproxy.py` in front of the test bed's S3 and KMS, on a free loopback
+/// port, injecting faults at the given rates; killed on drop. Point a child process at it with
+/// [`FaultProxy::point`].
+pub struct FaultProxy {
+    child: std::process::Child,
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    /// One JSON line per injected fault.
+    pub log: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl FaultProxy {
+    /// Starts the proxy with `--seed seed` and `--rate KIND=P` for each of `rates`; waits until
+    /// it listens (at most 20 s).
+    pub fn start(seed: u64, rates: &[(&str, f64)]) -> FaultProxy {
+        use std::io::BufRead as _;
+        let dir = tempfile::tempdir().expect("tmp");
+        let log = dir.path().join("faults.jsonl");
+        let stderr = std::fs::File::create(dir.path().join("stderr")).expect("stderr file");
+        let python = std::env::var("S3CSE_PY_TESTBED").unwrap_or_else(|_| "python3".into());
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/faultproxy/faultproxy.py");
+        let upstream = |var: &str| std::env::var(var).unwrap_or_else(|_| panic!("{var} unset"));
+        let mut cmd = Command::new(python);
+        cmd.arg(script)
+            .args(["--s3", &upstream("AWS_ENDPOINT_URL_S3")])
+            .args(["--kms", &upstream("AWS_ENDPOINT_URL_KMS")])
+            .args(["--seed", &seed.to_string()])
+            .arg("--log")
+            .arg(&log);
+        for (kind, p) in rates {
+            cmd.args(["--rate", &format!("{kind}={p}")]);
+        }
+        let mut child = cmd
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn faultproxy");
+        // The first line says where it listens; read it on a thread, so a proxy that never
+        // prints it cannot hang the test.
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .unwrap_or_default();
+        let Some(addr) = line.trim().strip_prefix("listening on ") else {
+            let _ = child.kill();
+            let _ = child.wait();
+            let err = std::fs::read_to_string(dir.path().join("stderr")).unwrap_or_default();
+            panic!("faultproxy did not start: {line:?}\n{err}");
+        };
+        FaultProxy {
+            url: format!("http://{addr}"),
+            child,
+            log,
+            dir,
+        }
+    }
+
+    /// Sends `cmd`'s S3 and KMS requests through the proxy.
+    pub fn point<'a>(&self, cmd: &'a mut Command) -> &'a mut Command {
+        cmd.env("AWS_ENDPOINT_URL_S3", &self.url)
+            .env("AWS_ENDPOINT_URL_KMS", &self.url)
+    }
+
+    /// Faults injected so far, by kind.
+    pub fn faults(&self) -> std::collections::BTreeMap<String, u64> {
+        let mut n = std::collections::BTreeMap::new();
+        for line in std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+        {
+            let v: serde_json::Value = serde_json::from_str(line).expect("fault log line");
+            *n.entry(v["kind"].as_str().unwrap_or("?").to_owned())
+                .or_insert(0) += 1;
+        }
+        n
+    }
+
+    /// `METHOD TARGET` of each injected fault of `kind`, in order.
+    pub fn log_lines(&self, kind: &str) -> Vec<String> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["kind"] == kind)
+            .map(|v| {
+                format!(
+                    "{} {}",
+                    v["method"].as_str().unwrap_or("?"),
+                    v["target"].as_str().unwrap_or("?")
+                )
+            })
+            .collect()
+    }
+
+    /// What the proxy wrote to stderr (dropped connections), for failure messages.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr")).unwrap_or_default()
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
