@@ -17,7 +17,7 @@ use clap::{Args, ValueEnum};
 use futures::TryStreamExt;
 use s3cse::client::{DEFAULT_BUFFER_BUDGET, S3Cse};
 use s3cse::codec::DecryptPolicy;
-use s3cse::keyring::{AwsKms, KmsClient, KmsKeyring};
+use s3cse::keyring::{AwsKms, KmsClient, KmsKeyring, SourceKeyPolicy};
 use s3cse::metrics::{self, Metrics, Outcome};
 use s3cse::rekey::kms::{RekeyKms, describe_key, without_sdk_retries};
 use s3cse::rekey::limit::RateLimit;
@@ -78,6 +78,14 @@ pub struct RunArgs {
     /// Encryption context of the new envelopes, k=v, repeatable (aws:x-amz-cek-alg is added).
     #[arg(long = "context", value_parser = parse_kv, value_name = "K=V")]
     context: Vec<(String, String)>,
+    /// Accept source data keys only under this KMS key (key id, key ARN or alias, resolved at
+    /// start; repeatable), plus the target key. By default any key of the target key's account
+    /// is accepted. Objects under another key fail with SourceKeyNotAllowed, untouched.
+    #[arg(long = "source-kms-key", value_name = "ID")]
+    source_kms_keys: Vec<String>,
+    /// Also accept source data keys under any key of this AWS account (12 digits; repeatable).
+    #[arg(long = "source-kms-account", value_name = "ACCOUNT")]
+    source_kms_accounts: Vec<String>,
     /// Objects processed at once (S3 latency bound: tens are cheap).
     #[arg(long, default_value_t = 16, value_name = "N")]
     concurrency: usize,
@@ -435,9 +443,11 @@ async fn run(a: RunArgs, target_url: Option<(String, String)>, do_scan: bool) ->
         .with_context(|| format!("KMS key {kms_key_id}"))
         .map_err(Failure::usage)?;
     tracing::info!(key_id = %target.key_id, arn = %target.arn, "target KMS key");
+    let policy = source_policy(&a, &kms_sdk, &target.arn, &metrics).await?;
+    tracing::info!(%policy, "source KMS keys");
     // RekeyKms retries KMS itself; the SDK's retries would multiply with its own.
     let kms: Arc<dyn KmsClient> = Arc::new(RekeyKms::new(
-        Arc::new(AwsKms::new(without_sdk_retries(&kms_sdk))),
+        Arc::new(AwsKms::new(without_sdk_retries(&kms_sdk)).with_source_policy(policy)),
         RateLimit::per_second(a.kms_rps),
         metrics.clone(),
     ));
@@ -586,6 +596,27 @@ async fn run(a: RunArgs, target_url: Option<(String, String)>, do_scan: bool) ->
         )));
     }
     Ok(())
+}
+
+/// `--source-kms-key` (each resolved to its ARN with DescribeKey) and `--source-kms-account`
+/// around the target key: the KMS keys a source data key may be under.
+async fn source_policy(
+    a: &RunArgs,
+    kms: &aws_sdk_kms::Client,
+    target_arn: &str,
+    metrics: &Metrics,
+) -> CliResult<SourceKeyPolicy> {
+    let mut keys = Vec::with_capacity(a.source_kms_keys.len());
+    for id in &a.source_kms_keys {
+        let k = describe_key(kms, id, metrics)
+            .await
+            .with_context(|| format!("--source-kms-key {id}"))
+            .map_err(Failure::usage)?;
+        keys.push(k.arn);
+    }
+    SourceKeyPolicy::new(target_arn, &keys, &a.source_kms_accounts)
+        .context("source KMS keys")
+        .map_err(Failure::usage)
 }
 
 fn print_summary(s: &RunSummary, dry_run: bool) {

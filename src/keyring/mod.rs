@@ -19,7 +19,9 @@ use crate::envelope::{ContentAlg, Context, Envelope, WrapAlg};
 use crate::secret::SecretBytes;
 
 pub use self::aes::AesMasterKey;
-pub use self::kms::{AwsKms, KmsClient, KmsError, KmsErrorKind, KmsKeyring};
+pub use self::kms::{
+    AwsKms, KmsClient, KmsError, KmsErrorKind, KmsKeyring, SourceKeyPolicy, SourceKeyPolicyError,
+};
 pub use self::rsa::RsaMasterKey;
 
 /// Why a content key could not be unwrapped or wrapped.
