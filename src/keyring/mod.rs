@@ -309,6 +309,14 @@ fn valid_cek_len(n: usize) -> bool {
     matches!(n, 16 | 24 | 32)
 }
 
+/// The source encryption context of a KMS `ReEncrypt` of `env`'s data key, after the same
+/// `kms+context` checks as a Decrypt (FORMATS.md §3): a stored `aws:x-amz-cek-alg` that does not
+/// name the object's content cipher is refused ([`KeyringError::CekAlgMismatch`]), so a rewrap
+/// cannot vouch, under the target key, for an envelope whose cipher was swapped.
+pub fn kms_source_context(env: &Envelope) -> Result<Context, KeyringError> {
+    kms_decrypt_context(env, &UnwrapOptions::default())
+}
+
 /// The encryption context KMS Decrypt must be given, after the `kms+context` checks of FORMATS.md
 /// §3: stored `aws:x-amz-cek-alg` must name the content cipher; the caller's context (if given)
 /// must equal the stored one minus the reserved keys.
