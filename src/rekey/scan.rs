@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 
 use crate::client::S3Cse;
 use crate::consts::INSTRUCTION_SUFFIX;
+use crate::logkey::log_key;
 use crate::store::{EnqueueStats, JobStore, ListedObject, ScanKey};
 
 use super::limit::RateLimit;
@@ -82,7 +83,7 @@ pub async fn scan(
         Some((start_after, false)) => start_after,
     };
     if let Some(k) = &start_after {
-        tracing::info!(bucket = %scan.bucket, start_after = %k, "resuming scan");
+        tracing::info!(bucket = %scan.bucket, start_after = %log_key(k), "resuming scan");
     }
     let shard = scan.shard.map(|(index, count)| Shard { index, count });
     let mut summary = ScanSummary::default();
