@@ -672,13 +672,7 @@ fn spawn_progress(store: JobStore) -> (indicatif::ProgressBar, tokio::task::Join
 }
 
 pub async fn status(a: StatusArgs) -> CliResult {
-    if !a.state.exists() {
-        return Err(Failure::usage(anyhow!(
-            "no state file at {}",
-            a.state.display()
-        )));
-    }
-    let store = open_store(&a.state).await?;
+    let store = open_store_read_only(&a.state).await?;
     let c = store
         .counts()
         .await
@@ -845,5 +839,32 @@ fn action_label(action: Action, skip_reason: Option<&str>) -> String {
     match skip_reason {
         Some(r) => format!("{}:{r}", action.as_str()),
         None => action.as_str().to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_cells_never_start_a_formula() {
+        let cases = [
+            ("plain.bin", "plain.bin"),
+            ("dïr/ünï ☃.bin", "dïr/ünï ☃.bin"),
+            ("a,b", "\"a,b\""),
+            ("say \"hi\"", "\"say \"\"hi\"\"\""),
+            ("line\nbreak", "\"line\nbreak\""),
+            ("=HYPERLINK(\"x\")", "\"'=HYPERLINK(\"\"x\"\")\""),
+            ("+1", "\"'+1\""),
+            ("-1+2", "\"'-1+2\""),
+            ("@SUM(A1)", "\"'@SUM(A1)\""),
+            ("\t=1", "\"'\t=1\""),
+            ("\r=1", "\"'\r=1\""),
+            ("a=1", "a=1"),
+            ("", ""),
+        ];
+        for (cell, want) in cases {
+            assert_eq!(csv_field(cell), want, "{cell:?}");
+        }
     }
 }
