@@ -6,6 +6,7 @@
 //! access error before any work (bad key file, DescribeKey refused, bucket missing, state file).
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -27,7 +28,7 @@ use s3cse::store::{Action, JobState, JobStore, ScanKey, Tally};
 
 use super::aws::{AwsArgs, parse_s3_url, sdk_config};
 use super::keys::{KeyArgs, context_of, kms_client};
-use super::{CliResult, Failure, parse_kv};
+use super::{CliResult, Failure, parse_kv, print_out};
 
 #[derive(Clone, Copy, Debug, ValueEnum, Default)]
 pub enum LogFormat {
@@ -226,6 +227,21 @@ fn init_logs(format: LogFormat) {
     };
 }
 
+/// The state file for `status` and `report`: read only, never migrated (a file of another
+/// schema version is refused, see [`JobStore::open_read_only`]).
+async fn open_store_read_only(path: &Path) -> CliResult<JobStore> {
+    if !path.exists() {
+        return Err(Failure::usage(anyhow!(
+            "no state file at {}",
+            path.display()
+        )));
+    }
+    JobStore::open_read_only(path)
+        .await
+        .with_context(|| format!("reading the state file {}", path.display()))
+        .map_err(Failure::usage)
+}
+
 async fn open_store(path: &Path) -> CliResult<JobStore> {
     JobStore::open(path)
         .await
@@ -287,12 +303,11 @@ pub async fn scan(a: ScanArgs) -> CliResult {
         )));
     };
     let s = s.context("scan").map_err(Failure::failed)?;
-    println!(
-        "listed {} keys: {} new, {} changed, {} unchanged",
-        s.listed, s.enqueued.inserted, s.enqueued.reset, s.enqueued.unchanged
-    );
     store.close().await;
-    Ok(())
+    print_out(&format!(
+        "listed {} keys: {} new, {} changed, {} unchanged\n",
+        s.listed, s.enqueued.inserted, s.enqueued.reset, s.enqueued.unchanged
+    ))
 }
 
 fn new_metrics() -> Arc<Metrics> {
@@ -731,10 +746,10 @@ pub async fn status(a: StatusArgs) -> CliResult {
             "objects_per_second": rate,
             "eta_seconds": eta,
         });
-        println!("{v}");
-        return Ok(());
+        return print_out(&format!("{v}\n"));
     }
-    let mut out = std::io::stdout().lock();
+    // Built whole, then written once: a closed stdout ends the command quietly.
+    let mut out = String::new();
     let _ = writeln!(
         out,
         "total: {} objects, {} bytes",
@@ -775,11 +790,17 @@ pub async fn status(a: StatusArgs) -> CliResult {
             let _ = writeln!(out, "rate: n/a");
         }
     }
-    Ok(())
+    print_out(&out)
 }
 
+/// One CSV cell (RFC 4180 quoting). A cell a spreadsheet would take for a formula (starting
+/// with `=`, `+`, `-`, `@`, a tab or a carriage return: an object key is anyone's text, and
+/// `=HYPERLINK(…)` runs when the report is opened) is neutralised the OWASP way: a `'`
+/// before it, inside quotes. Only the CSV report does this; JSON lines keep the exact key.
 fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
+    if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("\"'{}\"", s.replace('"', "\"\""))
+    } else if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
         s.to_owned()
@@ -787,15 +808,9 @@ fn csv_field(s: &str) -> String {
 }
 
 pub async fn report(a: ReportArgs) -> CliResult {
-    if !a.state.exists() {
-        return Err(Failure::usage(anyhow!(
-            "no state file at {}",
-            a.state.display()
-        )));
-    }
-    let store = open_store(&a.state).await?;
+    let store = open_store_read_only(&a.state).await?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    let io = |e: std::io::Error| Failure::failed(anyhow!(e));
+    let io = Failure::stdout;
     if matches!(a.format, ReportFormat::Csv) {
         writeln!(out, "Bucket,Key,VersionId,TaskStatus,ErrorCode,HTTPStatusCode,ResultMessage,SourceFormat,Action")
             .map_err(io)?;
