@@ -707,7 +707,15 @@ mod policy_tests {
     }
 
     /// (policy keys, policy accounts, ARN KMS answered with, allowed?, why).
-    const CASES: &[(&[&str], &[&str], &str, bool, &str)] = &[
+    type Case = (
+        &'static [&'static str],
+        &'static [&'static str],
+        &'static str,
+        bool,
+        &'static str,
+    );
+
+    const CASES: &[Case] = &[
         // Default: the target key's account.
         (&[], &[], TARGET, true, "the target itself"),
         (
