@@ -36,6 +36,7 @@ use crate::consts::{GCM_TAG_LEN, INSTRUCTION_SUFFIX, USER_META_PREFIX};
 use crate::content::{self, ContentError};
 use crate::envelope::{self, ContentAlg, Context, Detected, Envelope, Metadata};
 use crate::keyring::Keyring;
+use crate::logkey::log_key;
 
 pub use budget::{BufferBudget, DEFAULT_BUFFER_BUDGET};
 use budget::{HeldBudget, PartBuffer};
@@ -64,7 +65,7 @@ pub type RequestObserver = Arc<dyn Fn(&'static str, RequestOutcome, Duration) + 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ClientError {
-    #[error("s3://{bucket}/{key}: no such object")]
+    #[error("s3://{bucket}/{}: no such object", log_key(key))]
     NotFound { bucket: String, key: String },
     /// A conditional request's precondition failed (412) or raced (409): the object changed.
     #[error("precondition failed: the object changed since it was read")]
@@ -1280,7 +1281,7 @@ impl Multipart {
             .send()
             .await;
         if let Err(e) = client.observe("AbortMultipartUpload", &self.bucket, &self.key, t, r) {
-            tracing::warn!(bucket = %self.bucket, key = %self.key, error = %e, "abort of multipart upload failed");
+            tracing::warn!(bucket = %self.bucket, key = %log_key(&self.key), error = %e, "abort of multipart upload failed");
         }
     }
 }

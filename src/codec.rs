@@ -99,6 +99,9 @@ pub enum ErrorClass {
     KmsAccess,
     /// KMS throttled or failed transiently.
     KmsUnavailable,
+    /// The data key is under a KMS key the source-key policy does not allow
+    /// ([`crate::keyring::SourceKeyPolicy`]).
+    SourceKeyNotAllowed,
     NotEncrypted,
     Io,
 }
@@ -115,6 +118,7 @@ impl ErrorClass {
             ErrorClass::ContextMismatch => "ContextMismatch",
             ErrorClass::KmsAccess => "KmsAccessDenied",
             ErrorClass::KmsUnavailable => "KmsUnavailable",
+            ErrorClass::SourceKeyNotAllowed => "SourceKeyNotAllowed",
             ErrorClass::NotEncrypted => "NotEncrypted",
             ErrorClass::Io => "IoError",
         }
@@ -138,6 +142,7 @@ impl CodecError {
                     // A blob KMS cannot decrypt under this context is a wrong key/context.
                     KmsErrorKind::InvalidCiphertext => ErrorClass::NoMatchingKey,
                     KmsErrorKind::Throttled | KmsErrorKind::Transient => ErrorClass::KmsUnavailable,
+                    KmsErrorKind::SourceKeyNotAllowed => ErrorClass::SourceKeyNotAllowed,
                     _ => ErrorClass::KmsAccess,
                 },
                 KeyringError::NoWrappingKey | KeyringError::BadKey(_) => ErrorClass::NoMatchingKey,

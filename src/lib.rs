@@ -20,6 +20,7 @@
 //! - [`store`]: the rekey job table over sqlx/SQLite; schema in `migrations/`.
 //! - [`metrics`]: a `Metrics` struct owning its Prometheus registry.
 //! - [`rekey`]: scanner, classifier and worker pool of `s3cse rekey`.
+//! - [`logkey`]: S3 keys escaped for text logs (a key may hold a newline).
 //!
 //! Nothing below `client`/`rekey` knows about S3; nothing below `rekey` knows about the job table.
 #![forbid(unsafe_code)]
@@ -31,6 +32,7 @@ pub mod content;
 pub mod envelope;
 pub mod failpoint;
 pub mod keyring;
+pub mod logkey;
 pub mod metrics;
 pub mod rekey;
 pub mod secret;

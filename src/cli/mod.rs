@@ -77,6 +77,35 @@ impl Failure {
             error: error.into(),
         }
     }
+
+    /// Stdout was closed by its reader (`s3cse report | head`): not a failure. The command
+    /// stops writing and ends quietly with exit 0, as `cat` or `grep` do (they die of SIGPIPE,
+    /// which Rust programs ignore, so every write reports `BrokenPipe` instead).
+    pub fn closed_stdout() -> Self {
+        Self {
+            code: 0,
+            error: anyhow::anyhow!("stdout closed"),
+        }
+    }
+
+    /// A write to stdout failed: [`Failure::closed_stdout`] if its reader went away.
+    pub fn stdout(error: std::io::Error) -> Self {
+        if error.kind() == std::io::ErrorKind::BrokenPipe {
+            Self::closed_stdout()
+        } else {
+            Self::failed(anyhow::Error::new(error).context("writing to stdout"))
+        }
+    }
+}
+
+/// Writes `text` to stdout and flushes it; a closed stdout is [`Failure::closed_stdout`].
+/// (`println!` would panic there.)
+pub fn print_out(text: &str) -> CliResult {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(Failure::stdout)
 }
 
 pub type CliResult<T = ()> = Result<T, Failure>;
@@ -109,6 +138,8 @@ pub fn main() -> ExitCode {
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // A closed stdout (`| head`): nothing to say, and nobody to say it to.
+        Err(f) if f.code == 0 => ExitCode::SUCCESS,
         Err(f) => {
             eprintln!("s3cse: error: {:#}", f.error);
             ExitCode::from(f.code)

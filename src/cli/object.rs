@@ -1,5 +1,6 @@
 //! `s3cse get` / `put` / `inspect`: one object in S3.
 
+use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use anyhow::{Context as _, anyhow};
@@ -11,7 +12,7 @@ use s3cse::keyring::Keyring;
 use super::aws::{AwsArgs, parse_s3_url, sdk_config};
 use super::keys::{KeyArgs, context_of};
 use super::offline::{FormatArg, temp_beside};
-use super::{CliResult, Failure, parse_kv};
+use super::{CliResult, Failure, parse_kv, print_out};
 
 #[derive(Args)]
 pub struct GetArgs {
@@ -117,7 +118,14 @@ pub async fn get(a: GetArgs) -> CliResult {
             client
                 .get_to(&bucket, &key, &opts, &mut out)
                 .await
-                .map_err(|e| client_error(&a.url, e))?;
+                .map_err(|e| match &e {
+                    ClientError::Io(io) | ClientError::Codec(CodecError::Io(io))
+                        if io.kind() == std::io::ErrorKind::BrokenPipe =>
+                    {
+                        Failure::closed_stdout()
+                    }
+                    _ => client_error(&a.url, e),
+                })?;
         }
         Some(path) => {
             // The temporary file is not the destination: stream into it and rename after the tag.
@@ -233,21 +241,24 @@ pub async fn inspect(a: InspectArgs) -> CliResult {
         .await
         .map_err(|e| client_error(&a.url, e))?;
     if a.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&i).map_err(|e| Failure::failed(anyhow!(e)))?
-        );
-        return Ok(());
+        let json = serde_json::to_string_pretty(&i).map_err(|e| Failure::failed(anyhow!(e)))?;
+        return print_out(&format!("{json}\n"));
     }
-    println!("object:            s3://{}/{}", i.bucket, i.key);
-    println!("etag:              {}", i.etag.as_deref().unwrap_or("-"));
+    // Built whole, then written once: a closed stdout ends the command quietly.
+    let mut t = String::new();
+    let _ = writeln!(t, "object:            s3://{}/{}", i.bucket, i.key);
+    let _ = writeln!(t, "etag:              {}", i.etag.as_deref().unwrap_or("-"));
     if !i.encrypted {
-        println!("encrypted:         no (no client-side encryption envelope)");
-        println!("size:              {} bytes", i.stored_length);
-        return Ok(());
+        let _ = writeln!(
+            t,
+            "encrypted:         no (no client-side encryption envelope)"
+        );
+        let _ = writeln!(t, "size:              {} bytes", i.stored_length);
+        return print_out(&t);
     }
     let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
-    println!(
+    let _ = writeln!(
+        t,
         "format:            {}{}",
         opt(&i.format),
         if i.legacy {
@@ -256,35 +267,39 @@ pub async fn inspect(a: InspectArgs) -> CliResult {
             ""
         }
     );
-    println!(
+    let _ = writeln!(
+        t,
         "envelope:          {} in {}",
         opt(&i.version),
         opt(&i.envelope_location)
     );
-    println!("content cipher:    {}", opt(&i.content_cipher));
-    println!("key wrap:          {}", opt(&i.key_wrap));
+    let _ = writeln!(t, "content cipher:    {}", opt(&i.content_cipher));
+    let _ = writeln!(t, "key wrap:          {}", opt(&i.key_wrap));
     if let Some(k) = &i.kms_key_id {
-        println!("kms key id:        {k}");
+        let _ = writeln!(t, "kms key id:        {k}");
     }
     if !i.encryption_context.is_empty() {
-        println!(
+        let _ = writeln!(
+            t,
             "encryption context: {}",
             s3cse::envelope::context_json(&i.encryption_context)
         );
     }
     if !i.material_description.is_empty() {
-        println!(
+        let _ = writeln!(
+            t,
             "material desc:     {}",
             s3cse::envelope::context_json(&i.material_description)
         );
     }
-    println!("stored size:       {} bytes", i.stored_length);
-    println!(
+    let _ = writeln!(t, "stored size:       {} bytes", i.stored_length);
+    let _ = writeln!(
+        t,
         "plaintext size:    {}",
         i.plaintext_length
             .map_or("unknown (CBC, not recorded)".into(), |n| format!(
                 "{n} bytes"
             ))
     );
-    Ok(())
+    print_out(&t)
 }

@@ -134,7 +134,12 @@ pub async fn decrypt(a: DecryptArgs) -> CliResult {
         let mut out = tokio::io::stdout();
         codec::decrypt_stream(&env, &keyring, &policy, &mut src, &mut out)
             .await
-            .map_err(|e| object_error(&what, e))?;
+            .map_err(|e| match &e {
+                CodecError::Io(io) if io.kind() == std::io::ErrorKind::BrokenPipe => {
+                    Failure::closed_stdout()
+                }
+                _ => object_error(&what, e),
+            })?;
         return Ok(());
     }
     // Into a temporary file beside the destination, renamed only after authentication: the

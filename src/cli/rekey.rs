@@ -7,6 +7,7 @@
 //! or a listing that cannot be followed (a truncated page without a continuation token).
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -18,7 +19,7 @@ use clap::{Args, ValueEnum};
 use futures::TryStreamExt;
 use s3cse::client::{DEFAULT_BUFFER_BUDGET, S3Cse};
 use s3cse::codec::DecryptPolicy;
-use s3cse::keyring::{AwsKms, KmsClient, KmsKeyring};
+use s3cse::keyring::{AwsKms, KmsClient, KmsKeyring, SourceKeyPolicy};
 use s3cse::metrics::{self, Metrics, Outcome};
 use s3cse::rekey::copy::{COPY_PART_SIZE, MAX_COPY_SIZE};
 use s3cse::rekey::kms::{RekeyKms, describe_key, without_sdk_retries};
@@ -29,7 +30,7 @@ use s3cse::store::{Action, JobState, JobStore, ScanKey, Tally};
 
 use super::aws::{AwsArgs, parse_s3_url, sdk_config};
 use super::keys::{KeyArgs, context_of, kms_client};
-use super::{CliResult, Failure, parse_kv};
+use super::{CliResult, Failure, parse_kv, print_out};
 
 #[derive(Clone, Copy, Debug, ValueEnum, Default)]
 pub enum LogFormat {
@@ -80,6 +81,14 @@ pub struct RunArgs {
     /// Encryption context of the new envelopes, k=v, repeatable (aws:x-amz-cek-alg is added).
     #[arg(long = "context", value_parser = parse_kv, value_name = "K=V")]
     context: Vec<(String, String)>,
+    /// Accept source data keys only under this KMS key (key id, key ARN or alias, resolved at
+    /// start; repeatable), plus the target key. By default any key of the target key's account
+    /// is accepted. Objects under another key fail with SourceKeyNotAllowed, untouched.
+    #[arg(long = "source-kms-key", value_name = "ID")]
+    source_kms_keys: Vec<String>,
+    /// Also accept source data keys under any key of this AWS account (12 digits; repeatable).
+    #[arg(long = "source-kms-account", value_name = "ACCOUNT")]
+    source_kms_accounts: Vec<String>,
     /// Objects processed at once (S3 latency bound: tens are cheap).
     #[arg(long, default_value_t = 16, value_name = "N")]
     concurrency: usize,
@@ -244,6 +253,21 @@ fn init_logs(format: LogFormat) {
     };
 }
 
+/// The state file for `status` and `report`: read only, never migrated (a file of another
+/// schema version is refused, see [`JobStore::open_read_only`]).
+async fn open_store_read_only(path: &Path) -> CliResult<JobStore> {
+    if !path.exists() {
+        return Err(Failure::usage(anyhow!(
+            "no state file at {}",
+            path.display()
+        )));
+    }
+    JobStore::open_read_only(path)
+        .await
+        .with_context(|| format!("reading the state file {}", path.display()))
+        .map_err(Failure::usage)
+}
+
 async fn open_store(path: &Path) -> CliResult<JobStore> {
     JobStore::open(path)
         .await
@@ -324,12 +348,11 @@ pub async fn scan(a: ScanArgs) -> CliResult {
         )));
     };
     let s = s.context("scan").map_err(rekey_failure)?;
-    println!(
-        "listed {} keys: {} new, {} changed, {} unchanged",
-        s.listed, s.enqueued.inserted, s.enqueued.reset, s.enqueued.unchanged
-    );
     store.close().await;
-    Ok(())
+    print_out(&format!(
+        "listed {} keys: {} new, {} changed, {} unchanged\n",
+        s.listed, s.enqueued.inserted, s.enqueued.reset, s.enqueued.unchanged
+    ))
 }
 
 fn new_metrics() -> Arc<Metrics> {
@@ -490,9 +513,11 @@ async fn run(a: RunArgs, scan_target: Option<ScanTarget>) -> CliResult {
         .with_context(|| format!("KMS key {kms_key_id}"))
         .map_err(Failure::usage)?;
     tracing::info!(key_id = %target.key_id, arn = %target.arn, "target KMS key");
+    let policy = source_policy(&a, &kms_sdk, &target.arn, &metrics).await?;
+    tracing::info!(%policy, "source KMS keys");
     // RekeyKms retries KMS itself; the SDK's retries would multiply with its own.
     let kms: Arc<dyn KmsClient> = Arc::new(RekeyKms::new(
-        Arc::new(AwsKms::new(without_sdk_retries(&kms_sdk))),
+        Arc::new(AwsKms::new(without_sdk_retries(&kms_sdk)).with_source_policy(policy)),
         RateLimit::per_second(a.kms_rps),
         metrics.clone(),
     ));
@@ -649,6 +674,27 @@ async fn run(a: RunArgs, scan_target: Option<ScanTarget>) -> CliResult {
     Ok(())
 }
 
+/// `--source-kms-key` (each resolved to its ARN with DescribeKey) and `--source-kms-account`
+/// around the target key: the KMS keys a source data key may be under.
+async fn source_policy(
+    a: &RunArgs,
+    kms: &aws_sdk_kms::Client,
+    target_arn: &str,
+    metrics: &Metrics,
+) -> CliResult<SourceKeyPolicy> {
+    let mut keys = Vec::with_capacity(a.source_kms_keys.len());
+    for id in &a.source_kms_keys {
+        let k = describe_key(kms, id, metrics)
+            .await
+            .with_context(|| format!("--source-kms-key {id}"))
+            .map_err(Failure::usage)?;
+        keys.push(k.arn);
+    }
+    SourceKeyPolicy::new(target_arn, &keys, &a.source_kms_accounts)
+        .context("source KMS keys")
+        .map_err(Failure::usage)
+}
+
 fn print_summary(s: &RunSummary, dry_run: bool) {
     let mut out = std::io::stdout().lock();
     if let Some(scan) = &s.scan {
@@ -702,13 +748,7 @@ fn spawn_progress(store: JobStore) -> (indicatif::ProgressBar, tokio::task::Join
 }
 
 pub async fn status(a: StatusArgs) -> CliResult {
-    if !a.state.exists() {
-        return Err(Failure::usage(anyhow!(
-            "no state file at {}",
-            a.state.display()
-        )));
-    }
-    let store = open_store(&a.state).await?;
+    let store = open_store_read_only(&a.state).await?;
     let c = store
         .counts()
         .await
@@ -767,10 +807,10 @@ pub async fn status(a: StatusArgs) -> CliResult {
             "objects_per_second": rate,
             "eta_seconds": eta,
         });
-        println!("{v}");
-        return Ok(());
+        return print_out(&format!("{v}\n"));
     }
-    let mut out = std::io::stdout().lock();
+    // Built whole, then written once: a closed stdout ends the command quietly.
+    let mut out = String::new();
     let _ = writeln!(
         out,
         "total: {} objects, {} bytes",
@@ -811,11 +851,17 @@ pub async fn status(a: StatusArgs) -> CliResult {
             let _ = writeln!(out, "rate: n/a");
         }
     }
-    Ok(())
+    print_out(&out)
 }
 
+/// One CSV cell (RFC 4180 quoting). A cell a spreadsheet would take for a formula (starting
+/// with `=`, `+`, `-`, `@`, a tab or a carriage return: an object key is anyone's text, and
+/// `=HYPERLINK(…)` runs when the report is opened) is neutralised the OWASP way: a `'`
+/// before it, inside quotes. Only the CSV report does this; JSON lines keep the exact key.
 fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
+    if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("\"'{}\"", s.replace('"', "\"\""))
+    } else if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
         s.to_owned()
@@ -823,15 +869,9 @@ fn csv_field(s: &str) -> String {
 }
 
 pub async fn report(a: ReportArgs) -> CliResult {
-    if !a.state.exists() {
-        return Err(Failure::usage(anyhow!(
-            "no state file at {}",
-            a.state.display()
-        )));
-    }
-    let store = open_store(&a.state).await?;
+    let store = open_store_read_only(&a.state).await?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    let io = |e: std::io::Error| Failure::failed(anyhow!(e));
+    let io = Failure::stdout;
     if matches!(a.format, ReportFormat::Csv) {
         writeln!(out, "Bucket,Key,VersionId,TaskStatus,ErrorCode,HTTPStatusCode,ResultMessage,SourceFormat,Action")
             .map_err(io)?;
@@ -875,5 +915,32 @@ fn action_label(action: Action, skip_reason: Option<&str>) -> String {
     match skip_reason {
         Some(r) => format!("{}:{r}", action.as_str()),
         None => action.as_str().to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_cells_never_start_a_formula() {
+        let cases = [
+            ("plain.bin", "plain.bin"),
+            ("dïr/ünï ☃.bin", "dïr/ünï ☃.bin"),
+            ("a,b", "\"a,b\""),
+            ("say \"hi\"", "\"say \"\"hi\"\"\""),
+            ("line\nbreak", "\"line\nbreak\""),
+            ("=HYPERLINK(\"x\")", "\"'=HYPERLINK(\"\"x\"\")\""),
+            ("+1", "\"'+1\""),
+            ("-1+2", "\"'-1+2\""),
+            ("@SUM(A1)", "\"'@SUM(A1)\""),
+            ("\t=1", "\"'\t=1\""),
+            ("\r=1", "\"'\r=1\""),
+            ("a=1", "a=1"),
+            ("", ""),
+        ];
+        for (cell, want) in cases {
+            assert_eq!(csv_field(cell), want, "{cell:?}");
+        }
     }
 }

@@ -19,7 +19,9 @@ use crate::envelope::{ContentAlg, Context, Envelope, WrapAlg};
 use crate::secret::SecretBytes;
 
 pub use self::aes::AesMasterKey;
-pub use self::kms::{AwsKms, KmsClient, KmsError, KmsErrorKind, KmsKeyring};
+pub use self::kms::{
+    AwsKms, KmsClient, KmsError, KmsErrorKind, KmsKeyring, SourceKeyPolicy, SourceKeyPolicyError,
+};
 pub use self::rsa::RsaMasterKey;
 
 /// Why a content key could not be unwrapped or wrapped.
@@ -307,10 +309,18 @@ fn valid_cek_len(n: usize) -> bool {
     matches!(n, 16 | 24 | 32)
 }
 
+/// The source encryption context of a KMS `ReEncrypt` of `env`'s data key, after the same
+/// `kms+context` checks as a Decrypt (FORMATS.md §3): a stored `aws:x-amz-cek-alg` that does not
+/// name the object's content cipher is refused ([`KeyringError::CekAlgMismatch`]), so a rewrap
+/// cannot vouch, under the target key, for an envelope whose cipher was swapped.
+pub fn kms_source_context(env: &Envelope) -> Result<Context, KeyringError> {
+    kms_decrypt_context(env, &UnwrapOptions::default())
+}
+
 /// The encryption context KMS Decrypt must be given, after the `kms+context` checks of FORMATS.md
 /// §3: stored `aws:x-amz-cek-alg` must name the content cipher; the caller's context (if given)
 /// must equal the stored one minus the reserved keys.
-pub fn kms_decrypt_context(env: &Envelope, opts: &UnwrapOptions) -> Result<Context, KeyringError> {
+fn kms_decrypt_context(env: &Envelope, opts: &UnwrapOptions) -> Result<Context, KeyringError> {
     let stored = &env.encryption_context;
     if env.wrap == WrapAlg::KmsContext {
         let actual = env.content_alg.wire_name();

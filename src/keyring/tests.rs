@@ -208,3 +208,32 @@ fn public_only_rsa_key_encrypts_but_cannot_decrypt() {
         cek.expose()
     );
 }
+
+#[test]
+fn a_reencrypt_source_context_gets_the_decrypt_checks() {
+    let mut env = envelope(WrapAlg::KmsContext, ContentAlg::AesGcm, b"blob".to_vec());
+    env.encryption_context = ctx(&[("aws:x-amz-cek-alg", "AES/GCM/NoPadding"), ("app", "x")]);
+    assert_eq!(
+        kms_source_context(&env).expect("gcm"),
+        env.encryption_context
+    );
+    // The stored cek-alg names CBC but the envelope claims GCM: no ReEncrypt.
+    env.encryption_context
+        .insert("aws:x-amz-cek-alg".into(), "AES/CBC/PKCS5Padding".into());
+    assert!(matches!(
+        kms_source_context(&env),
+        Err(KeyringError::CekAlgMismatch { .. })
+    ));
+    env.encryption_context.remove("aws:x-amz-cek-alg");
+    assert!(matches!(
+        kms_source_context(&env),
+        Err(KeyringError::CekAlgMismatch { .. })
+    ));
+    // The legacy `kms` wrap has no cek-alg: its context (the matdesc) passes as it is.
+    let mut legacy = envelope(WrapAlg::Kms, ContentAlg::AesGcm, b"blob".to_vec());
+    legacy.encryption_context = ctx(&[("kms_cmk_id", "key-1")]);
+    assert_eq!(
+        kms_source_context(&legacy).expect("kms"),
+        legacy.encryption_context
+    );
+}

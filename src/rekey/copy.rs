@@ -249,7 +249,7 @@ async fn copy_part(
                     _ => RetryReason::ServerError,
                 };
                 c.metrics.retry(Service::S3, reason);
-                tracing::debug!(%key, part = number, attempt, error = %e, "retrying part copy");
+                tracing::debug!(key = %crate::logkey::log_key(key), part = number, attempt, error = %e, "retrying part copy");
                 tokio::time::sleep(backoff(attempt)).await;
             }
             Err(e) => return Err(e),
@@ -261,7 +261,7 @@ async fn copy_part(
 /// (AbortIncompleteMultipartUpload).
 async fn abort(c: &RekeyConfig, bucket: &str, key: &str, upload_id: &str) {
     if let Err(e) = abort_upload(c, bucket, key, upload_id).await {
-        tracing::warn!(%bucket, %key, error = %e, "abort of the multipart copy failed");
+        tracing::warn!(%bucket, key = %crate::logkey::log_key(key), error = %e, "abort of the multipart copy failed");
     }
 }
 

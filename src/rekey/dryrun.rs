@@ -31,7 +31,7 @@ pub async fn dry_run(config: &RekeyConfig, shutdown: &Shutdown) -> Result<WorkSu
                         Action::Skip(r) => format!("skip:{}", r.as_str()),
                         a => a.store_action().as_str().to_owned(),
                     };
-                    tracing::info!(key = %super::log_key(&row.key), format = %format, plan = %label, "planned");
+                    tracing::info!(key = %crate::logkey::log_key(&row.key), format = %format, plan = %label, "planned");
                     plan.source_format = Some(format);
                     plan.action = Some(action.store_action());
                     plan.skip_reason = action.skip_reason().map(str::to_owned);
@@ -39,7 +39,7 @@ pub async fn dry_run(config: &RekeyConfig, shutdown: &Shutdown) -> Result<WorkSu
                 }
                 Ok(None) => ("skip:deleted".to_owned(), 0),
                 Err(ObjError::Failed { code, message, .. }) => {
-                    tracing::warn!(key = %super::log_key(&row.key), code = %code, error = %message, "would fail");
+                    tracing::warn!(key = %crate::logkey::log_key(&row.key), code = %code, error = %message, "would fail");
                     let label = format!("fail:{code}");
                     plan.error_code = Some(code);
                     plan.last_error = Some(message);

@@ -114,7 +114,9 @@ pub struct RekeyConfig {
     pub scan: bool,
     /// Drain the queue (`rekey`, `work`).
     pub work: bool,
-    /// S3 client with the source keyring: the legacy raw keys plus KMS decrypting under any key.
+    /// S3 client with the source keyring: the legacy raw keys plus KMS, decrypting only under
+    /// the source keys `--source-kms-key` / `--source-kms-account` allow (the target's account by
+    /// default; checked on every Decrypt and ReEncrypt answer).
     pub client: S3Cse,
     /// The decorated KMS client (rate limit, retries, metrics).
     pub kms: Arc<dyn KmsClient>,
@@ -331,25 +333,6 @@ pub async fn release_own_leases(store: &JobStore) -> Result<u64, RekeyError> {
     Ok(released)
 }
 
-/// An object key as text for a log line: control characters (a newline that would forge a
-/// line of its own, escape sequences) are escaped as `\u{..}`; everything else is as it is.
-pub fn log_key(key: &str) -> impl std::fmt::Display + '_ {
-    struct LogKey<'a>(&'a str);
-    impl std::fmt::Display for LogKey<'_> {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            for c in self.0.chars() {
-                if c.is_control() {
-                    write!(f, "{}", c.escape_unicode())?;
-                } else {
-                    std::fmt::Write::write_char(f, c)?;
-                }
-            }
-            Ok(())
-        }
-    }
-    LogKey(key)
-}
-
 /// `host:pid:`, the start of the lease owner ids of this process. The host is read as the
 /// worker reads it: `HOSTNAME`, else /etc/hostname, else `localhost`.
 pub(crate) fn process_owner_prefix() -> String {
@@ -369,15 +352,6 @@ pub(crate) fn hostname() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn log_keys_stay_on_one_line() {
-        assert_eq!(log_key("a/b c+ü").to_string(), "a/b c+ü");
-        assert_eq!(
-            log_key("x\nlevel=ERROR fake\r\u{1b}[2J").to_string(),
-            "x\\u{a}level=ERROR fake\\u{d}\\u{1b}[2J"
-        );
-    }
 
     #[tokio::test(start_paused = true)]
     async fn stop_steps_only_move_forward() {

@@ -44,7 +44,7 @@ pub(super) async fn abort_orphan(
     job: &Job,
     upload_id: &str,
 ) -> Result<(), ObjError> {
-    let key = super::log_key(&job.key);
+    let key = crate::logkey::log_key(&job.key);
     match super::copy::abort_upload(c, &job.bucket, &job.key, upload_id).await {
         Ok(()) => {
             tracing::info!(%key, upload_id,
@@ -112,7 +112,7 @@ pub(super) async fn settle(
     body: Option<ByteStream>,
 ) -> Result<Done, ObjError> {
     let c = &ctx.config;
-    tracing::info!(key = %super::log_key(&head.key), action = intent.action.as_str(),
+    tracing::info!(key = %crate::logkey::log_key(&head.key), action = intent.action.as_str(),
         "settling a write an earlier attempt made");
     let mut outcome = Outcome {
         source_format: Some(intent.source_format.clone()),
@@ -210,7 +210,7 @@ pub(super) async fn instruction_object(ctx: &Ctx, job: &Job) -> Result<Done, Obj
         .observe("DeleteObject", &job.bucket, &job.key, t, r)
     {
         Ok(_) | Err(ClientError::NotFound { .. }) => {
-            tracing::info!(key = %super::log_key(&job.key),
+            tracing::info!(key = %crate::logkey::log_key(&job.key),
                 "deleted a stale instruction file (its object has its own envelope)");
             Ok(Done::skip(
                 Some("instruction-file".into()),

@@ -13,7 +13,7 @@ use aws_sdk_s3::types::{MetadataDirective, TaggingDirective};
 use crate::client::ObjectHead;
 use crate::codec::CodecError;
 use crate::envelope::{self, Envelope, Location, Metadata, Version, WrapAlg};
-use crate::keyring::{self, UnwrapOptions};
+use crate::keyring;
 
 use super::RekeyConfig;
 use super::copy::copy_source;
@@ -42,8 +42,8 @@ pub(super) async fn rewrap(
     let (blob, cek, source_sha) = if env.wrap.is_kms() {
         // The stored context must name the content cipher (`aws:x-amz-cek-alg`), as the
         // Decrypt path checks: a blob moved here from a CBC object's envelope is refused.
-        let source_context = keyring::kms_decrypt_context(env, &UnwrapOptions::default())
-            .map_err(|e| ObjError::from(CodecError::Keyring(e)))?;
+        let source_context =
+            keyring::kms_source_context(env).map_err(|e| ObjError::from(CodecError::Keyring(e)))?;
         // One ReEncrypt: the content key never leaves KMS, so the body cannot be checked
         // here; its tag is still checked by every reader (`--reencrypt` checks it now).
         discard(body, head.content_length).await;
@@ -89,7 +89,7 @@ pub(super) async fn rewrap(
     let (etag, version_id) = if multipart {
         let copied =
             super::copy::copy_onto_itself(c, head, metadata, tags, Some(&log.uploads)).await?;
-        tracing::debug!(key = %super::log_key(&head.key), parts = copied.parts, "multipart copy done");
+        tracing::debug!(key = %crate::logkey::log_key(&head.key), parts = copied.parts, "multipart copy done");
         (copied.etag, copied.version_id)
     } else {
         copy_object(c, head, metadata).await?

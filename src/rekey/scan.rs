@@ -10,6 +10,7 @@ use std::time::Instant;
 use sha2::{Digest, Sha256};
 
 use crate::client::S3Cse;
+use crate::logkey::log_key;
 use crate::store::{EnqueueStats, JobStore, ListedObject, ScanKey};
 
 use super::limit::RateLimit;
@@ -97,7 +98,7 @@ pub async fn scan(
         Some((start_after, false)) => start_after,
     };
     if let Some(k) = &start_after {
-        tracing::info!(bucket = %scan.bucket, start_after = %k, "resuming scan");
+        tracing::info!(bucket = %scan.bucket, start_after = %log_key(k), "resuming scan");
     }
     let shard = scan.shard.map(|(index, count)| Shard { index, count });
     let mut summary = ScanSummary::default();

@@ -37,7 +37,7 @@ pub(super) async fn read_tags(ctx: &Ctx, head: &ObjectHead) -> Result<Option<Str
     let tags = tagging(&ctx.config, head).await?;
     ctx.tags_readable.store(true, Ordering::Relaxed);
     if tags.is_some() && !counted && !ctx.counts_unreliable.swap(true, Ordering::Relaxed) {
-        tracing::warn!(key = %head.key, "the store does not report tag counts: reading the tags of every object");
+        tracing::warn!(key = %crate::logkey::log_key(&head.key), "the store does not report tag counts: reading the tags of every object");
     }
     Ok(tags)
 }

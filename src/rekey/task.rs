@@ -346,7 +346,7 @@ impl<'a> IntentLog<'a> {
         if let Err(e) = self.record(&with).await {
             // The write is conditional on the source ETag, so it cannot clobber the next
             // holder's work; only the upload's id goes unrecorded (lifecycle backstop).
-            tracing::warn!(key = %super::log_key(&self.job.key), upload_id, error = ?e,
+            tracing::warn!(key = %crate::logkey::log_key(&self.job.key), upload_id, error = ?e,
                 "could not record the upload id");
         }
     }

@@ -101,6 +101,53 @@ pub enum StoreError {
     /// A value could not be encoded for the database.
     #[error("cannot encode a value for the job database: {0}")]
     Encode(String),
+    /// The file's schema is not the one this version reads: written by a newer s3cse (never
+    /// migrated back), or, for [`JobStore::open_read_only`], an older one not yet migrated.
+    #[error("{}", schema_message(*found, *ours))]
+    Schema {
+        /// The newest migration applied to the file (`None`: not a state file).
+        found: Option<i64>,
+        /// The newest migration this version has.
+        ours: i64,
+    },
+}
+
+fn schema_message(found: Option<i64>, ours: i64) -> String {
+    match found {
+        None => "not an s3cse state file (no schema version)".into(),
+        Some(f) if f > ours => format!(
+            "the state file has schema version {f}, newer than this s3cse's ({ours}): it was \
+             written by a newer s3cse; use that version (the file was not changed)"
+        ),
+        Some(f) => format!(
+            "the state file has schema version {f}, older than this s3cse's ({ours}): any \
+             `s3cse scan`, `work` or `rekey` upgrades it (read-only commands do not)"
+        ),
+    }
+}
+
+/// The newest migration of this version.
+fn our_schema_version() -> i64 {
+    sqlx::migrate!()
+        .iter()
+        .map(|m| m.version)
+        .max()
+        .unwrap_or(0)
+}
+
+/// The newest migration applied to the database (`None` without a migrations table).
+async fn applied_schema_version(pool: &SqlitePool) -> Result<Option<i64>, sqlx::Error> {
+    let has_table: bool = sqlx::query_scalar(
+        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
+    )
+    .fetch_one(pool)
+    .await?;
+    if !has_table {
+        return Ok(None);
+    }
+    sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
+        .fetch_one(pool)
+        .await
 }
 
 /// State of a job row.
@@ -630,16 +677,37 @@ impl JobStore {
                 path: path.to_owned(),
                 source,
             })?;
+        // A file of a newer s3cse: refused with a clear message before the migrator sees it.
+        let ours = our_schema_version();
+        match applied_schema_version(&pool).await? {
+            Some(found) if found > ours => {
+                pool.close().await;
+                return Err(StoreError::Schema {
+                    found: Some(found),
+                    ours,
+                });
+            }
+            _ => {}
+        }
         sqlx::migrate!().run(&pool).await?;
         Ok(JobStore { pool })
     }
 
-    /// Opens an existing job database for reading only (`status`, `report`): no migrations,
-    /// every write fails. The directory must still be writable if the database is in WAL
-    /// mode and no writer has it open (SQLite creates the `-shm` file); otherwise use
-    /// [`JobStore::open`], which is fine beside a running worker.
+    /// Opens an existing job database for reading only (`status`, `report`): nothing is
+    /// written to it, no migration is run, every write fails. Its schema must be exactly this
+    /// version's ([`StoreError::Schema`] otherwise).
+    ///
+    /// A WAL database without its `-wal` file has no connection open (the last one to close
+    /// removes it): it is read as it is (SQLite's `immutable`), so no `-wal`/`-shm` is created
+    /// beside it and a read-only file in a read-only directory works. With a `-wal` (a worker
+    /// running, or killed) it is read through the WAL, beside the writer. (A writer that starts
+    /// during an `immutable` read, and checkpoints under it, can make that read fail: run the
+    /// command again.)
     pub async fn open_read_only(path: &Path) -> Result<JobStore, StoreError> {
-        let opts = Self::options(path).read_only(true);
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        let in_use = Path::new(&wal).exists();
+        let opts = Self::options(path).read_only(true).immutable(!in_use);
         let pool = SqlitePoolOptions::new()
             .max_connections(POOL_SIZE)
             .connect_with(opts)
@@ -648,6 +716,15 @@ impl JobStore {
                 path: path.to_owned(),
                 source,
             })?;
+        let ours = our_schema_version();
+        let found = applied_schema_version(&pool).await;
+        if found.as_ref().ok() != Some(&Some(ours)) {
+            pool.close().await;
+            return Err(StoreError::Schema {
+                found: found?,
+                ours,
+            });
+        }
         Ok(JobStore { pool })
     }
 

@@ -848,3 +848,134 @@ async fn an_intent_lasts_until_an_outcome_is_recorded() {
     );
     assert_eq!(by_key(&store, "a").await.intent, None);
 }
+
+/// The files in `dir`, with size and modification time.
+fn files(dir: &std::path::Path) -> Vec<(String, u64, std::time::SystemTime)> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let m = e.metadata().unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                m.len(),
+                m.modified().unwrap(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Sets the mode of `path` (read-only 0o444/0o555, or back to writable).
+#[cfg(unix)]
+fn chmod(path: &std::path::Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn read_only_open_of_a_read_only_file_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jobs.db");
+    let store = JobStore::open(&path).await.unwrap();
+    store
+        .enqueue_page(&scan(), &page(3, "\"e\""), "k000002")
+        .await
+        .unwrap();
+    store.close().await;
+    let before = files(dir.path());
+    assert_eq!(
+        before.len(),
+        1,
+        "a closed store leaves one file: {before:?}"
+    );
+    // Also in a writable directory: no -wal/-shm appears beside a closed store.
+    let ro = JobStore::open_read_only(&path).await.unwrap();
+    assert_eq!(ro.counts().await.unwrap().total.objects, 3);
+    ro.close().await;
+    assert_eq!(files(dir.path()), before);
+    chmod(&path, 0o444);
+    chmod(dir.path(), 0o555);
+    let r = async {
+        let ro = JobStore::open_read_only(&path).await?;
+        let n = ro.counts().await?.total.objects;
+        let rows: Vec<_> = ro.report(None).try_collect().await?;
+        ro.close().await;
+        Ok::<_, StoreError>((n, rows.len()))
+    }
+    .await;
+    let after = files(dir.path());
+    chmod(dir.path(), 0o755);
+    chmod(&path, 0o644);
+    assert_eq!(r.unwrap(), (3, 3));
+    assert_eq!(after, before, "the read changed the directory");
+}
+
+#[tokio::test]
+async fn a_newer_schema_is_refused_and_left_as_it_is() {
+    let (dir, store) = store().await;
+    let ours = our_schema_version();
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (?, 'from the future', 1, x'00', 0)",
+    )
+    .bind(ours + 1)
+    .execute(&store.pool)
+    .await
+    .unwrap();
+    store.close().await;
+    let path = dir.path().join("jobs.db");
+    let before = std::fs::read(&path).unwrap();
+    for read_only in [true, false] {
+        let r = if read_only {
+            JobStore::open_read_only(&path).await
+        } else {
+            JobStore::open(&path).await
+        };
+        let e = r.map(|_| ()).unwrap_err();
+        assert!(
+            matches!(e, StoreError::Schema { found: Some(f), .. } if f == ours + 1),
+            "{e}"
+        );
+        assert!(e.to_string().contains("newer than this s3cse"), "{e}");
+    }
+    assert_eq!(std::fs::read(&path).unwrap(), before, "the file changed");
+}
+
+#[tokio::test]
+async fn a_read_only_open_refuses_what_it_cannot_read() {
+    let (dir, store) = store().await;
+    // An older schema: the newest migration not applied yet.
+    sqlx::query("DELETE FROM _sqlx_migrations WHERE version = ?")
+        .bind(our_schema_version())
+        .execute(&store.pool)
+        .await
+        .unwrap();
+    store.close().await;
+    let e = JobStore::open_read_only(&dir.path().join("jobs.db"))
+        .await
+        .map(|_| ())
+        .unwrap_err();
+    assert!(e.to_string().contains("older than this s3cse"), "{e}");
+    // Not a state file at all (an empty SQLite database).
+    let other = dir.path().join("other.db");
+    let pool = SqlitePool::connect_with(
+        SqliteConnectOptions::new()
+            .filename(&other)
+            .create_if_missing(true),
+    )
+    .await
+    .unwrap();
+    sqlx::query("CREATE TABLE t (a)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let e = JobStore::open_read_only(&other)
+        .await
+        .map(|_| ())
+        .unwrap_err();
+    assert!(matches!(e, StoreError::Schema { found: None, .. }), "{e}");
+}
