@@ -12,13 +12,12 @@
 
 use std::process::{Command, Output};
 
-use s3cse::client::{PutRequest, S3Cse};
 use s3cse::codec::{self, WriteFormat};
 use s3cse::keyring::Keyring;
 
 mod common;
 
-use common::{Bed, aes_key, aes_key_file, bed, data, put_v1, record};
+use common::{Bed, aes_key, aes_key_file, bed, data, put_raw_gcm, put_v1, record, show};
 
 const BIN: &str = env!("CARGO_BIN_EXE_s3cse");
 
@@ -68,14 +67,7 @@ impl Seed {
                     Seed::Gcm => data(2500, 3),
                     _ => data((11 << 20) + 3, 4),
                 };
-                let client = S3Cse::new(b.s3.clone(), Keyring::aes(aes_key()));
-                let req = PutRequest {
-                    bucket: b.bucket.clone(),
-                    key: key.into(),
-                    format: WriteFormat::V2,
-                    ..PutRequest::default()
-                };
-                client.put_from(&req, &mut &d[..]).await.expect("put gcm");
+                put_raw_gcm(&b.s3, &b.bucket, key, &d).await;
                 (d, "rewrap", "v2-aes-gcm-gcm")
             }
             Seed::Instruction => {
@@ -130,15 +122,6 @@ fn rekey(b: &Bed, state: &str, failpoint: Option<&str>) -> Output {
         None => cmd.env_remove("S3CSE_FAILPOINT"),
     };
     cmd.output().expect("run s3cse")
-}
-
-fn show(o: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 /// Seeds `seeds`, crashes a rekey at `failpoint`, runs it again to the end, and checks every

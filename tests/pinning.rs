@@ -8,7 +8,7 @@ use std::process::{Command, Output};
 
 mod common;
 
-use common::{Bed, bed, data, kms_key, peer_put};
+use common::{bed, data, kms_key, peer_put, show};
 
 const BIN: &str = env!("CARGO_BIN_EXE_s3cse");
 
@@ -18,33 +18,6 @@ fn run(args: &[&str]) -> Output {
         .env("S3CSE_LOG", "warn")
         .output()
         .expect("run s3cse")
-}
-
-fn show(o: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-async fn etags(b: &Bed) -> BTreeMap<String, String> {
-    let out =
-        b.s3.list_objects_v2()
-            .bucket(&b.bucket)
-            .send()
-            .await
-            .expect("list");
-    out.contents()
-        .iter()
-        .map(|o| {
-            (
-                o.key().unwrap_or_default().to_owned(),
-                o.e_tag().unwrap_or_default().to_owned(),
-            )
-        })
-        .collect()
 }
 
 /// Report rows by key (JSON lines).
@@ -85,7 +58,7 @@ async fn a_data_key_under_a_key_not_allowed_is_refused_and_the_object_left_untou
         assert!(o.status.success(), "{key}: {}", show(&o));
         inputs.insert(*key, d);
     }
-    let before = etags(&b).await;
+    let before = b.etags().await;
     let mut meta_before = BTreeMap::new();
     for (key, ..) in &objects {
         meta_before.insert(*key, b.raw_get(key).await.1);
@@ -101,7 +74,7 @@ async fn a_data_key_under_a_key_not_allowed_is_refused_and_the_object_left_untou
     // Pinned to A: A's objects and the target's migrate, the foreign ones fail untouched.
     let o = rekey(&["--source-kms-key", &a]);
     assert_eq!(o.status.code(), Some(1), "{}", show(&o));
-    let after = etags(&b).await;
+    let after = b.etags().await;
     let rows = report(&state);
     for key in ["foreign-cbc", "foreign-gcm"] {
         assert_eq!(after[key], before[key], "{key} was rewritten");

@@ -18,29 +18,14 @@ use s3cse::keyring::{AwsKms, Keyring};
 mod common;
 
 use common::{
-    Bed, aes_key, aes_key_file, bed, data, kms_key, peer_get, peer_head, peer_put, put_v1,
-    put_v1_with, record, rsa_private_key_file, vectors,
+    Bed, aes_key, aes_key_file, bed, data, kms_key, peer_get, peer_head, peer_put, put_raw_gcm,
+    put_v1, put_v1_with, record, rsa_private_key_file, show, vectors,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_s3cse");
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Writes `data` as V2 with a raw AES key (`AES/GCM` wrap, GCM content).
-async fn put_raw_gcm(s3: &aws_sdk_s3::Client, bucket: &str, key: &str, data: &[u8]) {
-    let client = S3Cse::new(s3.clone(), Keyring::aes(aes_key()));
-    let req = PutRequest {
-        bucket: bucket.into(),
-        key: key.into(),
-        format: WriteFormat::V2,
-        ..PutRequest::default()
-    };
-    client
-        .put_from(&req, &mut &data[..])
-        .await
-        .expect("put raw gcm");
 }
 
 /// Flips one byte of an object's stored body (the one `at` picks), keeping its metadata.
@@ -52,39 +37,12 @@ async fn tamper(b: &Bed, key: &str, at: impl Fn(&[u8]) -> usize) {
         .await;
 }
 
-async fn etags(b: &Bed) -> BTreeMap<String, String> {
-    let out =
-        b.s3.list_objects_v2()
-            .bucket(&b.bucket)
-            .send()
-            .await
-            .expect("list");
-    out.contents()
-        .iter()
-        .map(|o| {
-            (
-                o.key().unwrap_or_default().to_owned(),
-                o.e_tag().unwrap_or_default().to_owned(),
-            )
-        })
-        .collect()
-}
-
 fn run(args: &[&str]) -> Output {
     Command::new(BIN)
         .args(args)
         .env("S3CSE_LOG", "warn")
         .output()
         .expect("run s3cse")
-}
-
-fn show(o: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 fn ok(o: Output, what: &str) -> Output {
@@ -357,7 +315,7 @@ async fn rekey_migrates_a_mixed_bucket_and_is_idempotent() {
     put_raw_gcm(&b.s3, bucket, "raw-gcm-tampered.bin", &data(2000, 12)).await;
     tamper(&b, "raw-gcm-tampered.bin", |body| body.len() / 2).await;
 
-    let before = etags(&b).await;
+    let before = b.etags().await;
     let (_sd, state) = state_file("mixed.db");
     let (push_url, push) = fake_pushgateway();
     let rekey_with_keys = |extra: &[&str]| {
@@ -421,7 +379,7 @@ async fn rekey_migrates_a_mixed_bucket_and_is_idempotent() {
         "a V3 object stays V3 (key-committing) when rewrapped: {v3meta:?}"
     );
 
-    let after = etags(&b).await;
+    let after = b.etags().await;
     for key in [
         "aws-v2-current.bin",
         "plain.txt",
@@ -474,7 +432,7 @@ async fn rekey_migrates_a_mixed_bucket_and_is_idempotent() {
     let textfile = b.path("s3cse.prom");
     let o = rekey_with_keys(&["--metrics-textfile", &textfile.display().to_string()]);
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
-    assert_eq!(etags(&b).await, after, "second run wrote nothing");
+    assert_eq!(b.etags().await, after, "second run wrote nothing");
     let final_metrics = std::fs::read_to_string(&textfile).expect("metrics textfile");
     // The chart tests check the dashboard's and alerts' names against this real exposition;
     // it is a successful run's, so it has the last-success timestamp too.
@@ -530,7 +488,7 @@ async fn rekey_migrates_a_mixed_bucket_and_is_idempotent() {
         0.0
     );
     assert_eq!(
-        etags(&b).await,
+        b.etags().await,
         after,
         "a retry of a corrupt object writes nothing"
     );
@@ -545,7 +503,7 @@ async fn dry_run_writes_nothing_and_reports_the_plan() {
     put_v1(&b.s3, &b.bucket, "b.bin", &data(200, 2)).await;
     put_raw_gcm(&b.s3, &b.bucket, "c.bin", &data(300, 3)).await;
     b.raw_put("p.txt", b"plain".to_vec(), &[]).await;
-    let before = etags(&b).await;
+    let before = b.etags().await;
     let (_sd, state) = state_file("dry.db");
     let o = rekey_aes(&b, &state, &["--dry-run"]);
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
@@ -559,7 +517,7 @@ async fn dry_run_writes_nothing_and_reports_the_plan() {
         .find(|l| l.trim_start().starts_with("rewrite"))
         .expect("rewrite line");
     assert!(line.split_whitespace().nth(1) == Some("2"), "{line}");
-    assert_eq!(etags(&b).await, before, "dry run wrote nothing");
+    assert_eq!(b.etags().await, before, "dry run wrote nothing");
     // The jobs are still pending, with the plan recorded: status and report show it.
     let pending = report(&state, "pending");
     assert_eq!(pending.len(), 4);
@@ -1222,16 +1180,7 @@ async fn a_write_whose_outcome_was_lost_is_recorded_from_its_intent() {
     let Some(b) = bed("rekey-intent").await else {
         return;
     };
-    b.s3.put_bucket_versioning()
-        .bucket(&b.bucket)
-        .versioning_configuration(
-            aws_sdk_s3::types::VersioningConfiguration::builder()
-                .status(aws_sdk_s3::types::BucketVersioningStatus::Enabled)
-                .build(),
-        )
-        .send()
-        .await
-        .expect("versioning");
+    b.enable_versioning().await;
     put_v1(&b.s3, &b.bucket, "a.bin", &data(700, 1)).await;
     let source =
         b.s3.head_object()
@@ -1246,7 +1195,7 @@ async fn a_write_whose_outcome_was_lost_is_recorded_from_its_intent() {
     );
     let (_sd, state) = state_file("intent.db");
     assert_eq!(rekey_aes(&b, &state, &[]).status.code(), Some(0));
-    let after = etags(&b).await;
+    let after = b.etags().await;
 
     // Put the row back as a crash after the write leaves it: running under a dead worker's
     // expired lease, the listed (source) ETag, no outcome, and the intent the worker recorded.
@@ -1283,7 +1232,7 @@ async fn a_write_whose_outcome_was_lost_is_recorded_from_its_intent() {
 
     let o = rekey_aes(&b, &state, &[]);
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
-    assert_eq!(etags(&b).await, after, "nothing written again");
+    assert_eq!(b.etags().await, after, "nothing written again");
     let row: (
         String,
         Option<String>,
@@ -1538,7 +1487,7 @@ async fn a_failed_verify_is_recorded_with_the_write_and_settled_later() {
         ),
     );
     assert!(code.is_some(), "the failure's code is recorded");
-    let now = etags(&b).await;
+    let now = b.etags().await;
     assert_eq!(
         result.as_deref(),
         now.get("v.bin").map(String::as_str),
@@ -1555,7 +1504,7 @@ async fn a_failed_verify_is_recorded_with_the_write_and_settled_later() {
     );
     let o = rekey_aes(&b, &state, &["--retry-failed"]);
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
-    assert_eq!(etags(&b).await, now, "nothing written again");
+    assert_eq!(b.etags().await, now, "nothing written again");
     let (s, action, format, prev, code, _) = record(&state, "v.bin").await;
     assert_eq!(
         (
@@ -1587,7 +1536,7 @@ async fn a_stale_intent_never_claims_another_writers_object() {
     b.enable_versioning().await;
     put_v1(&b.s3, &b.bucket, "app.bin", &data(900, 6)).await;
     let v0 = b.version_of("app.bin").await;
-    let listed = etags(&b).await["app.bin"].clone();
+    let listed = b.etags().await["app.bin"].clone();
     let (_sd, state) = state_file("stale.db");
     assert_eq!(
         run(&["scan", &b.bucket_url(), "--state", &state])
@@ -1623,12 +1572,12 @@ async fn a_stale_intent_never_claims_another_writers_object() {
         &b.key_id,
     ]);
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
-    let before = etags(&b).await;
+    let before = b.etags().await;
 
     let o = rekey_aes(&b, &state, &[]);
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
     assert_eq!(
-        etags(&b).await,
+        b.etags().await,
         before,
         "the application's object is left as it is"
     );

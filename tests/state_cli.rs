@@ -8,19 +8,14 @@ use std::process::{Command, Output, Stdio};
 
 use s3cse::store::{JobStore, ListedObject, ScanKey};
 
+mod common;
+
+use common::show;
+
 const BIN: &str = env!("CARGO_BIN_EXE_s3cse");
 
 fn run(args: &[&str]) -> Output {
     Command::new(BIN).args(args).output().expect("run s3cse")
-}
-
-fn show(o: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 /// A closed state file at `path` holding one pending job per key (bucket `bkt`).

@@ -152,21 +152,33 @@ pub(super) async fn delete_instruction(
 ) -> Result<(), ObjError> {
     let ikey = format!("{}{INSTRUCTION_SUFFIX}", head.key);
     crate::failpoint!("before-instruction-delete");
+    match delete_if_match(c, &head.bucket, &ikey, Some(etag)).await {
+        Ok(()) | Err(ClientError::NotFound { .. } | ClientError::PreconditionFailed) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// DeleteObject, conditional on `etag` when given.
+async fn delete_if_match(
+    c: &RekeyConfig,
+    bucket: &str,
+    key: &str,
+    etag: Option<&str>,
+) -> Result<(), ClientError> {
     c.s3_limit.wait().await;
     let t = std::time::Instant::now();
     let r = c
         .client
         .s3()
         .delete_object()
-        .bucket(&head.bucket)
-        .key(&ikey)
-        .if_match(etag)
+        .bucket(bucket)
+        .key(key)
+        .set_if_match(etag.map(str::to_owned))
         .send()
         .await;
-    match c.client.observe("DeleteObject", &head.bucket, &ikey, t, r) {
-        Ok(_) | Err(ClientError::NotFound { .. } | ClientError::PreconditionFailed) => Ok(()),
-        Err(e) => Err(e.into()),
-    }
+    c.client
+        .observe("DeleteObject", bucket, key, t, r)
+        .map(|_| ())
 }
 
 /// A job for a `<key>.instruction` object. In use (its data object has no envelope of its own):
@@ -194,22 +206,9 @@ pub(super) async fn instruction_object(ctx: &Ctx, job: &Job) -> Result<Done, Obj
         ));
     }
     // Stale: delete it, but only as listed (a writer that just put a fresh one keeps it).
-    c.s3_limit.wait().await;
-    let t = std::time::Instant::now();
-    let r = c
-        .client
-        .s3()
-        .delete_object()
-        .bucket(&job.bucket)
-        .key(&job.key)
-        .set_if_match((!job.etag.is_empty()).then(|| job.etag.clone()))
-        .send()
-        .await;
-    match c
-        .client
-        .observe("DeleteObject", &job.bucket, &job.key, t, r)
-    {
-        Ok(_) | Err(ClientError::NotFound { .. }) => {
+    let listed = (!job.etag.is_empty()).then_some(job.etag.as_str());
+    match delete_if_match(c, &job.bucket, &job.key, listed).await {
+        Ok(()) | Err(ClientError::NotFound { .. }) => {
             tracing::info!(key = %crate::logkey::log_key(&job.key),
                 "deleted a stale instruction file (its object has its own envelope)");
             Ok(Done::skip(

@@ -192,6 +192,26 @@ impl Bed {
         std::fs::read(&out).expect("out")
     }
 
+    /// Every key in the bucket with its ETag.
+    pub async fn etags(&self) -> std::collections::BTreeMap<String, String> {
+        let out = self
+            .s3
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .send()
+            .await
+            .expect("list");
+        out.contents()
+            .iter()
+            .map(|o| {
+                (
+                    o.key().unwrap_or_default().to_owned(),
+                    o.e_tag().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect()
+    }
+
     /// Every key in the bucket, sorted.
     pub async fn keys(&self) -> Vec<String> {
         let out = self
@@ -520,4 +540,30 @@ impl Drop for FaultProxy {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A command's exit code, stdout and stderr, for assertion messages.
+pub fn show(o: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Writes `data` as V2 with a raw AES key (`AES/GCM` wrap, GCM content), as `s3cse put
+/// --aes-key-file` does, with the vectors' AES key.
+pub async fn put_raw_gcm(s3: &aws_sdk_s3::Client, bucket: &str, key: &str, data: &[u8]) {
+    let client = S3Cse::new(s3.clone(), Keyring::aes(aes_key()));
+    let req = PutRequest {
+        bucket: bucket.into(),
+        key: key.into(),
+        format: s3cse::codec::WriteFormat::V2,
+        ..PutRequest::default()
+    };
+    client
+        .put_from(&req, &mut &data[..])
+        .await
+        .expect("put raw gcm");
 }
