@@ -19,6 +19,7 @@
 //! has one read buffer of at most [`PUT_READ_CHUNK`] (less for small objects of known size), and a
 //! GET its spool's in-memory part.
 
+mod attrs;
 mod budget;
 
 use std::sync::Arc;
@@ -38,6 +39,7 @@ use crate::envelope::{self, ContentAlg, Context, Detected, Envelope, Metadata};
 use crate::keyring::Keyring;
 use crate::logkey::log_key;
 
+pub use attrs::{AttributePolicy, Grants};
 pub use budget::{BufferBudget, DEFAULT_BUFFER_BUDGET};
 use budget::{HeldBudget, PartBuffer};
 
@@ -85,6 +87,17 @@ pub enum ClientError {
     RangeNotSatisfiable(u64),
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
+    /// An attribute a rewrite must keep (`what`: the ACL, the Object Lock retention or legal
+    /// hold) could not be read, or cannot be repeated on a write: the object is left untouched
+    /// rather than rewritten without it.
+    #[error("s3://{bucket}/{key}: {what} cannot be kept: {reason}")]
+    AttributesUnreadable {
+        bucket: String,
+        key: String,
+        what: &'static str,
+        status: Option<u16>,
+        reason: String,
+    },
 }
 
 impl From<ContentError> for ClientError {
@@ -99,7 +112,9 @@ impl ClientError {
         match self {
             ClientError::NotFound { .. } => Some(404),
             ClientError::PreconditionFailed => Some(412),
-            ClientError::S3 { status, .. } => *status,
+            ClientError::S3 { status, .. } | ClientError::AttributesUnreadable { status, .. } => {
+                *status
+            }
             _ => None,
         }
     }
@@ -212,13 +227,26 @@ macro_rules! object_head {
                 server_side_encryption: h.server_side_encryption().map(|s| s.as_str().to_owned()),
                 sse_kms_key_id: h.ssekms_key_id().map(str::to_owned),
                 bucket_key_enabled: h.bucket_key_enabled(),
+                website_redirect_location: h.website_redirect_location().map(str::to_owned),
+                object_lock_mode: h.object_lock_mode().map(|m| m.as_str().to_owned()),
+                object_lock_retain_until: h.object_lock_retain_until_date().copied(),
+                object_lock_legal_hold: h
+                    .object_lock_legal_hold_status()
+                    .map(|s| s.as_str().to_owned()),
+                object_lock_event_hold: h.object_lock_event_hold().map(|s| s.as_str().to_owned()),
+                object_lock_event_hold_days: h.object_lock_event_hold_duration_days(),
+                object_lock_event_hold_years: h.object_lock_event_hold_duration_years(),
+                // Never in a HEAD: read by `S3Cse::read_write_attributes`.
+                grants: Grants::default(),
             },
             tag_count: h.tag_count(),
         }
     }};
 }
 
-/// The non-envelope attributes of an object, preserved across a rewrite.
+/// The non-envelope attributes of an object, preserved across a rewrite. HEAD fills all but
+/// the grants; the grants, and the Object Lock fields a HEAD may hide, come from
+/// [`S3Cse::read_write_attributes`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ObjectAttributes {
     pub content_type: Option<String>,
@@ -232,6 +260,19 @@ pub struct ObjectAttributes {
     pub server_side_encryption: Option<String>,
     pub sse_kms_key_id: Option<String>,
     pub bucket_key_enabled: Option<bool>,
+    /// `x-amz-website-redirect-location` (static website hosting).
+    pub website_redirect_location: Option<String>,
+    /// Object Lock retention mode (`GOVERNANCE` or `COMPLIANCE`) and its retain-until date.
+    pub object_lock_mode: Option<String>,
+    pub object_lock_retain_until: Option<aws_smithy_types::DateTime>,
+    /// Object Lock legal hold status (`ON` or `OFF`).
+    pub object_lock_legal_hold: Option<String>,
+    /// Object Lock event hold status (`ON` or `OFF`) and its duration, in days or in years.
+    pub object_lock_event_hold: Option<String>,
+    pub object_lock_event_hold_days: Option<i32>,
+    pub object_lock_event_hold_years: Option<i32>,
+    /// The ACL as `x-amz-grant-*` headers (all `None`: the default private ACL).
+    pub grants: Grants,
 }
 
 /// Where an object's envelope came from.
@@ -389,6 +430,8 @@ pub struct PutSummary {
 macro_rules! with_attributes {
     ($builder:expr, $a:expr) => {{
         let a: &$crate::client::ObjectAttributes = $a;
+        let (lock_mode, lock_until) = a.retention_to_keep();
+        let (event_hold, event_days, event_years) = a.event_hold_to_keep();
         $builder
             .set_content_type(a.content_type.clone())
             .set_content_encoding(a.content_encoding.clone())
@@ -400,6 +443,17 @@ macro_rules! with_attributes {
             .set_server_side_encryption(a.server_side_encryption.as_deref().map(Into::into))
             .set_ssekms_key_id(a.sse_kms_key_id.clone())
             .set_bucket_key_enabled(a.bucket_key_enabled)
+            .set_website_redirect_location(a.website_redirect_location.clone())
+            .set_object_lock_mode(lock_mode)
+            .set_object_lock_retain_until_date(lock_until)
+            .set_object_lock_legal_hold_status(a.legal_hold_to_keep())
+            .set_object_lock_event_hold(event_hold)
+            .set_object_lock_event_hold_duration_days(event_days)
+            .set_object_lock_event_hold_duration_years(event_years)
+            .set_grant_read(a.grants.read.clone())
+            .set_grant_read_acp(a.grants.read_acp.clone())
+            .set_grant_write_acp(a.grants.write_acp.clone())
+            .set_grant_full_control(a.grants.full_control.clone())
     }};
 }
 pub(crate) use with_attributes;

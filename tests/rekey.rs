@@ -927,6 +927,9 @@ async fn a_multipart_copy_rewrap_is_conditional_on_the_etag() {
         lease: Duration::from_secs(30),
         scan: true,
         work: true,
+        attribute_policy: s3cse::client::AttributePolicy::discover(&client, &b.bucket)
+            .await
+            .expect("bucket settings"),
         client,
         kms,
         target: target_key,
@@ -1388,6 +1391,9 @@ async fn rekey_with_faults(
         list_page_size: s3cse::rekey::scan::MAX_LIST_PAGE_SIZE,
         scan: true,
         work: true,
+        attribute_policy: s3cse::client::AttributePolicy::discover(&client, &b.bucket)
+            .await
+            .expect("bucket settings"),
         client,
         kms,
         target,

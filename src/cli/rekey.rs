@@ -17,6 +17,7 @@ use std::time::Duration;
 use anyhow::{Context as _, anyhow};
 use clap::{Args, ValueEnum};
 use futures::TryStreamExt;
+use s3cse::client::AttributePolicy;
 use s3cse::client::{DEFAULT_BUFFER_BUDGET, S3Cse};
 use s3cse::codec::DecryptPolicy;
 use s3cse::keyring::{AwsKms, KmsClient, KmsKeyring, SourceKeyPolicy};
@@ -549,6 +550,16 @@ async fn run(a: RunArgs, scan_target: Option<ScanTarget>) -> CliResult {
             .with_buffer_budget(a.max_buffer_mib << 20),
         &metrics,
     );
+    // Once per bucket: whether ACL grants and Object Lock settings need a read per object.
+    // `work` alone does not name the bucket: every attribute is then read per object.
+    let attribute_policy = if bucket.is_empty() {
+        AttributePolicy::READ_ALL
+    } else {
+        AttributePolicy::discover(&client, &bucket)
+            .await
+            .with_context(|| format!("reading the settings of bucket {bucket}"))
+            .map_err(Failure::usage)?
+    };
     let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
     let metrics_server = match a.metrics_addr {
         Some(addr) => {
@@ -579,6 +590,7 @@ async fn run(a: RunArgs, scan_target: Option<ScanTarget>) -> CliResult {
         scan: do_scan,
         work: true,
         client,
+        attribute_policy,
         kms,
         target,
         store: store.clone(),

@@ -118,6 +118,9 @@ pub struct RekeyConfig {
     /// the source keys `--source-kms-key` / `--source-kms-account` allow (the target's account by
     /// default; checked on every Decrypt and ReEncrypt answer).
     pub client: S3Cse,
+    /// Which attributes need a read beyond the HEAD (ACL grants, Object Lock), found once per
+    /// bucket at start ([`crate::client::AttributePolicy::discover`]).
+    pub attribute_policy: crate::client::AttributePolicy,
     /// The decorated KMS client (rate limit, retries, metrics).
     pub kms: Arc<dyn KmsClient>,
     pub target: TargetKey,

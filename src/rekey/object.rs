@@ -4,8 +4,8 @@
 //! 1. settle what an earlier attempt left ([`super::recover`]): abort its multipart upload;
 //!    if its write landed (the envelope carries the intent's fingerprint), settle and record it;
 //! 2. [`super::inspect`]: HEAD (or GET) + envelope + classification;
-//! 3. skip, or write: [`super::rewrite`] / [`super::rewrap`], each recording the intent just
-//!    before its write;
+//! 3. skip, or read the attributes the write must keep (ACL grants, Object Lock) and write:
+//!    [`super::rewrite`] / [`super::rewrap`], each recording the intent just before its write;
 //! 4. if the write failed, look whether it landed after all (lost answer);
 //! 5. [`super::verify`] the write, then delete the source's `.instruction` object.
 
@@ -68,7 +68,7 @@ pub(super) async fn process(
     }
     let format = ins.format();
     let Inspected {
-        head,
+        mut head,
         body,
         state,
         action,
@@ -87,6 +87,17 @@ pub(super) async fn process(
     };
     let store_action = action.store_action();
     *classified = Some(store_action);
+    // What the write must carry beyond the HEAD (ACL grants, Object Lock retention and legal
+    // hold): unreadable, the object fails untouched.
+    c.s3_limit.wait().await;
+    if let Err(e) = c
+        .client
+        .read_write_attributes(&mut head, &c.attribute_policy)
+        .await
+    {
+        discard(body, head.content_length).await;
+        return Err(e.into());
+    }
     let intent = Intent {
         action: store_action,
         source_format: format.clone(),

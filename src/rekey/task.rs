@@ -99,6 +99,12 @@ impl From<ClientError> for ObjError {
                 size: None,
             },
             ClientError::Codec(c) => c.into(),
+            ClientError::AttributesUnreadable { .. } => ObjError::Failed {
+                code: "AttributesUnreadable".into(),
+                http,
+                message: e.to_string(),
+                transient: false,
+            },
             ClientError::S3 { ref code, .. } => ObjError::Failed {
                 code: code.clone().unwrap_or_else(|| "S3Error".into()),
                 http,
