@@ -367,27 +367,128 @@ mod tests {
         let cur = (Class::Current, None);
         let other = format!("kms:{OTHER}");
         #[rustfmt::skip]
-        let cases: Vec<(&str, Envelope, (Class, Option<Reason>), &str)> = vec![
-            ("v2 kms+context gcm target", env(V2, Gcm, KmsContext, &t, Meta), cur, "target"),
-            ("v3 kms+context target", env(V3, Commit, KmsContext, &t, Meta), cur, "target"),
-            ("v1 aes-ecb cbc", env(V1, Cbc, V1Unnamed, &[0; 48], Meta), rem(Reason::LegacyWrap), "aes"),
-            ("v1 rsa cbc", env(V1, Cbc, V1Unnamed, &[0; 256], Meta), rem(Reason::LegacyWrap), "rsa"),
-            ("v1 in a file", env(V1, Cbc, V1Unnamed, &[0; 48], File), rem(Reason::LegacyWrap), "aes"),
-            ("v2 kms target (legacy wrap)", env(V2, Gcm, Kms, &t, Meta), rem(Reason::LegacyWrap), "target"),
-            ("v2 kms cbc other", env(V2, Cbc, Kms, &o, Meta), rem(Reason::LegacyWrap), &other),
-            ("v2 aeswrap gcm", env(V2, Gcm, AesWrap, &[0; 40], Meta), rem(Reason::LegacyWrap), "aes"),
-            ("v2 rsa-oaep-256", env(V2, Gcm, RsaOaepSha256Legacy, &[0; 256], Meta), rem(Reason::LegacyWrap), "rsa"),
-            ("v2 aes/gcm", env(V2, Gcm, AesGcm, &[0; 60], Meta), rem(Reason::RawKey), "aes"),
-            ("v2 rsa-oaep-sha1", env(V2, Gcm, RsaOaepSha1, &[0; 256], Meta), rem(Reason::RawKey), "rsa"),
-            ("v3 raw aes", env(V3, Commit, AesGcm, &[0; 60], Meta), rem(Reason::RawKey), "aes"),
-            ("v3 raw rsa", env(V3, Commit, RsaOaepSha1, &[0; 256], Meta), rem(Reason::RawKey), "rsa"),
-            ("v2 kms+context other", env(V2, Gcm, KmsContext, &o, Meta), rem(Reason::OtherKmsKey), &other),
-            ("v3 kms+context other", env(V3, Commit, KmsContext, &o, Meta), rem(Reason::OtherKmsKey), &other),
-            ("aws blob, other key", env(V2, Gcm, KmsContext, &[1, 2, 3, 0, 0x78, 9, 9], Meta), rem(Reason::OtherKmsKey), "kms:unknown"),
-            ("kms+context target cbc", env(V2, Cbc, KmsContext, &t, Meta), rem(Reason::CbcContent), "target"),
-            ("v2 target in a file", env(V2, Gcm, KmsContext, &t, File), rem(Reason::InstructionFile), "target"),
-            ("v3 target in a file", env(V3, Commit, KmsContext, &t, File), rem(Reason::InstructionFile), "target"),
-            ("other key in a file", env(V2, Gcm, KmsContext, &o, File), rem(Reason::OtherKmsKey), &other),
+        type Case<'a> = (&'a str, Envelope, (Class, Option<Reason>), &'a str);
+        let cases: Vec<Case> = vec![
+            (
+                "v2 kms+context gcm target",
+                env(V2, Gcm, KmsContext, &t, Meta),
+                cur,
+                "target",
+            ),
+            (
+                "v3 kms+context target",
+                env(V3, Commit, KmsContext, &t, Meta),
+                cur,
+                "target",
+            ),
+            (
+                "v1 aes-ecb cbc",
+                env(V1, Cbc, V1Unnamed, &[0; 48], Meta),
+                rem(Reason::LegacyWrap),
+                "aes",
+            ),
+            (
+                "v1 rsa cbc",
+                env(V1, Cbc, V1Unnamed, &[0; 256], Meta),
+                rem(Reason::LegacyWrap),
+                "rsa",
+            ),
+            (
+                "v1 in a file",
+                env(V1, Cbc, V1Unnamed, &[0; 48], File),
+                rem(Reason::LegacyWrap),
+                "aes",
+            ),
+            (
+                "v2 kms target (legacy wrap)",
+                env(V2, Gcm, Kms, &t, Meta),
+                rem(Reason::LegacyWrap),
+                "target",
+            ),
+            (
+                "v2 kms cbc other",
+                env(V2, Cbc, Kms, &o, Meta),
+                rem(Reason::LegacyWrap),
+                &other,
+            ),
+            (
+                "v2 aeswrap gcm",
+                env(V2, Gcm, AesWrap, &[0; 40], Meta),
+                rem(Reason::LegacyWrap),
+                "aes",
+            ),
+            (
+                "v2 rsa-oaep-256",
+                env(V2, Gcm, RsaOaepSha256Legacy, &[0; 256], Meta),
+                rem(Reason::LegacyWrap),
+                "rsa",
+            ),
+            (
+                "v2 aes/gcm",
+                env(V2, Gcm, AesGcm, &[0; 60], Meta),
+                rem(Reason::RawKey),
+                "aes",
+            ),
+            (
+                "v2 rsa-oaep-sha1",
+                env(V2, Gcm, RsaOaepSha1, &[0; 256], Meta),
+                rem(Reason::RawKey),
+                "rsa",
+            ),
+            (
+                "v3 raw aes",
+                env(V3, Commit, AesGcm, &[0; 60], Meta),
+                rem(Reason::RawKey),
+                "aes",
+            ),
+            (
+                "v3 raw rsa",
+                env(V3, Commit, RsaOaepSha1, &[0; 256], Meta),
+                rem(Reason::RawKey),
+                "rsa",
+            ),
+            (
+                "v2 kms+context other",
+                env(V2, Gcm, KmsContext, &o, Meta),
+                rem(Reason::OtherKmsKey),
+                &other,
+            ),
+            (
+                "v3 kms+context other",
+                env(V3, Commit, KmsContext, &o, Meta),
+                rem(Reason::OtherKmsKey),
+                &other,
+            ),
+            (
+                "aws blob, other key",
+                env(V2, Gcm, KmsContext, &[1, 2, 3, 0, 0x78, 9, 9], Meta),
+                rem(Reason::OtherKmsKey),
+                "kms:unknown",
+            ),
+            (
+                "kms+context target cbc",
+                env(V2, Cbc, KmsContext, &t, Meta),
+                rem(Reason::CbcContent),
+                "target",
+            ),
+            (
+                "v2 target in a file",
+                env(V2, Gcm, KmsContext, &t, File),
+                rem(Reason::InstructionFile),
+                "target",
+            ),
+            (
+                "v3 target in a file",
+                env(V3, Commit, KmsContext, &t, File),
+                rem(Reason::InstructionFile),
+                "target",
+            ),
+            (
+                "other key in a file",
+                env(V2, Gcm, KmsContext, &o, File),
+                rem(Reason::OtherKmsKey),
+                &other,
+            ),
         ];
         for (name, e, (class, reason), key) in cases {
             let v = classify_envelope(&e, &target());

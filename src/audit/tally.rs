@@ -141,9 +141,9 @@ impl Tally {
             .rows
             .iter()
             .map(|((class, reason, format, wrap, content, key), c)| Row {
-                format: *format,
-                wrap: *wrap,
-                content: *content,
+                format,
+                wrap,
+                content,
                 key: key.clone(),
                 class: *class,
                 reason: *reason,
