@@ -570,8 +570,25 @@ impl S3Cse {
 
     /// HEAD: metadata and attributes.
     pub async fn head(&self, bucket: &str, key: &str) -> Result<ObjectHead, ClientError> {
+        self.head_version(bucket, key, None).await
+    }
+
+    /// HEAD of one version of an object (`None`: the current one).
+    pub async fn head_version(
+        &self,
+        bucket: &str,
+        key: &str,
+        version_id: Option<&str>,
+    ) -> Result<ObjectHead, ClientError> {
         let t = Instant::now();
-        let r = self.s3.head_object().bucket(bucket).key(key).send().await;
+        let r = self
+            .s3
+            .head_object()
+            .bucket(bucket)
+            .key(key)
+            .set_version_id(version_id.map(str::to_owned))
+            .send()
+            .await;
         let h = self.observe("HeadObject", bucket, key, t, r)?;
         Ok(object_head!(h, bucket, key))
     }

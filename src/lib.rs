@@ -21,10 +21,13 @@
 //! - [`metrics`]: a `Metrics` struct owning its Prometheus registry.
 //! - [`rekey`]: scanner, classifier and worker pool of `s3cse rekey`.
 //! - [`logkey`]: S3 keys escaped for text logs (a key may hold a newline).
+//! - [`audit`]: the census of `s3cse audit` (list + HEAD -> plaintext / current / remaining),
+//!   independent of the job table.
 //!
 //! Nothing below `client`/`rekey` knows about S3; nothing below `rekey` knows about the job table.
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod client;
 pub mod codec;
 pub mod consts;

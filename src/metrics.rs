@@ -609,29 +609,34 @@ impl Metrics {
     /// the collector never reads a half-written file, and the temporary name (`.tmp…`) does
     /// not end in `.prom`, so it is never collected. Blocking I/O of a few KiB.
     pub fn write_textfile(&self, path: &std::path::Path) -> Result<(), MetricsError> {
-        use std::io::Write as _;
-        let text = self.encode_prometheus_text()?;
-        let failed = |source| MetricsError::Textfile {
-            path: path.to_owned(),
-            source,
-        };
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => std::path::Path::new("."),
-        };
-        let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(failed)?;
-        tmp.write_all(text.as_bytes()).map_err(failed)?;
-        tmp.as_file().sync_all().map_err(failed)?;
-        // NamedTempFile is created 0600; a collector running as another user must read it.
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt as _;
-            let perms = std::fs::Permissions::from_mode(0o644);
-            tmp.as_file().set_permissions(perms).map_err(failed)?;
-        }
-        tmp.persist(path).map_err(|e| failed(e.error))?;
-        Ok(())
+        write_textfile(&self.encode_prometheus_text()?, path)
     }
+}
+
+/// Writes `text` (Prometheus text format) to `path` atomically, as [`Metrics::write_textfile`]
+/// says; shared with [`AuditMetrics`].
+pub fn write_textfile(text: &str, path: &std::path::Path) -> Result<(), MetricsError> {
+    use std::io::Write as _;
+    let failed = |source| MetricsError::Textfile {
+        path: path.to_owned(),
+        source,
+    };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(failed)?;
+    tmp.write_all(text.as_bytes()).map_err(failed)?;
+    tmp.as_file().sync_all().map_err(failed)?;
+    // NamedTempFile is created 0600; a collector running as another user must read it.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let perms = std::fs::Permissions::from_mode(0o644);
+        tmp.as_file().set_permissions(perms).map_err(failed)?;
+    }
+    tmp.persist(path).map_err(|e| failed(e.error))?;
+    Ok(())
 }
 
 fn saturating_i64(v: u64) -> i64 {
@@ -779,8 +784,19 @@ pub async fn push_add(
     job: &str,
     grouping: &[(&str, &str)],
 ) -> Result<(), MetricsError> {
-    let uri = push_uri(pushgateway_url, job, grouping)?;
     let body = metrics.encode_prometheus_text()?;
+    push_add_text(body, pushgateway_url, job, grouping).await
+}
+
+/// [`push_add`] of a body already in Prometheus text format 0.0.4 (shared with
+/// [`AuditMetrics`]).
+pub async fn push_add_text(
+    body: String,
+    pushgateway_url: &str,
+    job: &str,
+    grouping: &[(&str, &str)],
+) -> Result<(), MetricsError> {
+    let uri = push_uri(pushgateway_url, job, grouping)?;
     let request = Request::builder()
         .method(Method::POST)
         .uri(uri)
@@ -851,6 +867,107 @@ fn valid_label_name(name: &str) -> bool {
     matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
         && !name.starts_with("__")
+}
+
+/// The gauges of one `s3cse audit` run, in their own registry (an audit is not a rekey: none of
+/// the rekey families would mean anything in its push). Names are a contract with the chart's
+/// alert rule:
+///
+/// | name | type | labels |
+/// |---|---|---|
+/// | `s3cse_audit_objects` | gauge | `class` = plaintext, current, remaining |
+/// | `s3cse_audit_bytes` | gauge | `class` |
+/// | `s3cse_audit_remaining_objects` | gauge | `reason` (the audit's reason names) |
+/// | `s3cse_audit_last_run_timestamp_seconds` | gauge | |
+///
+/// Every class and reason is set, zeros included, so a push-add replaces the previous run's
+/// values whole.
+#[derive(Debug)]
+pub struct AuditMetrics {
+    registry: Registry,
+    objects: Family<ClassLabel, Gauge>,
+    bytes: Family<ClassLabel, Gauge>,
+    remaining: Family<ReasonLabel, Gauge>,
+    last_run: Gauge<f64, std::sync::atomic::AtomicU64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ClassLabel {
+    class: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+impl Default for AuditMetrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let objects = Family::<ClassLabel, Gauge>::default();
+        registry.register(
+            "s3cse_audit_objects",
+            "Objects by audit class (last run)",
+            objects.clone(),
+        );
+        let bytes = Family::<ClassLabel, Gauge>::default();
+        registry.register(
+            "s3cse_audit_bytes",
+            "Stored bytes by audit class (last run)",
+            bytes.clone(),
+        );
+        let remaining = Family::<ReasonLabel, Gauge>::default();
+        registry.register(
+            "s3cse_audit_remaining_objects",
+            "Objects that still depend on something other than the target key, by reason (last run)",
+            remaining.clone(),
+        );
+        let last_run = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "s3cse_audit_last_run_timestamp_seconds",
+            "When the last complete audit ended (Unix time)",
+            last_run.clone(),
+        );
+        AuditMetrics {
+            registry,
+            objects,
+            bytes,
+            remaining,
+            last_run,
+        }
+    }
+}
+
+impl AuditMetrics {
+    /// Objects and bytes of one class (`plaintext`, `current`, `remaining`).
+    pub fn set_class(&self, class: &'static str, objects: u64, bytes: u64) {
+        let l = ClassLabel { class };
+        self.objects.get_or_create(&l).set(saturating_i64(objects));
+        self.bytes.get_or_create(&l).set(saturating_i64(bytes));
+    }
+
+    /// Remaining objects of one reason.
+    pub fn set_remaining(&self, reason: &'static str, objects: u64) {
+        self.remaining
+            .get_or_create(&ReasonLabel { reason })
+            .set(saturating_i64(objects));
+    }
+
+    /// Sets `s3cse_audit_last_run_timestamp_seconds` to now (call once the census is complete).
+    pub fn mark_run(&self) {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        self.last_run.set(now);
+    }
+
+    /// Prometheus text format 0.0.4, for [`push_add_text`] and [`write_textfile`].
+    pub fn encode_prometheus_text(&self) -> Result<String, MetricsError> {
+        let mut out = String::with_capacity(2048);
+        prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
 }
 
 /// The exposition names of the contract with the Grafana dashboard and alert rules (sample
@@ -1277,5 +1394,31 @@ mod tests {
             push_add(&metrics, "http://127.0.0.1:1", "j", &[]).await,
             Err(MetricsError::Request(_))
         ));
+    }
+
+    #[test]
+    fn audit_gauges_are_exposed_with_their_labels() {
+        let m = AuditMetrics::default();
+        m.set_class("remaining", 3, 4096);
+        m.set_remaining("raw-key", 3);
+        m.mark_run();
+        let text = m.encode_prometheus_text().unwrap();
+        assert!(
+            text.contains("s3cse_audit_objects{class=\"remaining\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("s3cse_audit_bytes{class=\"remaining\"} 4096"),
+            "{text}"
+        );
+        assert!(
+            text.contains("s3cse_audit_remaining_objects{reason=\"raw-key\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE s3cse_audit_last_run_timestamp_seconds gauge"),
+            "{text}"
+        );
+        assert!(!text.contains("s3cse_rekey"), "{text}");
     }
 }

@@ -3,7 +3,7 @@
 //! invariant is checked: each object decrypts to its original plaintext under the target key
 //! (read back by AWS's Python client), the job table records it as rewritten / rewrapped from
 //! its source format with the replaced version id (versioned bucket), no multipart upload is
-//! left open, no `.instruction` object is left behind.
+//! left open, no `.instruction` object is left behind, and `s3cse audit` exits 0.
 //!
 //! Needs the binary built with the `failpoints` feature:
 //! `cargo test --features failpoints --test crash` (scripts/test.sh runs it). Without the
@@ -190,6 +190,18 @@ async fn crash_at(tag: &str, failpoint: &str, seeds: &[Seed]) {
         !keys.iter().any(|k| k.ends_with(".instruction")),
         "{failpoint}: no stray .instruction: {keys:?}"
     );
+    // The independent census agrees: nothing depends on anything but the target key.
+    let o = Command::new(BIN)
+        .args([
+            "audit",
+            &b.bucket_url(),
+            "--kms-key-id",
+            &b.key_id,
+            "--json",
+        ])
+        .output()
+        .expect("run s3cse audit");
+    assert_eq!(o.status.code(), Some(0), "{failpoint}: audit: {}", show(&o));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -6,6 +6,7 @@
 //!   and the reason class);
 //! - 2: usage, configuration or access error before any work was done.
 
+mod audit;
 mod aws;
 mod keys;
 mod object;
@@ -55,6 +56,9 @@ enum Command {
     Status(rekey::StatusArgs),
     /// One row per object, S3 Batch Operations completion-report columns (CSV or JSON lines).
     Report(rekey::ReportArgs),
+    /// Census before retiring a key: which objects depend on the target KMS key only (no state
+    /// file; exit 0 all current or plaintext, 1 some remain).
+    Audit(audit::AuditArgs),
 }
 
 /// An error with the exit code it maps to.
@@ -134,6 +138,7 @@ pub fn main() -> ExitCode {
             Command::Work(a) => rekey::work(a).await,
             Command::Status(a) => rekey::status(a).await,
             Command::Report(a) => rekey::report(a).await,
+            Command::Audit(a) => audit::audit(a).await,
         }
     });
     match result {

@@ -242,7 +242,7 @@ pub struct ReportArgs {
     only: Option<JobState>,
 }
 
-fn init_logs(format: LogFormat) {
+pub(super) fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("S3CSE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let b = tracing_subscriber::fmt()
@@ -277,7 +277,7 @@ async fn open_store(path: &Path) -> CliResult<JobStore> {
 }
 
 /// Fails with exit 2 if the bucket is missing or not accessible.
-async fn check_bucket(s3: &aws_sdk_s3::Client, bucket: &str) -> CliResult {
+pub(super) async fn check_bucket(s3: &aws_sdk_s3::Client, bucket: &str) -> CliResult {
     s3.head_bucket()
         .bucket(bucket)
         .send()
@@ -356,12 +356,12 @@ pub async fn scan(a: ScanArgs) -> CliResult {
     ))
 }
 
-fn new_metrics() -> Arc<Metrics> {
+pub(super) fn new_metrics() -> Arc<Metrics> {
     Arc::new(Metrics::new(env!("CARGO_PKG_VERSION")))
 }
 
 /// Records every S3 request of `client` in `metrics`.
-fn with_observer(client: S3Cse, metrics: &Arc<Metrics>) -> S3Cse {
+pub(super) fn with_observer(client: S3Cse, metrics: &Arc<Metrics>) -> S3Cse {
     use s3cse::client::RequestOutcome;
     let m = metrics.clone();
     client.with_observer(Arc::new(move |op, outcome, took| {
@@ -393,7 +393,7 @@ fn check_copy_parts(threshold: u64, part_size: u64) -> CliResult {
 }
 
 /// The textfile's directory must exist: fail before any work, not after hours of it.
-fn check_textfile(path: Option<&Path>) -> CliResult {
+pub(super) fn check_textfile(path: Option<&Path>) -> CliResult {
     let Some(path) = path else {
         return Ok(());
     };

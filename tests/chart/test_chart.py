@@ -71,6 +71,19 @@ KUBE_STATE_METRICS = {
     "kube_cronjob_created",
     "kube_cronjob_status_last_successful_time",
 }
+# The gauges of `s3cse audit` (pushed to the Pushgateway, never scraped from a pod): the audit
+# alert rules may use these only. Kept apart from METRICS_CONTRACT, which the rekey dashboard covers.
+AUDIT_METRICS = {
+    "s3cse_audit_objects",  # {class}
+    "s3cse_audit_bytes",  # {class}
+    "s3cse_audit_remaining_objects",  # {reason}
+    "s3cse_audit_last_run_timestamp_seconds",
+}
+# Flags of `s3cse audit` the chart renders in mode=audit.
+AUDIT_FLAGS_CONTRACT = {
+    "--kms-key-id", "--versions", "--json", "--concurrency", "--max-listed", "--s3-rps",
+    "--pushgateway", "--log-format", "--endpoint-url", "--path-style",
+}
 # Flags of `s3cse rekey` as specified; the binary's own help text is checked when S3CSE_BIN is set.
 REKEY_FLAGS_CONTRACT = {
     "--state", "--kms-key-id", "--aes-key-file", "--rsa-key-file", "--context", "--concurrency",
@@ -140,6 +153,8 @@ ALL_CASES = {
     "full-sharded-singleNode": merged(FULL, DEFAULT_CASES["sharded"], {"sharding": {"state": "singleNode"}}),
     "no-persistence-no-metrics": {"mode": "cronjob", "persistence": {"enabled": False}, "metrics": {"enabled": False}},
     "existing-claim": {"mode": "job", "persistence": {"existingClaim": "s3cse-state-from-last-year"}},
+    "defaults-audit": {"mode": "audit"},
+    "full-audit": merged(FULL, {"mode": "audit", "audit": {"versions": True, "concurrency": 16, "maxListed": 50}}),
 }
 
 
@@ -348,7 +363,9 @@ def test_restricted_pod_security(case):
     tmp = next(v for v in pod["volumes"] if v["name"] == "tmp")
     assert "emptyDir" in tmp
     mounts = {m["mountPath"] for m in rekey_container(objects)["volumeMounts"]}
-    assert {"/tmp", "/var/lib/s3cse"} <= mounts
+    # An audit keeps no state: only the rekey modes mount the state volume.
+    state = set() if "audit" in case else {"/var/lib/s3cse"}
+    assert {"/tmp"} | state <= mounts
 
 
 def test_legacy_keys_are_mounted_files_never_env():
@@ -388,7 +405,8 @@ def test_service_account_carries_irsa_annotation():
 STOP_EXIT_MARGIN = 15
 
 
-@pytest.mark.parametrize("case", sorted(ALL_CASES))
+# An audit writes nothing: SIGTERM just ends it, so it has no stop timeout.
+@pytest.mark.parametrize("case", sorted(c for c in ALL_CASES if "audit" not in c))
 def test_stop_timeout_fits_the_grace_period(case):
     objects = render(ALL_CASES[case])
     pod = workload_job_spec(objects)["template"]["spec"]
@@ -424,6 +442,72 @@ def test_notes_render(mode):
         assert "EMPTY state" in notes
 
 
+def test_audit_mode_is_a_stateless_cronjob_running_s3cse_audit(known_metrics):
+    objects = render(ALL_CASES["full-audit"])
+    cron = one(objects, "CronJob")["spec"]
+    assert cron["schedule"] == "0 2 * * *" and cron["concurrencyPolicy"] == "Forbid"
+    assert not by_kind(objects, "Job")
+    container = rekey_container(objects)
+    args = container["args"]
+    assert args[:2] == ["audit", "s3://legacy-data/2019/invoices"]
+    assert flag_value(args, "--kms-key-id") == FULL["rekey"]["kmsKeyId"]
+    assert flag_value(args, "--pushgateway") == "http://pushgateway.monitoring:9091"
+    assert flag_value(args, "--concurrency") == "16" and flag_value(args, "--max-listed") == "50"
+    assert flag_value(args, "--s3-rps") == "500"
+    assert {"--versions", "--json", "--path-style"} <= flags_in(args)
+    assert flags_in(args) <= AUDIT_FLAGS_CONTRACT, sorted(flags_in(args) - AUDIT_FLAGS_CONTRACT)
+    # No state, no legacy key, no /metrics server: none of rekey's flags, volumes or ports.
+    assert not flags_in(args) & {"--state", "--aes-key-file", "--rsa-key-file", "--metrics-addr", "--context"}
+    assert not by_kind(objects, "PersistentVolumeClaim") and not by_kind(objects, "PodMonitor")
+    pod = cron["jobTemplate"]["spec"]["template"]["spec"]
+    assert {v["name"] for v in pod["volumes"]} == {"tmp"}
+    assert [m["name"] for m in container["volumeMounts"]] == ["tmp"]
+    assert "ports" not in container
+    assert pod_labels(objects)["app.kubernetes.io/component"] == "audit"
+    # Exit 1 is the verdict (objects remain): a retry would only say it again.
+    (fail,) = [r for r in cron["jobTemplate"]["spec"]["podFailurePolicy"]["rules"] if r["action"] == "FailJob"]
+    assert sorted(fail["onExitCodes"]["values"]) == [1, 2]
+    # Alerts: the audit's own, on the pushed gauges of this bucket and prefix.
+    rules = {r["alert"]: r for r in rules_of(objects)}
+    assert set(rules) == {"S3cseAuditRemainingObjects", "S3cseAuditNoRecentRun"}
+    remaining = rules["S3cseAuditRemainingObjects"]["expr"]
+    assert 'job="s3cse-audit"' in remaining and 'bucket="legacy-data"' in remaining
+    assert 'prefix="2019/invoices"' in remaining and 'class="remaining"' in remaining
+    for r in rules.values():
+        used = promql_metric_names(r["expr"])
+        assert used and used <= AUDIT_METRICS | KUBE_STATE_METRICS, (r["alert"], sorted(used))
+        assert r["labels"]["team"] == "storage" and r["annotations"]["summary"]
+        assert "{{ $" not in r["expr"]
+
+
+def test_audit_mode_defaults_and_guards():
+    objects = render({"mode": "audit"})
+    args = rekey_container(objects)["args"]
+    assert args[:2] == ["audit", "s3://example-bucket"]
+    assert "--versions" not in args and "--json" in args and "--pushgateway" not in args
+    assert not by_kind(objects, "PersistentVolumeClaim")
+    notes = render_notes({"mode": "audit"})
+    assert "s3cse audits s3://example-bucket" in notes and "placeholders" in notes
+    # Alerts on gauges that can only arrive through a Pushgateway need one.
+    with pytest.raises(HelmError, match="pushgateway"):
+        render({"mode": "audit", "metrics": {"prometheusRule": {"enabled": True}}})
+    # A failJobOnExitCodes list that already has 1 keeps it once.
+    objects = render({"mode": "audit", "job": {"failJobOnExitCodes": [1, 2]}})
+    (fail,) = [r for r in workload_job_spec(objects)["podFailurePolicy"]["rules"] if r["action"] == "FailJob"]
+    assert fail["onExitCodes"]["values"] == [1, 2]
+
+
+def test_audit_flags_exist_in_binary():
+    binary = os.environ.get("S3CSE_BIN")
+    if not binary:
+        pytest.skip("S3CSE_BIN is not set: no built s3cse binary to compare the chart's flags with")
+    result = subprocess.run([binary, "help", "audit"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    args = rekey_container(render(ALL_CASES["full-audit"]))["args"]
+    for flag in sorted(flags_in(args)):
+        assert re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", result.stdout), flag
+
+
 # ----------------------------------------------------------------------- values schema ---
 
 BAD_VALUES = {
@@ -448,6 +532,9 @@ BAD_VALUES = {
     "stop timeout negative": {"rekey": {"stopTimeoutSeconds": -1}},
     "stop timeout as string": {"rekey": {"stopTimeoutSeconds": "45"}},
     "grace period 0": {"terminationGracePeriodSeconds": 0},
+    "audit with shards": {"mode": "audit", "shards": 2},
+    "audit typo": {"mode": "audit", "audit": {"version": True}},
+    "audit concurrency 0": {"mode": "audit", "audit": {"concurrency": 0}},
 }
 
 

@@ -53,7 +53,7 @@ Selector labels. The component label keeps the Helm test pod out of the PodMonit
 {{- define "s3cse.selectorLabels" -}}
 app.kubernetes.io/name: {{ include "s3cse.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
-app.kubernetes.io/component: rekey
+app.kubernetes.io/component: {{ ternary "audit" "rekey" (eq .Values.mode "audit") }}
 {{- end -}}
 
 {{/*
@@ -114,8 +114,11 @@ the kubelet from the container's env (set explicitly in the pod template).
 Checks the schema can't express (or can't word helpfully). Included by every workload template.
 */}}
 {{- define "s3cse.validate" -}}
-{{- if and (eq .Values.mode "cronjob") (gt (int .Values.shards) 1) -}}
+{{- if and (ne .Values.mode "job") (gt (int .Values.shards) 1) -}}
 {{- fail "shards > 1 needs mode: job (an Indexed Job); a CronJob runs one pod per schedule" -}}
+{{- end -}}
+{{- if and (eq .Values.mode "audit") .Values.metrics.prometheusRule.enabled (not .Values.metrics.pushgateway.url) -}}
+{{- fail "mode: audit serves no /metrics: its alert rules need metrics.pushgateway.url (the audit gauges reach Prometheus only through the Pushgateway)" -}}
 {{- end -}}
 {{- if and (or .Values.legacyKeys.aesKeys .Values.legacyKeys.rsaKeys) (not .Values.legacyKeys.existingSecret) -}}
 {{- fail "legacyKeys.aesKeys/rsaKeys name keys of a Secret: set legacyKeys.existingSecret" -}}
@@ -138,6 +141,63 @@ Arguments of `s3cse rekey`, one YAML list item per line. Keep flag names in step
 `s3cse help rekey` (tests/chart/test_chart.py checks them against the real binary).
 */}}
 {{- define "s3cse.args" -}}
+{{- if eq .Values.mode "audit" -}}
+{{ include "s3cse.auditArgs" . }}
+{{- else -}}
+{{ include "s3cse.rekeyArgs" . }}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Arguments of `s3cse audit` (mode=audit): the bucket, prefix and target key of `rekey`, no state,
+no legacy keys, no /metrics server; the gauges go to the Pushgateway when one is set. Keep flag
+names in step with `s3cse help audit` (tests/chart/test_chart.py checks them).
+*/}}
+{{- define "s3cse.auditArgs" -}}
+- audit
+- {{ printf "s3://%s%s" .Values.rekey.bucket (ternary (printf "/%s" .Values.rekey.prefix) "" (ne .Values.rekey.prefix "")) | quote }}
+- --kms-key-id
+- {{ .Values.rekey.kmsKeyId | quote }}
+{{- if .Values.audit.versions }}
+- --versions
+{{- end }}
+{{- if .Values.audit.json }}
+- --json
+{{- end }}
+{{- with .Values.audit.concurrency }}
+- --concurrency
+- {{ . | quote }}
+{{- end }}
+{{- if not (kindIs "invalid" .Values.audit.maxListed) }}
+- --max-listed
+- {{ int .Values.audit.maxListed | toString | quote }}
+{{- end }}
+{{- with .Values.rekey.s3Rps }}
+- --s3-rps
+- {{ . | quote }}
+{{- end }}
+{{- with .Values.metrics.pushgateway.url }}
+- --pushgateway
+- {{ . | quote }}
+{{- end }}
+- --log-format
+- {{ .Values.rekey.logFormat | quote }}
+{{- with .Values.aws.endpointUrl }}
+- --endpoint-url
+- {{ . | quote }}
+{{- end }}
+{{- if .Values.aws.pathStyle }}
+- --path-style
+{{- end }}
+{{- range .Values.audit.extraArgs }}
+- {{ . | quote }}
+{{- end }}
+{{- end -}}
+
+{{/*
+Arguments of `s3cse rekey` (mode=job, cronjob).
+*/}}
+{{- define "s3cse.rekeyArgs" -}}
 - rekey
 - {{ printf "s3://%s%s" .Values.rekey.bucket (ternary (printf "/%s" .Values.rekey.prefix) "" (ne .Values.rekey.prefix "")) | quote }}
 - --state
@@ -233,7 +293,12 @@ ttlSecondsAfterFinished: {{ int .Values.job.ttlSecondsAfterFinished }}
 {{- end }}
 podFailurePolicy:
   rules:
-    {{- with .Values.job.failJobOnExitCodes }}
+    {{- /* An audit's exit 1 is its verdict (objects remain): a retry would say the same. */}}
+    {{- $codes := .Values.job.failJobOnExitCodes | default list }}
+    {{- if and (eq .Values.mode "audit") (not (has 1 $codes)) (not (has 1.0 $codes)) }}
+    {{- $codes = prepend $codes 1 }}
+    {{- end }}
+    {{- with $codes }}
     - action: FailJob
       onExitCodes:
         containerName: s3cse
@@ -306,7 +371,7 @@ spec:
         {{- with .Values.extraEnv }}
         {{- toYaml . | nindent 8 }}
         {{- end }}
-      {{- if .Values.metrics.enabled }}
+      {{- if and .Values.metrics.enabled (ne .Values.mode "audit") }}
       ports:
         - name: metrics
           containerPort: {{ int .Values.metrics.port }}
@@ -317,17 +382,21 @@ spec:
       resources:
         {{- toYaml .Values.resources | nindent 8 }}
       volumeMounts:
+        {{- if ne .Values.mode "audit" }}
         - name: state
           mountPath: {{ .Values.persistence.mountPath }}
+        {{- end }}
         - name: tmp
           mountPath: /tmp
-        {{- if .Values.legacyKeys.existingSecret }}
+        {{- if and .Values.legacyKeys.existingSecret (ne .Values.mode "audit") }}
         - name: legacy-keys
           mountPath: {{ .Values.legacyKeys.mountPath }}
           readOnly: true
         {{- end }}
   volumes:
-    {{- if and (include "s3cse.sharded" .) (eq .Values.sharding.state "ephemeral") }}
+    {{- if eq .Values.mode "audit" }}
+    {{- /* An audit keeps no state and reads no legacy key. */}}
+    {{- else if and (include "s3cse.sharded" .) (eq .Values.sharding.state "ephemeral") }}
     # One fresh ReadWriteOnce volume per pod, deleted with the pod: a retried shard starts
     # from empty state (see sharding.state in values.yaml).
     - name: state
@@ -356,6 +425,7 @@ spec:
     - name: tmp
       emptyDir:
         sizeLimit: {{ .Values.tmpSizeLimit | quote }}
+    {{- if ne .Values.mode "audit" }}
     {{- with .Values.legacyKeys.existingSecret }}
     - name: legacy-keys
       secret:
@@ -367,6 +437,7 @@ spec:
           - key: {{ . }}
             path: {{ . }}
           {{- end }}
+    {{- end }}
     {{- end }}
   {{- $singleNode := and (include "s3cse.sharded" .) (eq .Values.sharding.state "singleNode") }}
   {{- if or .Values.affinity $singleNode }}
