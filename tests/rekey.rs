@@ -1210,7 +1210,9 @@ async fn a_write_whose_outcome_was_lost_is_recorded_from_its_intent() {
         .await
         .expect("row");
     assert_eq!(intent, None, "a recorded outcome clears the intent");
-    // The fingerprint the worker recorded is of the envelope it then wrote: the one there now.
+    // The envelope there now is the one an earlier attempt wrote: its fingerprint is among the
+    // intent's earlier ones, while the latest attempt's (dropped at its deadline, say) never
+    // landed. A write that lands late is still recognised as ours.
     let (_, meta) = b.raw_get("a.bin").await;
     let written =
         s3cse::envelope::decode(&s3cse::client::normalize_metadata(Some(&meta))).expect("envelope");
@@ -1219,7 +1221,8 @@ async fn a_write_whose_outcome_was_lost_is_recorded_from_its_intent() {
         "source_format": "v1-aes",
         "source_etag": src_etag,
         "source_version_id": src_version,
-        "fingerprint": s3cse::rekey::fingerprint(&written),
+        "fingerprint": "ffffffffffffffffffffffffffffffff",
+        "earlier_fingerprints": [s3cse::rekey::fingerprint(&written)],
     });
     sqlx::query(
         "UPDATE jobs SET state = 'running', lease_owner = 'gone-host:1:1', \
@@ -1351,6 +1354,20 @@ async fn rekey_with_faults(
     state: &str,
     faults: &[Arc<LoseAnswer>],
 ) -> s3cse::rekey::RunSummary {
+    rekey_in_process(b, state, faults, None, Duration::from_secs(600))
+        .await
+        .expect("run")
+}
+
+/// [`rekey_with_faults`] with, optionally, a misbehaving KMS client in front of the real one,
+/// and the given `--object-timeout`; the run's own result.
+async fn rekey_in_process(
+    b: &Bed,
+    state: &str,
+    faults: &[Arc<LoseAnswer>],
+    misbehave: Option<Misbehave>,
+    object_timeout: Duration,
+) -> Result<s3cse::rekey::RunSummary, s3cse::rekey::RekeyError> {
     use s3cse::keyring::KmsKeyring;
     use s3cse::metrics::Metrics;
     use s3cse::rekey::limit::RateLimit;
@@ -1365,8 +1382,13 @@ async fn rekey_with_faults(
     let target = s3cse::rekey::kms::describe_key(&b.kms, &b.key_id, &metrics)
         .await
         .expect("describe key");
+    let real: Arc<dyn s3cse::keyring::KmsClient> = Arc::new(AwsKms::new(b.kms.clone()));
+    let inner: Arc<dyn s3cse::keyring::KmsClient> = match misbehave {
+        Some(how) => Arc::new(MisbehavingKms { inner: real, how }),
+        None => real,
+    };
     let kms: Arc<dyn s3cse::keyring::KmsClient> = Arc::new(s3cse::rekey::kms::RekeyKms::new(
-        Arc::new(AwsKms::new(b.kms.clone())),
+        inner,
         RateLimit::default(),
         metrics.clone(),
     ));
@@ -1385,7 +1407,7 @@ async fn rekey_with_faults(
         reencrypt: false,
         verify: true,
         max_claims: 10,
-        object_timeout: Duration::from_secs(600),
+        object_timeout,
         always_read_tags: false,
         lease: Duration::from_secs(30),
         list_page_size: s3cse::rekey::scan::MAX_LIST_PAGE_SIZE,
@@ -1403,11 +1425,9 @@ async fn rekey_with_faults(
         copy_part_threshold: 5 << 30,
         copy_part_size: 512 << 20,
     };
-    let summary = s3cse::rekey::run(config, s3cse::rekey::Shutdown::never())
-        .await
-        .expect("run");
+    let result = s3cse::rekey::run(config, s3cse::rekey::Shutdown::never()).await;
     store.close().await;
-    summary
+    result
 }
 
 /// Issue 10, defect 2: S3 takes the PUT, its answer is lost (500), the SDK's retry gets 412.
@@ -1594,4 +1614,253 @@ async fn a_stale_intent_never_claims_another_writers_object() {
         "recorded as the current object it is, not as our rewrite of v0"
     );
     assert_eq!(b.aws_reads("app.bin"), data(1200, 7));
+}
+
+/// How [`MisbehavingKms`] misbehaves on GenerateDataKey (every other call goes through).
+#[derive(Debug, Clone, Copy)]
+enum Misbehave {
+    /// Never answers: a hung request.
+    Hang,
+    /// Panics: a bug.
+    Panic,
+}
+
+struct MisbehavingKms {
+    inner: Arc<dyn s3cse::keyring::KmsClient>,
+    how: Misbehave,
+}
+
+impl s3cse::keyring::KmsClient for MisbehavingKms {
+    fn generate_data_key<'a>(
+        &'a self,
+        _key_id: &'a str,
+        _context: &'a s3cse::envelope::Context,
+    ) -> futures::future::BoxFuture<
+        'a,
+        Result<(s3cse::secret::SecretBytes, Vec<u8>), s3cse::keyring::KmsError>,
+    > {
+        let how = self.how;
+        Box::pin(async move {
+            match how {
+                Misbehave::Hang => futures::future::pending().await,
+                Misbehave::Panic => panic!("injected panic in GenerateDataKey"),
+            }
+        })
+    }
+
+    fn decrypt<'a>(
+        &'a self,
+        key_id: Option<&'a str>,
+        blob: &'a [u8],
+        context: &'a s3cse::envelope::Context,
+    ) -> futures::future::BoxFuture<'a, Result<s3cse::secret::SecretBytes, s3cse::keyring::KmsError>>
+    {
+        self.inner.decrypt(key_id, blob, context)
+    }
+
+    fn encrypt<'a>(
+        &'a self,
+        key_id: &'a str,
+        plaintext: &'a s3cse::secret::SecretBytes,
+        context: &'a s3cse::envelope::Context,
+    ) -> futures::future::BoxFuture<'a, Result<Vec<u8>, s3cse::keyring::KmsError>> {
+        self.inner.encrypt(key_id, plaintext, context)
+    }
+
+    fn re_encrypt<'a>(
+        &'a self,
+        blob: &'a [u8],
+        source_context: &'a s3cse::envelope::Context,
+        key_id: &'a str,
+        context: &'a s3cse::envelope::Context,
+    ) -> futures::future::BoxFuture<'a, Result<Vec<u8>, s3cse::keyring::KmsError>> {
+        self.inner.re_encrypt(blob, source_context, key_id, context)
+    }
+}
+
+/// Issue 10, item 8: a panicking worker task was only logged (its lease renewed until the
+/// process exited, exit code possibly 0). Now its job is recorded failed (`Panic`), the other
+/// objects are done, and the run ends with an error.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_panicking_task_is_recorded_failed_and_fails_the_run() {
+    let Some(b) = bed("rekey-panic").await else {
+        return;
+    };
+    put_v1(&b.s3, &b.bucket, "cbc.bin", &data(800, 8)).await;
+    put_raw_gcm(&b.s3, &b.bucket, "gcm.bin", &data(900, 9)).await;
+    let before = b.etags().await;
+    let (_sd, state) = state_file("panic.db");
+    let r = rekey_in_process(
+        &b,
+        &state,
+        &[],
+        Some(Misbehave::Panic),
+        Duration::from_secs(600),
+    )
+    .await;
+    assert!(
+        matches!(r, Err(s3cse::rekey::RekeyError::Internal(_))),
+        "the run fails: {r:?}"
+    );
+    let (s, _, _, _, code, _) = record(&state, "cbc.bin").await;
+    assert_eq!((s.as_str(), code.as_deref()), ("failed", Some("Panic")));
+    assert_eq!(b.etags().await["cbc.bin"], before["cbc.bin"], "untouched");
+    // The rewrap (no GenerateDataKey) went on and was done.
+    let gcm = record(&state, "gcm.bin").await;
+    assert_eq!(gcm.0, "done", "{gcm:?}");
+}
+
+/// Issue 10, item 8: a request that hangs held its object's lease forever (no per-object
+/// deadline). Now the attempt is dropped at `--object-timeout`, retried, and recorded failed
+/// (`ObjectTimeout`) when every attempt hangs; the object is untouched.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hung_object_times_out_and_is_recorded() {
+    let Some(b) = bed("rekey-hang").await else {
+        return;
+    };
+    put_v1(&b.s3, &b.bucket, "hang.bin", &data(700, 10)).await;
+    let before = b.etags().await;
+    let (_sd, state) = state_file("hang.db");
+    let started = Instant::now();
+    let summary = rekey_in_process(
+        &b,
+        &state,
+        &[],
+        Some(Misbehave::Hang),
+        Duration::from_secs(1),
+    )
+    .await
+    .expect("run");
+    assert_eq!(summary.work.failed, 1, "{summary:?}");
+    assert!(started.elapsed() < Duration::from_secs(120), "bounded");
+    let (s, _, _, _, code, _) = record(&state, "hang.bin").await;
+    assert_eq!(
+        (s.as_str(), code.as_deref()),
+        ("failed", Some("ObjectTimeout"))
+    );
+    assert_eq!(b.etags().await, before, "untouched");
+}
+
+/// Issue 10, item 8: `attempts` was never capped, so an object that kills its worker came back
+/// every run. A job claimed more than `--max-attempts` times without an outcome is recorded
+/// failed (`TooManyAttempts`) without being touched; `--retry-failed` gives it another round.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_claimed_too_often_is_recorded_failed() {
+    let Some(b) = bed("rekey-poison").await else {
+        return;
+    };
+    put_v1(&b.s3, &b.bucket, "poison.bin", &data(600, 11)).await;
+    let (_sd, state) = state_file("poison.db");
+    assert_eq!(
+        run(&["scan", &b.bucket_url(), "--state", &state])
+            .status
+            .code(),
+        Some(0)
+    );
+    // As if ten processes in a row had died on it.
+    let db = sqlx::SqlitePool::connect(&format!("sqlite://{state}"))
+        .await
+        .expect("open state");
+    sqlx::query(
+        "UPDATE jobs SET state = 'running', lease_owner = 'gone-host:1:1', \
+         lease_until = unixepoch() - 1, attempts = 10",
+    )
+    .execute(&db)
+    .await
+    .expect("simulate the crashes");
+    db.close().await;
+    let before = b.etags().await;
+    let o = rekey_aes(&b, &state, &["--max-attempts", "10"]);
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    let (s, _, _, _, code, _) = record(&state, "poison.bin").await;
+    assert_eq!(
+        (s.as_str(), code.as_deref()),
+        ("failed", Some("TooManyAttempts"))
+    );
+    assert_eq!(b.etags().await, before, "untouched");
+    let o = rekey_aes(&b, &state, &["--retry-failed"]);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    assert_eq!(record(&state, "poison.bin").await.0, "done");
+}
+
+/// Issue 10, item 5: a `.instruction` object left beside an object that has its own envelope
+/// in the metadata (a crash between the write and the delete, or another tool) still holds a
+/// content key under the legacy key: it is deleted, conditionally; an orphan without its object
+/// is recorded and left alone (audit lists it).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stale_instruction_file_is_deleted_and_an_orphan_recorded() {
+    let Some(b) = bed("rekey-stale-instr").await else {
+        return;
+    };
+    let app = b.write("app.txt", &data(1000, 12));
+    let o = run(&[
+        "put",
+        &app.display().to_string(),
+        &b.url("cur.bin"),
+        "--kms-key-id",
+        &b.key_id,
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    // A legacy envelope in an instruction file beside it, and one with no object at all.
+    let (_, legacy_meta) = {
+        put_v1(&b.s3, &b.bucket, "tmp-v1.bin", &data(10, 13)).await;
+        b.raw_get("tmp-v1.bin").await
+    };
+    b.s3.delete_object()
+        .bucket(&b.bucket)
+        .key("tmp-v1.bin")
+        .send()
+        .await
+        .expect("delete");
+    let file = serde_json::to_vec(&legacy_meta).expect("json");
+    for key in ["cur.bin.instruction", "gone.bin.instruction"] {
+        b.raw_put(
+            key,
+            file.clone(),
+            &[("x-amz-crypto-instr-file".into(), String::new())],
+        )
+        .await;
+    }
+    let (_sd, state) = state_file("stale-instr.db");
+    let o = rekey_aes(&b, &state, &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    let keys = b.keys().await;
+    assert!(
+        !keys.contains(&"cur.bin.instruction".to_owned()),
+        "{keys:?}"
+    );
+    assert!(
+        keys.contains(&"gone.bin.instruction".to_owned()),
+        "{keys:?}"
+    );
+    let db = sqlx::SqlitePool::connect(&format!("sqlite://{state}"))
+        .await
+        .expect("open state");
+    let reasons: Vec<(String, String, Option<String>)> = sqlx::query_as(
+        "SELECT key, state, skip_reason FROM jobs WHERE key LIKE '%.instruction' ORDER BY key",
+    )
+    .fetch_all(&db)
+    .await
+    .expect("rows");
+    db.close().await;
+    assert_eq!(
+        reasons,
+        [
+            (
+                "cur.bin.instruction".to_owned(),
+                "done".to_owned(),
+                Some("stale-instruction-deleted".to_owned())
+            ),
+            (
+                "gone.bin.instruction".to_owned(),
+                "done".to_owned(),
+                Some("orphan-instruction".to_owned())
+            ),
+        ]
+    );
+    assert_eq!(
+        b.aws_reads("cur.bin"),
+        data(1000, 12),
+        "the object reads as before"
+    );
 }

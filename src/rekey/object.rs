@@ -32,8 +32,10 @@ pub(super) async fn process(
     if let Some(upload_id) = job.intent.as_ref().and_then(|i| i.upload_id.as_deref()) {
         recover::abort_orphan(c, job, upload_id).await?;
     }
-    if job.key.ends_with(INSTRUCTION_SUFFIX) {
-        return recover::instruction_object(ctx, job).await;
+    if job.key.ends_with(INSTRUCTION_SUFFIX)
+        && let Some(done) = recover::instruction_object(ctx, job).await?
+    {
+        return Ok(done);
     }
     // Small objects: one GET pinned to the listed ETag gives the head and the body. Not when
     // an earlier attempt may have written (the ETag may have moved on to ours).
@@ -52,7 +54,8 @@ pub(super) async fn process(
     {
         // An earlier attempt's write landed and was not recorded (a crash, a lost answer).
         *classified = Some(intent.action);
-        return recover::settle(ctx, intent, &ins.head, env, ins.body).await;
+        let expected = job.plaintext_sha256.as_deref();
+        return recover::settle(ctx, intent, &ins.head, env, ins.body, expected).await;
     }
     if !job.etag.is_empty() && ins.head.etag.as_deref() != Some(job.etag.as_str()) {
         // Changed since it was listed: classify again later from what is there now.
@@ -105,6 +108,13 @@ pub(super) async fn process(
         source_version_id: head.version_id.clone(),
         upload_id: None,
         fingerprint: None,
+        // Earlier attempts' writes may still land (one dropped at its deadline, a worker
+        // whose lease lapsed): they stay recognisable as ours.
+        earlier_fingerprints: job
+            .intent
+            .as_ref()
+            .map(Intent::all_fingerprints)
+            .unwrap_or_default(),
         instruction_etag: instruction_etag.clone(),
     };
     let (log, mut uploads) = IntentLog::new(ctx, job, intent);
@@ -134,7 +144,9 @@ pub(super) async fn process(
             // SDK's retry, a cut connection): if the object carries our envelope, it landed.
             let intent = log.intent();
             if let Some((now, env)) = recover::landed(c, &job.bucket, &job.key, &intent).await {
-                return recover::settle(ctx, &intent, &now, &env, None).await;
+                // The failed write's source hash is not known here (the reader went with the
+                // error): the tag check authenticates what landed.
+                return recover::settle(ctx, &intent, &now, &env, None, None).await;
             }
             return Err(e);
         }

@@ -10,7 +10,7 @@
 //! | a `.instruction` object                              | skip (never data) |
 
 use crate::client::{EnvelopeState, ObjectHead};
-use crate::consts::INSTRUCTION_SUFFIX;
+use crate::consts::{INSTRUCTION_MARKER, INSTRUCTION_SUFFIX};
 use crate::envelope::{ContentAlg, Envelope, Location, Version, WrapAlg};
 use crate::store;
 
@@ -166,7 +166,8 @@ pub fn classify(
     target: &TargetKey,
     reencrypt: bool,
 ) -> Action {
-    if head.key.ends_with(INSTRUCTION_SUFFIX) {
+    // An instruction file carries the marker; a data object may have any name.
+    if head.key.ends_with(INSTRUCTION_SUFFIX) && head.metadata.contains_key(INSTRUCTION_MARKER) {
         return Action::Skip(SkipReason::InstructionFile);
     }
     let env = match state {
@@ -477,14 +478,28 @@ mod tests {
             WrapAlg::V1Unnamed,
             &[0; 48],
         );
+        let mut instruction = head("a.txt.instruction");
+        instruction
+            .metadata
+            .insert(INSTRUCTION_MARKER.into(), String::new());
         assert_eq!(
             classify(
-                &head("a.txt.instruction"),
+                &instruction,
                 &EnvelopeState::Encrypted(e.clone()),
                 &t,
                 false
             ),
             Action::Skip(SkipReason::InstructionFile)
+        );
+        // Without the marker an object named so is data, migrated like any other.
+        assert_eq!(
+            classify(
+                &head("report.instruction"),
+                &EnvelopeState::Encrypted(e.clone()),
+                &t,
+                false
+            ),
+            Action::Rewrite
         );
         assert_eq!(
             classify(&head("a.txt"), &EnvelopeState::Encrypted(e), &t, false),

@@ -25,7 +25,7 @@
 use aws_sdk_s3::primitives::ByteStream;
 
 use crate::client::{ClientError, EnvelopeState, ObjectHead};
-use crate::consts::INSTRUCTION_SUFFIX;
+use crate::consts::{INSTRUCTION_MARKER, INSTRUCTION_SUFFIX};
 use crate::envelope::{self, Detected, Envelope, Location};
 use crate::store::{Intent, Job, JobState, Outcome};
 
@@ -67,13 +67,17 @@ pub(super) async fn abort_orphan(
 }
 
 /// True if the object's envelope is the one `intent` was about to write: that write landed.
+/// Any attempt's: the latest, or an earlier one whose write landed late.
 pub(super) fn is_ours(intent: Option<&Intent>, state: &EnvelopeState) -> bool {
-    let (Some(want), EnvelopeState::Encrypted(env)) =
-        (intent.and_then(|i| i.fingerprint.as_deref()), state)
-    else {
+    let (Some(intent), EnvelopeState::Encrypted(env)) = (intent, state) else {
         return false;
     };
-    env.location == Location::ObjectMetadata && fingerprint(env) == want
+    if env.location != Location::ObjectMetadata {
+        return false;
+    }
+    let got = fingerprint(env);
+    intent.fingerprint.as_deref() == Some(got.as_str())
+        || intent.earlier_fingerprints.contains(&got)
 }
 
 /// After a failed write: HEADs the object and returns its head and envelope if the write
@@ -85,7 +89,9 @@ pub(super) async fn landed(
     key: &str,
     intent: &Intent,
 ) -> Option<(ObjectHead, Envelope)> {
-    intent.fingerprint.as_ref()?;
+    if intent.fingerprint.is_none() && intent.earlier_fingerprints.is_empty() {
+        return None;
+    }
     c.s3_limit.wait().await;
     let head = c.client.head(bucket, key).await.ok()?;
     let Ok(Detected::Complete(env)) = envelope::detect(&head.metadata) else {
@@ -104,12 +110,16 @@ pub(super) async fn landed(
 /// Settles a write of ours that landed but was not recorded: authenticates it (with `--verify`,
 /// the default), deletes the source's `.instruction` object if the intent names one, and
 /// returns the outcome recorded from the intent.
+///
+/// `expected_sha256`: the source's plaintext SHA-256, when an earlier attempt recorded it (a
+/// failure after the write): the write must decrypt to it, or it stays failed.
 pub(super) async fn settle(
     ctx: &Ctx,
     intent: &Intent,
     head: &ObjectHead,
     env: &Envelope,
     body: Option<ByteStream>,
+    expected_sha256: Option<&str>,
 ) -> Result<Done, ObjError> {
     let c = &ctx.config;
     tracing::info!(key = %crate::logkey::log_key(&head.key), action = intent.action.as_str(),
@@ -134,6 +144,16 @@ pub(super) async fn settle(
         }
     };
     let sha = rest.await.map_err(|e| e.after_write(&outcome))?;
+    if let (Some(got), Some(want)) = (&sha, expected_sha256)
+        && got != want
+    {
+        outcome.plaintext_sha256 = Some(want.to_owned());
+        return Err(ObjError::failed(
+            "VerifyFailed",
+            "the written object's plaintext SHA-256 differs from the source's",
+        )
+        .after_write(&outcome));
+    }
     outcome.plaintext_sha256 = sha;
     if let Some(etag) = &intent.instruction_etag {
         delete_instruction(c, head, etag)
@@ -156,6 +176,41 @@ pub(super) async fn delete_instruction(
         Ok(()) | Err(ClientError::NotFound { .. } | ClientError::PreconditionFailed) => Ok(()),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Largest body an instruction file is taken to have when it lacks the marker (some stores drop
+/// its empty value): an envelope is a few hundred bytes.
+const INSTRUCTION_MAX: u64 = 64 << 10;
+
+/// Whether the `.instruction` object of `job` is an instruction file: it carries the marker,
+/// or (small) its body is an instruction file's JSON with envelope fields. Anything else is a
+/// data object that happens to be named so. A gone object is neither.
+async fn is_instruction_file(c: &RekeyConfig, job: &Job) -> Result<bool, ObjError> {
+    c.s3_limit.wait().await;
+    let head = match c.client.head(&job.bucket, &job.key).await {
+        Ok(h) => h,
+        Err(ClientError::NotFound { .. }) => return Ok(false),
+        Err(e) => return Err(e.into()),
+    };
+    if head.metadata.contains_key(INSTRUCTION_MARKER) {
+        return Ok(true);
+    }
+    if head.content_length > INSTRUCTION_MAX {
+        return Ok(false);
+    }
+    c.s3_limit.wait().await;
+    let body = match c.client.get_body(&head, None).await {
+        Ok(b) => b,
+        Err(ClientError::NotFound { .. }) => return Ok(false),
+        Err(e) => return Err(e.into()),
+    };
+    let bytes = body
+        .collect()
+        .await
+        .map_err(|e| ObjError::from(ClientError::Io(std::io::Error::other(e))))?
+        .into_bytes();
+    Ok(envelope::parse_instruction_file(&bytes)
+        .is_ok_and(|fields| envelope::has_envelope_fields(&fields)))
 }
 
 /// DeleteObject, conditional on `etag` when given.
@@ -181,29 +236,35 @@ async fn delete_if_match(
         .map(|_| ())
 }
 
-/// A job for a `<key>.instruction` object. In use (its data object has no envelope of its own):
-/// skipped, the data object's job moves it. Stale (the data object has its envelope in its
-/// metadata, which readers take first): deleted if unchanged since listed. Orphan (no data
-/// object): left alone and recorded as such, for the operator (`audit` lists it).
-pub(super) async fn instruction_object(ctx: &Ctx, job: &Job) -> Result<Done, ObjError> {
+/// A job for a `<key>.instruction` object. Only one that carries the instruction-file marker
+/// (`x-amz-crypto-instr-file`, which every SDK writes on them) is one: any other object whose
+/// name happens to end so is data (`None`: the caller processes it as such). In use (its data
+/// object has no envelope of its own): skipped, the data object's job moves it. Stale (the
+/// data object has its envelope in its metadata, which readers take first): deleted if
+/// unchanged since listed. Orphan (no data object): left alone and recorded as such, for the
+/// operator (`audit` lists it).
+pub(super) async fn instruction_object(ctx: &Ctx, job: &Job) -> Result<Option<Done>, ObjError> {
     let c = &ctx.config;
+    if !is_instruction_file(c, job).await? {
+        return Ok(None);
+    }
     let data_key = job.key.strip_suffix(INSTRUCTION_SUFFIX).unwrap_or(&job.key);
     c.s3_limit.wait().await;
     let data = match c.client.head(&job.bucket, data_key).await {
         Ok(h) => h,
         Err(ClientError::NotFound { .. }) => {
-            return Ok(Done::skip(
+            return Ok(Some(Done::skip(
                 Some("instruction-file".into()),
                 "orphan-instruction",
-            ));
+            )));
         }
         Err(e) => return Err(e.into()),
     };
     if !matches!(envelope::detect(&data.metadata), Ok(Detected::Complete(_))) {
-        return Ok(Done::skip(
+        return Ok(Some(Done::skip(
             Some("instruction-file".into()),
             "instruction-file",
-        ));
+        )));
     }
     // Stale: delete it, but only as listed (a writer that just put a fresh one keeps it).
     let listed = (!job.etag.is_empty()).then_some(job.etag.as_str());
@@ -211,10 +272,10 @@ pub(super) async fn instruction_object(ctx: &Ctx, job: &Job) -> Result<Done, Obj
         Ok(()) | Err(ClientError::NotFound { .. }) => {
             tracing::info!(key = %crate::logkey::log_key(&job.key),
                 "deleted a stale instruction file (its object has its own envelope)");
-            Ok(Done::skip(
+            Ok(Some(Done::skip(
                 Some("instruction-file".into()),
                 "stale-instruction-deleted",
-            ))
+            )))
         }
         Err(e) => Err(e.into()),
     }

@@ -5,7 +5,8 @@
 //!
 //! - A 412/409 (the object changed) requeues the job with the new ETag; the third conflict marks
 //!   it `conflict`. A newer object is never overwritten.
-//! - A task that panics is recorded `failed` (code `Panic`), and the run ends with an error.
+//! - A task that panics is recorded `failed` (code `Panic`), the others go on, and the run ends
+//!   with an error.
 //! - A store error in the claim loop stops claiming; the objects in flight finish and are
 //!   recorded before the error is returned (none is dropped at an arbitrary step).
 //!
@@ -181,7 +182,10 @@ async fn claim_loop(
     let store = &ctx.config.store;
     let concurrency = ctx.config.concurrency.max(1);
     let mut tasks: JoinSet<TaskResult> = JoinSet::new();
+    // A store error: claiming stops, the objects in flight finish.
     let mut first_error = None;
+    // A panicked task: its job is recorded failed and the batch goes on; the run fails at the end.
+    let mut panicked = None;
     loop {
         if shutdown.is_stopping() || first_error.is_some() {
             break;
@@ -205,7 +209,7 @@ async fn claim_loop(
                 break;
             }
             tokio::select! {
-                r = tasks.join_next() => note_task(ctx, r, &mut first_error).await,
+                r = tasks.join_next() => note_task(ctx, r, &mut first_error, &mut panicked).await,
                 _ = shutdown.stopped() => {}
             }
             continue;
@@ -244,9 +248,9 @@ async fn claim_loop(
         }
     }
     while let Some(r) = tasks.join_next().await {
-        note_task(ctx, Some(r), &mut first_error).await;
+        note_task(ctx, Some(r), &mut first_error, &mut panicked).await;
     }
-    match first_error {
+    match first_error.or(panicked) {
         Some(e) => Err(e),
         None => Ok(()),
     }
@@ -260,13 +264,15 @@ fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "panic".to_owned())
 }
 
-/// Takes a finished task's result: a failed outcome record or a panic becomes the run's error
-/// (the run exits non-zero); a panicked job is recorded `failed` so it does not hold its lease
-/// until the process exits, nor come back as if nothing happened.
+/// Takes a finished task's result: a failed outcome record (`first`: claiming stops) or a panic
+/// (`panicked`: the batch goes on) becomes the run's error, so the run exits non-zero; a
+/// panicked job is recorded `failed` so it does not hold its lease until the process exits,
+/// nor come back as if nothing happened.
 async fn note_task(
     ctx: &Ctx,
     r: Option<Result<TaskResult, tokio::task::JoinError>>,
     first: &mut Option<RekeyError>,
+    panicked: &mut Option<RekeyError>,
 ) {
     match r {
         Some(Ok((_, Ok(Err(e))))) => {
@@ -285,13 +291,13 @@ async fn note_task(
             if let Err(e) = ctx.config.store.complete(id, &ctx.owner, &outcome).await {
                 tracing::error!(error = %e, job = id, "could not record the panicked job");
             }
-            first.get_or_insert(RekeyError::Internal(format!(
+            panicked.get_or_insert(RekeyError::Internal(format!(
                 "a worker task panicked: {panic}"
             )));
         }
         Some(Err(e)) => {
             tracing::error!(error = %e, "worker task ended abnormally");
-            first.get_or_insert(RekeyError::Internal(format!("a worker task ended: {e}")));
+            panicked.get_or_insert(RekeyError::Internal(format!("a worker task ended: {e}")));
         }
         _ => {}
     }
@@ -377,13 +383,35 @@ async fn handle_job(ctx: &Ctx, mut job: Job) -> Result<(), RekeyError> {
             tracing::info!(%key, action = done.action.as_str(), result = done.result.as_str(),
                 format = done.outcome.source_format.as_deref().unwrap_or(""), "object done");
             crate::failpoint!("before-record");
-            c.store.complete(job.id, &ctx.owner, &done.outcome).await?;
+            record_outcome(c, &job, &ctx.owner, &done.outcome).await?;
             return Ok(());
         }
         Err(ObjError::AfterWrite { error, written }) => (*error, Some(written)),
         Err(e) => (e, None),
     };
     match error {
+        ObjError::Conflict { message, .. } if written.is_some() => {
+            // Our write landed, then another writer replaced it (the verify read got 412): the
+            // record keeps both, our write (the replaced version: the way back) and the
+            // conflict. The newer object is never overwritten; --retry-failed looks again.
+            finished_unsuccessfully(c, ObjectResult::Conflict, action, job.size, started);
+            ctx.summary(|s| s.conflicts += 1);
+            tracing::warn!(%key, error = %message, "object replaced right after our write: left as conflict");
+            let base = written
+                .map(|w| *w)
+                .unwrap_or_else(|| Outcome::new(JobState::Conflict));
+            let outcome = Outcome {
+                state: JobState::Conflict,
+                error_code: Some("PreconditionFailed".into()),
+                http_status: Some(412),
+                last_error: Some(format!(
+                    "our write landed, then the object changed: {message}"
+                )),
+                keep_intent: true,
+                ..base
+            };
+            record_outcome(c, &job, &ctx.owner, &outcome).await?;
+        }
         ObjError::Conflict {
             message,
             mut etag,
@@ -407,7 +435,7 @@ async fn handle_job(ctx: &Ctx, mut job: Job) -> Result<(), RekeyError> {
                     keep_intent: true,
                     ..Outcome::new(JobState::Conflict)
                 };
-                c.store.complete(job.id, &ctx.owner, &outcome).await?;
+                record_outcome(c, &job, &ctx.owner, &outcome).await?;
             } else {
                 ctx.summary(|s| s.requeued += 1);
                 c.metrics.retry(Service::S3, RetryReason::Conflict);
@@ -441,7 +469,7 @@ async fn handle_job(ctx: &Ctx, mut job: Job) -> Result<(), RekeyError> {
                 keep_intent: true,
                 ..base
             };
-            c.store.complete(job.id, &ctx.owner, &outcome).await?;
+            record_outcome(c, &job, &ctx.owner, &outcome).await?;
         }
         ObjError::Stopped => {
             tracing::info!(%key, "stopping: released before it started");
@@ -451,6 +479,21 @@ async fn handle_job(ctx: &Ctx, mut job: Job) -> Result<(), RekeyError> {
             // `after_write` never nests; record it as the failure it wraps would be.
             return Err(RekeyError::Internal("nested after-write failure".into()));
         }
+    }
+    Ok(())
+}
+
+/// Records a job's outcome. Refused when another worker holds the job now (this one's lease
+/// lapsed): said in the log, as that worker's record is the one that counts.
+async fn record_outcome(
+    c: &RekeyConfig,
+    job: &Job,
+    owner: &str,
+    outcome: &Outcome,
+) -> Result<(), RekeyError> {
+    if !c.store.complete(job.id, owner, outcome).await? {
+        tracing::warn!(key = %crate::logkey::log_key(&job.key),
+            "lease lost before the outcome was recorded: another worker holds this object now");
     }
     Ok(())
 }

@@ -394,10 +394,30 @@ pub struct Intent {
     /// never an application's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fingerprint: Option<String>,
+    /// The fingerprints of earlier attempts at this job whose writes were never seen to land
+    /// (a write dropped at a deadline, a worker whose lease lapsed): any of them may still land
+    /// later, and is then recognised as ours too. Kept until an outcome is recorded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub earlier_fingerprints: Vec<String>,
     /// ETag of the `<key>.instruction` object the source's envelope came from: deleted
     /// (conditionally) once the envelope is in the metadata, also by a recovering attempt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instruction_etag: Option<String>,
+}
+
+impl Intent {
+    /// How many fingerprints an intent remembers: a job that needs more attempts than this is
+    /// capped by `--max-attempts` long before.
+    pub const MAX_FINGERPRINTS: usize = 32;
+
+    /// Every fingerprint of this job's writes, the latest last (at most [`Self::MAX_FINGERPRINTS`]).
+    pub fn all_fingerprints(&self) -> Vec<String> {
+        let mut all = self.earlier_fingerprints.clone();
+        all.extend(self.fingerprint.iter().cloned());
+        let excess = all.len().saturating_sub(Self::MAX_FINGERPRINTS);
+        all.drain(..excess);
+        all
+    }
 }
 
 /// The final outcome of a job.

@@ -798,12 +798,14 @@ async fn an_intent_lasts_until_an_outcome_is_recorded() {
         source_version_id: Some("v1".into()),
         upload_id: Some("up-1".into()),
         fingerprint: Some("0123abcd".into()),
+        earlier_fingerprints: vec!["4567cdef".into()],
         instruction_etag: None,
     };
     // Intents written before `upload_id` existed (no such key) still read.
     let older = Intent {
         upload_id: None,
         fingerprint: None,
+        earlier_fingerprints: Vec::new(),
         ..intent.clone()
     };
     let json = serde_json::to_string(&older).unwrap();
