@@ -89,7 +89,8 @@ REKEY_FLAGS_CONTRACT = {
     "--state", "--kms-key-id", "--aes-key-file", "--rsa-key-file", "--context", "--concurrency",
     "--dry-run", "--reencrypt", "--no-verify", "--s3-rps", "--kms-rps", "--shard", "--shards",
     "--metrics-addr", "--pushgateway", "--log-format", "--endpoint-url", "--path-style",
-    "--stop-timeout", "--max-buffer-mib",
+    "--stop-timeout", "--max-buffer-mib", "--source-kms-key", "--source-kms-account",
+    "--max-attempts", "--object-timeout",
 }
 
 # --------------------------------------------------------------------------------------------
@@ -114,6 +115,10 @@ FULL = {
         "verify": False,
         "s3Rps": 500,
         "kmsRps": 200,
+        "sourceKmsKeys": ["alias/legacy-2019"],
+        "sourceKmsAccounts": ["444455556666"],
+        "maxAttempts": 5,
+        "objectTimeoutSeconds": 1800,
     },
     "aws": {"region": "eu-west-1", "endpointUrl": "http://seaweedfs:8333", "pathStyle": True},
     "legacyKeys": {

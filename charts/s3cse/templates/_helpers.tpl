@@ -241,6 +241,22 @@ Arguments of `s3cse rekey` (mode=job, cronjob).
 - --kms-rps
 - {{ . | quote }}
 {{- end }}
+{{- range .Values.rekey.sourceKmsKeys }}
+- --source-kms-key
+- {{ . | quote }}
+{{- end }}
+{{- range .Values.rekey.sourceKmsAccounts }}
+- --source-kms-account
+- {{ . | toString | quote }}
+{{- end }}
+{{- with .Values.rekey.maxAttempts }}
+- --max-attempts
+- {{ . | quote }}
+{{- end }}
+{{- with .Values.rekey.objectTimeoutSeconds }}
+- --object-timeout
+- {{ . | quote }}
+{{- end }}
 {{- if include "s3cse.sharded" . }}
 - --shards
 - {{ .Values.shards | quote }}
