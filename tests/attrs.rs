@@ -19,7 +19,7 @@
 //! (see `AttributePolicy`): until it does, they fail (the rewrite drops the lock, and rewrites
 //! an object whose ACL could not be read).
 
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -34,9 +34,8 @@ use s3cse::keyring::{AwsKms, Keyring, KmsKeyring};
 
 mod common;
 
-use common::{Bed, aes_key, aes_key_file, bed, data, put_v1_with};
+use common::{Bed, aes_key, aes_key_file, bed, data, put_v1_with, run_s3cse as run, show};
 
-const BIN: &str = env!("CARGO_BIN_EXE_s3cse");
 const ALL_USERS: &str = "http://acs.amazonaws.com/groups/global/AllUsers";
 const AUTHENTICATED_USERS: &str = "http://acs.amazonaws.com/groups/global/AuthenticatedUsers";
 
@@ -414,23 +413,6 @@ async fn refused_attribute_reads_fail_the_object() {
         .expect("no lock is no error");
     assert_eq!(head.attrs.retention_to_keep(), (None, None));
     assert_eq!(head.attrs.legal_hold_to_keep(), None);
-}
-
-fn run(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .env("S3CSE_LOG", "warn")
-        .output()
-        .expect("run s3cse")
-}
-
-fn show(o: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 /// `s3cse rekey s3://BUCKET` to the bed's key, legacy objects read with the vectors' AES key;

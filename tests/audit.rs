@@ -4,7 +4,7 @@
 //! prefix, the metrics textfile. Without `S3CSE_TESTBED` every test says "skipped" and passes.
 
 use std::collections::BTreeMap;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::Arc;
 
 use s3cse::client::S3Cse;
@@ -14,26 +14,7 @@ use s3cse::keyring::{AwsKms, Keyring, KmsKeyring};
 
 mod common;
 
-use common::{Bed, aes_key_file, bed, data, kms_key, put_v1};
-
-const BIN: &str = env!("CARGO_BIN_EXE_s3cse");
-
-fn run(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .env("S3CSE_LOG", "warn")
-        .output()
-        .expect("run s3cse")
-}
-
-fn show(o: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use common::{Bed, aes_key_file, bed, data, kms_key, put_v1, run_s3cse as run, show};
 
 /// `s3cse audit URL --kms-key-id TARGET EXTRA...`.
 fn audit(url: &str, target: &str, extra: &[&str]) -> Output {
@@ -110,19 +91,6 @@ async fn put_instruction(b: &Bed, key: &str, json: Vec<u8>) {
         &[("x-amz-crypto-instr-file".into(), String::new())],
     )
     .await;
-}
-
-async fn enable_versioning(b: &Bed) {
-    b.s3.put_bucket_versioning()
-        .bucket(&b.bucket)
-        .versioning_configuration(
-            aws_sdk_s3::types::VersioningConfiguration::builder()
-                .status(aws_sdk_s3::types::BucketVersioningStatus::Enabled)
-                .build(),
-        )
-        .send()
-        .await
-        .expect("versioning");
 }
 
 fn reason(lines: &BTreeMap<String, serde_json::Value>, key: &str) -> String {
@@ -419,7 +387,7 @@ async fn versions_show_noncurrent_legacy_versions_as_remaining() {
     let Some(b) = bed("audit-versions").await else {
         return;
     };
-    enable_versioning(&b).await;
+    b.enable_versioning().await;
     let target = b.key_id.clone();
     // A legacy object overwritten by a current one: its old version still needs the old key.
     put_v1(&b.s3, &b.bucket, "doc.bin", &data(600, 1)).await;

@@ -220,16 +220,7 @@ impl Rng {
 
 /// The mixed bucket (versioned) of [`rekey_survives_faults_and_kills`]: its sources by key.
 async fn seed_mixed_bucket(b: &Bed) -> BTreeMap<String, Source> {
-    b.s3.put_bucket_versioning()
-        .bucket(&b.bucket)
-        .versioning_configuration(
-            aws_sdk_s3::types::VersioningConfiguration::builder()
-                .status(aws_sdk_s3::types::BucketVersioningStatus::Enabled)
-                .build(),
-        )
-        .send()
-        .await
-        .expect("versioning");
+    b.enable_versioning().await;
     let old = kms_key(&b.kms).await;
     let mut plan: Vec<(String, Vec<u8>, Expect)> = Vec::new();
     let rewrite = Some((Action::Rewrite, "v1-aes-ecb-cbc"));

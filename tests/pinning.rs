@@ -4,21 +4,10 @@
 //! objects under another.
 
 use std::collections::BTreeMap;
-use std::process::{Command, Output};
 
 mod common;
 
-use common::{bed, data, kms_key, peer_put, show};
-
-const BIN: &str = env!("CARGO_BIN_EXE_s3cse");
-
-fn run(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .env("S3CSE_LOG", "warn")
-        .output()
-        .expect("run s3cse")
-}
+use common::{bed, data, kms_key, peer_put, run_s3cse as run, show};
 
 /// Report rows by key (JSON lines).
 fn report(state: &str) -> BTreeMap<String, serde_json::Value> {

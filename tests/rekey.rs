@@ -19,7 +19,7 @@ mod common;
 
 use common::{
     Bed, aes_key, aes_key_file, bed, data, kms_key, peer_get, peer_head, peer_put, put_raw_gcm,
-    put_v1, put_v1_with, record, rsa_private_key_file, show, vectors,
+    put_v1, put_v1_with, record, rsa_private_key_file, run_s3cse as run, show, vectors,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_s3cse");
@@ -35,14 +35,6 @@ async fn tamper(b: &Bed, key: &str, at: impl Fn(&[u8]) -> usize) {
     body[i] ^= 0x55;
     b.raw_put(key, body, &meta.into_iter().collect::<Vec<_>>())
         .await;
-}
-
-fn run(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .env("S3CSE_LOG", "warn")
-        .output()
-        .expect("run s3cse")
 }
 
 fn ok(o: Output, what: &str) -> Output {

@@ -542,6 +542,15 @@ impl Drop for FaultProxy {
     }
 }
 
+/// `s3cse ARGS...` (the binary under test), warnings only in its log.
+pub fn run_s3cse(args: &[&str]) -> Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_s3cse"))
+        .args(args)
+        .env("S3CSE_LOG", "warn")
+        .output()
+        .expect("run s3cse")
+}
+
 /// A command's exit code, stdout and stderr, for assertion messages.
 pub fn show(o: &Output) -> String {
     format!(
