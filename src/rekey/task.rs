@@ -8,7 +8,10 @@
 
 use std::collections::BTreeSet;
 use std::sync::Mutex;
+use std::time::Duration;
+
 use std::sync::atomic::AtomicBool;
+use tokio::time::Instant;
 
 use sha2::{Digest, Sha256};
 
@@ -233,6 +236,73 @@ pub(super) fn large_slots(client: &crate::client::S3Cse) -> usize {
         .max(1)
 }
 
+/// The time one attempt spent waiting for a large-object slot, which its deadline does not
+/// count ([`within_deadline`]): behind a few huge rewrites an object may wait longer than its
+/// deadline before it starts, and that is no hang.
+#[derive(Debug, Default)]
+pub(super) struct SlotClock {
+    /// Waits finished so far, and the start of the one under way.
+    waited: Mutex<(Duration, Option<Instant>)>,
+}
+
+impl SlotClock {
+    fn start_wait(&self) {
+        if let Ok(mut w) = self.waited.lock() {
+            w.1 = Some(Instant::now());
+        }
+    }
+
+    fn end_wait(&self) {
+        if let Ok(mut w) = self.waited.lock()
+            && let Some(since) = w.1.take()
+        {
+            w.0 += since.elapsed();
+        }
+    }
+
+    /// Time spent waiting up to `now`, the wait under way included.
+    fn waited(&self, now: Instant) -> Duration {
+        match self.waited.lock() {
+            Ok(w) => {
+                w.0 + w
+                    .1
+                    .map_or(Duration::ZERO, |s| now.saturating_duration_since(s))
+            }
+            Err(_) => Duration::ZERO,
+        }
+    }
+}
+
+tokio::task_local! {
+    /// The [`SlotClock`] of the attempt running in this task, if it runs under a deadline.
+    static SLOT_CLOCK: std::sync::Arc<SlotClock>;
+}
+
+/// Runs `fut` with a deadline of `limit` of its own time: time spent waiting for a large-object
+/// slot ([`Ctx::large_slot`]) does not count. `None` when the deadline passed (`fut` dropped).
+pub(super) async fn within_deadline<T>(
+    limit: Duration,
+    fut: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    let clock = std::sync::Arc::new(SlotClock::default());
+    let fut = SLOT_CLOCK.scope(clock.clone(), fut);
+    tokio::pin!(fut);
+    let start = Instant::now();
+    loop {
+        let now = Instant::now();
+        let active = now
+            .saturating_duration_since(start)
+            .saturating_sub(clock.waited(now));
+        if active >= limit {
+            return None;
+        }
+        tokio::select! {
+            r = &mut fut => return Some(r),
+            () = tokio::time::sleep(limit - active) => {}
+        }
+    }
+}
+
 impl Ctx {
     pub(super) fn summary(&self, f: impl FnOnce(&mut WorkSummary)) {
         if let Ok(mut s) = self.summary.lock() {
@@ -250,13 +320,21 @@ impl Ctx {
         if head.content_length.saturating_add(GCM_TAG_LEN as u64)
             > self.config.client.part_size() as u64
         {
-            tokio::select! {
+            let clock = SLOT_CLOCK.try_with(std::sync::Arc::clone).ok();
+            if let Some(c) = &clock {
+                c.start_wait();
+            }
+            let slot = tokio::select! {
                 // A stop already requested wins over a free slot.
                 biased;
                 () = self.shutdown.stopped() => Err(ObjError::Stopped),
                 // Never closed, so the permit is always granted.
                 p = self.large.acquire() => Ok(p.ok()),
+            };
+            if let Some(c) = &clock {
+                c.end_wait();
             }
+            slot
         } else {
             Ok(None)
         }
@@ -391,5 +469,44 @@ pub(super) async fn source_key(c: &RekeyConfig, env: &Envelope) -> Result<Secret
             codec::ErrorClass::NoMatchingKey.code(),
             "several configured RSA keys unwrap this object's data key; give only the right one",
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn wait_for_slot(d: Duration) {
+        let clock = SLOT_CLOCK.try_with(std::sync::Arc::clone).ok();
+        if let Some(c) = &clock {
+            c.start_wait();
+        }
+        tokio::time::sleep(d).await;
+        if let Some(c) = &clock {
+            c.end_wait();
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_deadline_does_not_count_the_wait_for_a_slot() {
+        let limit = Duration::from_secs(5);
+        // 10 s waiting for a slot, then 2 s of work: within a 5 s deadline.
+        let r = within_deadline(limit, async {
+            wait_for_slot(Duration::from_secs(10)).await;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            42
+        })
+        .await;
+        assert_eq!(r, Some(42));
+        // 6 s of work: over it, slot wait or not.
+        let r = within_deadline(limit, async {
+            wait_for_slot(Duration::from_secs(10)).await;
+            tokio::time::sleep(Duration::from_secs(6)).await;
+            42
+        })
+        .await;
+        assert_eq!(r, None);
+        let r = within_deadline(limit, tokio::time::sleep(Duration::from_secs(6))).await;
+        assert_eq!(r, None);
     }
 }

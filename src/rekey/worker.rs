@@ -29,7 +29,7 @@ use crate::store::{self, Job, JobState, JobStore, Outcome};
 
 use super::kms::backoff;
 use super::object::process;
-use super::task::{Ctx, ObjError, large_slots};
+use super::task::{Ctx, ObjError, large_slots, within_deadline};
 use super::{RekeyConfig, RekeyError, Shutdown};
 
 /// Attempts per object on transient S3/KMS failures within one claim (first try included).
@@ -304,7 +304,8 @@ async fn note_task(
 }
 
 /// The deadline of one attempt at an object of `size` bytes: `--object-timeout`, plus the time
-/// to move its bytes at [`DEADLINE_MIN_RATE`].
+/// to move its bytes at [`DEADLINE_MIN_RATE`]; time spent waiting for a large-object slot is
+/// not counted ([`within_deadline`]).
 fn deadline(c: &RekeyConfig, size: u64) -> Duration {
     c.object_timeout + Duration::from_secs(size / DEADLINE_MIN_RATE)
 }
@@ -334,23 +335,22 @@ async fn handle_job(ctx: &Ctx, mut job: Job) -> Result<(), RekeyError> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let r =
-                match tokio::time::timeout(deadline(c, job.size), process(ctx, &job, &mut action))
-                    .await
-                {
-                    Ok(r) => r,
-                    // Dropping the attempt cancels its requests; its intent says what the next
-                    // attempt must settle.
-                    Err(_) => Err(ObjError::Failed {
-                        code: "ObjectTimeout".into(),
-                        http: None,
-                        message: format!(
-                            "no outcome within {:?} (--object-timeout)",
-                            deadline(c, job.size)
-                        ),
-                        transient: true,
-                    }),
-                };
+            let r = match within_deadline(deadline(c, job.size), process(ctx, &job, &mut action))
+                .await
+            {
+                Some(r) => r,
+                // Dropping the attempt cancels its requests; its intent says what the next
+                // attempt must settle.
+                None => Err(ObjError::Failed {
+                    code: "ObjectTimeout".into(),
+                    http: None,
+                    message: format!(
+                        "no outcome within {:?} (--object-timeout)",
+                        deadline(c, job.size)
+                    ),
+                    transient: true,
+                }),
+            };
             match r {
                 Err(e) if attempt < MAX_ATTEMPTS && e.transient().is_some() => {
                     if let Some((code, http, message)) = e.transient() {
