@@ -1856,3 +1856,31 @@ async fn a_stale_instruction_file_is_deleted_and_an_orphan_recorded() {
         "the object reads as before"
     );
 }
+
+/// Review finding (data loss): any object whose name ends in `.instruction` was taken for an
+/// instruction file, and deleted as stale when `report` beside it had its own envelope. Only an
+/// object with the instruction-file marker (or an instruction file's JSON body) is one: a data
+/// object named so is migrated like any other, and never deleted.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_data_object_named_like_an_instruction_file_is_migrated_not_deleted() {
+    let Some(b) = bed("rekey-instr-name").await else {
+        return;
+    };
+    put_v1(&b.s3, &b.bucket, "report", &data(500, 14)).await;
+    put_v1(&b.s3, &b.bucket, "report.instruction", &data(2000, 15)).await;
+    let (_sd, state) = state_file("instr-name.db");
+    let o = rekey_aes(&b, &state, &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    let keys = b.keys().await;
+    assert!(
+        keys.contains(&"report.instruction".to_owned()),
+        "never deleted: {keys:?}"
+    );
+    let (s, action, format, ..) = record(&state, "report.instruction").await;
+    assert_eq!(
+        (s.as_str(), action.as_deref(), format.as_deref()),
+        ("done", Some("rewrite"), Some("v1-aes-ecb-cbc"))
+    );
+    assert_eq!(b.aws_reads("report.instruction"), data(2000, 15));
+    assert_eq!(b.aws_reads("report"), data(500, 14));
+}
