@@ -204,7 +204,7 @@ impl Verdict {
 
 /// Classifies an encrypted object by its envelope (see the module doc for the order).
 pub fn classify_envelope(env: &Envelope, target: &TargetKey) -> Verdict {
-    let (format, wrap, content) = labels(env);
+    let (format, wrap, content) = env.labels();
     let key = wrapping_key(env, target);
     let under_target = env.wrap == WrapAlg::KmsContext && target.owns_blob(&env.encrypted_key);
     let reason = if env.version == Version::V1 || env.wrap.is_legacy() {
@@ -235,37 +235,10 @@ pub fn classify_envelope(env: &Envelope, target: &TargetKey) -> Verdict {
     }
 }
 
-fn labels(env: &Envelope) -> (&'static str, &'static str, &'static str) {
-    let format = match env.version {
-        Version::V1 => "v1",
-        Version::V2 => "v2",
-        Version::V3 => "v3",
-    };
-    let wrap = match env.wrap {
-        WrapAlg::V1Unnamed if env.encrypted_key.len() == V1_AES_EDK_LEN => "aes-ecb",
-        WrapAlg::V1Unnamed => "rsa-pkcs1",
-        WrapAlg::AesWrap => "aeswrap",
-        WrapAlg::AesGcm => "aes-gcm",
-        WrapAlg::RsaOaepSha1 => "rsa-oaep-sha1",
-        WrapAlg::RsaOaepSha256Legacy => "rsa-oaep-sha256",
-        WrapAlg::Kms => "kms",
-        WrapAlg::KmsContext => "kms+context",
-    };
-    let content = match env.content_alg {
-        ContentAlg::AesCbc => "cbc",
-        ContentAlg::AesGcm => "gcm",
-        ContentAlg::AesGcmCommitting => "committing",
-    };
-    (format, wrap, content)
-}
-
-/// A V1 AES/ECB-wrapped 256-bit key is 48 bytes (32 + a padding block); RSA ones are longer.
-const V1_AES_EDK_LEN: usize = 48;
-
 /// What wraps the content key, as far as the envelope says without asking KMS.
 fn wrapping_key(env: &Envelope, target: &TargetKey) -> String {
     match env.wrap {
-        WrapAlg::V1Unnamed if env.encrypted_key.len() == V1_AES_EDK_LEN => "aes".into(),
+        WrapAlg::V1Unnamed if env.encrypted_key.len() == envelope::V1_AES_EDK_LEN => "aes".into(),
         WrapAlg::V1Unnamed | WrapAlg::RsaOaepSha1 | WrapAlg::RsaOaepSha256Legacy => "rsa".into(),
         WrapAlg::AesWrap | WrapAlg::AesGcm => "aes".into(),
         WrapAlg::Kms | WrapAlg::KmsContext => {

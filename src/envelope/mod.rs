@@ -442,14 +442,21 @@ impl Envelope {
 
     /// A short name for reports and metrics labels: `v1-aes`, `v2-kms-cbc`, `v3-kms+context`, …
     pub fn format_name(&self) -> String {
+        let (v, wrap, content) = self.labels();
+        format!("{v}-{wrap}-{content}")
+    }
+
+    /// The three parts of [`Self::format_name`]: version (`v1`), wrap (`aes-ecb`,
+    /// `kms+context`, …) and content cipher (`cbc`, `gcm`, `committing`).
+    pub fn labels(&self) -> (&'static str, &'static str, &'static str) {
+        let version = match self.version {
+            Version::V1 => "v1",
+            Version::V2 => "v2",
+            Version::V3 => "v3",
+        };
         let wrap = match self.wrap {
-            WrapAlg::V1Unnamed => {
-                if self.encrypted_key.len() == 48 {
-                    "aes-ecb"
-                } else {
-                    "rsa-pkcs1"
-                }
-            }
+            WrapAlg::V1Unnamed if self.encrypted_key.len() == V1_AES_EDK_LEN => "aes-ecb",
+            WrapAlg::V1Unnamed => "rsa-pkcs1",
             WrapAlg::AesWrap => "aeswrap",
             WrapAlg::AesGcm => "aes-gcm",
             WrapAlg::RsaOaepSha1 => "rsa-oaep-sha1",
@@ -462,14 +469,13 @@ impl Envelope {
             ContentAlg::AesGcm => "gcm",
             ContentAlg::AesGcmCommitting => "committing",
         };
-        let v = match self.version {
-            Version::V1 => "v1",
-            Version::V2 => "v2",
-            Version::V3 => "v3",
-        };
-        format!("{v}-{wrap}-{content}")
+        (version, wrap, content)
     }
 }
+
+/// A V1 AES/ECB-wrapped 256-bit key is 48 bytes (32 + a padding block); RSA-wrapped ones are
+/// longer. V1 names no wrap algorithm, so the length tells them apart.
+pub const V1_AES_EDK_LEN: usize = 48;
 
 /// Compact JSON of a context. Non-ASCII characters are written as `\uXXXX` escapes, so the value
 /// is plain ASCII and survives S3's header encoding untouched; every JSON parser reads it back.
