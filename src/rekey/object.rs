@@ -49,8 +49,8 @@ pub(super) async fn process(
         return Ok(Done::skip(None, "deleted"));
     };
     if let Some(intent) = &job.intent
-        && recover::is_ours(Some(intent), &ins.state)
         && let EnvelopeState::Encrypted(env) = &ins.state
+        && recover::is_ours(intent, env)
     {
         // An earlier attempt's write landed and was not recorded (a crash, a lost answer).
         *classified = Some(intent.action);
@@ -92,7 +92,9 @@ pub(super) async fn process(
     *classified = Some(store_action);
     // What the write must carry beyond the HEAD (ACL grants, Object Lock retention and legal
     // hold): unreadable, the object fails untouched.
-    c.s3_limit.wait().await;
+    if c.attribute_policy.read_acl || c.attribute_policy.read_lock {
+        c.s3_limit.wait().await;
+    }
     if let Err(e) = c
         .client
         .read_write_attributes(&mut head, &c.attribute_policy)

@@ -24,7 +24,7 @@
 
 use aws_sdk_s3::primitives::ByteStream;
 
-use crate::client::{ClientError, EnvelopeState, ObjectHead};
+use crate::client::{ClientError, ObjectHead};
 use crate::consts::{INSTRUCTION_MARKER, INSTRUCTION_SUFFIX};
 use crate::envelope::{self, Detected, Envelope, Location};
 use crate::store::{Intent, Job, JobState, Outcome};
@@ -66,12 +66,9 @@ pub(super) async fn abort_orphan(
     }
 }
 
-/// True if the object's envelope is the one `intent` was about to write: that write landed.
-/// Any attempt's: the latest, or an earlier one whose write landed late.
-pub(super) fn is_ours(intent: Option<&Intent>, state: &EnvelopeState) -> bool {
-    let (Some(intent), EnvelopeState::Encrypted(env)) = (intent, state) else {
-        return false;
-    };
+/// True if `env` is the envelope `intent` was about to write: that write landed. Any
+/// attempt's: the latest, or an earlier one whose write landed late.
+pub(super) fn is_ours(intent: &Intent, env: &Envelope) -> bool {
     if env.location != Location::ObjectMetadata {
         return false;
     }
@@ -97,14 +94,7 @@ pub(super) async fn landed(
     let Ok(Detected::Complete(env)) = envelope::detect(&head.metadata) else {
         return None;
     };
-    let state = EnvelopeState::Encrypted(env);
-    if !is_ours(Some(intent), &state) {
-        return None;
-    }
-    let EnvelopeState::Encrypted(env) = state else {
-        return None;
-    };
-    Some((head, env))
+    is_ours(intent, &env).then_some((head, env))
 }
 
 /// Settles a write of ours that landed but was not recorded: authenticates it (with `--verify`,

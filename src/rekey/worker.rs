@@ -314,7 +314,7 @@ fn deadline(c: &RekeyConfig, size: u64) -> Duration {
 async fn handle_job(ctx: &Ctx, mut job: Job) -> Result<(), RekeyError> {
     let started = Instant::now();
     let c = &ctx.config;
-    let key = crate::logkey::log_key(&job.key).to_string();
+    let key = crate::logkey::log_key(&job.key);
     let size = job.size;
     // The action classification chose, once known: the `action` label of a failure's duration.
     let mut action = None;
