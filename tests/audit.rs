@@ -8,8 +8,7 @@ use std::process::Output;
 use std::sync::Arc;
 
 use s3cse::client::S3Cse;
-use s3cse::codec::{self, WriteFormat};
-use s3cse::envelope::Context;
+use s3cse::codec::WriteFormat;
 use s3cse::keyring::{AwsKms, Keyring, KmsKeyring};
 
 mod common;
@@ -65,32 +64,8 @@ fn put(b: &Bed, key: &str, body: &[u8], extra: &[&str]) {
 async fn put_with_instruction_file(b: &Bed, key: &str, body: &[u8]) -> Vec<u8> {
     let kms = Arc::new(AwsKms::new(b.kms.clone()));
     let ring = Keyring::kms(KmsKeyring::new(kms, &b.key_id));
-    let enc = codec::new_encryption(
-        &ring,
-        WriteFormat::V2,
-        &Context::new(),
-        Some(body.len() as u64),
-    )
-    .await
-    .expect("encryption");
-    let mut ct = Vec::new();
-    let (env, _) = codec::encrypt_stream(enc, &mut &body[..], &mut ct)
+    b.put_with_instruction_file(&ring, WriteFormat::V2, key, body)
         .await
-        .expect("encrypt");
-    let (object_meta, file) = env.to_instruction_file();
-    b.raw_put(key, ct, &object_meta.into_iter().collect::<Vec<_>>())
-        .await;
-    put_instruction(b, &format!("{key}.instruction"), file.clone()).await;
-    file
-}
-
-async fn put_instruction(b: &Bed, key: &str, json: Vec<u8>) {
-    b.raw_put(
-        key,
-        json,
-        &[("x-amz-crypto-instr-file".into(), String::new())],
-    )
-    .await;
 }
 
 fn reason(lines: &BTreeMap<String, serde_json::Value>, key: &str) -> String {
@@ -190,8 +165,9 @@ async fn audit_names_what_remains_and_why_before_and_after_rekey() {
     put_v1(&b.s3, &b.bucket, uni_legacy, &data(40, 8)).await;
     let file = put_with_instruction_file(&b, "in-file.bin", &data(700, 9)).await;
     // Orphans: one whose object is gone, one next to an object with its own envelope.
-    put_instruction(&b, "gone.bin.instruction", file.clone()).await;
-    put_instruction(&b, "current.bin.instruction", file).await;
+    b.put_instruction("gone.bin.instruction", file.clone())
+        .await;
+    b.put_instruction("current.bin.instruction", file).await;
 
     let s = audit_json(&url, &target, &[], 1);
     assert_eq!(s["total"], 11, "{s:#}");

@@ -12,7 +12,7 @@
 
 use std::process::{Command, Output};
 
-use s3cse::codec::{self, WriteFormat};
+use s3cse::codec::WriteFormat;
 use s3cse::keyring::Keyring;
 
 mod common;
@@ -72,24 +72,8 @@ impl Seed {
             }
             Seed::Instruction => {
                 let d = data(4100, 5);
-                let ring = Keyring::aes(aes_key());
-                let enc =
-                    codec::new_encryption(&ring, WriteFormat::V2, &Default::default(), Some(4100))
-                        .await
-                        .expect("enc");
-                let mut ct = Vec::new();
-                let (env, _) = codec::encrypt_stream(enc, &mut &d[..], &mut ct)
-                    .await
-                    .expect("encrypt");
-                let (object_meta, file) = env.to_instruction_file();
-                b.raw_put(key, ct, &object_meta.into_iter().collect::<Vec<_>>())
+                b.put_with_instruction_file(&Keyring::aes(aes_key()), WriteFormat::V2, key, &d)
                     .await;
-                b.raw_put(
-                    &format!("{key}.instruction"),
-                    file,
-                    &[("x-amz-crypto-instr-file".into(), String::new())],
-                )
-                .await;
                 (d, "rewrap", "v2-aes-gcm-gcm")
             }
         }

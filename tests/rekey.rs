@@ -1806,12 +1806,7 @@ async fn a_stale_instruction_file_is_deleted_and_an_orphan_recorded() {
         .expect("delete");
     let file = serde_json::to_vec(&legacy_meta).expect("json");
     for key in ["cur.bin.instruction", "gone.bin.instruction"] {
-        b.raw_put(
-            key,
-            file.clone(),
-            &[("x-amz-crypto-instr-file".into(), String::new())],
-        )
-        .await;
+        b.put_instruction(key, file.clone()).await;
     }
     let (_sd, state) = state_file("stale-instr.db");
     let o = rekey_aes(&b, &state, &[]);

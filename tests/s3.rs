@@ -9,8 +9,7 @@ use std::path::Path;
 
 use common::*;
 use s3cse::client::{PutRequest, S3Cse};
-use s3cse::codec::{self, WriteFormat};
-use s3cse::envelope::Context;
+use s3cse::codec::WriteFormat;
 use s3cse::keyring::{AesMasterKey, Keyring};
 use s3cse::secret::SecretBytes;
 
@@ -197,23 +196,8 @@ async fn instruction_file_envelopes_are_fetched() {
     let ring = Keyring::aes(AesMasterKey::new(SecretBytes::random(32)).expect("aes"));
     for format in [WriteFormat::V2, WriteFormat::V3] {
         let pt = data(4000, 9);
-        let enc = codec::new_encryption(&ring, format, &Context::new(), Some(4000))
-            .await
-            .expect("enc");
-        let mut ct = Vec::new();
-        let (env, _) = codec::encrypt_stream(enc, &mut &pt[..], &mut ct)
-            .await
-            .expect("encrypt");
-        let (object_meta, file) = env.to_instruction_file();
         let key = format!("obj-{format:?}");
-        b.raw_put(&key, ct, &object_meta.into_iter().collect::<Vec<_>>())
-            .await;
-        b.raw_put(
-            &format!("{key}.instruction"),
-            file,
-            &[("x-amz-crypto-instr-file".into(), String::new())],
-        )
-        .await;
+        b.put_with_instruction_file(&ring, format, &key, &pt).await;
         let mut out = Vec::new();
         let client = S3Cse::new(b.s3.clone(), ring.clone());
         client

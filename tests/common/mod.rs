@@ -192,6 +192,45 @@ impl Bed {
         std::fs::read(&out).expect("out")
     }
 
+    /// Stores `json` as an instruction-file object, with the marker AWS's clients put on them.
+    pub async fn put_instruction(&self, key: &str, json: Vec<u8>) {
+        self.raw_put(
+            key,
+            json,
+            &[("x-amz-crypto-instr-file".into(), String::new())],
+        )
+        .await;
+    }
+
+    /// Encrypts `body` with `ring` as `format` and stores it with its envelope in
+    /// `<key>.instruction` (as Java, Ruby, PHP and .NET can write it). Returns the file's JSON.
+    pub async fn put_with_instruction_file(
+        &self,
+        ring: &Keyring,
+        format: s3cse::codec::WriteFormat,
+        key: &str,
+        body: &[u8],
+    ) -> Vec<u8> {
+        let enc = s3cse::codec::new_encryption(
+            ring,
+            format,
+            &Default::default(),
+            Some(body.len() as u64),
+        )
+        .await
+        .expect("encryption");
+        let mut ct = Vec::new();
+        let (env, _) = s3cse::codec::encrypt_stream(enc, &mut &body[..], &mut ct)
+            .await
+            .expect("encrypt");
+        let (object_meta, file) = env.to_instruction_file();
+        self.raw_put(key, ct, &object_meta.into_iter().collect::<Vec<_>>())
+            .await;
+        self.put_instruction(&format!("{key}.instruction"), file.clone())
+            .await;
+        file
+    }
+
     /// Every key in the bucket with its ETag.
     pub async fn etags(&self) -> std::collections::BTreeMap<String, String> {
         let out = self
