@@ -253,20 +253,7 @@ impl Bed {
 
     /// Every key in the bucket, sorted.
     pub async fn keys(&self) -> Vec<String> {
-        let out = self
-            .s3
-            .list_objects_v2()
-            .bucket(&self.bucket)
-            .send()
-            .await
-            .expect("list");
-        let mut keys: Vec<String> = out
-            .contents()
-            .iter()
-            .filter_map(|o| o.key().map(str::to_owned))
-            .collect();
-        keys.sort();
-        keys
+        self.etags().await.into_keys().collect()
     }
 
     /// Ids of the multipart uploads open in the bucket, sorted.
