@@ -140,7 +140,9 @@ impl CodecError {
                 | KeyringError::CekAlgMismatch { .. } => ErrorClass::ContextMismatch,
                 KeyringError::Kms(e) => match e.kind {
                     // A blob KMS cannot decrypt under this context is a wrong key/context.
-                    KmsErrorKind::InvalidCiphertext => ErrorClass::NoMatchingKey,
+                    KmsErrorKind::InvalidCiphertext | KmsErrorKind::IncorrectKey => {
+                        ErrorClass::NoMatchingKey
+                    }
                     KmsErrorKind::Throttled | KmsErrorKind::Transient => ErrorClass::KmsUnavailable,
                     KmsErrorKind::SourceKeyNotAllowed => ErrorClass::SourceKeyNotAllowed,
                     _ => ErrorClass::KmsAccess,

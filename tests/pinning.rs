@@ -118,3 +118,108 @@ async fn a_data_key_under_a_key_not_allowed_is_refused_and_the_object_left_untou
     let o = rekey(&["--source-kms-key", "alias/no-such-key"]);
     assert_eq!(o.status.code(), Some(2), "{}", show(&o));
 }
+
+/// Real KMS blobs do not carry their key id (moto's do): with the key id ignored, ownership
+/// comes from the target's signature (learned with four GenerateDataKey calls and one Decrypt)
+/// or from a Decrypt pinned to the target, about once per backing key, and every answer is true.
+#[tokio::test(flavor = "multi_thread")]
+async fn which_key_wraps_a_blob_is_known_without_the_key_id_in_it() {
+    use std::sync::Arc;
+
+    use s3cse::envelope::{ContentAlg, Context, Envelope, Location, Version, WrapAlg};
+    use s3cse::keyring::{AwsKms, KmsClient};
+    use s3cse::metrics::Metrics;
+    use s3cse::rekey::kms::{RekeyKms, describe_key};
+    use s3cse::rekey::limit::RateLimit;
+    use s3cse::rekey::owner::{Basis, KeyOwner};
+    use s3cse::secret::SecretBytes;
+
+    let Some(b) = bed("owner").await else {
+        return;
+    };
+    let other = kms_key(&b.kms).await;
+    let metrics = Arc::new(Metrics::new("test"));
+    let target = describe_key(&b.kms, &b.key_id, &metrics)
+        .await
+        .expect("describe key");
+    let kms: Arc<dyn KmsClient> = Arc::new(RekeyKms::new(
+        Arc::new(AwsKms::new(b.kms.clone())),
+        RateLimit::default(),
+        metrics.clone(),
+    ));
+    let owner = KeyOwner::new(target.clone(), kms.clone()).ignoring_key_id_in_blobs();
+    let ctx: Context = [("aws:x-amz-cek-alg", "AES/GCM/NoPadding")]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    let env = |blob: Vec<u8>| Envelope {
+        version: Version::V2,
+        content_alg: ContentAlg::AesGcm,
+        wrap: WrapAlg::KmsContext,
+        encrypted_key: blob,
+        iv: vec![0; 12],
+        matdesc: Context::new(),
+        encryption_context: ctx.clone(),
+        message_id: Vec::new(),
+        commitment: Vec::new(),
+        plaintext_length: None,
+        location: Location::ObjectMetadata,
+    };
+    let blob_under = |key: String| {
+        let (kms, ctx) = (kms.clone(), ctx.clone());
+        async move { kms.generate_data_key(&key, &ctx).await.expect("gdk").1 }
+    };
+    let decrypts = || metrics.kms_requests("Decrypt");
+    let ask = |e: Envelope| {
+        let owner = &owner;
+        async move { owner.owns_with_basis(&e).await.expect("an answer") }
+    };
+
+    // The first question learns the signature: four GenerateDataKey calls and one Decrypt.
+    let mine = blob_under(b.key_id.clone()).await;
+    assert_eq!(ask(env(mine.clone())).await, (true, Basis::Signature));
+    assert_eq!(metrics.kms_requests("GenerateDataKey"), 1 + 4);
+    assert_eq!(decrypts(), 1);
+    let mine2 = blob_under(target.arn.clone()).await;
+    assert_eq!(ask(env(mine2)).await, (true, Basis::Signature));
+    assert_eq!(
+        decrypts(),
+        1,
+        "a blob with the target's signature costs no KMS call"
+    );
+
+    // Another key: KMS says no once, then its signature answers.
+    let theirs = blob_under(other.clone()).await;
+    assert_eq!(ask(env(theirs)).await, (false, Basis::Kms));
+    assert_eq!(decrypts(), 2);
+    let theirs2 = blob_under(other.clone()).await;
+    assert_eq!(ask(env(theirs2)).await, (false, Basis::Signature));
+    assert_eq!(decrypts(), 2);
+
+    // A blob of the target of another shape (a 16-byte key): KMS says yes.
+    let short = kms
+        .encrypt(&b.key_id, &SecretBytes::new(vec![7; 16]), &ctx)
+        .await
+        .expect("encrypt");
+    assert_ne!(short.len(), mine.len());
+    assert_eq!(ask(env(short)).await, (true, Basis::Kms));
+    assert_eq!(decrypts(), 3);
+
+    // Garbage of the right length: no (KMS cannot decrypt it; moto says AccessDenied, which
+    // may teach a foreign signature: a "no" learned wrongly only costs a rewrap).
+    let garbage = vec![0x5a; mine.len()];
+    assert_eq!(ask(env(garbage.clone())).await, (false, Basis::Kms));
+    assert!(!ask(env(garbage)).await.0);
+    let asked = decrypts();
+
+    // Not a KMS wrap: no question at all.
+    let mut raw = env(mine.clone());
+    raw.wrap = WrapAlg::AesGcm;
+    assert_eq!(ask(raw).await, (false, Basis::NotKms));
+    // Offline, only the key id in the blob counts (moto's blobs carry it).
+    let offline = KeyOwner::offline(target.clone());
+    assert!(offline.owns(&env(mine.clone())).await.expect("offline"));
+    let offline = KeyOwner::offline(target).ignoring_key_id_in_blobs();
+    assert!(!offline.owns(&env(mine)).await.expect("offline"));
+    assert_eq!(decrypts(), asked);
+}

@@ -393,7 +393,9 @@ async fn rekey_migrates_a_mixed_bucket_and_is_idempotent() {
 
     // One KMS call per migrated object: GenerateDataKey per rewrite (5), ReEncrypt per KMS
     // rewrap (3, the V3 one among them), Encrypt per raw-key rewrap (1); Decrypt only for the KMS-wrapped CBC source;
-    // none for the skipped ones. The corrupt CBC object costs one GenerateDataKey too: CBC
+    // none for the skipped ones. Once per run, the first `kms+context` GCM blob that does not
+    // name the target learns the target's signature (4 GenerateDataKey + 1 Decrypt), and one
+    // Decrypt pinned to the target says the old key's blobs are not the target's (rekey::owner). The corrupt CBC object costs one GenerateDataKey too: CBC
     // cannot be authenticated before its body has streamed through the new encryption. The
     // tampered raw-key GCM object costs none: its tag is checked before the Encrypt.
     let k = |op: &str| {
@@ -403,10 +405,20 @@ async fn rekey_migrates_a_mixed_bucket_and_is_idempotent() {
             &[("operation", op), ("outcome", "ok")],
         )
     };
-    assert_eq!(k("GenerateDataKey"), 5.0 + 1.0, "{pushed}");
+    let probe = s3cse::rekey::owner::PROBES as f64;
+    assert_eq!(k("GenerateDataKey"), 5.0 + 1.0 + probe, "{pushed}");
     assert_eq!(k("ReEncrypt"), 3.0);
     assert_eq!(k("Encrypt"), 1.0);
-    assert_eq!(k("Decrypt"), 1.0);
+    assert_eq!(k("Decrypt"), 1.0 + 1.0);
+    let refused = metric(
+        &pushed,
+        "s3cse_kms_requests_total",
+        &[("operation", "Decrypt"), ("outcome", "error")],
+    );
+    assert_eq!(
+        refused, 1.0,
+        "KMS refused the old key's blob once, pinned to the target"
+    );
     assert_eq!(k("DescribeKey"), 1.0, "the target key is resolved once");
     let objects =
         |text: &str, result: &str| metric(text, "s3cse_rekey_objects_total", &[("result", result)]);
@@ -783,10 +795,14 @@ async fn rewrap_above_the_copy_threshold_is_a_multipart_copy() {
         0
     );
     assert_eq!(s3_ok("CopyObject"), 1, "the small object: one CopyObject");
-    // One KMS call per rewrapped object, none else but DescribeKey.
+    // One KMS call per rewrapped object, none else but DescribeKey and, once, which key wraps
+    // the old blobs (rekey::owner: the target's signature, 4 GenerateDataKey + 1 Decrypt, and
+    // one Decrypt pinned to the target for the old key).
     let kms = |op: &str| count(&m, "s3cse_kms_requests_total", &[("operation", op)]);
     assert_eq!(kms("ReEncrypt"), 2, "{m}");
-    assert_eq!(kms("GenerateDataKey") + kms("Decrypt") + kms("Encrypt"), 0);
+    assert_eq!(kms("GenerateDataKey"), s3cse::rekey::owner::PROBES as u64);
+    assert_eq!(kms("Decrypt"), 2);
+    assert_eq!(kms("Encrypt"), 0);
     assert_eq!(
         count(&m, "s3cse_rekey_objects_total", &[("result", "rewrapped")]),
         2
@@ -923,6 +939,10 @@ async fn a_multipart_copy_rewrap_is_conditional_on_the_etag() {
             .await
             .expect("bucket settings"),
         client,
+        owner: Arc::new(s3cse::rekey::owner::KeyOwner::new(
+            target_key.clone(),
+            kms.clone(),
+        )),
         kms,
         target: target_key,
         store: store.clone(),
@@ -1409,6 +1429,10 @@ async fn rekey_in_process(
             .await
             .expect("bucket settings"),
         client,
+        owner: Arc::new(s3cse::rekey::owner::KeyOwner::new(
+            target.clone(),
+            kms.clone(),
+        )),
         kms,
         target,
         store: store.clone(),

@@ -3,7 +3,7 @@
 //!
 //! **current** means "depends on the target key only": the envelope is in the object's own
 //! metadata (an instruction file can be swapped: the 2025 key-commitment advisories), the content
-//! key is wrapped `kms+context` by the target key ([`TargetKey::owns_blob`]), and the content is
+//! key is wrapped `kms+context` by the target key ([`crate::rekey::owner::KeyOwner`] says), and the content is
 //! AES-GCM (V2) or key-committing AES-GCM (V3). Anything else encrypted is **remaining**, with
 //! one [`Reason`], picked in this order (the first that applies says what the object still
 //! depends on):
@@ -23,7 +23,6 @@ use std::fmt;
 
 use crate::client::kms_key_id_of;
 use crate::envelope::{self, ContentAlg, Detected, Envelope, Location, Metadata, Version, WrapAlg};
-use crate::rekey::plan::TargetKey;
 
 /// What the census says of one object (or one version).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
@@ -203,10 +202,12 @@ impl Verdict {
 }
 
 /// Classifies an encrypted object by its envelope (see the module doc for the order).
-pub fn classify_envelope(env: &Envelope, target: &TargetKey) -> Verdict {
+///
+/// `owned`: the data key is wrapped by the target key ([`crate::rekey::owner::KeyOwner`]).
+pub fn classify_envelope(env: &Envelope, owned: bool) -> Verdict {
     let (format, wrap, content) = env.labels();
-    let key = wrapping_key(env, target);
-    let under_target = env.wrap == WrapAlg::KmsContext && target.owns_blob(&env.encrypted_key);
+    let key = wrapping_key(env, owned);
+    let under_target = env.wrap == WrapAlg::KmsContext && owned;
     let reason = if env.version == Version::V1 || env.wrap.is_legacy() {
         Some(Reason::LegacyWrap)
     } else if matches!(env.wrap, WrapAlg::AesGcm | WrapAlg::RsaOaepSha1) {
@@ -236,13 +237,13 @@ pub fn classify_envelope(env: &Envelope, target: &TargetKey) -> Verdict {
 }
 
 /// What wraps the content key, as far as the envelope says without asking KMS.
-fn wrapping_key(env: &Envelope, target: &TargetKey) -> String {
+fn wrapping_key(env: &Envelope, owned: bool) -> String {
     match env.wrap {
         WrapAlg::V1Unnamed if env.encrypted_key.len() == envelope::V1_AES_EDK_LEN => "aes".into(),
         WrapAlg::V1Unnamed | WrapAlg::RsaOaepSha1 | WrapAlg::RsaOaepSha256Legacy => "rsa".into(),
         WrapAlg::AesWrap | WrapAlg::AesGcm => "aes".into(),
         WrapAlg::Kms | WrapAlg::KmsContext => {
-            if target.owns_blob(&env.encrypted_key) {
+            if owned {
                 return "target".into();
             }
             let id = kms_key_id_of(env).or_else(|| ascii_key_id(&env.encrypted_key));
@@ -295,9 +296,18 @@ pub fn ascii_key_id(blob: &[u8]) -> Option<String> {
 mod tests {
     use super::*;
     use crate::envelope::Context;
+    use crate::rekey::plan::TargetKey;
 
     const TARGET: &str = "1234abcd-12ab-34cd-56ef-1234567890ab";
     const OTHER: &str = "99999999-8888-7777-6666-555555555555";
+
+    fn owned_by_blob(e: &Envelope) -> bool {
+        target().owns_blob(&e.encrypted_key)
+    }
+
+    fn by_blob(e: &Envelope) -> Verdict {
+        classify_envelope(e, owned_by_blob(e))
+    }
 
     fn target() -> TargetKey {
         TargetKey {
@@ -464,11 +474,11 @@ mod tests {
             ),
         ];
         for (name, e, (class, reason), key) in cases {
-            let v = classify_envelope(&e, &target());
+            let v = by_blob(&e);
             assert_eq!((v.class, v.reason), (class, reason), "{name}");
             assert_eq!(v.key, key, "{name}");
             // rekey skips exactly what the census counts as current, and acts on the rest.
-            let plan = crate::rekey::plan::classify_envelope(&e, &target(), false);
+            let plan = crate::rekey::plan::classify_envelope(&e, owned_by_blob(&e), false);
             assert_eq!(
                 plan == crate::rekey::plan::Action::Skip(crate::rekey::plan::SkipReason::Current),
                 class == Class::Current,
@@ -486,7 +496,7 @@ mod tests {
             &[0; 48],
             Location::ObjectMetadata,
         );
-        let v = classify_envelope(&e, &target());
+        let v = by_blob(&e);
         assert_eq!((v.format, v.wrap, v.content), ("v1", "aes-ecb", "cbc"));
     }
 
@@ -501,7 +511,7 @@ mod tests {
         );
         e.encryption_context
             .insert(crate::consts::EC_KMS_CMK_ID.into(), "alias/old".into());
-        assert_eq!(classify_envelope(&e, &target()).key, "kms:alias/old");
+        assert_eq!(by_blob(&e).key, "kms:alias/old");
     }
 
     #[test]
@@ -513,7 +523,7 @@ mod tests {
             &[0; 48],
             Location::ObjectMetadata,
         );
-        let v = classify_envelope(&e, &target()).noncurrent();
+        let v = by_blob(&e).noncurrent();
         assert_eq!(v.reason, Some(Reason::NoncurrentVersion));
         assert_eq!(v.detail.as_deref(), Some("legacy-wrap"));
         assert_eq!(Verdict::plaintext().noncurrent(), Verdict::plaintext());
@@ -524,10 +534,7 @@ mod tests {
             &moto_blob(TARGET),
             Location::ObjectMetadata,
         );
-        assert_eq!(
-            classify_envelope(&cur, &target()).noncurrent().class,
-            Class::Current
-        );
+        assert_eq!(by_blob(&cur).noncurrent().class, Class::Current);
         let u = Verdict::unreadable("AccessDenied").noncurrent();
         assert_eq!(u.detail.as_deref(), Some("unreadable: AccessDenied"));
     }

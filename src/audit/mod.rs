@@ -2,7 +2,9 @@
 //! file: it lists the bucket (ListObjectsV2, or ListObjectVersions with `versions`), HEADs every
 //! object with bounded concurrency and reads `.instruction` objects, and says of each whether it
 //! is plaintext, current (depends on the target KMS key only) or remaining, and why. No body is
-//! read and no KMS call is made (the caller resolves the target key once, with DescribeKey).
+//! read. Whether a `kms`/`kms+context` data key is under the target is read off the blob when it
+//! names the key, matched against the target's signature (learned once, with a few KMS calls),
+//! or asked of KMS about once per backing key in the bucket ([`KeyOwner`]).
 //!
 //! # Layout
 //! - [`classify`]: pure, one envelope -> [`Verdict`]; its table defines "current".
@@ -29,7 +31,7 @@ use crate::codec::CodecError;
 use crate::consts::INSTRUCTION_SUFFIX;
 use crate::envelope::{self, Detected, Metadata};
 use crate::rekey::limit::RateLimit;
-use crate::rekey::plan::TargetKey;
+use crate::rekey::owner::KeyOwner;
 
 pub use self::classify::{
     Class, InstructionRole, Reason, Verdict, classify_envelope, instruction_role,
@@ -116,10 +118,10 @@ const LISTING_AHEAD: usize = 2000;
 const MAX_INSTRUCTION_FILE: i64 = 1 << 20;
 
 /// Runs the census: every object of `config.bucket`/`config.prefix` is classified against
-/// `target`, handed to `each` (in completion order) and counted in the returned [`Tally`].
+/// `owner`'s target key, handed to `each` (in completion order) and counted in the returned [`Tally`].
 pub async fn run(
     client: &S3Cse,
-    target: &TargetKey,
+    owner: &KeyOwner,
     config: &AuditConfig,
     s3_limit: &RateLimit,
     mut each: impl FnMut(&Audited),
@@ -139,7 +141,7 @@ pub async fn run(
     let mut tally = Tally::new(config.max_listed);
     let audits = async {
         let results = entries
-            .map(|l| audit_one(client, target, &config.bucket, l, s3_limit))
+            .map(|l| audit_one(client, owner, &config.bucket, l, s3_limit))
             .buffer_unordered(config.concurrency.max(1));
         let mut results = std::pin::pin!(results);
         while let Some(r) = results.next().await {
@@ -283,13 +285,13 @@ enum Outcome {
 
 async fn audit_one(
     client: &S3Cse,
-    target: &TargetKey,
+    owner: &KeyOwner,
     bucket: &str,
     l: Listed,
     s3_limit: &RateLimit,
 ) -> Outcome {
     let verdict = if let Some(data_key) = l.key.strip_suffix(INSTRUCTION_SUFFIX) {
-        match instruction_verdict(client, target, bucket, data_key, &l, s3_limit).await {
+        match instruction_verdict(client, owner, bucket, data_key, &l, s3_limit).await {
             Some(v) => v,
             None => return Outcome::CountedWithItsObject,
         }
@@ -309,13 +311,23 @@ async fn audit_one(
         }
         let v = match client.envelope_of(&head).await {
             Ok(EnvelopeState::Plaintext) => Verdict::plaintext(),
-            Ok(EnvelopeState::Encrypted(env)) => classify_envelope(&env, target),
+            Ok(EnvelopeState::Encrypted(env)) => verdict_of(owner, &env).await,
             Err(ClientError::NotFound { .. }) => Verdict::unreadable("instruction file missing"),
             Err(e) => Verdict::unreadable(error_class(&e)),
         };
         if l.is_latest { v } else { v.noncurrent() }
     };
     counted(l, verdict)
+}
+
+/// The verdict on an encrypted object: KMS may be asked whether its data key is under the target
+/// ([`KeyOwner`]); if KMS cannot answer (after its retries) the object is unreadable, never
+/// current.
+async fn verdict_of(owner: &KeyOwner, env: &envelope::Envelope) -> Verdict {
+    match owner.owns(env).await {
+        Ok(owned) => classify_envelope(env, owned),
+        Err(e) => Verdict::unreadable(format!("KMS could not say which key wraps it: {e}")),
+    }
 }
 
 fn counted(l: Listed, verdict: Verdict) -> Outcome {
@@ -331,7 +343,7 @@ fn counted(l: Listed, verdict: Verdict) -> Outcome {
 /// `<data_key>` (then it is counted with that object).
 async fn instruction_verdict(
     client: &S3Cse,
-    target: &TargetKey,
+    owner: &KeyOwner,
     bucket: &str,
     data_key: &str,
     l: &Listed,
@@ -339,7 +351,7 @@ async fn instruction_verdict(
 ) -> Option<Verdict> {
     if !l.is_latest {
         // An old version of an envelope: it still holds a content key.
-        let v = file_verdict(client, target, bucket, l, s3_limit).await;
+        let v = file_verdict(client, owner, bucket, l, s3_limit).await;
         return Some(v.noncurrent());
     }
     s3_limit.wait().await;
@@ -352,7 +364,7 @@ async fn instruction_verdict(
         InstructionRole::Live => return None,
         InstructionRole::Orphan(why) => why,
     };
-    let mut v = file_verdict(client, target, bucket, l, s3_limit).await;
+    let mut v = file_verdict(client, owner, bucket, l, s3_limit).await;
     v.detail = Some(match v.detail.take() {
         Some(d) => format!("{why} ({d})"),
         None => why.to_owned(),
@@ -363,7 +375,7 @@ async fn instruction_verdict(
 /// An `orphan-instruction` verdict with the wrap and key the file names, when it can be read.
 async fn file_verdict(
     client: &S3Cse,
-    target: &TargetKey,
+    owner: &KeyOwner,
     bucket: &str,
     l: &Listed,
     s3_limit: &RateLimit,
@@ -377,7 +389,7 @@ async fn file_verdict(
             if let Ok(env) = Detected::NoEnvelopeInMetadata
                 .complete_with_instruction_file(&Metadata::new(), &json)
             {
-                let e = classify_envelope(&env, target);
+                let e = verdict_of(owner, &env).await;
                 (v.wrap, v.content, v.key) = (e.wrap, e.content, e.key);
             }
         }

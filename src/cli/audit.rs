@@ -6,15 +6,18 @@
 
 use std::io::Write as _;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{Context as _, anyhow};
 use clap::{Args, ValueEnum};
 use s3cse::audit::{AuditConfig, Class, Reason, Scope, Summary, Tally};
 use s3cse::client::S3Cse;
 use s3cse::keyring::Keyring;
+use s3cse::keyring::{AwsKms, KmsClient};
 use s3cse::metrics::{self, AuditMetrics};
-use s3cse::rekey::kms::describe_key;
+use s3cse::rekey::kms::{RekeyKms, describe_key, without_sdk_retries};
 use s3cse::rekey::limit::RateLimit;
+use s3cse::rekey::owner::KeyOwner;
 
 use super::aws::{AwsArgs, parse_s3_url, sdk_config};
 use super::keys::kms_client;
@@ -36,7 +39,10 @@ pub struct AuditArgs {
     /// What to audit: s3://BUCKET[/PREFIX].
     url: String,
     /// The KMS key (id, ARN or alias/NAME) objects must depend on, and on nothing else. Resolved
-    /// once with DescribeKey; no other KMS call is made.
+    /// once with DescribeKey. Real KMS blobs do not name their key: a few GenerateDataKey calls
+    /// learn the target's signature, and a blob that matches no known signature is checked with a
+    /// Decrypt pinned to the target (plaintext dropped at once), about once per backing key.
+    /// Needs kms:GenerateDataKey and kms:Decrypt on the target key.
     #[arg(long, env = "S3CSE_KMS_KEY_ID")]
     kms_key_id: Option<String>,
     /// Every version (ListObjectVersions): an encrypted noncurrent version that is not current
@@ -59,6 +65,9 @@ pub struct AuditArgs {
     /// Limit S3 requests per second.
     #[arg(long, value_name = "N")]
     s3_rps: Option<u32>,
+    /// Limit KMS requests per second (see --kms-key-id for which calls are made).
+    #[arg(long, value_name = "N")]
+    kms_rps: Option<u32>,
     /// Push-add the audit gauges to this Pushgateway at the end (http://host:9091).
     #[arg(long, value_name = "URL")]
     pushgateway: Option<String>,
@@ -86,10 +95,18 @@ pub async fn audit(a: AuditArgs) -> CliResult {
     check_textfile(a.metrics_textfile.as_deref())?;
     // The rekey metrics only carry DescribeKey's request counter here; they are not published.
     let request_metrics = new_metrics();
-    let target = describe_key(&kms_client().await, &kms_key_id, &request_metrics)
+    let kms_sdk = kms_client().await;
+    let target = describe_key(&kms_sdk, &kms_key_id, &request_metrics)
         .await
         .with_context(|| format!("KMS key {kms_key_id}"))
         .map_err(Failure::usage)?;
+    // Rate-limited and retried like rekey's (the SDK's own retries off).
+    let kms: Arc<dyn KmsClient> = Arc::new(RekeyKms::new(
+        Arc::new(AwsKms::new(without_sdk_retries(&kms_sdk))),
+        RateLimit::per_second(a.kms_rps),
+        request_metrics.clone(),
+    ));
+    let owner = KeyOwner::new(target.clone(), kms);
     let s3 = a.aws.s3_client(&sdk_config().await).await;
     check_bucket(&s3, &bucket).await?;
     // No keyring: an audit never decrypts.
@@ -104,7 +121,7 @@ pub async fn audit(a: AuditArgs) -> CliResult {
     let mut lines = LineWriter::new(a.list);
     let tally = s3cse::audit::run(
         &client,
-        &target,
+        &owner,
         &config,
         &RateLimit::per_second(a.s3_rps),
         |o| lines.write(o),

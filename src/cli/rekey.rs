@@ -25,6 +25,7 @@ use s3cse::metrics::{self, Metrics, Outcome};
 use s3cse::rekey::copy::{COPY_PART_SIZE, MAX_COPY_SIZE};
 use s3cse::rekey::kms::{RekeyKms, describe_key, without_sdk_retries};
 use s3cse::rekey::limit::RateLimit;
+use s3cse::rekey::owner::KeyOwner;
 use s3cse::rekey::scan::MAX_LIST_PAGE_SIZE;
 use s3cse::rekey::{RekeyConfig, RunSummary, Shard, Shutdown};
 use s3cse::store::{Action, JobState, JobStore, ScanKey, Tally};
@@ -591,6 +592,7 @@ async fn run(a: RunArgs, scan_target: Option<ScanTarget>) -> CliResult {
         work: true,
         client,
         attribute_policy,
+        owner: Arc::new(KeyOwner::new(target.clone(), kms.clone())),
         kms,
         target,
         store: store.clone(),

@@ -23,6 +23,9 @@ use crate::secret::SecretBytes;
 pub enum KmsErrorKind {
     /// The blob does not decrypt under this key and context (wrong context, tampered blob).
     InvalidCiphertext,
+    /// A Decrypt pinned to a key (`KeyId`) got a blob of another key: `IncorrectKeyException`
+    /// (moto, and real KMS for a key in another account: `AccessDeniedException`).
+    IncorrectKey,
     /// The caller may not use the key.
     AccessDenied,
     /// No such key, or it is disabled / pending deletion.
@@ -63,9 +66,8 @@ impl KmsError {
             | SdkError::DispatchFailure(_)
             | SdkError::ResponseError(_) => KmsErrorKind::Transient,
             _ => match err.code() {
-                Some("InvalidCiphertextException" | "IncorrectKeyException") => {
-                    KmsErrorKind::InvalidCiphertext
-                }
+                Some("InvalidCiphertextException") => KmsErrorKind::InvalidCiphertext,
+                Some("IncorrectKeyException") => KmsErrorKind::IncorrectKey,
                 Some("AccessDeniedException" | "UnrecognizedClientException") => {
                     KmsErrorKind::AccessDenied
                 }
@@ -245,7 +247,14 @@ impl KmsClient for AwsKms {
                 _ => self
                     .decrypt_once(key_id, blob, context)
                     .await
-                    .map_err(|e| KmsError::from_sdk("Decrypt", e))?,
+                    .map_err(|e| {
+                        let other_key = key_id.is_some() && under_another_key(&e);
+                        let mut e = KmsError::from_sdk("Decrypt", e);
+                        if other_key {
+                            e.kind = KmsErrorKind::IncorrectKey;
+                        }
+                        e
+                    })?,
             };
             let plaintext = out.plaintext.ok_or_else(|| {
                 KmsError::new(KmsErrorKind::Other, "Decrypt returned no plaintext")

@@ -71,7 +71,13 @@ pub(super) async fn inspect(
     };
     ctx.s3_limit.wait().await;
     let (state, instruction_etag) = ctx.client.envelope_and_instruction_etag(&head).await?;
-    let action = plan::classify(&head, &state, &ctx.target, ctx.reencrypt);
+    let owned = match &state {
+        EnvelopeState::Encrypted(env) if plan::ownership_matters(env) => {
+            ctx.owner.owns(env).await?
+        }
+        _ => false,
+    };
+    let action = plan::classify(&head, &state, owned, ctx.reencrypt);
     Ok(Some(Inspected {
         head,
         body,

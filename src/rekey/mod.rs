@@ -28,6 +28,7 @@ mod inspect;
 pub mod kms;
 pub mod limit;
 mod object;
+pub mod owner;
 pub mod plan;
 mod read;
 mod recover;
@@ -93,7 +94,8 @@ pub struct RekeyConfig {
     pub context: Context,
     /// Objects processed at once.
     pub concurrency: usize,
-    /// Classify only: HEAD + envelope, no KMS, no writes.
+    /// Classify only: HEAD + envelope, no writes (KMS only to learn which blobs are under the
+    /// target key, [`owner`]).
     pub dry_run: bool,
     /// Rewrite GCM objects too (a fresh data key), instead of rewrapping their key.
     pub reencrypt: bool,
@@ -124,6 +126,9 @@ pub struct RekeyConfig {
     /// The decorated KMS client (rate limit, retries, metrics).
     pub kms: Arc<dyn KmsClient>,
     pub target: TargetKey,
+    /// Whether a blob is under `target` ([`owner::KeyOwner`]: the key id, a learned signature,
+    /// or KMS asked through `kms`).
+    pub owner: Arc<owner::KeyOwner>,
     pub store: JobStore,
     /// The process's metrics: S3 requests are recorded by `client`'s observer, KMS requests by
     /// `kms`, objects, retries and queue depth by the workers.

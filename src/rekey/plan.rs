@@ -4,7 +4,7 @@
 //! | source                                               | action   |
 //! |------------------------------------------------------|----------|
 //! | no envelope                                          | skip (plaintext) |
-//! | V2 AES-GCM or V3, `kms+context` whose EDK names the target (in any Region, for a multi-Region key), envelope in the metadata | skip (current), no KMS call |
+//! | V2 AES-GCM or V3, `kms+context` whose EDK is under the target (in any Region, for a multi-Region key; [`super::owner`] says how that is known), envelope in the metadata | skip (current) |
 //! | CBC content, any wrap                                | rewrite  |
 //! | GCM content (V2 or V3) under any other wrap, or with its envelope in a `.instruction` object | rewrap, V3 staying V3 (rewrite with `--reencrypt`) |
 //! | a `.instruction` object                              | skip (never data) |
@@ -159,13 +159,20 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
 }
 
-/// Classifies one object.
-pub fn classify(
-    head: &ObjectHead,
-    state: &EnvelopeState,
-    target: &TargetKey,
-    reencrypt: bool,
-) -> Action {
+/// True if whether `env`'s data key is under the target key decides its action: only then is
+/// [`super::owner::KeyOwner`] asked (which may cost a KMS call).
+pub fn ownership_matters(env: &Envelope) -> bool {
+    env.wrap == WrapAlg::KmsContext
+        && env.location == Location::ObjectMetadata
+        && matches!(
+            env.content_alg,
+            ContentAlg::AesGcm | ContentAlg::AesGcmCommitting
+        )
+        && matches!(env.version, Version::V2 | Version::V3)
+}
+
+/// Classifies one object. `owned`: as for [`classify_envelope`].
+pub fn classify(head: &ObjectHead, state: &EnvelopeState, owned: bool, reencrypt: bool) -> Action {
     // An instruction file carries the marker; a data object may have any name.
     if head.key.ends_with(INSTRUCTION_SUFFIX) && head.metadata.contains_key(INSTRUCTION_MARKER) {
         return Action::Skip(SkipReason::InstructionFile);
@@ -174,7 +181,7 @@ pub fn classify(
         EnvelopeState::Plaintext => return Action::Skip(SkipReason::Plaintext),
         EnvelopeState::Encrypted(env) => env,
     };
-    classify_envelope(env, target, reencrypt)
+    classify_envelope(env, owned, reencrypt)
 }
 
 /// Classifies an encrypted object by its envelope. Current means "depends on the target key
@@ -182,10 +189,12 @@ pub fn classify(
 /// any other wrap still needs that wrap's key (it is rewrapped, staying V3), and an envelope
 /// in a `.instruction` object can be swapped apart from its data (the 2025 key-commitment
 /// advisories), so it is moved into the metadata even under the target key.
-pub fn classify_envelope(env: &Envelope, target: &TargetKey, reencrypt: bool) -> Action {
-    let under_target = env.wrap == WrapAlg::KmsContext
-        && env.location == Location::ObjectMetadata
-        && target.owns_blob(&env.encrypted_key);
+///
+/// `owned`: the data key is wrapped by the target key ([`super::owner::KeyOwner`] says; it
+/// need only be asked when [`ownership_matters`]).
+pub fn classify_envelope(env: &Envelope, owned: bool, reencrypt: bool) -> Action {
+    let under_target =
+        env.wrap == WrapAlg::KmsContext && env.location == Location::ObjectMetadata && owned;
     match env.content_alg {
         ContentAlg::AesCbc => Action::Rewrite,
         ContentAlg::AesGcm | ContentAlg::AesGcmCommitting => {
@@ -202,6 +211,19 @@ pub fn classify_envelope(env: &Envelope, target: &TargetKey, reencrypt: bool) ->
 
 #[cfg(test)]
 mod tests {
+    /// The classification with ownership read off the blob (the key id in it).
+    fn by_blob(e: &Envelope, t: &TargetKey, reencrypt: bool) -> Action {
+        classify_envelope(e, t.owns_blob(&e.encrypted_key), reencrypt)
+    }
+
+    fn classify_by_blob(h: &ObjectHead, s: &EnvelopeState, t: &TargetKey, r: bool) -> Action {
+        let owned = match s {
+            EnvelopeState::Encrypted(e) => t.owns_blob(&e.encrypted_key),
+            EnvelopeState::Plaintext => false,
+        };
+        classify(h, s, owned, r)
+    }
+
     use super::*;
     use crate::envelope::Context;
 
@@ -461,7 +483,7 @@ mod tests {
             ),
         ];
         for (name, e, reencrypt, want) in cases {
-            assert_eq!(classify_envelope(&e, &t, reencrypt), want, "{name}");
+            assert_eq!(by_blob(&e, &t, reencrypt), want, "{name}");
         }
     }
 
@@ -469,7 +491,7 @@ mod tests {
     fn plaintext_and_instruction_files_are_skipped() {
         let t = target();
         assert_eq!(
-            classify(&head("a.txt"), &EnvelopeState::Plaintext, &t, false),
+            classify_by_blob(&head("a.txt"), &EnvelopeState::Plaintext, &t, false),
             Action::Skip(SkipReason::Plaintext)
         );
         let e = env(
@@ -483,7 +505,7 @@ mod tests {
             .metadata
             .insert(INSTRUCTION_MARKER.into(), String::new());
         assert_eq!(
-            classify(
+            classify_by_blob(
                 &instruction,
                 &EnvelopeState::Encrypted(e.clone()),
                 &t,
@@ -493,7 +515,7 @@ mod tests {
         );
         // Without the marker an object named so is data, migrated like any other.
         assert_eq!(
-            classify(
+            classify_by_blob(
                 &head("report.instruction"),
                 &EnvelopeState::Encrypted(e.clone()),
                 &t,
@@ -502,7 +524,7 @@ mod tests {
             Action::Rewrite
         );
         assert_eq!(
-            classify(&head("a.txt"), &EnvelopeState::Encrypted(e), &t, false),
+            classify_by_blob(&head("a.txt"), &EnvelopeState::Encrypted(e), &t, false),
             Action::Rewrite
         );
     }
@@ -595,17 +617,14 @@ mod tests {
             assert!(here.owns_blob(&blob));
             assert!(mrk_target("eu-west-1").owns_blob(&blob));
             assert_eq!(
-                classify_envelope(&kms_context_gcm(&blob), &here, false),
+                by_blob(&kms_context_gcm(&blob), &here, false),
                 Skip(SkipReason::Current)
             );
         }
         // Another multi-Region key, or a single-Region key: rewrapped.
         for blob in [moto_blob(OTHER_MRK), aws_blob(OTHER_MRK), aws_blob(KEY_ID)] {
             assert!(!here.owns_blob(&blob));
-            assert_eq!(
-                classify_envelope(&kms_context_gcm(&blob), &here, false),
-                Rewrap
-            );
+            assert_eq!(by_blob(&kms_context_gcm(&blob), &here, false), Rewrap);
         }
         // A target given by its ARN only, in either field, resolves to the same id.
         let by_arn = TargetKey {
@@ -632,7 +651,7 @@ mod tests {
             for blob in [moto_blob(alias), moto_blob(MRK), aws_blob(MRK)] {
                 assert!(!t.owns_blob(&blob), "{alias}");
                 assert_eq!(
-                    classify_envelope(&kms_context_gcm(&blob), &t, false),
+                    by_blob(&kms_context_gcm(&blob), &t, false),
                     Action::Rewrap,
                     "{alias}"
                 );

@@ -1,0 +1,351 @@
+//! Is a KMS ciphertext blob under the target key? The question every "current" decision of
+//! `rekey` and `audit` rests on, answered truthfully on real AWS KMS.
+//!
+//! # Why the blob alone does not say
+//! moto's blobs start with the key id in ASCII, and [`TargetKey::owns_blob`] finds it. Real KMS
+//! blobs do not carry the key id in the clear: their cleartext header holds the identifier of
+//! the *backing key* (HBKID) the KMS key encrypted with
+//! (<https://docs.aws.amazon.com/kms/latest/cryptographic-details/customer-data-operations.html>),
+//! and outside observers found some bytes fixed for all keys, some fixed per key and random
+//! looking, and the rest new on every call (awsteele.com, "Cursory KMS research", 2020). A
+//! search for the key id never matches there, so without more every object under the target
+//! would look foreign: rekey would rewrap it again on every run and `audit` would never pass.
+//!
+//! # What is done instead
+//! 1. The key id in the blob ([`TargetKey::owns_blob`]): yes, with no KMS call (moto and any KMS
+//!    that names the key).
+//! 2. A **signature** of the target key: on first need, [`PROBES`] GenerateDataKey calls under
+//!    the target (plaintexts zeroized at once) and one Decrypt pinned to the target (it proves the
+//!    caller may ask). The byte positions equal in all samples are the blob's fixed header,
+//!    which holds the HBKID; their values are the signature. A blob of the same length with the
+//!    same values at those positions was made by the same backing key: yes, with no KMS call.
+//!    A different KMS key has a different backing key, so its blobs differ there.
+//! 3. Otherwise KMS is asked: `Decrypt` pinned to the target (`KeyId`), plaintext dropped (and
+//!    zeroized) at once. Success: yes, and the blob's values at the signature positions are
+//!    kept as another signature of the target (an older backing key: the target was rotated).
+//!    `IncorrectKeyException` (moto: `AccessDeniedException`): no, and the values are kept as a
+//!    foreign signature, so the next blob of that backing key is answered without KMS. A blob
+//!    that does not decrypt (tampered, wrong context, naming no usable key) is no, and nothing
+//!    is learned from it. Throttling and network errors are errors (the caller retries).
+//!
+//! So KMS is asked about once per backing key in the bucket, not once per object. A wrong "no"
+//! only costs a needless rewrap; a wrong "yes" would leave a legacy object behind, so a "yes"
+//! comes only from the key id, from the target's own samples, or from KMS itself.
+//!
+//! Signatures are kept up to [`MAX_SIGNATURES`] a side; beyond that every unknown blob is
+//! asked (bounded memory, correct answers, more calls).
+
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::OnceCell;
+
+use crate::envelope::{Context, Envelope, WrapAlg};
+use crate::keyring::{KmsClient, KmsError, KmsErrorKind, kms_source_context};
+
+use super::plan::TargetKey;
+
+/// GenerateDataKey calls whose blobs make the target's signature: a random byte equal in all
+/// of them by chance is one in 2^24, so the signature is the fixed header.
+pub const PROBES: usize = 4;
+/// Fewer equal positions than this and no signature is trusted: every blob is asked about.
+pub const MIN_SIGNATURE: usize = 16;
+/// Signatures kept per side (the target's backing keys, foreign ones).
+pub const MAX_SIGNATURES: usize = 64;
+
+/// The encryption context of the probes: the one V2 writers give GenerateDataKey.
+const PROBE_CONTEXT: (&str, &str) = ("aws:x-amz-cek-alg", "AES/GCM/NoPadding");
+
+/// Answers "is this blob under the target key" (module docs).
+pub struct KeyOwner {
+    target: TargetKey,
+    kms: Option<Arc<dyn KmsClient>>,
+    /// Read the key id off the blob (step 1). Off only in tests, to take the path real KMS
+    /// blobs take on a KMS whose blobs do name the key.
+    key_id_in_blob: bool,
+    /// The positions, learned on first need.
+    shape: OnceCell<Option<Shape>>,
+    known: Mutex<Known>,
+    /// One KMS question at a time: objects of one backing key checked at once would each ask
+    /// before the first answer is learned.
+    asking: tokio::sync::Mutex<()>,
+}
+
+/// Where a blob of the target key has its fixed bytes.
+#[derive(Debug, Clone)]
+struct Shape {
+    len: usize,
+    positions: Vec<usize>,
+}
+
+impl Shape {
+    /// The blob's values at the positions, if it has the shape's length.
+    fn values(&self, blob: &[u8]) -> Option<Vec<u8>> {
+        (blob.len() == self.len).then(|| self.positions.iter().map(|&i| blob[i]).collect())
+    }
+}
+
+#[derive(Default)]
+struct Known {
+    ours: Vec<Vec<u8>>,
+    theirs: Vec<Vec<u8>>,
+}
+
+/// How an answer was reached (tests and logs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Basis {
+    /// Not a KMS wrap at all.
+    NotKms,
+    /// The key id is in the blob.
+    KeyId,
+    /// A signature matched (the target's or a foreign one).
+    Signature,
+    /// KMS answered.
+    Kms,
+    /// No KMS client (offline): only the key id counts.
+    Offline,
+}
+
+impl KeyOwner {
+    /// Asks KMS (through `kms`, which should carry the run's rate limit and metrics) when the
+    /// blob does not say.
+    pub fn new(target: TargetKey, kms: Arc<dyn KmsClient>) -> Self {
+        Self::build(target, Some(kms))
+    }
+
+    /// Without KMS: only a blob naming the target's key id is the target's.
+    pub fn offline(target: TargetKey) -> Self {
+        Self::build(target, None)
+    }
+
+    fn build(target: TargetKey, kms: Option<Arc<dyn KmsClient>>) -> Self {
+        Self {
+            target,
+            kms,
+            key_id_in_blob: true,
+            shape: OnceCell::new(),
+            known: Mutex::new(Known::default()),
+            asking: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Never read the key id off a blob: answers come from signatures and KMS only, as for
+    /// real AWS KMS blobs. For tests against a KMS whose blobs name their key (moto).
+    #[doc(hidden)]
+    pub fn ignoring_key_id_in_blobs(mut self) -> Self {
+        self.key_id_in_blob = false;
+        self
+    }
+
+    pub fn target(&self) -> &TargetKey {
+        &self.target
+    }
+
+    /// True if `env`'s data key is wrapped by the target key (`kms` or `kms+context`).
+    pub async fn owns(&self, env: &Envelope) -> Result<bool, KmsError> {
+        self.owns_with_basis(env).await.map(|(yes, _)| yes)
+    }
+
+    /// [`Self::owns`], with how the answer was reached.
+    pub async fn owns_with_basis(&self, env: &Envelope) -> Result<(bool, Basis), KmsError> {
+        if !matches!(env.wrap, WrapAlg::Kms | WrapAlg::KmsContext) {
+            return Ok((false, Basis::NotKms));
+        }
+        let blob = &env.encrypted_key;
+        if self.key_id_in_blob && self.target.owns_blob(blob) {
+            return Ok((true, Basis::KeyId));
+        }
+        let Some(kms) = &self.kms else {
+            return Ok((false, Basis::Offline));
+        };
+        let shape = self
+            .shape
+            .get_or_try_init(|| async {
+                let samples = probe(&self.target, kms.as_ref()).await?;
+                Ok::<_, KmsError>(self.seed(&samples))
+            })
+            .await?;
+        let values = shape.as_ref().and_then(|s| s.values(blob));
+        if let Some(v) = &values
+            && let Some(answer) = self.lookup(v)
+        {
+            return Ok((answer, Basis::Signature));
+        }
+        let _asking = self.asking.lock().await;
+        // Learned while this one waited?
+        if let Some(v) = &values
+            && let Some(answer) = self.lookup(v)
+        {
+            return Ok((answer, Basis::Signature));
+        }
+        // The context KMS wants; an envelope that cannot name one is not ours to vouch for.
+        let Ok(context) = kms_source_context(env) else {
+            return Ok((false, Basis::Kms));
+        };
+        match kms.decrypt(Some(&self.target.arn), blob, &context).await {
+            Ok(plaintext) => {
+                drop(plaintext);
+                if let Some(v) = values {
+                    self.learn(v, true);
+                }
+                Ok((true, Basis::Kms))
+            }
+            Err(e) if e.kind == KmsErrorKind::IncorrectKey => {
+                if let Some(v) = values {
+                    self.learn(v, false);
+                }
+                Ok((false, Basis::Kms))
+            }
+            Err(e)
+                if matches!(
+                    e.kind,
+                    KmsErrorKind::InvalidCiphertext
+                        | KmsErrorKind::KeyUnavailable
+                        | KmsErrorKind::SourceKeyNotAllowed
+                ) =>
+            {
+                Ok((false, Basis::Kms))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn lookup(&self, values: &[u8]) -> Option<bool> {
+        let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        if known.ours.iter().any(|s| s == values) {
+            Some(true)
+        } else if known.theirs.iter().any(|s| s == values) {
+            Some(false)
+        } else {
+            None
+        }
+    }
+
+    fn learn(&self, values: Vec<u8>, ours: bool) {
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        let side = if ours {
+            &mut known.ours
+        } else {
+            &mut known.theirs
+        };
+        if side.len() < MAX_SIGNATURES && !side.contains(&values) {
+            side.push(values);
+        }
+    }
+
+    /// A signature from sample blobs (the probe's; unit tests give their own).
+    fn seed(&self, samples: &[Vec<u8>]) -> Option<Shape> {
+        let Some(shape) = shape_of(samples) else {
+            tracing::warn!(
+                "blobs under the target key share too few fixed bytes: every kms+context \
+                 object that does not name the key is checked with a KMS Decrypt"
+            );
+            return None;
+        };
+        tracing::debug!(
+            len = shape.len,
+            fixed = shape.positions.len(),
+            "blobs under the target key have a signature"
+        );
+        self.learn(shape.values(&samples[0])?, true);
+        Some(shape)
+    }
+}
+
+/// The positions equal in every sample (all of one length), if there are enough of them.
+fn shape_of(samples: &[Vec<u8>]) -> Option<Shape> {
+    let first = samples.first()?;
+    if samples.iter().any(|s| s.len() != first.len()) {
+        return None;
+    }
+    let positions: Vec<usize> = (0..first.len())
+        .filter(|&i| samples.iter().all(|s| s[i] == first[i]))
+        .collect();
+    (positions.len() >= MIN_SIGNATURE).then_some(Shape {
+        len: first.len(),
+        positions,
+    })
+}
+
+/// [`PROBES`] blobs under the target, then one Decrypt pinned to it: an error here (no
+/// GenerateDataKey or Decrypt permission on the target, say) is a configuration error.
+async fn probe(target: &TargetKey, kms: &dyn KmsClient) -> Result<Vec<Vec<u8>>, KmsError> {
+    let context: Context = [PROBE_CONTEXT]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    let mut samples = Vec::with_capacity(PROBES);
+    for _ in 0..PROBES {
+        // The plaintext data key is dropped, and zeroized, here.
+        let (_key, blob) = kms.generate_data_key(&target.arn, &context).await?;
+        samples.push(blob);
+    }
+    kms.decrypt(Some(&target.arn), &samples[0], &context)
+        .await
+        .map_err(|e| {
+            KmsError::new(
+                e.kind,
+                format!(
+                    "the target key's own blob does not decrypt pinned to it ({e}): rekey and \
+                     audit need kms:Decrypt on the target key to recognise objects under it"
+                ),
+            )
+        })?;
+    Ok(samples)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target() -> TargetKey {
+        TargetKey {
+            key_id: "1234abcd-12ab-34cd-56ef-1234567890ab".into(),
+            arn: "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+                .into(),
+        }
+    }
+
+    /// An AWS-like blob: a fixed header, a per-backing-key id, then per-call random bytes.
+    fn blob(hbk: u8, nonce: u8) -> Vec<u8> {
+        let mut b = vec![1, 2, 2, 0, 0x78];
+        b.extend_from_slice(&[hbk; 33]);
+        b.extend((0..60u8).map(|i| i.wrapping_mul(31).wrapping_add(nonce)));
+        b
+    }
+
+    #[test]
+    fn shape_is_the_fixed_bytes() {
+        let s = shape_of(&[blob(7, 1), blob(7, 2), blob(7, 3)]).expect("shape");
+        assert_eq!(s.positions, (0..38).collect::<Vec<_>>());
+        assert!(shape_of(&[blob(7, 1), blob(7, 1)[..50].to_vec()]).is_none());
+        // Too few fixed bytes: no signature at all.
+        let mut a = vec![0u8; 40];
+        let mut b = a.clone();
+        a[10..].fill(1);
+        b[10..].fill(2);
+        assert!(shape_of(&[a, b]).is_none());
+    }
+
+    #[test]
+    fn signatures_answer_without_kms() {
+        let o = KeyOwner::offline(target());
+        let shape = o
+            .seed(&[blob(7, 1), blob(7, 2), blob(7, 3)])
+            .expect("shape");
+        let v = |b: &[u8]| shape.values(b).expect("same length");
+        assert_eq!(o.lookup(&v(&blob(7, 9))), Some(true));
+        assert_eq!(
+            o.lookup(&v(&blob(8, 9))),
+            None,
+            "another backing key is unknown"
+        );
+        o.learn(v(&blob(8, 1)), false);
+        assert_eq!(o.lookup(&v(&blob(8, 200))), Some(false));
+        assert_eq!(shape.values(&blob(7, 1)[1..]), None, "other length");
+        for i in 0..(2 * MAX_SIGNATURES) {
+            o.learn(vec![i as u8; 38], false);
+        }
+        let known = o.known.lock().expect("lock");
+        assert_eq!(known.theirs.len(), MAX_SIGNATURES);
+    }
+}
