@@ -181,7 +181,7 @@ impl KeyOwner {
         let Ok(context) = kms_source_context(env) else {
             return Ok((false, Basis::Kms));
         };
-        match kms.decrypt(Some(&self.target.arn), blob, &context).await {
+        match kms.decrypt(Some(key_name(&self.target)), blob, &context).await {
             Ok(plaintext) => {
                 drop(plaintext);
                 if let Some(v) = values {
@@ -266,6 +266,15 @@ fn shape_of(samples: &[Vec<u8>]) -> Option<Shape> {
     })
 }
 
+/// How KMS is told the target: its ARN (as DescribeKey gave it), else its id.
+fn key_name(target: &TargetKey) -> &str {
+    if target.arn.is_empty() {
+        &target.key_id
+    } else {
+        &target.arn
+    }
+}
+
 /// [`PROBES`] blobs under the target, then one Decrypt pinned to it: an error here (no
 /// GenerateDataKey or Decrypt permission on the target, say) is a configuration error.
 async fn probe(target: &TargetKey, kms: &dyn KmsClient) -> Result<Vec<Vec<u8>>, KmsError> {
@@ -273,13 +282,14 @@ async fn probe(target: &TargetKey, kms: &dyn KmsClient) -> Result<Vec<Vec<u8>>, 
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
+    let key = key_name(target);
     let mut samples = Vec::with_capacity(PROBES);
     for _ in 0..PROBES {
         // The plaintext data key is dropped, and zeroized, here.
-        let (_key, blob) = kms.generate_data_key(&target.arn, &context).await?;
+        let (_key, blob) = kms.generate_data_key(key, &context).await?;
         samples.push(blob);
     }
-    kms.decrypt(Some(&target.arn), &samples[0], &context)
+    kms.decrypt(Some(key), &samples[0], &context)
         .await
         .map_err(|e| {
             KmsError::new(
