@@ -311,6 +311,7 @@ mod tests {
 
     fn target() -> TargetKey {
         TargetKey {
+            aws_backed: false,
             key_id: TARGET.into(),
             arn: format!("arn:aws:kms:us-east-1:123456789012:key/{TARGET}"),
         }

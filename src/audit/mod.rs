@@ -324,9 +324,17 @@ async fn audit_one(
 /// ([`KeyOwner`]); if KMS cannot answer (after its retries) the object is unreadable, never
 /// current.
 async fn verdict_of(owner: &KeyOwner, env: &envelope::Envelope) -> Verdict {
+    // Only a `kms+context` key's owner changes the verdict (a legacy `kms` wrap remains
+    // whoever wraps it): no KMS question for the others.
+    if env.wrap != envelope::WrapAlg::KmsContext {
+        return classify_envelope(env, false);
+    }
     match owner.owns(env).await {
         Ok(owned) => classify_envelope(env, owned),
-        Err(e) => Verdict::unreadable(format!("KMS could not say which key wraps it: {e}")),
+        Err(e) => {
+            tracing::warn!(error = %e, "KMS could not say which key wraps a data key");
+            Verdict::unreadable(format!("kms-{:?}", e.kind).to_lowercase())
+        }
     }
 }
 

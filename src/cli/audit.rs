@@ -107,9 +107,16 @@ pub async fn audit(a: AuditArgs) -> CliResult {
         request_metrics.clone(),
     ));
     let owner = KeyOwner::new(target.clone(), kms);
+    // The target's signature now, so a missing permission is exit 2 before any object.
+    owner
+        .prepare()
+        .await
+        .with_context(|| format!("learning how blobs under {kms_key_id} look"))
+        .map_err(Failure::usage)?;
     let s3 = a.aws.s3_client(&sdk_config().await).await;
     check_bucket(&s3, &bucket).await?;
-    // No keyring: an audit never decrypts.
+    // No keyring: an audit decrypts no object (KMS Decrypt only to tell which key wraps a
+    // data key, rekey::owner; the plaintext key is dropped at once).
     let client = with_observer(S3Cse::new(s3, Keyring::new()), &request_metrics);
     let config = AuditConfig {
         bucket: bucket.clone(),

@@ -23,8 +23,7 @@ use crate::secret::SecretBytes;
 pub enum KmsErrorKind {
     /// The blob does not decrypt under this key and context (wrong context, tampered blob).
     InvalidCiphertext,
-    /// A Decrypt pinned to a key (`KeyId`) got a blob of another key: `IncorrectKeyException`
-    /// (moto, and real KMS for a key in another account: `AccessDeniedException`).
+    /// A Decrypt pinned to a key (`KeyId`) got a blob of another key: `IncorrectKeyException`.
     IncorrectKey,
     /// The caller may not use the key.
     AccessDenied,
@@ -247,14 +246,7 @@ impl KmsClient for AwsKms {
                 _ => self
                     .decrypt_once(key_id, blob, context)
                     .await
-                    .map_err(|e| {
-                        let other_key = key_id.is_some() && under_another_key(&e);
-                        let mut e = KmsError::from_sdk("Decrypt", e);
-                        if other_key {
-                            e.kind = KmsErrorKind::IncorrectKey;
-                        }
-                        e
-                    })?,
+                    .map_err(|e| KmsError::from_sdk("Decrypt", e))?,
             };
             let plaintext = out.plaintext.ok_or_else(|| {
                 KmsError::new(KmsErrorKind::Other, "Decrypt returned no plaintext")

@@ -181,9 +181,15 @@ pub async fn describe_key(
     let meta = out.key_metadata().ok_or_else(|| {
         KmsError::new(KmsErrorKind::Other, "DescribeKey returned no key metadata")
     })?;
+    // Key material made and kept by AWS KMS itself: the header of its blobs names a backing
+    // key of this key only (rekey::owner). Imported material and custom key stores: not relied on.
+    let aws_backed = meta.origin() == Some(&aws_sdk_kms::types::OriginType::AwsKms)
+        && meta.custom_key_store_id().is_none()
+        && meta.key_spec() == Some(&aws_sdk_kms::types::KeySpec::SymmetricDefault);
     Ok(super::plan::TargetKey {
         key_id: meta.key_id().to_owned(),
         arn: meta.arn().unwrap_or_default().to_owned(),
+        aws_backed,
     })
 }
 

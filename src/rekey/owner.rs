@@ -14,23 +14,30 @@
 //! # What is done instead
 //! 1. The key id in the blob ([`TargetKey::owns_blob`]): yes, with no KMS call (moto and any KMS
 //!    that names the key).
-//! 2. A **signature** of the target key: on first need, [`PROBES`] GenerateDataKey calls under
-//!    the target (plaintexts zeroized at once) and one Decrypt pinned to the target (it proves the
+//! 2. A **signature** of the target key, only for key material made and kept by AWS KMS
+//!    ([`TargetKey::aws_backed`]): on first need, [`PROBES`] GenerateDataKey calls under the
+//!    target (plaintexts zeroized at once) and one Decrypt pinned to the target (it proves the
 //!    caller may ask). The byte positions equal in all samples are the blob's fixed header,
 //!    which holds the HBKID; their values are the signature. A blob of the same length with the
 //!    same values at those positions was made by the same backing key: yes, with no KMS call.
-//!    A different KMS key has a different backing key, so its blobs differ there.
+//!    A different KMS key has a different backing key, so its blobs differ there. Samples that
+//!    split two ways (the target rotated between them) make no signature ([`shape_of`]); a
+//!    probe that fails for lack of permission fails every later question without a call.
 //! 3. Otherwise KMS is asked: `Decrypt` pinned to the target (`KeyId`), plaintext dropped (and
 //!    zeroized) at once. Success: yes, and the blob's values at the signature positions are
 //!    kept as another signature of the target (an older backing key: the target was rotated).
-//!    `IncorrectKeyException` (moto: `AccessDeniedException`): no, and the values are kept as a
-//!    foreign signature, so the next blob of that backing key is answered without KMS. A blob
-//!    that does not decrypt (tampered, wrong context, naming no usable key) is no, and nothing
-//!    is learned from it. Throttling and network errors are errors (the caller retries).
+//!    `IncorrectKeyException`: no, and the values are kept as a foreign signature, so the next
+//!    blob of that backing key is answered without KMS. `AccessDeniedException` (a key in
+//!    another account; moto says it for any other key; a key-policy condition) and a blob that
+//!    does not decrypt (tampered, wrong context) are no, and teach nothing. Throttling, network
+//!    errors and a disabled target are errors (the caller retries or fails the object).
 //!
-//! So KMS is asked about once per backing key in the bucket, not once per object. A wrong "no"
-//! only costs a needless rewrap; a wrong "yes" would leave a legacy object behind, so a "yes"
-//! comes only from the key id, from the target's own samples, or from KMS itself.
+//! So on AWS, KMS is asked about once per backing key in the bucket, not once per object (more
+//! for blobs of other lengths, refused ones and past [`MAX_SIGNATURES`]). A wrong "no" only
+//! costs a needless rewrap; a wrong "yes" would leave a legacy object behind, so a "yes" comes
+//! only from the key id at the start of the blob, from the target's own samples, or from KMS
+//! itself. The samples rest on one documented fact: a blob's cleartext header names its
+//! backing key, which belongs to one KMS key.
 //!
 //! Signatures are kept up to [`MAX_SIGNATURES`] a side; beyond that every unknown blob is
 //! asked (bounded memory, correct answers, more calls).
@@ -49,6 +56,9 @@ use super::plan::TargetKey;
 pub const PROBES: usize = 4;
 /// Fewer equal positions than this and no signature is trusted: every blob is asked about.
 pub const MIN_SIGNATURE: usize = 16;
+/// Positions taking exactly two values across the samples that mark them as coming from two
+/// backing keys ([`shape_of`]).
+pub const SPLIT_POSITIONS: usize = 4;
 /// Signatures kept per side (the target's backing keys, foreign ones).
 pub const MAX_SIGNATURES: usize = 64;
 
@@ -68,6 +78,8 @@ pub struct KeyOwner {
     /// One KMS question at a time: objects of one backing key checked at once would each ask
     /// before the first answer is learned.
     asking: tokio::sync::Mutex<()>,
+    /// The probe's failure, when retrying cannot mend it.
+    failed: Mutex<Option<KmsError>>,
 }
 
 /// Where a blob of the target key has its fixed bytes.
@@ -101,6 +113,8 @@ pub enum Basis {
     Signature,
     /// KMS answered.
     Kms,
+    /// The envelope names no encryption context KMS could be asked with: no, unasked.
+    Envelope,
     /// No KMS client (offline): only the key id counts.
     Offline,
 }
@@ -125,6 +139,7 @@ impl KeyOwner {
             shape: OnceCell::new(),
             known: Mutex::new(Known::default()),
             asking: tokio::sync::Mutex::new(()),
+            failed: Mutex::new(None),
         }
     }
 
@@ -157,21 +172,19 @@ impl KeyOwner {
         let Some(kms) = &self.kms else {
             return Ok((false, Basis::Offline));
         };
-        let shape = self
-            .shape
-            .get_or_try_init(|| async {
-                let samples = probe(&self.target, kms.as_ref()).await?;
-                Ok::<_, KmsError>(self.seed(&samples))
-            })
-            .await?;
-        let values = shape.as_ref().and_then(|s| s.values(blob));
+        let shape = self.shape(kms.as_ref()).await?;
+        let values = shape.and_then(|s| s.values(blob));
         if let Some(v) = &values
             && let Some(answer) = self.lookup(v)
         {
             return Ok((answer, Basis::Signature));
         }
-        let _asking = self.asking.lock().await;
-        // Learned while this one waited?
+        // One question at a time for a blob whose answer will be learned, so objects of one
+        // backing key checked at once ask once.
+        let _asking = match &values {
+            Some(_) => Some(self.asking.lock().await),
+            None => None,
+        };
         if let Some(v) = &values
             && let Some(answer) = self.lookup(v)
         {
@@ -179,9 +192,12 @@ impl KeyOwner {
         }
         // The context KMS wants; an envelope that cannot name one is not ours to vouch for.
         let Ok(context) = kms_source_context(env) else {
-            return Ok((false, Basis::Kms));
+            return Ok((false, Basis::Envelope));
         };
-        match kms.decrypt(Some(key_name(&self.target)), blob, &context).await {
+        match kms
+            .decrypt(Some(key_name(&self.target)), blob, &context)
+            .await
+        {
             Ok(plaintext) => {
                 drop(plaintext);
                 if let Some(v) = values {
@@ -189,23 +205,79 @@ impl KeyOwner {
                 }
                 Ok((true, Basis::Kms))
             }
+            // The one answer that names the blob's key as another: learned.
             Err(e) if e.kind == KmsErrorKind::IncorrectKey => {
                 if let Some(v) = values {
                     self.learn(v, false);
                 }
                 Ok((false, Basis::Kms))
             }
+            // Not decryptable pinned to the target (tampered, wrong context) or refused (a key
+            // in another account; moto's answer for any other key; a key-policy condition on
+            // this context): no, and nothing learned, as a target blob may be refused too.
             Err(e)
                 if matches!(
                     e.kind,
                     KmsErrorKind::InvalidCiphertext
-                        | KmsErrorKind::KeyUnavailable
+                        | KmsErrorKind::AccessDenied
                         | KmsErrorKind::SourceKeyNotAllowed
                 ) =>
             {
                 Ok((false, Basis::Kms))
             }
+            // Throttling, network, the target disabled or gone: no answer.
             Err(e) => Err(e),
+        }
+    }
+
+    /// Learns the target's signature once (the probe), before the first question that needs
+    /// it. `audit` calls it at start, so a missing permission is exit 2 before any object.
+    pub async fn prepare(&self) -> Result<(), KmsError> {
+        match &self.kms {
+            Some(kms) => self.shape(kms.as_ref()).await.map(|_| ()),
+            None => Ok(()),
+        }
+    }
+
+    /// The target's shape: probed once; a failure that a retry cannot mend (no permission,
+    /// the key disabled) is kept and returned to every later caller without another call.
+    async fn shape(&self, kms: &dyn KmsClient) -> Result<Option<&Shape>, KmsError> {
+        if !self.target.aws_backed {
+            return Ok(None);
+        }
+        if let Some(e) = self
+            .failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
+            return Err(e);
+        }
+        let r = self
+            .shape
+            .get_or_try_init(|| async {
+                // Two tries: a rotation of the target between the samples spoils one.
+                for _ in 0..2 {
+                    let samples = probe(&self.target, kms).await?;
+                    if let Some(shape) = self.seed(&samples) {
+                        return Ok(Some(shape));
+                    }
+                }
+                tracing::warn!(
+                    "no trustworthy signature of the target key: every kms+context object \
+                     that does not name the key is checked with a KMS Decrypt"
+                );
+                Ok::<_, KmsError>(None)
+            })
+            .await;
+        match r {
+            Ok(shape) => Ok(shape.as_ref()),
+            Err(e) => {
+                if !matches!(e.kind, KmsErrorKind::Throttled | KmsErrorKind::Transient) {
+                    *self.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.clone());
+                }
+                Err(e)
+            }
         }
     }
 
@@ -234,13 +306,7 @@ impl KeyOwner {
 
     /// A signature from sample blobs (the probe's; unit tests give their own).
     fn seed(&self, samples: &[Vec<u8>]) -> Option<Shape> {
-        let Some(shape) = shape_of(samples) else {
-            tracing::warn!(
-                "blobs under the target key share too few fixed bytes: every kms+context \
-                 object that does not name the key is checked with a KMS Decrypt"
-            );
-            return None;
-        };
+        let shape = shape_of(samples)?;
         tracing::debug!(
             len = shape.len,
             fixed = shape.positions.len(),
@@ -251,16 +317,30 @@ impl KeyOwner {
     }
 }
 
-/// The positions equal in every sample (all of one length), if there are enough of them.
+/// The positions equal in every sample (all of one length), if there are enough of them and
+/// the samples come from one backing key. Samples from two (the target rotated between them)
+/// agree on the header bytes common to all keys but split two ways on the backing-key id: such
+/// a shape would match any key's blobs, so it is refused. Per-call random bytes take two
+/// values or fewer in [`PROBES`] samples once in ~10^4 positions; [`SPLIT_POSITIONS`] of them
+/// never happen by chance.
 fn shape_of(samples: &[Vec<u8>]) -> Option<Shape> {
     let first = samples.first()?;
-    if samples.iter().any(|s| s.len() != first.len()) {
+    if samples.len() < 2 || samples.iter().any(|s| s.len() != first.len()) {
         return None;
     }
-    let positions: Vec<usize> = (0..first.len())
-        .filter(|&i| samples.iter().all(|s| s[i] == first[i]))
-        .collect();
-    (positions.len() >= MIN_SIGNATURE).then_some(Shape {
+    let mut positions = Vec::new();
+    let mut split = 0;
+    for i in 0..first.len() {
+        let mut seen: Vec<u8> = samples.iter().map(|s| s[i]).collect();
+        seen.sort_unstable();
+        seen.dedup();
+        match seen.len() {
+            1 => positions.push(i),
+            2 if samples.len() > 2 => split += 1,
+            _ => {}
+        }
+    }
+    (positions.len() >= MIN_SIGNATURE && split < SPLIT_POSITIONS).then_some(Shape {
         len: first.len(),
         positions,
     })
@@ -309,6 +389,7 @@ mod tests {
 
     fn target() -> TargetKey {
         TargetKey {
+            aws_backed: false,
             key_id: "1234abcd-12ab-34cd-56ef-1234567890ab".into(),
             arn: "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
                 .into(),
@@ -334,6 +415,17 @@ mod tests {
         a[10..].fill(1);
         b[10..].fill(2);
         assert!(shape_of(&[a, b]).is_none());
+    }
+
+    #[test]
+    fn samples_from_two_backing_keys_make_no_shape() {
+        // The target rotated between the probes: the header common to all keys agrees, the
+        // backing-key id splits two ways. Such a shape would match every key's blobs.
+        let rotated = [blob(7, 1), blob(7, 2), blob(8, 3), blob(8, 4)];
+        assert!(shape_of(&rotated).is_none());
+        assert!(shape_of(&[blob(7, 1), blob(8, 2), blob(8, 3), blob(8, 4)]).is_none());
+        let one = [blob(8, 1), blob(8, 2), blob(8, 3), blob(8, 4)];
+        assert_eq!(shape_of(&one).expect("one key").positions.len(), 38);
     }
 
     #[test]

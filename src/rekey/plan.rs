@@ -88,22 +88,23 @@ pub struct TargetKey {
     pub key_id: String,
     /// The key ARN.
     pub arn: String,
+    /// Symmetric key material made and kept by AWS KMS (origin `AWS_KMS`, no custom key store):
+    /// only then are its blobs recognised by their header ([`super::owner`]); otherwise every
+    /// blob that does not name the key is checked with KMS.
+    pub aws_backed: bool,
 }
 
 impl TargetKey {
-    /// True if a KMS ciphertext blob was made under this key (in any Region, for a
-    /// multi-Region key). KMS blobs carry the key's id: moto's start with it as ASCII, AWS's
-    /// hold its 16 raw bytes. A false negative only costs a needless rewrap, never a skipped
-    /// legacy object (the blob of another key never contains this key's id).
+    /// True if a KMS ciphertext blob starts with this key's id in ASCII, as moto's (and other
+    /// emulators') blobs do; real AWS KMS blobs never do (their header names a backing key, see
+    /// [`super::owner`], which asks this first). Same id in any Region, for a multi-Region key.
+    /// False is no answer: the blob may still be this key's.
     pub fn owns_blob(&self, blob: &[u8]) -> bool {
         let Some(id) = key_id_of(&self.key_id).or_else(|| key_id_of(&self.arn)) else {
             return false;
         };
-        // Only a well-formed key id: a short or odd string could turn up in any blob.
-        let Some(raw) = raw_key_id(id) else {
-            return false;
-        };
-        contains(blob, id.as_bytes()) || contains(blob, &raw)
+        // Only a well-formed key id.
+        raw_key_id(id).is_some() && blob.starts_with(id.as_bytes())
     }
 
     /// A multi-Region key (`mrk-…`): replicas in other Regions count as this key.
@@ -153,10 +154,6 @@ fn raw_key_id(id: &str) -> Option<[u8; 16]> {
     }
     let v = hex::decode(hex).ok()?;
     v.try_into().ok()
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 /// True if whether `env`'s data key is under the target key decides its action: only then is
@@ -231,6 +228,7 @@ mod tests {
 
     fn target() -> TargetKey {
         TargetKey {
+            aws_backed: false,
             key_id: KEY_ID.into(),
             arn: format!("arn:aws:kms:us-east-1:123456789012:key/{KEY_ID}"),
         }
@@ -278,6 +276,7 @@ mod tests {
 
     fn mrk_target(region: &str) -> TargetKey {
         TargetKey {
+            aws_backed: false,
             key_id: MRK.into(),
             arn: format!("arn:aws:kms:{region}:123456789012:key/{MRK}"),
         }
@@ -387,7 +386,8 @@ mod tests {
                 Skip(Current),
             ),
             (
-                "kms+context target (aws)",
+                // An AWS blob does not name its key: the blob alone says nothing (rekey::owner).
+                "kms+context, AWS blob holding the raw key id",
                 env(
                     Version::V2,
                     ContentAlg::AesGcm,
@@ -395,7 +395,7 @@ mod tests {
                     &aws_blob(KEY_ID),
                 ),
                 false,
-                Skip(Current),
+                Rewrap,
             ),
             (
                 "kms+context target, --reencrypt",
@@ -533,11 +533,18 @@ mod tests {
     fn blob_ownership() {
         let t = target();
         assert!(t.owns_blob(&moto_blob(KEY_ID)));
-        assert!(t.owns_blob(&aws_blob(KEY_ID)));
+        assert!(
+            !t.owns_blob(&aws_blob(KEY_ID)),
+            "raw bytes anywhere are no evidence"
+        );
+        let mut inside = b"xx".to_vec();
+        inside.extend_from_slice(&moto_blob(KEY_ID));
+        assert!(!t.owns_blob(&inside), "the id must start the blob");
         assert!(!t.owns_blob(&moto_blob(OTHER)));
         assert!(!t.owns_blob(&aws_blob(OTHER)));
         assert!(!t.owns_blob(&[]));
         let alias = TargetKey {
+            aws_backed: false,
             key_id: "mrk-1234".into(),
             arn: String::new(),
         };
@@ -613,7 +620,7 @@ mod tests {
         assert!(!target().is_multi_region());
         // Blobs name the key by id, not by Region: one made by the replica in eu-west-1 is the
         // same bytes as one made here, and counts as current (same key material).
-        for blob in [moto_blob(MRK), aws_blob(MRK)] {
+        for blob in [moto_blob(MRK)] {
             assert!(here.owns_blob(&blob));
             assert!(mrk_target("eu-west-1").owns_blob(&blob));
             assert_eq!(
@@ -628,11 +635,13 @@ mod tests {
         }
         // A target given by its ARN only, in either field, resolves to the same id.
         let by_arn = TargetKey {
+            aws_backed: false,
             key_id: here.arn.clone(),
             arn: String::new(),
         };
-        assert!(by_arn.owns_blob(&aws_blob(MRK)) && by_arn.is_multi_region());
+        assert!(by_arn.owns_blob(&moto_blob(MRK)) && by_arn.is_multi_region());
         let arn_only = TargetKey {
+            aws_backed: false,
             key_id: String::new(),
             arn: mrk_target("ap-south-1").arn,
         };
@@ -644,6 +653,7 @@ mod tests {
         // Even a blob that happens to hold the alias' bytes, or an alias named like a key id.
         for alias in ["alias/app", "alias/mrk-4321abcd12ab34cd56ef1234567890ab"] {
             let t = TargetKey {
+                aws_backed: false,
                 key_id: alias.into(),
                 arn: format!("arn:aws:kms:us-east-1:123456789012:{alias}"),
             };
