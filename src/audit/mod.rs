@@ -158,6 +158,31 @@ pub async fn run(
     Ok(tally)
 }
 
+/// The census verdict on one noncurrent version of `key`, exactly as `audit --versions` gives
+/// it (`None`: gone since it was listed). `rekey --noncurrent` records this verdict, so its
+/// record and the census agree.
+pub async fn noncurrent_verdict(
+    client: &S3Cse,
+    target: &TargetKey,
+    bucket: &str,
+    key: &str,
+    version_id: &str,
+    size: u64,
+    s3_limit: &RateLimit,
+) -> Option<Verdict> {
+    let l = Listed {
+        key: key.to_owned(),
+        version_id: Some(version_id.to_owned()),
+        is_latest: false,
+        size,
+    };
+    match audit_one(client, target, bucket, l, s3_limit).await {
+        Outcome::Counted(a) => Some(a.verdict),
+        // (A noncurrent `.instruction` version is never its object's live envelope.)
+        Outcome::Vanished | Outcome::CountedWithItsObject => None,
+    }
+}
+
 /// ListObjectsV2, page by page, into `tx`.
 async fn list_objects(
     client: &S3Cse,
