@@ -37,8 +37,8 @@
 //! [`Metrics::encode_prometheus_text`] with [`PROMETHEUS_TEXT_CONTENT_TYPE`] instead, and
 //! [`Metrics::write_textfile`] writes the same text for node_exporter's textfile collector.
 
-use std::convert::Infallible;
 use std::collections::BTreeMap;
+use std::convert::Infallible;
 use std::fmt::{self, Write as _};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -510,13 +510,13 @@ impl Metrics {
     pub fn set_noncurrent(&self, counts: &[VersionCount]) {
         let mut sums: BTreeMap<(String, &'static str), u64> = BTreeMap::new();
         for c in counts {
-            *sums
-                .entry((c.class.clone(), c.state.as_str()))
-                .or_default() += c.versions;
+            *sums.entry((c.class.clone(), c.state.as_str())).or_default() += c.versions;
         }
         for class in ["plaintext", "current", "remaining"] {
             for state in VersionState::ALL {
-                let n = sums.remove(&(class.to_owned(), state.as_str())).unwrap_or(0);
+                let n = sums
+                    .remove(&(class.to_owned(), state.as_str()))
+                    .unwrap_or(0);
                 self.noncurrent
                     .get_or_create(&VersionLabels {
                         class: class.to_owned(),

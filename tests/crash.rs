@@ -262,7 +262,14 @@ async fn crash_before_the_outcome_is_recorded() {
 /// `report --noncurrent` as JSON lines.
 fn version_rows(state: &str) -> Vec<serde_json::Value> {
     let o = Command::new(BIN)
-        .args(["report", "--state", state, "--noncurrent", "--format", "jsonl"])
+        .args([
+            "report",
+            "--state",
+            state,
+            "--noncurrent",
+            "--format",
+            "jsonl",
+        ])
         .output()
         .expect("run s3cse");
     assert!(o.status.success(), "{}", show(&o));
@@ -298,13 +305,16 @@ async fn crash_between_a_version_delete_and_its_record() {
     assert!(o.status.success(), "{}", show(&o));
     let rows = version_rows(&state);
     assert!(rows.iter().all(|r| r["state"] == "deleted"), "{rows:#?}");
-    let listed = b
-        .s3
-        .list_object_versions()
-        .bucket(&b.bucket)
-        .send()
-        .await
-        .expect("list versions");
-    assert_eq!(listed.versions().len(), 1, "only the migrated current version is left");
+    let listed =
+        b.s3.list_object_versions()
+            .bucket(&b.bucket)
+            .send()
+            .await
+            .expect("list versions");
+    assert_eq!(
+        listed.versions().len(),
+        1,
+        "only the migrated current version is left"
+    );
     assert!(listed.versions()[0].is_latest() == Some(true));
 }

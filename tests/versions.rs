@@ -30,7 +30,13 @@ fn put_under(b: &Bed, key: &str, body: &[u8], kms_key: &str) {
     let f = b.write(&format!("in-{}", key.replace('/', "_")), body);
     let url = b.url(key);
     ok(
-        run(&["put", &f.display().to_string(), &url, "--kms-key-id", kms_key]),
+        run(&[
+            "put",
+            &f.display().to_string(),
+            &url,
+            "--kms-key-id",
+            kms_key,
+        ]),
         "put",
     );
 }
@@ -57,14 +63,13 @@ fn rekey(b: &Bed, state: &str, extra: &[&str]) -> std::process::Output {
 
 /// Every version of `key`, newest first: (version id, is latest).
 async fn versions(b: &Bed, key: &str) -> Vec<(String, bool)> {
-    let out = b
-        .s3
-        .list_object_versions()
-        .bucket(&b.bucket)
-        .prefix(key)
-        .send()
-        .await
-        .expect("list versions");
+    let out =
+        b.s3.list_object_versions()
+            .bucket(&b.bucket)
+            .prefix(key)
+            .send()
+            .await
+            .expect("list versions");
     out.versions()
         .iter()
         .filter(|v| v.key() == Some(key))
@@ -131,7 +136,14 @@ async fn get_and_inspect_read_an_old_version() {
     let out_s = out.display().to_string();
     let get = |extra: &[&str]| {
         let args = [
-            &["get", url.as_str(), "-o", out_s.as_str(), "--kms-key-id", key_id.as_str()][..],
+            &[
+                "get",
+                url.as_str(),
+                "-o",
+                out_s.as_str(),
+                "--kms-key-id",
+                key_id.as_str(),
+            ][..],
             extra,
         ]
         .concat();
@@ -139,10 +151,21 @@ async fn get_and_inspect_read_an_old_version() {
         std::fs::read(&out).expect("output")
     };
     assert_eq!(get(&[]), new, "the current version by default");
-    assert_eq!(get(&["--version-id", &old_id]), old, "the old version's bytes");
+    assert_eq!(
+        get(&["--version-id", &old_id]),
+        old,
+        "the old version's bytes"
+    );
     // To stdout too (the other release path).
     let o = ok(
-        run(&["get", &url, "--kms-key-id", &key_id, "--version-id", &old_id]),
+        run(&[
+            "get",
+            &url,
+            "--kms-key-id",
+            &key_id,
+            "--version-id",
+            &old_id,
+        ]),
         "get to stdout",
     );
     assert_eq!(o.stdout, old);
@@ -398,7 +421,9 @@ async fn a_version_written_after_the_listing_survives() {
     let state = b.path("jobs.db").display().to_string();
     let c = config(&b, &state).await;
     let never = s3cse::rekey::Shutdown::never();
-    let run = s3cse::rekey::run(c.clone(), never.clone()).await.expect("run");
+    let run = s3cse::rekey::run(c.clone(), never.clone())
+        .await
+        .expect("run");
     assert_eq!(run.work.migrated, 2);
     // The listing: each key has two legacy noncurrent versions.
     let listed = noncurrent::sweep(&c, NoncurrentMode::Report, &never)
@@ -418,13 +443,21 @@ async fn a_version_written_after_the_listing_survives() {
     assert_eq!((done.deleted, done.kept), (2, 2), "{done:?}");
     // a.bin: its new current version verifies, so the two listed legacy versions went; the
     // version that was current at the listing (the migrated one) was never listed: it stays.
-    let mut a: Vec<String> = versions(&b, "a.bin").await.into_iter().map(|v| v.0).collect();
+    let mut a: Vec<String> = versions(&b, "a.bin")
+        .await
+        .into_iter()
+        .map(|v| v.0)
+        .collect();
     let mut want = vec![new_a, migrated_a];
     a.sort();
     want.sort();
     assert_eq!(a, want);
     // b.bin: its current version is legacy now (not migrated): nothing of it is deleted.
-    let bv: Vec<String> = versions(&b, "b.bin").await.into_iter().map(|v| v.0).collect();
+    let bv: Vec<String> = versions(&b, "b.bin")
+        .await
+        .into_iter()
+        .map(|v| v.0)
+        .collect();
     assert_eq!(bv.len(), 4, "{bv:?}");
     assert!(bv.contains(&new_b) && bv.contains(&migrated_b));
     c.store.close().await;
@@ -504,8 +537,16 @@ async fn versions_under_object_lock_are_kept() {
         "{rows:#?}"
     );
     assert_eq!(row(&source)["state"], "deleted");
-    let left: Vec<String> = versions(&b, "held.bin").await.into_iter().map(|v| v.0).collect();
-    assert_eq!(left.len(), 2, "the migrated current version and the held one: {left:?}");
+    let left: Vec<String> = versions(&b, "held.bin")
+        .await
+        .into_iter()
+        .map(|v| v.0)
+        .collect();
+    assert_eq!(
+        left.len(),
+        2,
+        "the migrated current version and the held one: {left:?}"
+    );
     assert!(left.contains(&held) && !left.contains(&source));
     assert_eq!(versions(&b, "kept.bin").await.len(), 2);
 }

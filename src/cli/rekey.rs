@@ -1075,8 +1075,7 @@ async fn report_versions(store: &JobStore, format: ReportFormat) -> CliResult {
         for v in &page {
             match format {
                 ReportFormat::Jsonl => {
-                    let line =
-                        serde_json::to_string(v).map_err(|e| Failure::failed(anyhow!(e)))?;
+                    let line = serde_json::to_string(v).map_err(|e| Failure::failed(anyhow!(e)))?;
                     writeln!(out, "{line}").map_err(io)?;
                 }
                 ReportFormat::Csv => {

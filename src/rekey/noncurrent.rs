@@ -282,7 +282,11 @@ fn candidate(v: &NoncurrentVersion) -> Result<(), &'static str> {
     match v.class.as_str() {
         "plaintext" => Err("plaintext: no key depends on it"),
         "current" => Err("under the target key"),
-        _ if v.detail.as_deref().is_some_and(|d| d.starts_with("unreadable")) => {
+        _ if v
+            .detail
+            .as_deref()
+            .is_some_and(|d| d.starts_with("unreadable")) =>
+        {
             Err("unreadable: what it holds is not known")
         }
         _ => Ok(()),
@@ -336,11 +340,18 @@ async fn verified_current(c: &RekeyConfig, key: &str) -> Result<(), String> {
     let head = match c.client.head(&c.bucket, key).await {
         Ok(h) => h,
         Err(ClientError::NotFound { .. }) => {
-            return Err("no current version (deleted, or a delete marker): the noncurrent \
+            return Err(
+                "no current version (deleted, or a delete marker): the noncurrent \
                         versions are the only copies"
-                .into());
+                    .into(),
+            );
         }
-        Err(e) => return Err(format!("HEAD of the current version: {}", audit::error_class(&e))),
+        Err(e) => {
+            return Err(format!(
+                "HEAD of the current version: {}",
+                audit::error_class(&e)
+            ));
+        }
     };
     let env = match c.client.envelope_of(&head).await {
         Ok(EnvelopeState::Encrypted(env)) => env,
@@ -396,7 +407,11 @@ async fn delete_version(c: &RekeyConfig, v: &NoncurrentVersion) -> Result<bool, 
         }
         Ok(_) | Err(ClientError::NotFound { .. }) => {}
         Err(e) => {
-            return Ok(keep(format!("HEAD of the current version: {}", audit::error_class(&e))).await?);
+            return Ok(keep(format!(
+                "HEAD of the current version: {}",
+                audit::error_class(&e)
+            ))
+            .await?);
         }
     }
     c.s3_limit.wait().await;
@@ -429,7 +444,11 @@ async fn delete_version(c: &RekeyConfig, v: &NoncurrentVersion) -> Result<bool, 
     }
     let a = &head.attrs;
     if let (Some(mode), Some(until)) = a.retention_to_keep() {
-        return Ok(keep(format!("Object Lock: {} retention until {until}", mode.as_str())).await?);
+        return Ok(keep(format!(
+            "Object Lock: {} retention until {until}",
+            mode.as_str()
+        ))
+        .await?);
     }
     if a.legal_hold_to_keep().is_some() {
         return Ok(keep("Object Lock: legal hold".into()).await?);

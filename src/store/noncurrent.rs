@@ -343,13 +343,23 @@ mod tests {
         // A listing that no longer sees a version forgets it, never a deleted one.
         let later = deleted.deleted_at.unwrap() + 10;
         assert_eq!(
-            store.forget_unlisted_versions("b", "", later).await.unwrap(),
+            store
+                .forget_unlisted_versions("b", "", later)
+                .await
+                .unwrap(),
             2
         );
         let page = store.versions_page(0, 10).await.unwrap();
         assert_eq!(page.len(), 1);
         assert_eq!(page[0].state, VersionState::Deleted);
-        assert_eq!(store.objects_with_versions("b", None, 10).await.unwrap().len(), 0);
+        assert_eq!(
+            store
+                .objects_with_versions("b", None, 10)
+                .await
+                .unwrap()
+                .len(),
+            0
+        );
         let counts = store.version_counts().await.unwrap();
         assert_eq!(counts.len(), 1);
         assert_eq!((counts[0].versions, counts[0].bytes), (1, 10));
