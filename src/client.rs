@@ -202,6 +202,10 @@ pub struct ObjectHead {
     /// `x-amz-tagging-count`: S3 sends it when the object has tags and the caller may read
     /// them, so `None` means "no tags" only once tags are known to be readable.
     pub tag_count: Option<i32>,
+    /// The version this head was asked for ([`S3Cse::head_version`] with an id): the GETs of
+    /// its body ([`S3Cse::get_body`]) ask for that version too, so an old version's body is
+    /// read, never the current one's. `None` for a head of the current version.
+    pub pinned_version: Option<String>,
 }
 
 /// An [`ObjectHead`] from a HeadObject or GetObject output (same accessors on both).
@@ -240,6 +244,7 @@ macro_rules! object_head {
                 grants: Grants::default(),
             },
             tag_count: h.tag_count(),
+            pinned_version: None,
         }
     }};
 }
@@ -360,6 +365,11 @@ pub struct GetOptions {
     pub range: Option<ByteRange>,
     /// Read plaintext (non-CSE) objects as they are, instead of failing.
     pub allow_plaintext: bool,
+    /// Read this version of the object (`None`: the current one).
+    pub version_id: Option<String>,
+    /// Read an envelope kept in an instruction file from this version of `<key>.instruction`
+    /// (`None`: the current one; see [`S3Cse::envelope_of`] for why that is the default).
+    pub instruction_version_id: Option<String>,
 }
 
 /// What a GET did.
@@ -590,7 +600,9 @@ impl S3Cse {
             .send()
             .await;
         let h = self.observe("HeadObject", bucket, key, t, r)?;
-        Ok(object_head!(h, bucket, key))
+        let mut head = object_head!(h, bucket, key);
+        head.pinned_version = version_id.map(str::to_owned);
+        Ok(head)
     }
 
     /// One GET for what HEAD + [`Self::get_body`] would fetch: the head and the (unread) body
@@ -618,6 +630,18 @@ impl S3Cse {
 
     /// The envelope of an object, fetching `<key>.instruction` when the metadata needs it or has
     /// no envelope at all (a 404 there means plaintext).
+    ///
+    /// # Old versions
+    /// For a head of an old version ([`ObjectHead::pinned_version`]) the instruction file read
+    /// is still the **current** `<key>.instruction`. S3 links no version of one key to a version
+    /// of another, and matching by `LastModified` is guesswork: writers put the data object and
+    /// its instruction file in either order, a second apart or more, and a rotation that rewrites
+    /// only the instruction file (`rekey --keep-instruction-files`) leaves the data version as it
+    /// was with a newer instruction version beside it. The current file is right whenever the
+    /// envelope did not change since that version was written; when it did, GCM and V3 content
+    /// fails its tag or commitment check (an opaque `DecryptionFailed`, no plaintext released),
+    /// and a CBC object (legacy, opt-in) may decrypt to garbage or a padding failure.
+    /// [`GetOptions::instruction_version_id`] names the instruction version to use instead.
     pub async fn envelope_of(&self, head: &ObjectHead) -> Result<EnvelopeState, ClientError> {
         Ok(self.envelope_and_instruction_etag(head).await?.0)
     }
@@ -639,8 +663,22 @@ impl S3Cse {
         {
             return Ok((EnvelopeState::Plaintext, None));
         }
+        self.envelope_with_instruction(head, detected, None).await
+    }
+
+    /// [`Self::envelope_and_instruction_etag`] with the instruction file read at
+    /// `instruction_version` (`None`: the current one).
+    async fn envelope_with_instruction(
+        &self,
+        head: &ObjectHead,
+        detected: Detected,
+        instruction_version: Option<&str>,
+    ) -> Result<(EnvelopeState, Option<String>), ClientError> {
         let ikey = format!("{}{INSTRUCTION_SUFFIX}", head.key);
-        match self.get_small(&head.bucket, &ikey).await {
+        match self
+            .get_small(&head.bucket, &ikey, instruction_version)
+            .await
+        {
             Ok((json, etag)) => {
                 let env = detected
                     .complete_with_instruction_file(&head.metadata, &json)
@@ -661,9 +699,17 @@ impl S3Cse {
         &self,
         bucket: &str,
         key: &str,
+        version_id: Option<&str>,
     ) -> Result<(Vec<u8>, Option<String>), ClientError> {
         let t = Instant::now();
-        let r = self.s3.get_object().bucket(bucket).key(key).send().await;
+        let r = self
+            .s3
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .set_version_id(version_id.map(str::to_owned))
+            .send()
+            .await;
         let out = self.observe("GetObject", bucket, key, t, r)?;
         let etag = out.e_tag().map(str::to_owned);
         if out.content_length().unwrap_or(0) > 1 << 20 {
@@ -684,7 +730,19 @@ impl S3Cse {
 
     /// What an object is, from HEAD (and its instruction file): no key material needed.
     pub async fn inspect(&self, bucket: &str, key: &str) -> Result<Inspection, ClientError> {
-        let head = self.head(bucket, key).await?;
+        self.inspect_version(bucket, key, None).await
+    }
+
+    /// [`Self::inspect`] of one version (`None`: the current one). An envelope kept in an
+    /// instruction file is read from the current `<key>.instruction` (see
+    /// [`Self::envelope_of`]).
+    pub async fn inspect_version(
+        &self,
+        bucket: &str,
+        key: &str,
+        version_id: Option<&str>,
+    ) -> Result<Inspection, ClientError> {
+        let head = self.head_version(bucket, key, version_id).await?;
         let state = self.envelope_of(&head).await?;
         let mut i = Inspection {
             bucket: bucket.into(),
@@ -730,8 +788,19 @@ impl S3Cse {
         opts: &GetOptions,
         dst: &mut W,
     ) -> Result<GetSummary, ClientError> {
-        let head = self.head(bucket, key).await?;
-        let state = self.envelope_of(&head).await?;
+        let head = self
+            .head_version(bucket, key, opts.version_id.as_deref())
+            .await?;
+        let state = match &opts.instruction_version_id {
+            None => self.envelope_of(&head).await?,
+            Some(v) => {
+                let detected = envelope::detect(&head.metadata).map_err(CodecError::from)?;
+                match detected {
+                    Detected::Complete(env) => EnvelopeState::Encrypted(env),
+                    d => self.envelope_with_instruction(&head, d, Some(v)).await?.0,
+                }
+            }
+        };
         let env = match state {
             EnvelopeState::Plaintext if opts.allow_plaintext => {
                 let bytes = self.copy_plain(&head, opts.range, dst).await?;
@@ -760,7 +829,8 @@ impl S3Cse {
         })
     }
 
-    /// The GET of the body, pinned to the ETag HEAD saw so metadata and body belong together.
+    /// The GET of the body, pinned to the ETag HEAD saw so metadata and body belong together,
+    /// and to the version the head was asked for ([`ObjectHead::pinned_version`]).
     pub async fn get_body(
         &self,
         head: &ObjectHead,
@@ -772,6 +842,7 @@ impl S3Cse {
             .get_object()
             .bucket(&head.bucket)
             .key(&head.key)
+            .set_version_id(head.pinned_version.clone())
             .set_if_match(head.etag.clone())
             .set_range(range.map(|(a, b)| format!("bytes={a}-{b}")))
             .send()

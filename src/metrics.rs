@@ -25,6 +25,7 @@
 //! | `s3cse_kms_request_duration_seconds` | histogram | `operation` |
 //! | `s3cse_rekey_retries_total` | counter | `service` = s3, kms; `reason` = throttled, server_error, timeout, conflict |
 //! | `s3cse_rekey_last_success_timestamp_seconds` | gauge | |
+//! | `s3cse_rekey_noncurrent_versions` | gauge | `class` = plaintext, current, remaining (remaining: under a legacy key, it keeps that key alive); `state` = listed, kept, deleting, deleted |
 //! | `s3cse_build_info` | gauge (= 1) | `version` |
 //!
 //! # Formats
@@ -36,6 +37,7 @@
 //! [`Metrics::encode_prometheus_text`] with [`PROMETHEUS_TEXT_CONTENT_TYPE`] instead, and
 //! [`Metrics::write_textfile`] writes the same text for node_exporter's textfile collector.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::fmt::{self, Write as _};
 use std::future::Future;
@@ -62,7 +64,7 @@ use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
 pub use crate::store::Action;
-use crate::store::{JobState, StateCounts};
+use crate::store::{JobState, StateCounts, VersionCount, VersionState};
 
 /// `Content-Type` of [`Metrics::encode`] (OpenMetrics 1.0 text).
 pub const OPENMETRICS_CONTENT_TYPE: &str =
@@ -272,6 +274,12 @@ struct ResultLabel {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct VersionLabels {
+    class: String,
+    state: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct StateLabel {
     state: JobState,
 }
@@ -336,6 +344,8 @@ pub struct Metrics {
     kms_duration: HistogramFamily<OperationLabel>,
     retries: Family<RetryLabels, Counter>,
     last_success: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// `rekey --noncurrent`: the noncurrent versions recorded in the job table.
+    noncurrent: Family<VersionLabels, Gauge>,
 }
 
 impl Metrics {
@@ -360,6 +370,20 @@ impl Metrics {
             "Objects in the job table, by state",
             queue_objects.clone(),
         );
+        let noncurrent = Family::<VersionLabels, Gauge>::default();
+        registry.register(
+            "s3cse_rekey_noncurrent_versions",
+            "Noncurrent object versions recorded by rekey --noncurrent, by census class and state",
+            noncurrent.clone(),
+        );
+        for class in ["plaintext", "current", "remaining"] {
+            for state in VersionState::ALL {
+                drop(noncurrent.get_or_create(&VersionLabels {
+                    class: class.to_owned(),
+                    state: state.as_str(),
+                }));
+            }
+        }
         let queue_bytes = Family::<StateLabel, Gauge>::default();
         registry.register(
             "s3cse_rekey_queue_bytes",
@@ -477,6 +501,29 @@ impl Metrics {
             kms_duration,
             retries,
             last_success,
+            noncurrent,
+        }
+    }
+
+    /// Sets the noncurrent-version gauges from the job table's counts (groups not counted
+    /// are set to 0).
+    pub fn set_noncurrent(&self, counts: &[VersionCount]) {
+        let mut sums: BTreeMap<(String, &'static str), u64> = BTreeMap::new();
+        for c in counts {
+            *sums.entry((c.class.clone(), c.state.as_str())).or_default() += c.versions;
+        }
+        for class in ["plaintext", "current", "remaining"] {
+            for state in VersionState::ALL {
+                let n = sums
+                    .remove(&(class.to_owned(), state.as_str()))
+                    .unwrap_or(0);
+                self.noncurrent
+                    .get_or_create(&VersionLabels {
+                        class: class.to_owned(),
+                        state: state.as_str(),
+                    })
+                    .set(saturating_i64(n));
+            }
         }
     }
 
@@ -973,7 +1020,7 @@ impl AuditMetrics {
 /// The exposition names of the contract with the Grafana dashboard and alert rules (sample
 /// names: counters with `_total`, histograms as their base name). Keep in step with the table
 /// in the module doc.
-pub const METRIC_NAMES: [&str; 13] = [
+pub const METRIC_NAMES: [&str; 14] = [
     "s3cse_rekey_objects_total",
     "s3cse_rekey_bytes_total",
     "s3cse_rekey_queue_objects",
@@ -987,6 +1034,7 @@ pub const METRIC_NAMES: [&str; 13] = [
     "s3cse_rekey_retries_total",
     "s3cse_rekey_last_success_timestamp_seconds",
     "s3cse_build_info",
+    "s3cse_rekey_noncurrent_versions",
 ];
 
 #[cfg(test)]

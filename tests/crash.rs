@@ -83,6 +83,11 @@ impl Seed {
 /// `s3cse rekey` over the bed's bucket with the vectors' AES key; the copy threshold lowered
 /// to 5 MiB so the 11 MiB GCM object takes the multipart copy. `failpoint`: abort there.
 fn rekey(b: &Bed, state: &str, failpoint: Option<&str>) -> Output {
+    rekey_with(b, state, failpoint, &[])
+}
+
+/// [`rekey`] with `extra` arguments.
+fn rekey_with(b: &Bed, state: &str, failpoint: Option<&str>, extra: &[&str]) -> Output {
     let aes = aes_key_file().display().to_string();
     let mut cmd = Command::new(BIN);
     cmd.args([
@@ -101,6 +106,7 @@ fn rekey(b: &Bed, state: &str, failpoint: Option<&str>) -> Output {
         "--lease-secs",
         "3",
     ]);
+    cmd.args(extra);
     match failpoint {
         Some(f) => cmd.env("S3CSE_FAILPOINT", f),
         None => cmd.env_remove("S3CSE_FAILPOINT"),
@@ -251,4 +257,64 @@ async fn crash_before_the_outcome_is_recorded() {
         &[Seed::SmallCbc, Seed::Instruction],
     )
     .await;
+}
+
+/// `report --noncurrent` as JSON lines.
+fn version_rows(state: &str) -> Vec<serde_json::Value> {
+    let o = Command::new(BIN)
+        .args([
+            "report",
+            "--state",
+            state,
+            "--noncurrent",
+            "--format",
+            "jsonl",
+        ])
+        .output()
+        .expect("run s3cse");
+    assert!(o.status.success(), "{}", show(&o));
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect()
+}
+
+/// Killed between a noncurrent version's DeleteObject and its record (`--noncurrent delete`):
+/// the row says `deleting`; the next run deletes by the same version id again, finds it gone,
+/// and records it deleted.
+#[tokio::test(flavor = "multi_thread")]
+async fn crash_between_a_version_delete_and_its_record() {
+    let Some(b) = bed("crash-version").await else {
+        return;
+    };
+    b.enable_versioning().await;
+    put_v1(&b.s3, &b.bucket, "v.bin", &data(1000, 1)).await;
+    put_v1(&b.s3, &b.bucket, "v.bin", &data(1100, 2)).await;
+    let state = b.path("jobs.db").display().to_string();
+    let delete = ["--noncurrent", "delete"];
+    let o = rekey_with(&b, &state, Some("version-before-record"), &delete);
+    assert!(!o.status.success(), "the failpoint aborts: {}", show(&o));
+    let rows = version_rows(&state);
+    assert_eq!(rows.len(), 2, "{rows:#?}");
+    assert_eq!(
+        rows.iter().filter(|r| r["state"] == "deleting").count(),
+        1,
+        "{rows:#?}"
+    );
+    let o = rekey_with(&b, &state, None, &delete);
+    assert!(o.status.success(), "{}", show(&o));
+    let rows = version_rows(&state);
+    assert!(rows.iter().all(|r| r["state"] == "deleted"), "{rows:#?}");
+    let listed =
+        b.s3.list_object_versions()
+            .bucket(&b.bucket)
+            .send()
+            .await
+            .expect("list versions");
+    assert_eq!(
+        listed.versions().len(),
+        1,
+        "only the migrated current version is left"
+    );
+    assert!(listed.versions()[0].is_latest() == Some(true));
 }

@@ -160,6 +160,31 @@ pub async fn run(
     Ok(tally)
 }
 
+/// The census verdict on one noncurrent version of `key`, exactly as `audit --versions` gives
+/// it (`None`: gone since it was listed). `rekey --noncurrent` records this verdict, so its
+/// record and the census agree.
+pub async fn noncurrent_verdict(
+    client: &S3Cse,
+    owner: &KeyOwner,
+    bucket: &str,
+    key: &str,
+    version_id: &str,
+    size: u64,
+    s3_limit: &RateLimit,
+) -> Option<Verdict> {
+    let l = Listed {
+        key: key.to_owned(),
+        version_id: Some(version_id.to_owned()),
+        is_latest: false,
+        size,
+    };
+    match audit_one(client, owner, bucket, l, s3_limit).await {
+        Outcome::Counted(a) => Some(a.verdict),
+        // (A noncurrent `.instruction` version is never its object's live envelope.)
+        Outcome::Vanished | Outcome::CountedWithItsObject => None,
+    }
+}
+
 /// ListObjectsV2, page by page, into `tx`.
 async fn list_objects(
     client: &S3Cse,
@@ -323,7 +348,7 @@ async fn audit_one(
 /// The verdict on an encrypted object: KMS may be asked whether its data key is under the target
 /// ([`KeyOwner`]); if KMS cannot answer (after its retries) the object is unreadable, never
 /// current.
-async fn verdict_of(owner: &KeyOwner, env: &envelope::Envelope) -> Verdict {
+pub async fn verdict_of(owner: &KeyOwner, env: &envelope::Envelope) -> Verdict {
     // Only a `kms+context` key's owner changes the verdict (a legacy `kms` wrap remains
     // whoever wraps it): no KMS question for the others.
     if env.wrap != envelope::WrapAlg::KmsContext {

@@ -35,9 +35,24 @@ pub struct GetArgs {
     #[arg(long = "context", value_parser = parse_kv, value_name = "K=V")]
     context: Vec<(String, String)>,
     #[command(flatten)]
+    version: VersionArgs,
+    #[command(flatten)]
     keys: KeyArgs,
     #[command(flatten)]
     aws: AwsArgs,
+}
+
+/// `--version-id` and `--instruction-version-id` of `get`.
+#[derive(Args)]
+pub struct VersionArgs {
+    /// Read this version of the object (versioned buckets) instead of the current one.
+    #[arg(long, value_name = "ID")]
+    version_id: Option<String>,
+    /// When the envelope is in `<key>.instruction`: read that version of the instruction file.
+    /// By default the current one is read, whatever version of the object is asked for (S3
+    /// links no version of the instruction file to a version of its object).
+    #[arg(long, value_name = "ID")]
+    instruction_version_id: Option<String>,
 }
 
 #[derive(Args)]
@@ -77,6 +92,10 @@ pub struct InspectArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
+    /// Inspect this version of the object (versioned buckets) instead of the current one. An
+    /// envelope in an instruction file is read from the current `<key>.instruction`.
+    #[arg(long, value_name = "ID")]
+    version_id: Option<String>,
     #[command(flatten)]
     aws: AwsArgs,
 }
@@ -109,6 +128,8 @@ pub async fn get(a: GetArgs) -> CliResult {
     let opts = GetOptions {
         range,
         allow_plaintext: a.allow_plaintext,
+        version_id: a.version.version_id.clone(),
+        instruction_version_id: a.version.instruction_version_id.clone(),
     };
     let s3 = a.aws.s3_client(&conf).await;
     match &a.output {
@@ -237,7 +258,7 @@ pub async fn inspect(a: InspectArgs) -> CliResult {
     let conf = sdk_config().await;
     let client = S3Cse::new(a.aws.s3_client(&conf).await, Keyring::new());
     let i = client
-        .inspect(&bucket, &key)
+        .inspect_version(&bucket, &key, a.version_id.as_deref())
         .await
         .map_err(|e| client_error(&a.url, e))?;
     if a.json {
@@ -248,6 +269,9 @@ pub async fn inspect(a: InspectArgs) -> CliResult {
     let mut t = String::new();
     let _ = writeln!(t, "object:            s3://{}/{}", i.bucket, i.key);
     let _ = writeln!(t, "etag:              {}", i.etag.as_deref().unwrap_or("-"));
+    if let Some(v) = &i.version_id {
+        let _ = writeln!(t, "version id:        {v}");
+    }
     if !i.encrypted {
         let _ = writeln!(
             t,

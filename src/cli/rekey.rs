@@ -26,9 +26,10 @@ use s3cse::rekey::copy::{COPY_PART_SIZE, MAX_COPY_SIZE};
 use s3cse::rekey::kms::{RekeyKms, describe_key, without_sdk_retries};
 use s3cse::rekey::limit::RateLimit;
 use s3cse::rekey::owner::KeyOwner;
+use s3cse::rekey::noncurrent::{self, NoncurrentMode, NoncurrentSummary};
 use s3cse::rekey::scan::MAX_LIST_PAGE_SIZE;
 use s3cse::rekey::{RekeyConfig, RunSummary, Shard, Shutdown};
-use s3cse::store::{Action, JobState, JobStore, ScanKey, Tally};
+use s3cse::store::{Action, JobState, JobStore, ScanKey, Tally, VersionCount, VersionState};
 
 use super::aws::{AwsArgs, parse_s3_url, sdk_config};
 use super::keys::{KeyArgs, context_of, kms_client};
@@ -165,8 +166,31 @@ pub struct RunArgs {
     /// Part size of multipart copies (bytes, 5 MiB .. 5 GiB).
     #[arg(long, default_value_t = COPY_PART_SIZE, hide = true, value_name = "BYTES")]
     copy_part_size: u64,
+    /// Noncurrent versions of a versioned bucket, looked at after the objects (`rekey` only):
+    /// `report` records them in the state file (`status`, `report --noncurrent`, a metric),
+    /// those under a legacy key called out; `delete` also deletes those, by version id, once
+    /// their object's current version is under the target key and decrypts (never a version
+    /// under Object Lock, never the current one, never a plaintext one).
+    #[arg(long, value_enum, default_value = "report", value_name = "MODE")]
+    noncurrent: NoncurrentArg,
     #[command(flatten)]
     aws: AwsArgs,
+}
+
+/// `--noncurrent`.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum NoncurrentArg {
+    Report,
+    Delete,
+}
+
+impl From<NoncurrentArg> for NoncurrentMode {
+    fn from(a: NoncurrentArg) -> Self {
+        match a {
+            NoncurrentArg::Report => NoncurrentMode::Report,
+            NoncurrentArg::Delete => NoncurrentMode::Delete,
+        }
+    }
 }
 
 /// `--list-page-size`, shared by `rekey` and `scan`.
@@ -241,6 +265,11 @@ pub struct ReportArgs {
     /// Only jobs in this state: pending, running, done, failed, conflict.
     #[arg(long, value_name = "STATE")]
     only: Option<JobState>,
+    /// List the noncurrent versions recorded by `rekey --noncurrent` instead of the jobs: one
+    /// line per version with its class (remaining: under a legacy key), state (listed, kept,
+    /// deleting, deleted), why it was kept, and when it was deleted.
+    #[arg(long, conflicts_with = "only")]
+    noncurrent: bool,
 }
 
 pub(super) fn init_logs(format: LogFormat) {
@@ -501,6 +530,11 @@ async fn run(a: RunArgs, scan_target: Option<ScanTarget>) -> CliResult {
         )));
     };
     check_copy_parts(a.copy_part_threshold, a.copy_part_size)?;
+    if a.dry_run && matches!(a.noncurrent, NoncurrentArg::Delete) {
+        return Err(Failure::usage(anyhow!(
+            "--dry-run writes nothing: it cannot be combined with --noncurrent delete"
+        )));
+    }
     check_textfile(a.metrics_textfile.as_deref())?;
     let metrics = new_metrics();
     // Raw legacy keys from the files (exit 2 on a bad file); KMS is added below, decorated.
@@ -609,7 +643,24 @@ async fn run(a: RunArgs, scan_target: Option<ScanTarget>) -> CliResult {
     let progress = std::io::stderr()
         .is_terminal()
         .then(|| spawn_progress(store.clone()));
-    let result = s3cse::rekey::run(config, shutdown).await;
+    // The noncurrent versions are looked at once the objects are done (`rekey` only: `work`
+    // names no bucket).
+    let sweep = do_scan.then(|| (config.clone(), shutdown.clone()));
+    let mut result = s3cse::rekey::run(config, shutdown).await;
+    let mut versions: Option<NoncurrentSummary> = None;
+    if let (Ok(s), Some((config, shutdown))) = (&result, sweep)
+        && !s.interrupted
+    {
+        match noncurrent::sweep(&config, a.noncurrent.into(), &shutdown).await {
+            Ok(v) => versions = Some(v),
+            // `report` only informs: the objects' migration stands, the versions are looked at
+            // again next run. A `delete` that cannot finish fails the run.
+            Err(e) if matches!(a.noncurrent, NoncurrentArg::Report) => {
+                tracing::warn!(error = %e, "noncurrent versions not recorded");
+            }
+            Err(e) => result = Err(e),
+        }
+    }
     signals.abort();
     if let Some((bar, task)) = progress {
         task.abort();
@@ -665,6 +716,12 @@ async fn run(a: RunArgs, scan_target: Option<ScanTarget>) -> CliResult {
     store.close().await;
     let summary = result.context("rekey").map_err(rekey_failure)?;
     print_summary(&summary, a.dry_run);
+    if let Some(v) = versions.filter(|v| v.versioned) {
+        println!(
+            "noncurrent versions: {} listed, {} under a legacy key (they keep it alive), {} deleted, {} kept",
+            v.listed, v.remaining, v.deleted, v.kept
+        );
+    }
     if let Some(released) = summary.abandoned {
         return Err(Failure::failed(anyhow!(
             "stopped: {released} object(s) in flight abandoned and queued again for the next \
@@ -768,6 +825,11 @@ pub async fn status(a: StatusArgs) -> CliResult {
         .await
         .context("reading the state file")
         .map_err(Failure::failed)?;
+    let versions = store
+        .version_counts()
+        .await
+        .context("reading the state file")
+        .map_err(Failure::failed)?;
     store.close().await;
     let done = c.by_state.finished();
     let left = c.by_state.remaining();
@@ -820,6 +882,7 @@ pub async fn status(a: StatusArgs) -> CliResult {
             "bytes_left": left.bytes,
             "objects_per_second": rate,
             "eta_seconds": eta,
+            "noncurrent_versions": versions_json(&versions),
         });
         return print_out(&format!("{v}\n"));
     }
@@ -865,7 +928,67 @@ pub async fn status(a: StatusArgs) -> CliResult {
             let _ = writeln!(out, "rate: n/a");
         }
     }
+    versions_text(&mut out, &versions);
     print_out(&out)
+}
+
+/// Noncurrent versions by class, state and (remaining ones) reason, for `status --json`.
+fn versions_json(counts: &[VersionCount]) -> serde_json::Value {
+    let mut by_class = serde_json::Map::new();
+    let mut by_state = serde_json::Map::new();
+    let mut legacy = serde_json::Map::new();
+    let (mut total, mut bytes, mut alive) = (0u64, 0u64, 0u64);
+    let add = |m: &mut serde_json::Map<String, serde_json::Value>, k: &str, n: u64| {
+        let e = m.entry(k.to_owned()).or_insert(serde_json::json!(0));
+        *e = serde_json::json!(e.as_u64().unwrap_or(0) + n);
+    };
+    for c in counts {
+        total += c.versions;
+        bytes += c.bytes;
+        add(&mut by_class, &c.class, c.versions);
+        add(&mut by_state, c.state.as_str(), c.versions);
+        if c.class == "remaining" && c.state != VersionState::Deleted {
+            alive += c.versions;
+            add(&mut legacy, c.detail.as_deref().unwrap_or("-"), c.versions);
+        }
+    }
+    serde_json::json!({
+        "total": total,
+        "bytes": bytes,
+        "by_class": by_class,
+        "by_state": by_state,
+        "remaining_not_deleted": alive,
+        "remaining_by_reason": legacy,
+    })
+}
+
+/// The `status` section on noncurrent versions (nothing when none were recorded).
+fn versions_text(out: &mut String, counts: &[VersionCount]) {
+    if counts.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "noncurrent versions (class, reason, state):");
+    for c in counts {
+        let k = format!(
+            "{} {} {}",
+            c.class,
+            c.detail.as_deref().unwrap_or("-"),
+            c.state.as_str()
+        );
+        let _ = writeln!(out, "  {k:<40} {:>10} {:>16}", c.versions, c.bytes);
+    }
+    let alive: u64 = counts
+        .iter()
+        .filter(|c| c.class == "remaining" && c.state != VersionState::Deleted)
+        .map(|c| c.versions)
+        .sum();
+    if alive > 0 {
+        let _ = writeln!(
+            out,
+            "  {alive} noncurrent version(s) under a legacy key keep it alive: \
+             `s3cse report --noncurrent` lists them, `rekey --noncurrent delete` removes them"
+        );
+    }
 }
 
 /// One CSV cell (RFC 4180 quoting). A cell a spreadsheet would take for a formula (starting
@@ -884,6 +1007,11 @@ fn csv_field(s: &str) -> String {
 
 pub async fn report(a: ReportArgs) -> CliResult {
     let store = open_store_read_only(&a.state).await?;
+    if a.noncurrent {
+        let r = report_versions(&store, a.format).await;
+        store.close().await;
+        return r;
+    }
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let io = Failure::stdout;
     if matches!(a.format, ReportFormat::Csv) {
@@ -921,6 +1049,57 @@ pub async fn report(a: ReportArgs) -> CliResult {
     drop(rows);
     out.flush().map_err(io)?;
     store.close().await;
+    Ok(())
+}
+
+/// `report --noncurrent`: every recorded noncurrent version, in id (listing) order.
+async fn report_versions(store: &JobStore, format: ReportFormat) -> CliResult {
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let io = Failure::stdout;
+    if matches!(format, ReportFormat::Csv) {
+        writeln!(
+            out,
+            "Bucket,Key,VersionId,Size,Class,Reason,WrappingKey,State,Note,DeletedAt"
+        )
+        .map_err(io)?;
+    }
+    let mut after = 0;
+    loop {
+        let page = store
+            .versions_page(after, 1000)
+            .await
+            .context("reading the state file")
+            .map_err(Failure::failed)?;
+        let Some(last) = page.last() else {
+            break;
+        };
+        after = last.id;
+        for v in &page {
+            match format {
+                ReportFormat::Jsonl => {
+                    let line = serde_json::to_string(v).map_err(|e| Failure::failed(anyhow!(e)))?;
+                    writeln!(out, "{line}").map_err(io)?;
+                }
+                ReportFormat::Csv => {
+                    let opt = |s: &Option<String>| csv_field(s.as_deref().unwrap_or(""));
+                    let fields = [
+                        csv_field(&v.bucket),
+                        csv_field(&v.key),
+                        csv_field(&v.version_id),
+                        v.size.to_string(),
+                        csv_field(&v.class),
+                        opt(&v.detail),
+                        opt(&v.wrapping_key),
+                        v.state.as_str().to_owned(),
+                        opt(&v.note),
+                        v.deleted_at.map(|t| t.to_string()).unwrap_or_default(),
+                    ];
+                    writeln!(out, "{}", fields.join(",")).map_err(io)?;
+                }
+            }
+        }
+    }
+    out.flush().map_err(io)?;
     Ok(())
 }
 

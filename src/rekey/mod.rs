@@ -15,6 +15,8 @@
 //! - [`copy`]: the multipart copy onto itself that rewraps objects above CopyObject's 5 GiB.
 //! - [`kms`]: the KMS decorator (rate limit, retries, metrics) and DescribeKey.
 //! - [`limit`]: the shared token buckets of `--s3-rps` / `--kms-rps`.
+//! - [`noncurrent`]: `--noncurrent report|delete`, the old versions of a versioned bucket,
+//!   after the workers ([`noncurrent::sweep`]).
 //!
 //! Metrics are the crate's [`crate::metrics::Metrics`] (one per process, shared as
 //! `Arc<Metrics>`); the CLI serves, pushes and writes them.
@@ -27,6 +29,7 @@ mod dryrun;
 mod inspect;
 pub mod kms;
 pub mod limit;
+pub mod noncurrent;
 mod object;
 pub mod owner;
 pub mod plan;

@@ -39,8 +39,11 @@ use sqlx::sqlite::{
 };
 use sqlx::{AssertSqlSafe, FromRow, Row};
 
+mod noncurrent;
 #[cfg(test)]
 mod tests;
+
+pub use self::noncurrent::{ListedVersion, NoncurrentVersion, VersionCount, VersionState};
 
 /// Connections in the pool. SQLite serializes writers anyway, so more connections only add
 /// lock contention; a few let `status`/report reads run beside the writers (WAL).

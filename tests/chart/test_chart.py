@@ -90,7 +90,7 @@ REKEY_FLAGS_CONTRACT = {
     "--dry-run", "--reencrypt", "--no-verify", "--s3-rps", "--kms-rps", "--shard", "--shards",
     "--metrics-addr", "--pushgateway", "--log-format", "--endpoint-url", "--path-style",
     "--stop-timeout", "--max-buffer-mib", "--source-kms-key", "--source-kms-account",
-    "--max-attempts", "--object-timeout",
+    "--max-attempts", "--object-timeout", "--noncurrent",
 }
 
 # --------------------------------------------------------------------------------------------
@@ -540,6 +540,7 @@ BAD_VALUES = {
     "audit with shards": {"mode": "audit", "shards": 2},
     "audit typo": {"mode": "audit", "audit": {"version": True}},
     "audit concurrency 0": {"mode": "audit", "audit": {"concurrency": 0}},
+    "noncurrent unknown": {"rekey": {"noncurrent": "purge"}},
 }
 
 

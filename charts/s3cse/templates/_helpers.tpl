@@ -257,6 +257,10 @@ Arguments of `s3cse rekey` (mode=job, cronjob).
 - --object-timeout
 - {{ . | quote }}
 {{- end }}
+{{- with .Values.rekey.noncurrent }}
+- --noncurrent
+- {{ . | quote }}
+{{- end }}
 {{- if include "s3cse.sharded" . }}
 - --shards
 - {{ .Values.shards | quote }}
