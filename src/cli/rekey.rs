@@ -299,14 +299,11 @@ pub async fn scan(a: ScanArgs, term: &Term) -> CliResult {
     let (bucket, prefix) = parse_s3_url(&a.url, false)?;
     let shard = a.shard.resolve()?;
     let conf = sdk_config().await;
-    let s3 = a.aws.s3_client(&conf).await;
+    let metrics = new_metrics();
+    let s3 = count_s3_attempts(&a.aws.s3_client(&conf).await, metrics.clone());
     check_bucket(&s3, &bucket).await?;
     let store = open_store(&a.state).await?;
-    let metrics = new_metrics();
-    let client = S3Cse::new(
-        count_s3_attempts(&s3, metrics.clone()),
-        s3cse::keyring::Keyring::new(),
-    );
+    let client = S3Cse::new(s3, s3cse::keyring::Keyring::new());
     let key = ScanKey {
         bucket,
         prefix,
@@ -503,7 +500,8 @@ async fn run(a: RunArgs, scan_target: Option<ScanTarget>, term: &Term) -> CliRes
         Some(target.key_id.clone()),
     ));
     let conf = sdk_config().await;
-    let s3 = a.aws.s3_client(&conf).await;
+    // Every S3 attempt counted where it happens, the SDK's own retries included.
+    let s3 = count_s3_attempts(&a.aws.s3_client(&conf).await, metrics.clone());
     let (bucket, prefix, list_page_size) = match scan_target {
         Some(t) => (t.bucket, t.prefix, t.list_page_size),
         None => (String::new(), String::new(), MAX_LIST_PAGE_SIZE),
@@ -520,8 +518,7 @@ async fn run(a: RunArgs, scan_target: Option<ScanTarget>, term: &Term) -> CliRes
             .map_err(Failure::usage)?;
         tracing::info!(objects = n, "re-queued failed and conflicting objects");
     }
-    // Every S3 attempt counted where it happens, the SDK's own retries included.
-    let client = S3Cse::new(count_s3_attempts(&s3, metrics.clone()), keyring)
+    let client = S3Cse::new(s3, keyring)
         .with_policy(DecryptPolicy::legacy())
         .with_buffer_budget(a.max_buffer_mib << 20);
     // Once per bucket: whether ACL grants and Object Lock settings need a read per object.
@@ -842,27 +839,28 @@ async fn status_text(a: &StatusArgs) -> CliResult<String> {
         return Ok(format!("{v}\n"));
     }
     // Built whole, then written once: a closed stdout ends the command quietly.
-    let mut rows: Vec<(String, Vec<(String, Tally)>)> = Vec::new();
-    rows.push((
-        "by state:".into(),
-        c.by_state
-            .iter()
-            .map(|(s, t)| (s.as_str().to_owned(), t))
-            .collect(),
-    ));
-    rows.push((
-        "by source format:".into(),
-        c.by_source_format
-            .iter()
-            .map(|(f, t)| (f.clone(), *t))
-            .collect(),
-    ));
     let labelled = |m: &BTreeMap<(Action, Option<String>), Tally>| {
         m.iter()
             .map(|((a, r), t)| (action_label(*a, r.as_deref()), *t))
             .collect::<Vec<_>>()
     };
-    rows.push(("by action:".into(), labelled(&c.by_action)));
+    let mut rows: Vec<(String, Vec<(String, Tally)>)> = vec![
+        (
+            "by state:".into(),
+            c.by_state
+                .iter()
+                .map(|(s, t)| (s.as_str().to_owned(), t))
+                .collect(),
+        ),
+        (
+            "by source format:".into(),
+            c.by_source_format
+                .iter()
+                .map(|(f, t)| (f.clone(), *t))
+                .collect(),
+        ),
+        ("by action:".into(), labelled(&c.by_action)),
+    ];
     if !c.planned.is_empty() {
         rows.push((
             "planned (pending, from --dry-run):".into(),
