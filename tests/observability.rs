@@ -26,7 +26,13 @@ async fn fill(b: &Bed, n: u32) {
     for i in 0..n {
         let (s3, bucket) = (b.s3.clone(), b.bucket.clone());
         puts.push(async move {
-            put_v1(&s3, &bucket, &format!("k/{i:04}"), &data(200 + i as usize, i as u8)).await;
+            put_v1(
+                &s3,
+                &bucket,
+                &format!("k/{i:04}"),
+                &data(200 + i as usize, i as u8),
+            )
+            .await;
         });
         if puts.len() >= 16 {
             futures::StreamExt::next(&mut puts).await;
@@ -43,9 +49,9 @@ fn free_port() -> u16 {
 /// `GET url` (plain http) with a bare HTTP/1.0 request: (status, body).
 fn http_get(url: &str) -> std::io::Result<(u16, String)> {
     let rest = url.strip_prefix("http://").expect("http url");
-    let (host, path) = rest.split_once('/').map_or((rest, "/".to_owned()), |(h, p)| {
-        (h, format!("/{p}"))
-    });
+    let (host, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_owned()), |(h, p)| (h, format!("/{p}")));
     let mut s = std::net::TcpStream::connect(host)?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     write!(s, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n")?;
@@ -90,10 +96,14 @@ fn prometheus() -> Option<(String, String, String)> {
     ) {
         (Some(p), Some(g), Some(t)) => Some((p, g, t)),
         _ if std::env::var("CI").is_ok() => {
-            panic!("CI needs the test bed's Prometheus and Pushgateway (scripts/test.sh installs them)")
+            panic!(
+                "CI needs the test bed's Prometheus and Pushgateway (scripts/test.sh installs them)"
+            )
         }
         _ => {
-            eprintln!("skipped: no Prometheus in the test bed (apt-get install prometheus prometheus-pushgateway; scripts/testbed.sh up)");
+            eprintln!(
+                "skipped: no Prometheus in the test bed (apt-get install prometheus prometheus-pushgateway; scripts/testbed.sh up)"
+            );
             None
         }
     }
@@ -128,8 +138,16 @@ async fn every_throttled_s3_attempt_is_counted_sdk_retries_included() {
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
     let text = std::fs::read_to_string(&prom).expect("textfile");
     let injected = proxy.faults().get("slowdown").copied().unwrap_or(0);
-    assert!(injected > 0, "the proxy injected no SlowDown: {}", proxy.stderr());
-    let throttled = sample_sum(&text, "s3cse_s3_requests_total", &[("outcome", "throttled")]);
+    assert!(
+        injected > 0,
+        "the proxy injected no SlowDown: {}",
+        proxy.stderr()
+    );
+    let throttled = sample_sum(
+        &text,
+        "s3cse_s3_requests_total",
+        &[("outcome", "throttled")],
+    );
     assert_eq!(
         throttled, injected as f64,
         "every SlowDown attempt counted once ({injected} injected)\n{text}"
@@ -144,7 +162,10 @@ async fn every_throttled_s3_attempt_is_counted_sdk_retries_included() {
         "the SDK's retries of throttled attempts: {retried} for {throttled} throttled\n{text}"
     );
     let ok = sample_sum(&text, "s3cse_s3_requests_total", &[("outcome", "ok")]);
-    assert!(ok >= f64::from(N * 2), "HEAD/GET + PUT per object at least: {ok}");
+    assert!(
+        ok >= f64::from(N * 2),
+        "HEAD/GET + PUT per object at least: {ok}"
+    );
 }
 
 /// A real Prometheus scrapes a real rekey run (`--metrics-addr`, through a proxy that throttles
@@ -207,16 +228,17 @@ async fn prometheus_answers_every_dashboard_query_about_a_real_run() {
     let pushed_done = sample_sum(
         &pushed,
         "s3cse_rekey_objects_total",
-        &[("job", "s3cse-rekey"), ("shard", "0"), ("result", "rewritten")],
+        &[
+            ("job", "s3cse-rekey"),
+            ("shard", "0"),
+            ("result", "rewritten"),
+        ],
     );
     assert!(pushed_done >= f64::from(N), "{pushed}");
 
     // Prometheus scrapes the Pushgateway every second: wait for the pushed success.
     let query = |expr: &str, at: f64| -> serde_json::Value {
-        let url = format!(
-            "{prom_url}/api/v1/query?query={}&time={at:.3}",
-            enc(expr)
-        );
+        let url = format!("{prom_url}/api/v1/query?query={}&time={at:.3}", enc(expr));
         let (status, body) = http_get(&url).expect("prometheus");
         let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
         assert_eq!(status, 200, "{expr}: {body}");
@@ -233,7 +255,9 @@ async fn prometheus_answers_every_dashboard_query_about_a_real_run() {
     let at = loop {
         let at = now();
         let v = query(
-            &format!("{read_back} and on() s3cse_rekey_last_success_timestamp_seconds{{job=\"s3cse-rekey\", shard=\"0\"}}"),
+            &format!(
+                "{read_back} and on() s3cse_rekey_last_success_timestamp_seconds{{job=\"s3cse-rekey\", shard=\"0\"}}"
+            ),
             at,
         );
         let got = v["data"]["result"][0]["value"][1]
@@ -250,11 +274,15 @@ async fn prometheus_answers_every_dashboard_query_about_a_real_run() {
     };
     // And the direct scrapes happened (the target's own series, job "s3cse").
     let scraped = query(
-        &format!("max_over_time(s3cse_rekey_objects_total{{run=\"{instance}\", result=\"rewritten\"}}[5m])"),
+        &format!(
+            "max_over_time(s3cse_rekey_objects_total{{run=\"{instance}\", result=\"rewritten\"}}[5m])"
+        ),
         at,
     );
     assert!(
-        !scraped["data"]["result"].as_array().is_none_or(|r| r.is_empty()),
+        !scraped["data"]["result"]
+            .as_array()
+            .is_none_or(|r| r.is_empty()),
         "Prometheus never scraped --metrics-addr: {scraped}"
     );
 
@@ -294,7 +322,11 @@ async fn prometheus_answers_every_dashboard_query_about_a_real_run() {
         }
     }
     assert!(n >= 30, "only {n} expressions found");
-    assert!(empty.is_empty(), "queries without data:\n{}", empty.join("\n"));
+    assert!(
+        empty.is_empty(),
+        "queries without data:\n{}",
+        empty.join("\n")
+    );
 
     // Throttling is seen as it happens: throttled attempts of both services in Prometheus.
     for (metric, fault) in [
@@ -302,14 +334,20 @@ async fn prometheus_answers_every_dashboard_query_about_a_real_run() {
         ("s3cse_kms_requests_total", "kms-throttle"),
     ] {
         let v = query(
-            &format!("sum(max_over_time({metric}{{run=\"{instance}\", outcome=\"throttled\"}}[5m]))"),
+            &format!(
+                "sum(max_over_time({metric}{{run=\"{instance}\", outcome=\"throttled\"}}[5m]))"
+            ),
             at,
         );
         let got = v["data"]["result"][0]["value"][1]
             .as_str()
             .and_then(|s| s.parse::<f64>().ok())
             .unwrap_or(0.0);
-        assert!(got >= 1.0, "{metric}: {v} ({fault}: {:?})", faults.get(fault));
+        assert!(
+            got >= 1.0,
+            "{metric}: {v} ({fault}: {:?})",
+            faults.get(fault)
+        );
     }
 }
 
@@ -389,7 +427,10 @@ async fn a_terminal_shows_the_live_display_not_a_log_line_per_object() {
         }
         screens.insert(i, screen);
         i += 1;
-        assert!(t.elapsed() < Duration::from_secs(120), "no end: {screens:?}");
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "no end: {screens:?}"
+        );
     };
     let live: Vec<&String> = screens
         .values()

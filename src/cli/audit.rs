@@ -18,9 +18,7 @@ use s3cse::rekey::limit::RateLimit;
 
 use super::aws::{AwsArgs, parse_s3_url, sdk_config};
 use super::keys::kms_client;
-use super::rekey::{
-    check_bucket, check_textfile, new_metrics,
-};
+use super::rekey::{check_bucket, check_textfile, new_metrics};
 use super::{CliResult, EXIT_FAILED, Failure};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]

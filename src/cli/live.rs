@@ -108,10 +108,7 @@ async fn draw(
     let (rate, byte_rate) = match samples.front() {
         Some((t0, o0, b0)) if now.duration_since(*t0) >= Duration::from_secs(1) => {
             let dt = now.duration_since(*t0).as_secs_f64();
-            (
-                (run.objects - o0) as f64 / dt,
-                (run.bytes - b0) as f64 / dt,
-            )
+            ((run.objects - o0) as f64 / dt, (run.bytes - b0) as f64 / dt)
         }
         _ => (f64::NAN, f64::NAN),
     };

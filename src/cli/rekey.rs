@@ -696,7 +696,14 @@ fn print_summary(s: &RunSummary, dry_run: bool, took: Duration) {
     }
     if dry_run {
         let _ = writeln!(out, "dry run: nothing was written. Plan (objects, bytes):");
-        let width = s.work.planned.keys().map(|a| a.len()).max().unwrap_or(0).max(24);
+        let width = s
+            .work
+            .planned
+            .keys()
+            .map(|a| a.len())
+            .max()
+            .unwrap_or(0)
+            .max(24);
         for (action, (n, b)) in &s.work.planned {
             let _ = writeln!(
                 out,
@@ -736,7 +743,10 @@ pub async fn status(a: StatusArgs) -> CliResult {
         let text = status_text(&a).await?;
         let stamp = chrono_free_now();
         let screen = if in_place {
-            format!("\x1b[H\x1b[2J{text}\nrefreshed {stamp} every {}; Ctrl-C to stop\n", duration(every.as_secs()))
+            format!(
+                "\x1b[H\x1b[2J{text}\nrefreshed {stamp} every {}; Ctrl-C to stop\n",
+                duration(every.as_secs())
+            )
         } else {
             format!("--- {stamp}\n{text}")
         };

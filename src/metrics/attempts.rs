@@ -218,7 +218,11 @@ mod tests {
             (502, None, Outcome::ServerError),
             (404, Some("NoSuchKey"), Outcome::NotFound),
             (412, Some("PreconditionFailed"), Outcome::PreconditionFailed),
-            (409, Some("ConditionalRequestConflict"), Outcome::PreconditionFailed),
+            (
+                409,
+                Some("ConditionalRequestConflict"),
+                Outcome::PreconditionFailed,
+            ),
             (403, Some("AccessDenied"), Outcome::Error),
         ];
         for (status, code, want) in cases {
