@@ -32,7 +32,7 @@ use s3cse::store::{Action, JobState, JobStore, ScanKey, Tally};
 
 use super::aws::{AwsArgs, parse_s3_url, sdk_config};
 use super::keys::{KeyArgs, context_of, kms_client};
-use super::term::{Term, bytes, bytes_per_sec, count, duration, per_sec};
+use super::term::{Term, bytes, bytes_per_sec, count, duration, objects_per_sec};
 use super::{CliResult, Failure, parse_kv, print_out};
 
 /// `--shard I/N`, or `--shards N` with the index from `JOB_COMPLETION_INDEX` (Indexed Jobs).
@@ -718,7 +718,7 @@ fn print_summary(s: &RunSummary, dry_run: bool, took: Duration) {
     let secs = took.as_secs_f64().max(0.001);
     let _ = writeln!(
         out,
-        "work: {} migrated ({}), {} skipped, {} failed, {} conflict, {} requeued in {} ({} objects, {})",
+        "work: {} migrated ({}), {} skipped, {} failed, {} conflict, {} requeued in {} ({}, {})",
         count(w.migrated),
         bytes(w.bytes_migrated),
         count(w.skipped),
@@ -726,7 +726,7 @@ fn print_summary(s: &RunSummary, dry_run: bool, took: Duration) {
         count(w.conflicts),
         count(w.requeued),
         duration(took.as_secs()),
-        per_sec((w.migrated + w.skipped + w.failed) as f64 / secs),
+        objects_per_sec((w.migrated + w.skipped + w.failed) as f64 / secs),
         bytes_per_sec(w.bytes_migrated as f64 / secs),
     );
 }
@@ -918,16 +918,16 @@ async fn status_text(a: &StatusArgs) -> CliResult<String> {
         (None, _) => writeln!(out, "rate: none yet (no object finished)"),
         (Some(secs), 0) => writeln!(
             out,
-            "finished: {} objects in {} ({} objects, {})",
+            "finished: {} objects in {} ({}, {})",
             count(done.objects),
             duration(secs),
-            per_sec(done.objects as f64 / secs as f64),
+            objects_per_sec(done.objects as f64 / secs as f64),
             bytes_per_sec(done.bytes as f64 / secs as f64)
         ),
         (Some(secs), _) => writeln!(
             out,
-            "rate: {} objects, {} (average since the first object finished); ETA {}",
-            per_sec(done.objects as f64 / secs as f64),
+            "rate: {}, {} (average since the first object finished); ETA {}",
+            objects_per_sec(done.objects as f64 / secs as f64),
             bytes_per_sec(done.bytes as f64 / secs as f64),
             eta.map_or_else(|| "unknown".to_owned(), duration)
         ),

@@ -203,6 +203,14 @@ pub fn per_sec(rate: f64) -> String {
     }
 }
 
+/// `48.1 objects/s`.
+pub fn objects_per_sec(rate: f64) -> String {
+    match per_sec(rate).strip_suffix("/s") {
+        Some(n) => format!("{n} objects/s"),
+        None => "-".into(),
+    }
+}
+
 /// `3.4 MiB/s`.
 pub fn bytes_per_sec(rate: f64) -> String {
     if !rate.is_finite() || rate < 0.0 {
@@ -233,6 +241,7 @@ mod tests {
         assert_eq!(count(1_500), "1,500");
         assert_eq!(per_sec(47.9495), "47.9/s");
         assert_eq!(per_sec(1234.4), "1,234/s");
+        assert_eq!(objects_per_sec(5.06), "5.1 objects/s");
         assert_eq!(bytes_per_sec(3.0 * 1048576.0), "3.00 MiB/s");
         assert_eq!(duration(12), "12s");
         assert_eq!(duration(250), "4m 10s");
