@@ -125,10 +125,10 @@ impl Term {
 
     /// Removes the live display (log lines go straight to stderr again).
     pub fn clear_live(&self) {
-        if let Ok(mut slot) = self.live.lock() {
-            if let Some(bar) = slot.take() {
-                bar.finish_and_clear();
-            }
+        if let Ok(mut slot) = self.live.lock()
+            && let Some(bar) = slot.take()
+        {
+            bar.finish_and_clear();
         }
     }
 }
