@@ -36,7 +36,13 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked --bin s3cse \
  && install -D -m 0755 target/release/s3cse /out/usr/local/bin/s3cse \
- && install -d -m 0750 /out/var/lib/s3cse
+ && install -d -m 0750 /out/var/lib/s3cse \
+ && install -d /out/usr/share/bash-completion/completions /out/usr/share/zsh/vendor-completions \
+      /out/usr/share/fish/vendor_completions.d /out/usr/share/man/man1 \
+ && target/release/s3cse completions bash > /out/usr/share/bash-completion/completions/s3cse \
+ && target/release/s3cse completions zsh > /out/usr/share/zsh/vendor-completions/_s3cse \
+ && target/release/s3cse completions fish > /out/usr/share/fish/vendor_completions.d/s3cse.fish \
+ && target/release/s3cse man | gzip -9n > /out/usr/share/man/man1/s3cse.1.gz
 
 # Runtime: distroless cc (glibc, libgcc, CA certificates, tzdata; no shell, no package manager),
 # running as the image's nonroot user 65532, the uid the Helm chart's securityContext expects.
@@ -47,6 +53,9 @@ LABEL org.opencontainers.image.title="s3cse" \
       org.opencontainers.image.licenses="Apache-2.0"
 
 COPY --from=builder /out/usr/local/bin/s3cse /usr/local/bin/s3cse
+# Shell completions and the man page, generated from the clap definitions by the binary itself
+# (for images built FROM this one with a shell, and for `docker cp`).
+COPY --from=builder /out/usr/share /usr/share
 # State directory for local runs; on Kubernetes a PVC is mounted over it (fsGroup 65532).
 COPY --from=builder --chown=65532:65532 /out/var/lib/s3cse /var/lib/s3cse
 

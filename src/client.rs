@@ -299,7 +299,10 @@ pub struct Inspection {
     pub format: Option<String>,
     pub version: Option<String>,
     pub envelope_location: Option<String>,
+    /// The wire name (`AES/GCM/NoPadding`, V3's suite id `115`).
     pub content_cipher: Option<String>,
+    /// What a person reads: `AES-GCM, key-committing (V3 suite 115)`.
+    pub content_cipher_name: Option<String>,
     pub key_wrap: Option<String>,
     pub legacy: bool,
     pub kms_key_id: Option<String>,
@@ -754,6 +757,7 @@ impl S3Cse {
             version: None,
             envelope_location: None,
             content_cipher: None,
+            content_cipher_name: None,
             key_wrap: None,
             legacy: false,
             kms_key_id: None,
@@ -769,6 +773,7 @@ impl S3Cse {
             i.version = Some(format!("{:?}", env.version));
             i.envelope_location = Some(format!("{:?}", env.location));
             i.content_cipher = Some(env.content_alg.wire_name().into());
+            i.content_cipher_name = Some(env.content_alg.display_name());
             i.key_wrap = Some(env.wrap.to_string());
             i.legacy = env.wrap.is_legacy() || env.content_alg.is_legacy();
             i.kms_key_id = kms_key_id_of(&env);

@@ -21,9 +21,7 @@ use s3cse::rekey::owner::KeyOwner;
 
 use super::aws::{AwsArgs, parse_s3_url, sdk_config};
 use super::keys::kms_client;
-use super::rekey::{
-    LogFormat, check_bucket, check_textfile, init_logs, new_metrics, with_observer,
-};
+use super::rekey::{check_bucket, check_textfile, new_metrics};
 use super::{CliResult, EXIT_FAILED, Failure};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -75,8 +73,6 @@ pub struct AuditArgs {
     /// node_exporter's textfile collector (name it `*.prom`).
     #[arg(long, value_name = "PATH")]
     metrics_textfile: Option<PathBuf>,
-    #[arg(long, value_enum, default_value = "text")]
-    log_format: LogFormat,
     #[command(flatten)]
     aws: AwsArgs,
 }
@@ -85,7 +81,6 @@ pub struct AuditArgs {
 const TEXT_LISTED: usize = 20;
 
 pub async fn audit(a: AuditArgs) -> CliResult {
-    init_logs(a.log_format);
     let (bucket, prefix) = parse_s3_url(&a.url, false)?;
     let Some(kms_key_id) = a.kms_key_id.clone() else {
         return Err(Failure::usage(anyhow!(
@@ -117,7 +112,7 @@ pub async fn audit(a: AuditArgs) -> CliResult {
     check_bucket(&s3, &bucket).await?;
     // No keyring: an audit decrypts no object (KMS Decrypt only to tell which key wraps a
     // data key, rekey::owner; the plaintext key is dropped at once).
-    let client = with_observer(S3Cse::new(s3, Keyring::new()), &request_metrics);
+    let client = S3Cse::new(s3, Keyring::new());
     let config = AuditConfig {
         bucket: bucket.clone(),
         prefix: prefix.clone(),

@@ -9,9 +9,11 @@
 mod audit;
 mod aws;
 mod keys;
+mod live;
 mod object;
 mod offline;
 mod rekey;
+mod term;
 
 use std::process::ExitCode;
 
@@ -30,6 +32,8 @@ pub const EXIT_USAGE: u8 = 2;
     after_help = "Exit codes: 0 success; 1 an object could not be processed (the message says which and why); 2 usage, configuration or access error."
 )]
 struct Cli {
+    #[command(flatten)]
+    output: term::OutputArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -59,6 +63,32 @@ enum Command {
     /// Census before retiring a key: which objects depend on the target KMS key only (no state
     /// file; exit 0 all current or plaintext, 1 some remain).
     Audit(audit::AuditArgs),
+    /// Print a shell completion script to stdout (e.g. `s3cse completions bash >
+    /// /usr/share/bash-completion/completions/s3cse`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) to stdout (`s3cse man > /usr/share/man/man1/s3cse.1`).
+    Man,
+}
+
+/// `s3cse completions SHELL`.
+fn completions(shell: clap_complete::Shell) -> CliResult {
+    use clap::CommandFactory as _;
+    let mut out = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "s3cse", &mut out);
+    print_out(&String::from_utf8_lossy(&out))
+}
+
+/// `s3cse man`.
+fn man_page() -> CliResult {
+    use clap::CommandFactory as _;
+    let mut out = Vec::new();
+    clap_mangen::Man::new(Cli::command())
+        .render(&mut out)
+        .map_err(|e| Failure::failed(anyhow::Error::new(e).context("rendering the man page")))?;
+    print_out(&String::from_utf8_lossy(&out))
 }
 
 /// An error with the exit code it maps to.
@@ -116,6 +146,8 @@ pub type CliResult<T = ()> = Result<T, Failure>;
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    let term = term::Term::new(&cli.output);
+    term.init_logs();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -133,12 +165,14 @@ pub fn main() -> ExitCode {
             Command::Get(a) => object::get(a).await,
             Command::Put(a) => object::put(a).await,
             Command::Inspect(a) => object::inspect(a).await,
-            Command::Rekey(a) => rekey::rekey(a).await,
-            Command::Scan(a) => rekey::scan(a).await,
-            Command::Work(a) => rekey::work(a).await,
+            Command::Rekey(a) => rekey::rekey(a, &term).await,
+            Command::Scan(a) => rekey::scan(a, &term).await,
+            Command::Work(a) => rekey::work(a, &term).await,
             Command::Status(a) => rekey::status(a).await,
             Command::Report(a) => rekey::report(a).await,
             Command::Audit(a) => audit::audit(a).await,
+            Command::Completions { shell } => completions(shell),
+            Command::Man => man_page(),
         }
     });
     match result {

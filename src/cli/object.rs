@@ -253,6 +253,18 @@ pub async fn put(a: PutArgs) -> CliResult {
     Ok(())
 }
 
+/// `781.31 KiB (800,064 bytes)`: readable, and exact.
+fn size(n: u64) -> String {
+    if n < 1024 {
+        return format!("{n} bytes");
+    }
+    format!(
+        "{} ({} bytes)",
+        super::term::bytes(n),
+        super::term::count(n)
+    )
+}
+
 pub async fn inspect(a: InspectArgs) -> CliResult {
     let (bucket, key) = parse_s3_url(&a.url, true)?;
     let conf = sdk_config().await;
@@ -277,7 +289,7 @@ pub async fn inspect(a: InspectArgs) -> CliResult {
             t,
             "encrypted:         no (no client-side encryption envelope)"
         );
-        let _ = writeln!(t, "size:              {} bytes", i.stored_length);
+        let _ = writeln!(t, "size:              {}", size(i.stored_length));
         return print_out(&t);
     }
     let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
@@ -297,7 +309,7 @@ pub async fn inspect(a: InspectArgs) -> CliResult {
         opt(&i.version),
         opt(&i.envelope_location)
     );
-    let _ = writeln!(t, "content cipher:    {}", opt(&i.content_cipher));
+    let _ = writeln!(t, "content cipher:    {}", opt(&i.content_cipher_name));
     let _ = writeln!(t, "key wrap:          {}", opt(&i.key_wrap));
     if let Some(k) = &i.kms_key_id {
         let _ = writeln!(t, "kms key id:        {k}");
@@ -316,14 +328,12 @@ pub async fn inspect(a: InspectArgs) -> CliResult {
             s3cse::envelope::context_json(&i.material_description)
         );
     }
-    let _ = writeln!(t, "stored size:       {} bytes", i.stored_length);
+    let _ = writeln!(t, "stored size:       {}", size(i.stored_length));
     let _ = writeln!(
         t,
         "plaintext size:    {}",
         i.plaintext_length
-            .map_or("unknown (CBC, not recorded)".into(), |n| format!(
-                "{n} bytes"
-            ))
+            .map_or("unknown (CBC, not recorded)".into(), size)
     );
     print_out(&t)
 }

@@ -21,7 +21,8 @@ use s3cse::client::AttributePolicy;
 use s3cse::client::{DEFAULT_BUFFER_BUDGET, S3Cse};
 use s3cse::codec::DecryptPolicy;
 use s3cse::keyring::{AwsKms, KmsClient, KmsKeyring, SourceKeyPolicy};
-use s3cse::metrics::{self, Metrics, Outcome};
+use s3cse::metrics::attempts::{count_kms_attempts, count_s3_attempts};
+use s3cse::metrics::{self, Metrics};
 use s3cse::rekey::copy::{COPY_PART_SIZE, MAX_COPY_SIZE};
 use s3cse::rekey::kms::{RekeyKms, describe_key, without_sdk_retries};
 use s3cse::rekey::limit::RateLimit;
@@ -33,14 +34,8 @@ use s3cse::store::{Action, JobState, JobStore, ScanKey, Tally, VersionCount, Ver
 
 use super::aws::{AwsArgs, parse_s3_url, sdk_config};
 use super::keys::{KeyArgs, context_of, kms_client};
+use super::term::{Term, bytes, bytes_per_sec, count, duration, objects_per_sec};
 use super::{CliResult, Failure, parse_kv, print_out};
-
-#[derive(Clone, Copy, Debug, ValueEnum, Default)]
-pub enum LogFormat {
-    #[default]
-    Text,
-    Json,
-}
 
 /// `--shard I/N`, or `--shards N` with the index from `JOB_COMPLETION_INDEX` (Indexed Jobs).
 #[derive(Args, Debug, Clone, Default)]
@@ -149,8 +144,6 @@ pub struct RunArgs {
     /// (temporary file + rename): node_exporter's textfile collector picks up `*.prom` files.
     #[arg(long, value_name = "PATH")]
     metrics_textfile: Option<PathBuf>,
-    #[arg(long, value_enum, default_value = "text")]
-    log_format: LogFormat,
     /// On SIGTERM/SIGINT, give the objects in flight this many seconds to finish; then (or on a
     /// second signal) abandon them: their jobs go back to the queue for the next run, metrics are
     /// flushed and the process exits. Keep it below Kubernetes' terminationGracePeriodSeconds.
@@ -233,8 +226,6 @@ pub struct ScanArgs {
     /// Limit S3 requests per second.
     #[arg(long, value_name = "N")]
     s3_rps: Option<u32>,
-    #[arg(long, value_enum, default_value = "text")]
-    log_format: LogFormat,
     #[command(flatten)]
     aws: AwsArgs,
 }
@@ -244,9 +235,13 @@ pub struct StatusArgs {
     /// The job table.
     #[arg(long, value_name = "FILE")]
     state: PathBuf,
-    /// Print JSON.
+    /// Print JSON (exact numbers: bytes, objects/s, seconds).
     #[arg(long)]
     json: bool,
+    /// Refresh every SECS seconds (default 2) until nothing is pending or running, or Ctrl-C:
+    /// in place at a terminal, appended otherwise.
+    #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "2")]
+    watch: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -270,18 +265,6 @@ pub struct ReportArgs {
     /// deleting, deleted), why it was kept, and when it was deleted.
     #[arg(long, conflicts_with = "only")]
     noncurrent: bool,
-}
-
-pub(super) fn init_logs(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("S3CSE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Json => b.json().try_init(),
-        LogFormat::Text => b.try_init(),
-    };
 }
 
 /// The state file for `status` and `report`: read only, never migrated (a file of another
@@ -321,18 +304,18 @@ pub(super) async fn check_bucket(s3: &aws_sdk_s3::Client, bucket: &str) -> CliRe
         })
 }
 
-pub async fn rekey(a: RekeyArgs) -> CliResult {
+pub async fn rekey(a: RekeyArgs, term: &Term) -> CliResult {
     let (bucket, prefix) = parse_s3_url(&a.url, false)?;
     let target = ScanTarget {
         bucket,
         prefix,
         list_page_size: a.list.list_page_size,
     };
-    run(a.run, Some(target)).await
+    run(a.run, Some(target), term).await
 }
 
-pub async fn work(a: WorkArgs) -> CliResult {
-    run(a.run, None).await
+pub async fn work(a: WorkArgs, term: &Term) -> CliResult {
+    run(a.run, None, term).await
 }
 
 /// What `rekey` lists before it works (`work` lists nothing).
@@ -342,16 +325,15 @@ struct ScanTarget {
     list_page_size: i32,
 }
 
-pub async fn scan(a: ScanArgs) -> CliResult {
-    init_logs(a.log_format);
+pub async fn scan(a: ScanArgs, term: &Term) -> CliResult {
     let (bucket, prefix) = parse_s3_url(&a.url, false)?;
     let shard = a.shard.resolve()?;
     let conf = sdk_config().await;
-    let s3 = a.aws.s3_client(&conf).await;
+    let metrics = new_metrics();
+    let s3 = count_s3_attempts(&a.aws.s3_client(&conf).await, metrics.clone());
     check_bucket(&s3, &bucket).await?;
     let store = open_store(&a.state).await?;
-    let metrics = new_metrics();
-    let client = with_observer(S3Cse::new(s3, s3cse::keyring::Keyring::new()), &metrics);
+    let client = S3Cse::new(s3, s3cse::keyring::Keyring::new());
     let key = ScanKey {
         bucket,
         prefix,
@@ -380,30 +362,20 @@ pub async fn scan(a: ScanArgs) -> CliResult {
     };
     let s = s.context("scan").map_err(rekey_failure)?;
     store.close().await;
+    if term.quiet {
+        return Ok(());
+    }
     print_out(&format!(
         "listed {} keys: {} new, {} changed, {} unchanged\n",
-        s.listed, s.enqueued.inserted, s.enqueued.reset, s.enqueued.unchanged
+        count(s.listed),
+        count(s.enqueued.inserted),
+        count(s.enqueued.reset),
+        count(s.enqueued.unchanged)
     ))
 }
 
 pub(super) fn new_metrics() -> Arc<Metrics> {
     Arc::new(Metrics::new(env!("CARGO_PKG_VERSION")))
-}
-
-/// Records every S3 request of `client` in `metrics`.
-pub(super) fn with_observer(client: S3Cse, metrics: &Arc<Metrics>) -> S3Cse {
-    use s3cse::client::RequestOutcome;
-    let m = metrics.clone();
-    client.with_observer(Arc::new(move |op, outcome, took| {
-        let outcome = match outcome {
-            RequestOutcome::Ok => Outcome::Ok,
-            RequestOutcome::Error => Outcome::Error,
-            RequestOutcome::Throttled => Outcome::Throttled,
-            RequestOutcome::PreconditionFailed => Outcome::PreconditionFailed,
-            RequestOutcome::NotFound => Outcome::NotFound,
-        };
-        m.s3_request(op, outcome, took)
-    }))
 }
 
 /// `--copy-part-threshold` / `--copy-part-size` within S3's limits.
@@ -520,9 +492,9 @@ fn rekey_failure(e: anyhow::Error) -> Failure {
     }
 }
 
-async fn run(a: RunArgs, scan_target: Option<ScanTarget>) -> CliResult {
+async fn run(a: RunArgs, scan_target: Option<ScanTarget>, term: &Term) -> CliResult {
     let do_scan = scan_target.is_some();
-    init_logs(a.log_format);
+    let started = std::time::Instant::now();
     let shard = a.shard.resolve()?;
     let Some(kms_key_id) = a.keys.kms_key_id.clone() else {
         return Err(Failure::usage(anyhow!(
@@ -543,7 +515,8 @@ async fn run(a: RunArgs, scan_target: Option<ScanTarget>) -> CliResult {
         ..a.keys.clone()
     };
     let keyring = raw.keyring(false).await?;
-    let kms_sdk = kms_client().await;
+    // Counts the SDK's own retries (DescribeKey); RekeyKms counts its attempts itself.
+    let kms_sdk = count_kms_attempts(&kms_client().await, metrics.clone());
     let target = describe_key(&kms_sdk, &kms_key_id, &metrics)
         .await
         .with_context(|| format!("KMS key {kms_key_id}"))
@@ -562,7 +535,8 @@ async fn run(a: RunArgs, scan_target: Option<ScanTarget>) -> CliResult {
         Some(target.key_id.clone()),
     ));
     let conf = sdk_config().await;
-    let s3 = a.aws.s3_client(&conf).await;
+    // Every S3 attempt counted where it happens, the SDK's own retries included.
+    let s3 = count_s3_attempts(&a.aws.s3_client(&conf).await, metrics.clone());
     let (bucket, prefix, list_page_size) = match scan_target {
         Some(t) => (t.bucket, t.prefix, t.list_page_size),
         None => (String::new(), String::new(), MAX_LIST_PAGE_SIZE),
@@ -579,12 +553,9 @@ async fn run(a: RunArgs, scan_target: Option<ScanTarget>) -> CliResult {
             .map_err(Failure::usage)?;
         tracing::info!(objects = n, "re-queued failed and conflicting objects");
     }
-    let client = with_observer(
-        S3Cse::new(s3, keyring)
-            .with_policy(DecryptPolicy::legacy())
-            .with_buffer_budget(a.max_buffer_mib << 20),
-        &metrics,
-    );
+    let client = S3Cse::new(s3, keyring)
+        .with_policy(DecryptPolicy::legacy())
+        .with_buffer_budget(a.max_buffer_mib << 20);
     // Once per bucket: whether ACL grants and Object Lock settings need a read per object.
     // `work` alone does not name the bucket: every attribute is then read per object.
     let attribute_policy = if bucket.is_empty() {
@@ -640,9 +611,7 @@ async fn run(a: RunArgs, scan_target: Option<ScanTarget>) -> CliResult {
         trigger,
         Duration::from_secs(a.stop_timeout),
     ));
-    let progress = std::io::stderr()
-        .is_terminal()
-        .then(|| spawn_progress(store.clone()));
+    let live = super::live::start(term, store.clone(), metrics.clone());
     // The noncurrent versions are looked at once the objects are done (`rekey` only: `work`
     // names no bucket).
     let sweep = do_scan.then(|| (config.clone(), shutdown.clone()));
@@ -662,9 +631,8 @@ async fn run(a: RunArgs, scan_target: Option<ScanTarget>) -> CliResult {
         }
     }
     signals.abort();
-    if let Some((bar, task)) = progress {
-        task.abort();
-        bar.finish_and_clear();
+    if let Some(live) = live {
+        live.finish(term);
     }
     let code = match &result {
         Ok(s) if s.work.failed + s.work.conflicts == 0 && !s.interrupted => 0,
@@ -715,12 +683,14 @@ async fn run(a: RunArgs, scan_target: Option<ScanTarget>) -> CliResult {
     }
     store.close().await;
     let summary = result.context("rekey").map_err(rekey_failure)?;
-    print_summary(&summary, a.dry_run);
-    if let Some(v) = versions.filter(|v| v.versioned) {
-        println!(
-            "noncurrent versions: {} listed, {} under a legacy key (they keep it alive), {} deleted, {} kept",
-            v.listed, v.remaining, v.deleted, v.kept
-        );
+    if !term.quiet {
+        print_summary(&summary, a.dry_run, started.elapsed());
+        if let Some(v) = versions.filter(|v| v.versioned) {
+            println!(
+                "noncurrent versions: {} listed, {} under a legacy key (they keep it alive), {} deleted, {} kept",
+                v.listed, v.remaining, v.deleted, v.kept
+            );
+        }
     }
     if let Some(released) = summary.abandoned {
         return Err(Failure::failed(anyhow!(
@@ -766,13 +736,16 @@ async fn source_policy(
         .map_err(Failure::usage)
 }
 
-fn print_summary(s: &RunSummary, dry_run: bool) {
+fn print_summary(s: &RunSummary, dry_run: bool, took: Duration) {
     let mut out = std::io::stdout().lock();
     if let Some(scan) = &s.scan {
         let _ = writeln!(
             out,
             "scan: listed {} keys ({} new, {} changed, {} unchanged)",
-            scan.listed, scan.enqueued.inserted, scan.enqueued.reset, scan.enqueued.unchanged
+            count(scan.listed),
+            count(scan.enqueued.inserted),
+            count(scan.enqueued.reset),
+            count(scan.enqueued.unchanged)
         );
     }
     if s.abandoned.is_some() {
@@ -782,43 +755,96 @@ fn print_summary(s: &RunSummary, dry_run: bool) {
     }
     if dry_run {
         let _ = writeln!(out, "dry run: nothing was written. Plan (objects, bytes):");
-        for (action, (n, bytes)) in &s.work.planned {
-            let _ = writeln!(out, "  {action:<24} {n:>10} {bytes:>16}");
+        let width = s
+            .work
+            .planned
+            .keys()
+            .map(|a| a.len())
+            .max()
+            .unwrap_or(0)
+            .max(24);
+        for (action, (n, b)) in &s.work.planned {
+            let _ = writeln!(
+                out,
+                "  {action:<width$} {:>10} {:>12}",
+                count(*n),
+                bytes(*b)
+            );
         }
         return;
     }
     let w = &s.work;
+    let secs = took.as_secs_f64().max(0.001);
     let _ = writeln!(
         out,
-        "work: {} migrated ({} bytes), {} skipped, {} failed, {} conflict, {} requeued",
-        w.migrated, w.bytes_migrated, w.skipped, w.failed, w.conflicts, w.requeued
+        "work: {} migrated ({}), {} skipped, {} failed, {} conflict, {} requeued in {} ({}, {})",
+        count(w.migrated),
+        bytes(w.bytes_migrated),
+        count(w.skipped),
+        count(w.failed),
+        count(w.conflicts),
+        count(w.requeued),
+        duration(took.as_secs()),
+        objects_per_sec((w.migrated + w.skipped + w.failed) as f64 / secs),
+        bytes_per_sec(w.bytes_migrated as f64 / secs),
     );
 }
 
-fn spawn_progress(store: JobStore) -> (indicatif::ProgressBar, tokio::task::JoinHandle<()>) {
-    let bar = indicatif::ProgressBar::new(0);
-    if let Ok(style) = indicatif::ProgressStyle::with_template(
-        "{bar:40} {pos}/{len} objects  {msg}  {per_sec}  eta {eta}",
-    ) {
-        bar.set_style(style);
-    }
-    let b = bar.clone();
-    let task = tokio::spawn(async move {
-        loop {
-            if let Ok(c) = store.state_counts().await {
-                let fin = c.finished();
-                let total = fin.objects + c.remaining().objects;
-                b.set_length(total);
-                b.set_position(fin.objects);
-                b.set_message(format!("{} failed", c.failed.objects));
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
+pub async fn status(a: StatusArgs) -> CliResult {
+    let Some(every) = a.watch else {
+        return print_out(&status_text(&a).await?);
+    };
+    // Redrawn in place at a terminal (cursor home, clear screen); appended otherwise, so a log
+    // of it reads in order. Ends at Ctrl-C, or once nothing is pending or running.
+    let every = Duration::from_secs(every.max(1));
+    let in_place = std::io::stdout().is_terminal();
+    loop {
+        let text = status_text(&a).await?;
+        let stamp = chrono_free_now();
+        let screen = if in_place {
+            format!(
+                "\x1b[H\x1b[2J{text}\nrefreshed {stamp} every {}; Ctrl-C to stop\n",
+                duration(every.as_secs())
+            )
+        } else {
+            format!("--- {stamp}\n{text}")
+        };
+        print_out(&screen)?;
+        if finished(&a).await {
+            return Ok(());
         }
-    });
-    (bar, task)
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
 }
 
-pub async fn status(a: StatusArgs) -> CliResult {
+/// Some objects finished and nothing is pending or running in the state file.
+async fn finished(a: &StatusArgs) -> bool {
+    let Ok(store) = open_store_read_only(&a.state).await else {
+        return false;
+    };
+    let counts = store.state_counts().await;
+    store.close().await;
+    counts.is_ok_and(|c| c.finished().objects > 0 && c.remaining().objects == 0)
+}
+
+/// `HH:MM:SS` UTC, for the `--watch` refresh line.
+fn chrono_free_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    format!(
+        "{:02}:{:02}:{:02} UTC",
+        secs / 3600 % 24,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+/// `status` once: JSON (exact numbers) or the text a person reads.
+async fn status_text(a: &StatusArgs) -> CliResult<String> {
     let store = open_store_read_only(&a.state).await?;
     let c = store
         .counts()
@@ -835,7 +861,8 @@ pub async fn status(a: StatusArgs) -> CliResult {
     let left = c.by_state.remaining();
     // Rate from the finished_at timestamps of this state file's jobs.
     let rate = match (c.first_finished_at, c.last_finished_at) {
-        (Some(a), Some(b)) if b > a => Some(done.objects as f64 / (b - a) as f64),
+        // A run that finished within one second still has a rate.
+        (Some(a), Some(b)) => Some(done.objects as f64 / (b - a).max(1) as f64),
         _ => None,
     };
     let eta = rate
@@ -884,52 +911,94 @@ pub async fn status(a: StatusArgs) -> CliResult {
             "eta_seconds": eta,
             "noncurrent_versions": versions_json(&versions),
         });
-        return print_out(&format!("{v}\n"));
+        return Ok(format!("{v}\n"));
     }
     // Built whole, then written once: a closed stdout ends the command quietly.
+    let labelled = |m: &BTreeMap<(Action, Option<String>), Tally>| {
+        m.iter()
+            .map(|((a, r), t)| (action_label(*a, r.as_deref()), *t))
+            .collect::<Vec<_>>()
+    };
+    let mut rows: Vec<(String, Vec<(String, Tally)>)> = vec![
+        (
+            "by state:".into(),
+            c.by_state
+                .iter()
+                .map(|(s, t)| (s.as_str().to_owned(), t))
+                .collect(),
+        ),
+        (
+            "by source format:".into(),
+            c.by_source_format
+                .iter()
+                .map(|(f, t)| (f.clone(), *t))
+                .collect(),
+        ),
+        ("by action:".into(), labelled(&c.by_action)),
+    ];
+    if !c.planned.is_empty() {
+        rows.push((
+            "planned (pending, from --dry-run):".into(),
+            labelled(&c.planned),
+        ));
+    }
+    // Wide enough for the longest name (a V3 format name is longer than 24 characters).
+    let width = rows
+        .iter()
+        .flat_map(|(_, r)| r.iter().map(|(k, _)| k.chars().count()))
+        .max()
+        .unwrap_or(0)
+        .max(12);
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "total: {} objects, {} bytes",
-        c.total.objects, c.total.bytes
+        "total: {} objects, {}",
+        count(c.total.objects),
+        bytes(c.total.bytes)
     );
-    let _ = writeln!(out, "by state:");
-    for (s, t) in c.by_state.iter() {
-        let _ = writeln!(
+    for (title, lines) in &rows {
+        let _ = writeln!(out, "{title}");
+        for (k, t) in lines {
+            let _ = writeln!(
+                out,
+                "  {k:<width$}  {:>10} objects  {:>12}",
+                count(t.objects),
+                bytes(t.bytes)
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "done: {} objects, {}; left: {} objects, {}",
+        count(done.objects),
+        bytes(done.bytes),
+        count(left.objects),
+        bytes(left.bytes)
+    );
+    let span = match (c.first_finished_at, c.last_finished_at) {
+        (Some(a), Some(b)) => Some((b - a).max(1) as u64),
+        _ => None,
+    };
+    let _ = match (span, left.objects) {
+        (None, _) => writeln!(out, "rate: none yet (no object finished)"),
+        (Some(secs), 0) => writeln!(
             out,
-            "  {:<24} {:>10} {:>16}",
-            s.as_str(),
-            t.objects,
-            t.bytes
-        );
-    }
-    let _ = writeln!(out, "by source format:");
-    for (f, t) in &c.by_source_format {
-        let _ = writeln!(out, "  {f:<24} {:>10} {:>16}", t.objects, t.bytes);
-    }
-    let _ = writeln!(out, "by action:");
-    for ((a, r), t) in &c.by_action {
-        let k = action_label(*a, r.as_deref());
-        let _ = writeln!(out, "  {k:<24} {:>10} {:>16}", t.objects, t.bytes);
-    }
-    if !c.planned.is_empty() {
-        let _ = writeln!(out, "planned (pending, from --dry-run):");
-        for ((a, r), t) in &c.planned {
-            let k = action_label(*a, r.as_deref());
-            let _ = writeln!(out, "  {k:<24} {:>10} {:>16}", t.objects, t.bytes);
-        }
-    }
-    let _ = writeln!(out, "bytes done: {}, left: {}", done.bytes, left.bytes);
-    match (rate, eta) {
-        (Some(r), Some(e)) => {
-            let _ = writeln!(out, "rate: {r:.1} objects/s, ETA {e} s");
-        }
-        _ => {
-            let _ = writeln!(out, "rate: n/a");
-        }
-    }
+            "finished: {} objects in {} ({}, {})",
+            count(done.objects),
+            duration(secs),
+            objects_per_sec(done.objects as f64 / secs as f64),
+            bytes_per_sec(done.bytes as f64 / secs as f64)
+        ),
+        (Some(secs), _) => writeln!(
+            out,
+            "rate: {}, {} (average since the first object finished); ETA {}",
+            objects_per_sec(done.objects as f64 / secs as f64),
+            bytes_per_sec(done.bytes as f64 / secs as f64),
+            eta.map_or_else(|| "unknown".to_owned(), duration)
+        ),
+    };
     versions_text(&mut out, &versions);
-    print_out(&out)
+    Ok(out)
 }
 
 /// Noncurrent versions by class, state and (remaining ones) reason, for `status --json`.

@@ -84,6 +84,20 @@ impl ContentAlg {
     pub fn is_legacy(self) -> bool {
         self == ContentAlg::AesCbc
     }
+
+    /// The name a person reads, then the wire name it goes by:
+    /// `AES-GCM, key-committing (V3 suite 115)`, `AES-GCM (AES/GCM/NoPadding)`.
+    pub fn display_name(self) -> String {
+        let name = match self {
+            ContentAlg::AesCbc => "AES-CBC, unauthenticated",
+            ContentAlg::AesGcm => "AES-GCM",
+            ContentAlg::AesGcmCommitting => "AES-GCM, key-committing",
+        };
+        match self {
+            ContentAlg::AesGcmCommitting => format!("{name} (V3 suite {})", self.wire_name()),
+            _ => format!("{name} ({})", self.wire_name()),
+        }
+    }
 }
 
 /// How the content key is wrapped.

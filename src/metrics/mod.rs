@@ -1,6 +1,8 @@
 //! Prometheus metrics of `s3cse rekey`: a [`Metrics`] struct that owns its own
 //! [`Registry`] (no global registry, so tests and several jobs in one process don't collide),
 //! a tiny `/metrics` HTTP server ([`serve`]) for scraping, and [`push_add`] for a Pushgateway.
+//! [`attempts::CountAttempts`], an SDK interceptor, counts every S3 attempt (the SDK's own
+//! retries included) and every SDK-internal retry of KMS.
 //!
 //! # Sharing
 //! `Metrics` is not `Clone`: create one per process and share it as `Arc<Metrics>`. Every
@@ -19,11 +21,11 @@
 //! | `s3cse_rekey_queue_bytes` | gauge | `state` |
 //! | `s3cse_rekey_object_duration_seconds` | histogram | `action` = rewrite, rewrap, skip |
 //! | `s3cse_rekey_object_size_bytes` | histogram | (1 KiB .. 8 GiB, powers of two) |
-//! | `s3cse_s3_requests_total` | counter | `operation` (S3 API name), `outcome` = ok, error, throttled, precondition_failed, not_found |
-//! | `s3cse_s3_request_duration_seconds` | histogram | `operation` |
+//! | `s3cse_s3_requests_total` | counter | `operation` (S3 API name), `outcome` = ok, throttled, server_error, timeout, network_error, precondition_failed, not_found, error; one per attempt, SDK retries included |
+//! | `s3cse_s3_request_duration_seconds` | histogram | `operation` (per attempt) |
 //! | `s3cse_kms_requests_total` | counter | `operation` = GenerateDataKey, Decrypt, Encrypt, ReEncrypt, DescribeKey; `outcome` = ok, error, throttled |
 //! | `s3cse_kms_request_duration_seconds` | histogram | `operation` |
-//! | `s3cse_rekey_retries_total` | counter | `service` = s3, kms; `reason` = throttled, server_error, timeout, conflict |
+//! | `s3cse_rekey_retries_total` | counter | `service` = s3, kms; `reason` = throttled, server_error, timeout, network, conflict; SDK-internal retries included |
 //! | `s3cse_rekey_last_success_timestamp_seconds` | gauge | |
 //! | `s3cse_rekey_noncurrent_versions` | gauge | `class` = plaintext, current, remaining (remaining: under a legacy key, it keeps that key alive); `state` = listed, kept, deleting, deleted |
 //! | `s3cse_build_info` | gauge (= 1) | `version` |
@@ -37,6 +39,7 @@
 //! [`Metrics::encode_prometheus_text`] with [`PROMETHEUS_TEXT_CONTENT_TYPE`] instead, and
 //! [`Metrics::write_textfile`] writes the same text for node_exporter's textfile collector.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::fmt::{self, Write as _};
@@ -62,6 +65,8 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
+
+pub mod attempts;
 
 pub use crate::store::Action;
 use crate::store::{JobState, StateCounts, VersionCount, VersionState};
@@ -175,20 +180,26 @@ impl ObjectResult {
     }
 }
 
-/// Outcome of one S3 or KMS request, the `outcome` label. KMS uses only `Ok`, `Error` and
-/// `Throttled`.
+/// Outcome of one S3 or KMS request attempt, the `outcome` label. KMS uses only `Ok`, `Error`
+/// and `Throttled`; S3 attempts are told apart as [`attempts::CountAttempts`] sees them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Outcome {
-    /// 2xx.
+    /// 2xx (and 304).
     Ok,
-    /// Any other failure.
+    /// Any other failure (a 4xx other than those below).
     Error,
-    /// 503 SlowDown / KMS ThrottlingException.
+    /// 503 SlowDown / 429 / KMS ThrottlingException.
     Throttled,
     /// 412 on a conditional write.
     PreconditionFailed,
     /// 404.
     NotFound,
+    /// 5xx other than 503.
+    ServerError,
+    /// No answer in time (the SDK's attempt timeout, or a 408 / RequestTimeout).
+    Timeout,
+    /// The connection failed or dropped before an answer.
+    NetworkError,
 }
 
 impl Outcome {
@@ -200,6 +211,32 @@ impl Outcome {
             Outcome::Throttled => "throttled",
             Outcome::PreconditionFailed => "precondition_failed",
             Outcome::NotFound => "not_found",
+            Outcome::ServerError => "server_error",
+            Outcome::Timeout => "timeout",
+            Outcome::NetworkError => "network_error",
+        }
+    }
+
+    /// Every S3 outcome (the series created at zero).
+    pub const S3: [Outcome; 8] = [
+        Outcome::Ok,
+        Outcome::Error,
+        Outcome::Throttled,
+        Outcome::PreconditionFailed,
+        Outcome::NotFound,
+        Outcome::ServerError,
+        Outcome::Timeout,
+        Outcome::NetworkError,
+    ];
+
+    /// Why an attempt with this outcome is retried (`None`: it is not).
+    pub fn retry_reason(self) -> Option<RetryReason> {
+        match self {
+            Outcome::Throttled => Some(RetryReason::Throttled),
+            Outcome::ServerError => Some(RetryReason::ServerError),
+            Outcome::Timeout => Some(RetryReason::Timeout),
+            Outcome::NetworkError => Some(RetryReason::Network),
+            Outcome::Ok | Outcome::Error | Outcome::PreconditionFailed | Outcome::NotFound => None,
         }
     }
 }
@@ -232,6 +269,8 @@ pub enum RetryReason {
     ServerError,
     /// Timed out.
     Timeout,
+    /// The connection failed or dropped.
+    Network,
     /// The object changed under a conditional write (or since it was listed): its job was
     /// requeued to be classified again.
     Conflict,
@@ -244,6 +283,7 @@ impl RetryReason {
             RetryReason::Throttled => "throttled",
             RetryReason::ServerError => "server_error",
             RetryReason::Timeout => "timeout",
+            RetryReason::Network => "network",
             RetryReason::Conflict => "conflict",
         }
     }
@@ -291,13 +331,13 @@ struct ActionLabel {
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct RequestLabels {
-    operation: &'static str,
+    operation: Cow<'static, str>,
     outcome: Outcome,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct OperationLabel {
-    operation: &'static str,
+    operation: Cow<'static, str>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -478,11 +518,22 @@ impl Metrics {
             (Service::S3, RetryReason::Throttled),
             (Service::S3, RetryReason::ServerError),
             (Service::S3, RetryReason::Timeout),
+            (Service::S3, RetryReason::Network),
             (Service::S3, RetryReason::Conflict),
             (Service::Kms, RetryReason::Throttled),
             (Service::Kms, RetryReason::ServerError),
         ] {
             drop(retries.get_or_create(&RetryLabels { service, reason }));
+        }
+        // The S3 operations every rekey sends, at every outcome: the throttling and error
+        // panels show 0 until the first one, not "No data".
+        for operation in ["HeadObject", "GetObject", "PutObject"] {
+            for outcome in Outcome::S3 {
+                drop(s3_requests.get_or_create(&RequestLabels {
+                    operation: Cow::Borrowed(operation),
+                    outcome,
+                }));
+            }
         }
 
         Metrics {
@@ -568,24 +619,78 @@ impl Metrics {
         }
     }
 
-    /// One S3 request (`operation` is the API name, e.g. `"PutObject"`).
-    pub fn s3_request(&self, operation: &'static str, outcome: Outcome, duration: Duration) {
+    /// One S3 request attempt (`operation` is the API name, e.g. `"PutObject"`).
+    pub fn s3_request(
+        &self,
+        operation: impl Into<Cow<'static, str>>,
+        outcome: Outcome,
+        duration: Duration,
+    ) {
+        let operation = operation.into();
+        self.s3_duration
+            .get_or_create(&OperationLabel {
+                operation: operation.clone(),
+            })
+            .observe(duration.as_secs_f64());
         self.s3_requests
             .get_or_create(&RequestLabels { operation, outcome })
             .inc();
-        self.s3_duration
-            .get_or_create(&OperationLabel { operation })
-            .observe(duration.as_secs_f64());
+    }
+
+    /// S3 request attempts of `operation` with `outcome` so far (run summaries, tests).
+    pub fn s3_requests(&self, operation: &'static str, outcome: Outcome) -> u64 {
+        self.s3_requests
+            .get(&RequestLabels {
+                operation: Cow::Borrowed(operation),
+                outcome,
+            })
+            .map_or(0, |c| c.get())
+    }
+
+    /// Objects and source bytes counted under `result` so far (the live display, summaries).
+    pub fn objects_done(&self, result: ObjectResult) -> (u64, u64) {
+        let label = ResultLabel { result };
+        (
+            self.objects.get(&label).map_or(0, |c| c.get()),
+            self.bytes.get(&label).map_or(0, |c| c.get()),
+        )
+    }
+
+    /// Retries of every service and reason so far.
+    pub fn retries_total(&self) -> u64 {
+        let mut n = 0;
+        for service in [Service::S3, Service::Kms] {
+            for reason in [
+                RetryReason::Throttled,
+                RetryReason::ServerError,
+                RetryReason::Timeout,
+                RetryReason::Network,
+                RetryReason::Conflict,
+            ] {
+                n += self.retries(service, reason);
+            }
+        }
+        n
+    }
+
+    /// Retries of `service` for `reason` so far (run summaries, tests).
+    pub fn retries(&self, service: Service, reason: RetryReason) -> u64 {
+        self.retries
+            .get(&RetryLabels { service, reason })
+            .map_or(0, |c| c.get())
     }
 
     /// One KMS request (`operation`: `"GenerateDataKey"`, `"Decrypt"`, `"Encrypt"`).
     pub fn kms_request(&self, operation: &'static str, outcome: Outcome, duration: Duration) {
+        let operation = Cow::Borrowed(operation);
+        self.kms_duration
+            .get_or_create(&OperationLabel {
+                operation: operation.clone(),
+            })
+            .observe(duration.as_secs_f64());
         self.kms_requests
             .get_or_create(&RequestLabels { operation, outcome })
             .inc();
-        self.kms_duration
-            .get_or_create(&OperationLabel { operation })
-            .observe(duration.as_secs_f64());
     }
 
     /// KMS requests of `operation` so far, all outcomes together (run summaries, tests).
@@ -595,7 +700,10 @@ impl Metrics {
             .into_iter()
             .filter_map(|outcome| {
                 self.kms_requests
-                    .get(&RequestLabels { operation, outcome })
+                    .get(&RequestLabels {
+                        operation: Cow::Borrowed(operation),
+                        outcome,
+                    })
                     .map(|c| c.get())
             })
             .sum()
