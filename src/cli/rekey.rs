@@ -27,7 +27,7 @@ use s3cse::rekey::kms::{RekeyKms, describe_key, without_sdk_retries};
 use s3cse::rekey::limit::RateLimit;
 use s3cse::rekey::scan::MAX_LIST_PAGE_SIZE;
 use s3cse::rekey::{RekeyConfig, RunSummary, Shard, Shutdown};
-use s3cse::store::{Action, JobState, JobStore, ScanKey, Tally};
+use s3cse::store::{Action, JobState, JobStore, ScanKey, StateLock, Tally};
 
 use super::aws::{AwsArgs, parse_s3_url, sdk_config};
 use super::keys::{KeyArgs, context_of, kms_client};
@@ -269,11 +269,17 @@ async fn open_store_read_only(path: &Path) -> CliResult<JobStore> {
         .map_err(Failure::usage)
 }
 
-async fn open_store(path: &Path) -> CliResult<JobStore> {
-    JobStore::open(path)
+/// The state file for `scan`, `work` and `rekey`, with its writer lock: keep the lock for as
+/// long as the store is used (one writer process per state file, see [`StateLock`]).
+async fn open_store(path: &Path) -> CliResult<(JobStore, StateLock)> {
+    let lock = StateLock::acquire(path)
+        .with_context(|| format!("opening the state file {}", path.display()))
+        .map_err(Failure::usage)?;
+    let store = JobStore::open(path)
         .await
         .with_context(|| format!("opening the state file {}", path.display()))
-        .map_err(Failure::usage)
+        .map_err(Failure::usage)?;
+    Ok((store, lock))
 }
 
 /// Fails with exit 2 if the bucket is missing or not accessible.
@@ -319,7 +325,7 @@ pub async fn scan(a: ScanArgs) -> CliResult {
     let conf = sdk_config().await;
     let s3 = a.aws.s3_client(&conf).await;
     check_bucket(&s3, &bucket).await?;
-    let store = open_store(&a.state).await?;
+    let (store, _lock) = open_store(&a.state).await?;
     let metrics = new_metrics();
     let client = with_observer(S3Cse::new(s3, s3cse::keyring::Keyring::new()), &metrics);
     let key = ScanKey {
@@ -535,7 +541,7 @@ async fn run(a: RunArgs, scan_target: Option<ScanTarget>) -> CliResult {
     if do_scan {
         check_bucket(&s3, &bucket).await?;
     }
-    let store = open_store(&a.state).await?;
+    let (store, _lock) = open_store(&a.state).await?;
     if a.retry_failed && !a.dry_run {
         let n = store
             .retry_failed(true)
