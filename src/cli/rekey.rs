@@ -961,4 +961,40 @@ mod tests {
             assert_eq!(csv_field(cell), want, "{cell:?}");
         }
     }
+
+    /// Reads one RFC 4180 field that spans the whole of `cell`; `None` if it is not one.
+    fn parse_cell(cell: &str) -> Option<String> {
+        let Some(inner) = cell.strip_prefix('"') else {
+            return (!cell.contains([',', '"', '\n', '\r'])).then(|| cell.to_owned());
+        };
+        let inner = inner.strip_suffix('"')?;
+        let mut out = String::new();
+        let mut chars = inner.chars();
+        while let Some(c) = chars.next() {
+            if c == '"' && chars.next() != Some('"') {
+                return None;
+            }
+            out.push(c);
+        }
+        Some(out)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+        /// Fuzz target "report/CSV escaping": every key is one field that reads back as itself
+        /// (behind a `'` where a spreadsheet would see a formula), and no field starts a
+        /// formula outside quotes.
+        #[test]
+        fn csv_cells_read_back_and_never_start_a_formula(
+            s in "[=+@\\-\t\r\n,\" a-zé☃]{0,12}|\\PC{0,24}"
+        ) {
+            let cell = csv_field(&s);
+            let back = parse_cell(&cell);
+            let formula = s.starts_with(['=', '+', '-', '@', '\t', '\r']);
+            let want = if formula { format!("'{s}") } else { s.clone() };
+            proptest::prop_assert_eq!(back, Some(want), "{:?} -> {:?}", s, cell);
+            proptest::prop_assert!(!cell.starts_with(['=', '+', '-', '@', '\t', '\r']));
+        }
+    }
 }
