@@ -357,6 +357,9 @@ pub fn decrypt_target(data: &[u8]) {
             _ => {}
         }
     }
+    // Two flips of one bit, or a cut and an extension, can give the object back unchanged.
+    body_changed &= body != o.body;
+    meta_changed &= meta != o.env.to_metadata();
     let sizes: Vec<usize> = (0..inp.below(16)).map(|_| inp.below(300)).collect();
     let Ok(env) = envelope::decode(&meta) else {
         return;
