@@ -155,12 +155,19 @@ pub fn context_target(data: &[u8]) {
     if let Some(out) = envelope::rfc2047::decode(&text) {
         // Decoding never grows the text by more than Latin-1's doubling: no allocation driven
         // by anything but the input's own size.
-        assert!(out.len() <= text.len() * 2, "{text:?} -> {} bytes", out.len());
+        assert!(
+            out.len() <= text.len() * 2,
+            "{text:?} -> {} bytes",
+            out.len()
+        );
     }
     if let Ok(ctx) = envelope::parse_context("x-amz-matdesc", &text) {
         // A parsed context encodes to JSON that parses back to itself.
         let json = envelope::context_json(&ctx);
-        assert_eq!(envelope::parse_context("x-amz-matdesc", &json).ok(), Some(ctx));
+        assert_eq!(
+            envelope::parse_context("x-amz-matdesc", &json).ok(),
+            Some(ctx)
+        );
     }
     let _ = s3cse::rekey::plan::key_id_of(&text);
 }
@@ -279,7 +286,11 @@ pub fn objects() -> &'static [Object] {
                 .block_on(codec::encrypt_stream(enc, &mut &plaintext[..], &mut body))
                 .unwrap();
             let cek = rt
-                .block_on(codec::unwrap_content_key(&env, &ring, &DecryptPolicy::legacy()))
+                .block_on(codec::unwrap_content_key(
+                    &env,
+                    &ring,
+                    &DecryptPolicy::legacy(),
+                ))
                 .unwrap()
                 .remove(0);
             out.push(Object {
@@ -384,7 +395,11 @@ pub fn decrypt_target(data: &[u8]) {
                 let authenticated = env.content_alg != envelope::ContentAlg::AesCbc;
                 if authenticated || !body_changed && !meta_changed {
                     // GCM and V3 never accept a changed body; CBC does what it can.
-                    assert!(!body_changed, "{:?}: a changed body authenticated", env.content_alg);
+                    assert!(
+                        !body_changed,
+                        "{:?}: a changed body authenticated",
+                        env.content_alg
+                    );
                     if !meta_changed {
                         assert_eq!(out, o.plaintext);
                     }

@@ -137,8 +137,18 @@ async fn cases() -> Vec<Case> {
     ] {
         add(k, &v2, with(&m2, field, v), "UnknownFormat");
     }
-    add("alg/v3-wrap-unknown", &v3, with(&m3, "x-amz-w", "99"), "UnknownFormat");
-    add("alg/v3-suite-unknown", &v3, with(&m3, "x-amz-c", "114"), "UnknownFormat");
+    add(
+        "alg/v3-wrap-unknown",
+        &v3,
+        with(&m3, "x-amz-w", "99"),
+        "UnknownFormat",
+    );
+    add(
+        "alg/v3-suite-unknown",
+        &v3,
+        with(&m3, "x-amz-c", "114"),
+        "UnknownFormat",
+    );
     // Material descriptions that are not JSON, or JSON bombs (as deep as 2 KiB allows).
     add(
         "matdesc/not-json",
@@ -170,16 +180,46 @@ async fn cases() -> Vec<Case> {
         m.remove("x-amz-unencrypted-content-length");
         m
     };
-    add("body/gcm-short", &v2[..10], nolen(&m2), "AuthenticationFailed");
-    add("body/gcm-short-length", &v2[..10], m2.clone(), "MalformedEnvelope");
+    add(
+        "body/gcm-short",
+        &v2[..10],
+        nolen(&m2),
+        "AuthenticationFailed",
+    );
+    add(
+        "body/gcm-short-length",
+        &v2[..10],
+        m2.clone(),
+        "MalformedEnvelope",
+    );
     add("body/gcm-empty", &[], nolen(&m2), "AuthenticationFailed");
-    add("body/v3-short", &v3[..15], nolen(&m3), "AuthenticationFailed");
-    add("body/cbc-ragged", &v1[..v1.len() - 5], m1.clone(), "AuthenticationFailed");
-    add("body/cbc-ragged-nolength", &v1[..v1.len() - 5], nolen(&m1), "AuthenticationFailed");
+    add(
+        "body/v3-short",
+        &v3[..15],
+        nolen(&m3),
+        "AuthenticationFailed",
+    );
+    add(
+        "body/cbc-ragged",
+        &v1[..v1.len() - 5],
+        m1.clone(),
+        "AuthenticationFailed",
+    );
+    add(
+        "body/cbc-ragged-nolength",
+        &v1[..v1.len() - 5],
+        nolen(&m1),
+        "AuthenticationFailed",
+    );
     add("body/cbc-empty", &[], nolen(&m1), "AuthenticationFailed");
     let mut flipped = v2.clone();
     flipped[500] ^= 1;
-    add("body/gcm-flipped", &flipped, m2.clone(), "AuthenticationFailed");
+    add(
+        "body/gcm-flipped",
+        &flipped,
+        m2.clone(),
+        "AuthenticationFailed",
+    );
     // A V3 object with another object's commitment (and with a made-up one).
     add(
         "v3/other-commitment",
@@ -233,8 +273,7 @@ async fn cases() -> Vec<Case> {
         "AuthenticationFailed",
     );
     // (SeaweedFS refuses a path segment over 255 bytes: 1,024 in segments, then in one.)
-    let segmented = format!("key/{}", format!("{}/", "k".repeat(199)).repeat(5))
-        + &"k".repeat(20);
+    let segmented = format!("key/{}", format!("{}/", "k".repeat(199)).repeat(5)) + &"k".repeat(20);
     assert_eq!(segmented.len(), 1024);
     add(&segmented, &flipped, m2.clone(), "AuthenticationFailed");
     let long = format!("key/{}", "k".repeat(1020));
@@ -262,10 +301,28 @@ async fn cases() -> Vec<Case> {
         ("ins/v1-huge", &obj1, &v1, huge, "MalformedEnvelope"),
         ("ins/v1-bomb", &obj1, &v1, bomb, "MalformedEnvelope"),
         ("ins/v1-empty", &obj1, &v1, Vec::new(), "MalformedEnvelope"),
-        ("ins/v1-not-json", &obj1, &v1, b"x-amz-key: 1".to_vec(), "MalformedEnvelope"),
+        (
+            "ins/v1-not-json",
+            &obj1,
+            &v1,
+            b"x-amz-key: 1".to_vec(),
+            "MalformedEnvelope",
+        ),
         ("ins/v3-empty", &obj3, &v3, Vec::new(), "MalformedEnvelope"),
-        ("ins/v3-other-object", &obj3, &v3, other_file3, "AuthenticationFailed"),
-        ("ins/v3-not-an-object", &obj3, &v3, b"[]".to_vec(), "MalformedEnvelope"),
+        (
+            "ins/v3-other-object",
+            &obj3,
+            &v3,
+            other_file3,
+            "AuthenticationFailed",
+        ),
+        (
+            "ins/v3-not-an-object",
+            &obj3,
+            &v3,
+            b"[]".to_vec(),
+            "MalformedEnvelope",
+        ),
     ] {
         out.push(Case {
             key: k.into(),
@@ -307,12 +364,11 @@ async fn a_malformed_bucket_fails_each_object_and_changes_none() {
     let cases = cases().await;
     let mut refused = Vec::new();
     for c in &cases {
-        let mut req = b
-            .s3
-            .put_object()
-            .bucket(&b.bucket)
-            .key(&c.key)
-            .body(c.body.clone().into());
+        let mut req =
+            b.s3.put_object()
+                .bucket(&b.bucket)
+                .key(&c.key)
+                .body(c.body.clone().into());
         for (k, v) in &c.meta {
             req = req.metadata(k, v);
         }
@@ -334,7 +390,11 @@ async fn a_malformed_bucket_fails_each_object_and_changes_none() {
         }
     }
     for (k, code) in &refused {
-        eprintln!("refused by the store at PUT: {} bytes {:?}...: {code}", k.len(), &k[..20]);
+        eprintln!(
+            "refused by the store at PUT: {} bytes {:?}...: {code}",
+            k.len(),
+            &k[..20]
+        );
     }
     let cases: Vec<Case> = cases
         .into_iter()
@@ -375,13 +435,19 @@ async fn a_malformed_bucket_fails_each_object_and_changes_none() {
             .rsplit_once(": ")
             .map(|(_, t)| t.split(' ').next().unwrap_or("").to_owned())
             .unwrap_or_default();
-        table.push((c.key.escape_debug().to_string(), o.status.code(), err.trim().to_owned()));
+        table.push((
+            c.key.escape_debug().to_string(),
+            o.status.code(),
+            err.trim().to_owned(),
+        ));
         if c.class.is_empty() {
             continue;
         }
         assert_eq!(o.status.code(), Some(1), "get {:?}: {}", c.key, show(&o));
         assert!(
-            c.class.split('|').any(|want| err.contains(&format!(": {want} ("))),
+            c.class
+                .split('|')
+                .any(|want| err.contains(&format!(": {want} ("))),
             "get {:?}: want {}, got {class}: {}",
             c.key,
             c.class,
@@ -408,7 +474,9 @@ async fn a_malformed_bucket_fails_each_object_and_changes_none() {
     ]);
     assert_eq!(o.status.code(), Some(1), "rekey: {}", show(&o));
     let after = snapshot(&b).await;
-    let report = run(&["report", "--state", &state, "--format", "jsonl", "--only", "failed"]);
+    let report = run(&[
+        "report", "--state", &state, "--format", "jsonl", "--only", "failed",
+    ]);
     let failed: BTreeMap<String, serde_json::Value> = String::from_utf8_lossy(&report.stdout)
         .lines()
         .map(|l| {

@@ -59,13 +59,12 @@ async fn all_migrated(b: &Bed, objects: &BTreeMap<String, Vec<u8>>) {
 
 /// Versions of each key (versioned bucket): the original and one per write.
 async fn versions(b: &Bed) -> BTreeMap<String, usize> {
-    let out = b
-        .s3
-        .list_object_versions()
-        .bucket(&b.bucket)
-        .send()
-        .await
-        .expect("list versions");
+    let out =
+        b.s3.list_object_versions()
+            .bucket(&b.bucket)
+            .send()
+            .await
+            .expect("list versions");
     let mut n = BTreeMap::new();
     for v in out.versions() {
         *n.entry(v.key().unwrap_or_default().to_owned()).or_default() += 1;
@@ -107,11 +106,16 @@ async fn a_second_process_on_a_state_file_is_refused_and_says_why() {
     let objects = fill(&b, 30).await;
     let state = b.path("state.db");
     // The first run is slowed down (5 S3 requests a second) so that it is still running.
-    let mut first = cmd(&b, "rekey", &state, &["--s3-rps", "5", "--concurrency", "1"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
+    let mut first = cmd(
+        &b,
+        "rekey",
+        &state,
+        &["--s3-rps", "5", "--concurrency", "1"],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("spawn");
     let t = Instant::now();
     while states(&state).values().sum::<i64>() < 30 && t.elapsed() < Duration::from_secs(20) {
         std::thread::sleep(Duration::from_millis(100));
@@ -180,7 +184,11 @@ async fn a_state_file_of_a_newer_schema_is_refused_unchanged() {
         let o = output(c);
         assert_eq!(o.status.code(), Some(2), "{what}: {}", show(&o));
     }
-    assert_eq!(std::fs::read(&state).expect("state"), before, "file changed");
+    assert_eq!(
+        std::fs::read(&state).expect("state"),
+        before,
+        "file changed"
+    );
     assert_eq!(b.etags().await, etags, "the bucket changed");
 }
 
@@ -340,11 +348,16 @@ async fn sqlite_busy_past_the_timeout_stops_the_run_and_it_resumes() {
     let state = b.path("state.db");
     let o = output(cmd(&b, "scan", &state, &[]));
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
-    let run = cmd(&b, "work", &state, &["--s3-rps", "20", "--concurrency", "2"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
+    let run = cmd(
+        &b,
+        "work",
+        &state,
+        &["--s3-rps", "20", "--concurrency", "2"],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("spawn");
     std::thread::sleep(Duration::from_millis(1500));
     // 14 s: longer than the 10 s busy timeout.
     let mut holder = python(HOLD_LOCK, &[&state.display().to_string(), "14"]);

@@ -310,7 +310,12 @@ fn a_recorded_length_the_body_cannot_have_is_malformed() {
     let mut cbc = gcm.clone();
     cbc.content_alg = ContentAlg::AesCbc;
     for (env, stored, good, bad) in [
-        (&mut gcm, 116u64, &[100u64][..], &[0u64, 99, 101, 116, u64::MAX][..]),
+        (
+            &mut gcm,
+            116u64,
+            &[100u64][..],
+            &[0u64, 99, 101, 116, u64::MAX][..],
+        ),
         (&mut v3, 116, &[100], &[99, 101]),
         (&mut cbc, 112, &[96, 100, 111], &[95, 112, 113, 0]),
     ] {
