@@ -63,7 +63,7 @@ async fn cases() -> Vec<Case> {
     let (v1, m1) = good("v1", &plain).await;
     let (v2, m2) = good("v2", &plain).await;
     let (v3, m3) = good("v3", &plain).await;
-    let (other3, om3) = good("v3", &data(1000, 43)).await;
+    let (_, om3) = good("v3", &data(1000, 43)).await;
     let mut out = Vec::new();
     let mut add = |key: &str, body: &[u8], meta: Metadata, class: &'static str| {
         out.push(Case {
@@ -233,7 +233,6 @@ async fn cases() -> Vec<Case> {
         with(&m3, "x-amz-d", &B64.encode([0u8; 28])),
         "AuthenticationFailed",
     );
-    let _ = other3;
     // x-amz-unencrypted-content-length lying in both directions: for GCM and V3 the stored
     // length tells at once; for CBC within the padding's 16 bytes only decryption does, beyond
     // them the length does.
@@ -279,7 +278,7 @@ async fn cases() -> Vec<Case> {
     let long = format!("key/{}", "k".repeat(1020));
     add(&long, &flipped, m2.clone(), "AuthenticationFailed");
     // Instruction files: huge, empty, not JSON, and another object's.
-    let (obj3, file3) = {
+    let (obj3, _) = {
         let mut env = s3cse::envelope::decode(&m3).expect("v3");
         env.location = s3cse::envelope::Location::InstructionFile;
         env.to_instruction_file()
@@ -333,7 +332,6 @@ async fn cases() -> Vec<Case> {
             class,
         });
     }
-    let _ = file3;
     // An object in GLACIER (the store may ignore the class: then it is a good V2 object).
     out.push(Case {
         key: "glacier/v2".into(),
