@@ -656,6 +656,19 @@ impl S3Cse {
         &self,
         head: &ObjectHead,
     ) -> Result<(EnvelopeState, Option<String>), ClientError> {
+        let found = self.find_envelope(head).await?;
+        // A recorded plaintext length the stored body cannot have: malformed, before any key.
+        if let (EnvelopeState::Encrypted(env), _) = &found {
+            env.check_stored_length(head.content_length)
+                .map_err(CodecError::from)?;
+        }
+        Ok(found)
+    }
+
+    async fn find_envelope(
+        &self,
+        head: &ObjectHead,
+    ) -> Result<(EnvelopeState, Option<String>), ClientError> {
         let detected = envelope::detect(&head.metadata).map_err(CodecError::from)?;
         if let Detected::Complete(env) = detected {
             return Ok((EnvelopeState::Encrypted(env), None));

@@ -185,7 +185,10 @@ pub async fn unwrap_content_key(
 
 /// Decrypts one object body with a known content key. For committing objects the commitment is
 /// checked when this is built, before any ciphertext is read. `finish` also checks the recorded
-/// plaintext length of CBC objects (the only integrity CBC has).
+/// plaintext length (`x-amz-unencrypted-content-length`), whatever the cipher: for CBC it is the
+/// only integrity there is, and for GCM a length that contradicts an authenticated body means
+/// the metadata was changed apart from it (a reader that sized its buffer, or a rekey that
+/// announced its upload, by that length would be misled).
 pub struct ObjectDecryptor {
     inner: Box<dyn ContentDecryptor>,
     produced: u64,
@@ -195,22 +198,19 @@ pub struct ObjectDecryptor {
 impl ObjectDecryptor {
     pub fn new(env: &Envelope, cek: &SecretBytes) -> Result<Self, CodecError> {
         let key = cek.expose();
-        let (inner, check_length): (Box<dyn ContentDecryptor>, _) = match env.content_alg {
-            ContentAlg::AesCbc => (content::cbc_decryptor(key, &env.iv)?, env.plaintext_length),
-            ContentAlg::AesGcm => (content::gcm_decryptor(key, &env.iv, &[])?, None),
-            ContentAlg::AesGcmCommitting => (
-                Box::new(content::commit::committing_decryptor(
-                    key,
-                    &env.message_id,
-                    &env.commitment,
-                )?),
-                None,
-            ),
+        let inner: Box<dyn ContentDecryptor> = match env.content_alg {
+            ContentAlg::AesCbc => content::cbc_decryptor(key, &env.iv)?,
+            ContentAlg::AesGcm => content::gcm_decryptor(key, &env.iv, &[])?,
+            ContentAlg::AesGcmCommitting => Box::new(content::commit::committing_decryptor(
+                key,
+                &env.message_id,
+                &env.commitment,
+            )?),
         };
         Ok(Self {
             inner,
             produced: 0,
-            check_length,
+            check_length: env.plaintext_length,
         })
     }
 

@@ -30,7 +30,9 @@ use s3cse::rekey::owner::KeyOwner;
 use s3cse::rekey::noncurrent::{self, NoncurrentMode, NoncurrentSummary};
 use s3cse::rekey::scan::MAX_LIST_PAGE_SIZE;
 use s3cse::rekey::{RekeyConfig, RunSummary, Shard, Shutdown};
-use s3cse::store::{Action, JobState, JobStore, ScanKey, Tally, VersionCount, VersionState};
+use s3cse::store::{
+    Action, JobState, JobStore, ScanKey, StateLock, Tally, VersionCount, VersionState,
+};
 
 use super::aws::{AwsArgs, parse_s3_url, sdk_config};
 use super::keys::{KeyArgs, context_of, kms_client};
@@ -282,11 +284,17 @@ async fn open_store_read_only(path: &Path) -> CliResult<JobStore> {
         .map_err(Failure::usage)
 }
 
-async fn open_store(path: &Path) -> CliResult<JobStore> {
-    JobStore::open(path)
+/// The state file for `scan`, `work` and `rekey`, with its writer lock: keep the lock for as
+/// long as the store is used (one writer process per state file, see [`StateLock`]).
+async fn open_store(path: &Path) -> CliResult<(JobStore, StateLock)> {
+    let lock = StateLock::acquire(path)
+        .with_context(|| format!("opening the state file {}", path.display()))
+        .map_err(Failure::usage)?;
+    let store = JobStore::open(path)
         .await
         .with_context(|| format!("opening the state file {}", path.display()))
-        .map_err(Failure::usage)
+        .map_err(Failure::usage)?;
+    Ok((store, lock))
 }
 
 /// Fails with exit 2 if the bucket is missing or not accessible.
@@ -332,7 +340,7 @@ pub async fn scan(a: ScanArgs, term: &Term) -> CliResult {
     let metrics = new_metrics();
     let s3 = count_s3_attempts(&a.aws.s3_client(&conf).await, metrics.clone());
     check_bucket(&s3, &bucket).await?;
-    let store = open_store(&a.state).await?;
+    let (store, _lock) = open_store(&a.state).await?;
     let client = S3Cse::new(s3, s3cse::keyring::Keyring::new());
     let key = ScanKey {
         bucket,
@@ -544,7 +552,7 @@ async fn run(a: RunArgs, scan_target: Option<ScanTarget>, term: &Term) -> CliRes
     if do_scan {
         check_bucket(&s3, &bucket).await?;
     }
-    let store = open_store(&a.state).await?;
+    let (store, _lock) = open_store(&a.state).await?;
     if a.retry_failed && !a.dry_run {
         let n = store
             .retry_failed(true)
@@ -1203,6 +1211,42 @@ mod tests {
         ];
         for (cell, want) in cases {
             assert_eq!(csv_field(cell), want, "{cell:?}");
+        }
+    }
+
+    /// Reads one RFC 4180 field that spans the whole of `cell`; `None` if it is not one.
+    fn parse_cell(cell: &str) -> Option<String> {
+        let Some(inner) = cell.strip_prefix('"') else {
+            return (!cell.contains([',', '"', '\n', '\r'])).then(|| cell.to_owned());
+        };
+        let inner = inner.strip_suffix('"')?;
+        let mut out = String::new();
+        let mut chars = inner.chars();
+        while let Some(c) = chars.next() {
+            if c == '"' && chars.next() != Some('"') {
+                return None;
+            }
+            out.push(c);
+        }
+        Some(out)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+        /// Fuzz target "report/CSV escaping": every key is one field that reads back as itself
+        /// (behind a `'` where a spreadsheet would see a formula), and no field starts a
+        /// formula outside quotes.
+        #[test]
+        fn csv_cells_read_back_and_never_start_a_formula(
+            s in "[=+@\\-\t\r\n,\" a-zé☃]{0,12}|\\PC{0,24}"
+        ) {
+            let cell = csv_field(&s);
+            let back = parse_cell(&cell);
+            let formula = s.starts_with(['=', '+', '-', '@', '\t', '\r']);
+            let want = if formula { format!("'{s}") } else { s.clone() };
+            proptest::prop_assert_eq!(back, Some(want), "{:?} -> {:?}", s, cell);
+            proptest::prop_assert!(!cell.starts_with(['=', '+', '-', '@', '\t', '\r']));
         }
     }
 }

@@ -221,6 +221,30 @@ async fn cbc_tampering_is_detected_by_padding_or_length() {
     assert!(out.is_empty());
 }
 
+/// Issue 11: `x-amz-unencrypted-content-length` lying in either direction about an authentic
+/// GCM or V3 body is refused like a tag failure, with nothing released.
+#[tokio::test]
+async fn a_recorded_length_that_contradicts_the_body_fails_every_cipher() {
+    let ring = aes_ring();
+    let pt = plaintext(100);
+    for format in [WriteFormat::V2, WriteFormat::V3] {
+        let (env, ct) = encrypt(&ring, format, &Context::new(), &pt).await;
+        for lie in [0, 99, 101, u64::MAX] {
+            let mut e = env.clone();
+            e.plaintext_length = Some(lie);
+            let (r, out) = decrypt(&e, &ring, &DecryptPolicy::default(), &ct).await;
+            assert!(
+                matches!(r, Err(CodecError::DecryptionFailed)),
+                "{format:?} {lie}: {r:?}"
+            );
+            assert!(out.is_empty(), "{format:?} {lie}: plaintext released");
+        }
+        let (r, out) = decrypt(&env, &ring, &DecryptPolicy::default(), &ct).await;
+        assert_eq!(r.expect("the truth decrypts"), 100);
+        assert_eq!(out, pt);
+    }
+}
+
 #[tokio::test]
 async fn delayed_authentication_streams_then_fails() {
     let ring = aes_ring();

@@ -454,6 +454,32 @@ impl Envelope {
         }
     }
 
+    /// Checks `x-amz-unencrypted-content-length` against the stored body length by the cipher's
+    /// arithmetic: a GCM or V3 body is the plaintext and a 16-byte tag; a CBC body is the
+    /// plaintext and 1 to 16 bytes of padding. The field is not authenticated, and a reader
+    /// sizes ranges and uploads by it, so a length that cannot be is a malformed envelope,
+    /// refused before any key is unwrapped. (A CBC length within the padding's slack is
+    /// checked after decryption, by [`crate::codec::ObjectDecryptor`].)
+    pub fn check_stored_length(&self, stored: u64) -> Result<(), EnvelopeError> {
+        let Some(n) = self.plaintext_length else {
+            return Ok(());
+        };
+        let possible = match self.content_alg {
+            ContentAlg::AesCbc => n < stored && stored - n <= AES_BLOCK as u64,
+            ContentAlg::AesGcm | ContentAlg::AesGcmCommitting => {
+                stored.checked_sub(GCM_TAG_LEN as u64) == Some(n)
+            }
+        };
+        if possible {
+            Ok(())
+        } else {
+            Err(invalid(
+                UNENCRYPTED_CONTENT_LENGTH,
+                format!("{n} bytes of plaintext cannot make a {stored}-byte body"),
+            ))
+        }
+    }
+
     /// A short name for reports and metrics labels: `v1-aes`, `v2-kms-cbc`, `v3-kms+context`, …
     pub fn format_name(&self) -> String {
         let (v, wrap, content) = self.labels();

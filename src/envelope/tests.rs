@@ -300,3 +300,43 @@ fn instruction_file_with_two_key_fields_conflicts() {
         Err(EnvelopeError::Conflicting)
     );
 }
+
+/// Issue 11: `x-amz-unencrypted-content-length` is checked against the stored length by the
+/// cipher's arithmetic (GCM/V3: plaintext + tag; CBC: plaintext + 1..=16 bytes of padding).
+#[test]
+fn a_recorded_length_the_body_cannot_have_is_malformed() {
+    let mut gcm = decode(&v2_kms_gcm()).expect("v2");
+    let mut v3 = decode(&v3_kms()).expect("v3");
+    let mut cbc = gcm.clone();
+    cbc.content_alg = ContentAlg::AesCbc;
+    for (env, stored, good, bad) in [
+        (
+            &mut gcm,
+            116u64,
+            &[100u64][..],
+            &[0u64, 99, 101, 116, u64::MAX][..],
+        ),
+        (&mut v3, 116, &[100], &[99, 101]),
+        (&mut cbc, 112, &[96, 100, 111], &[95, 112, 113, 0]),
+    ] {
+        env.plaintext_length = None;
+        assert_eq!(env.check_stored_length(stored), Ok(()));
+        for &n in good {
+            env.plaintext_length = Some(n);
+            assert_eq!(env.check_stored_length(stored), Ok(()), "{n} in {stored}");
+        }
+        for &n in bad {
+            env.plaintext_length = Some(n);
+            assert!(
+                matches!(
+                    env.check_stored_length(stored),
+                    Err(EnvelopeError::Invalid {
+                        field: UNENCRYPTED_CONTENT_LENGTH,
+                        ..
+                    })
+                ),
+                "{n} in {stored}"
+            );
+        }
+    }
+}

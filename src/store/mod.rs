@@ -104,6 +104,29 @@ pub enum StoreError {
     /// A value could not be encoded for the database.
     #[error("cannot encode a value for the job database: {0}")]
     Encode(String),
+    /// Another process holds the state file's writer lock ([`StateLock`]).
+    #[error(
+        "the state file {} is in use by another s3cse process (scan, work or rekey): one \
+         process at a time works on a state file; wait for it to end, or give this run its own \
+         --state",
+        path.display()
+    )]
+    Locked {
+        /// The state file.
+        path: PathBuf,
+    },
+    /// SQLite's integrity check found the file damaged: nothing is done with it.
+    #[error(
+        "the state file {} is damaged ({detail}): nothing was done; restore it from a copy, or \
+         start from a new state file (a new scan; finished objects are then skipped as current)",
+        path.display()
+    )]
+    Damaged {
+        /// The state file.
+        path: PathBuf,
+        /// The first problem `PRAGMA quick_check` reported.
+        detail: String,
+    },
     /// The file's schema is not the one this version reads: written by a newer s3cse (never
     /// migrated back), or, for [`JobStore::open_read_only`], an older one not yet migrated.
     #[error("{}", schema_message(*found, *ours))]
@@ -605,6 +628,42 @@ pub struct ReportRow {
     pub state: JobState,
 }
 
+/// The writer lock of a state file: an exclusive advisory lock (`flock`) on the file itself,
+/// held for as long as this value lives, released by the kernel when the process dies (a
+/// SIGKILLed worker leaves no stale lock). Two `rekey` processes on one state file would each
+/// scan the bucket, compete for the same rows and each report the other's objects in its
+/// summary, metrics and exit code: one writer process per file, and the second is told why.
+/// SQLite's own locks are `fcntl` locks, independent of this one on Linux.
+#[derive(Debug)]
+pub struct StateLock {
+    _file: std::fs::File,
+}
+
+impl StateLock {
+    /// Takes the lock of `path` (creating the file if missing), or fails at once with
+    /// [`StoreError::Locked`] when another process holds it.
+    pub fn acquire(path: &Path) -> Result<StateLock, StoreError> {
+        let open_err = |e: std::io::Error| StoreError::Open {
+            path: path.to_owned(),
+            source: sqlx::Error::Io(e),
+        };
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(open_err)?;
+        match file.try_lock() {
+            Ok(()) => Ok(StateLock { _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Locked {
+                path: path.to_owned(),
+            }),
+            Err(std::fs::TryLockError::Error(e)) => Err(open_err(e)),
+        }
+    }
+}
+
 /// The job store. Cheap to clone (the pool is reference counted); share one per process.
 #[derive(Debug, Clone)]
 pub struct JobStore {
@@ -700,6 +759,27 @@ impl JobStore {
                 path: path.to_owned(),
                 source,
             })?;
+        // A damaged file is refused before anything reads a job from it (and so before any
+        // S3 write): `quick_check` reads every page, O(file size), about a second per
+        // million jobs; a file that is not a database at all fails here too.
+        let damaged = |detail: String| StoreError::Damaged {
+            path: path.to_owned(),
+            detail,
+        };
+        let check: Vec<String> = match sqlx::query_scalar("PRAGMA quick_check(1)")
+            .fetch_all(&pool)
+            .await
+        {
+            Ok(rows) => rows,
+            Err(e) => {
+                pool.close().await;
+                return Err(damaged(e.to_string()));
+            }
+        };
+        if check.first().map(String::as_str) != Some("ok") {
+            pool.close().await;
+            return Err(damaged(check.join("; ")));
+        }
         // A file of a newer s3cse: refused with a clear message before the migrator sees it.
         let ours = our_schema_version();
         match applied_schema_version(&pool).await? {

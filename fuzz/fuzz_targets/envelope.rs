@@ -1,0 +1,7 @@
+#![no_main]
+//! cargo-fuzz driver of `targets::envelope_target` (fuzz/targets.rs).
+
+#[path = "../targets.rs"]
+mod targets;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| targets::envelope_target(data));
