@@ -4,7 +4,9 @@
 //! **current** means "depends on the target key only": the envelope is in the object's own
 //! metadata (an instruction file can be swapped: the 2025 key-commitment advisories), the content
 //! key is wrapped `kms+context` by the target key ([`TargetKey::owns_blob`]), and the content is
-//! AES-GCM (V2) or key-committing AES-GCM (V3). Anything else encrypted is **remaining**, with
+//! AES-GCM (V2) or key-committing AES-GCM (V3): rekey's [`Goal::is_current`], which
+//! `--target-format v3` narrows to V3 and `--keep-instruction-files` widens to envelopes in
+//! `<key>.instruction`. Anything else encrypted is **remaining**, with
 //! one [`Reason`], picked in this order (the first that applies says what the object still
 //! depends on):
 //!
@@ -14,6 +16,7 @@
 //! | `AES/GCM` or `RSA-OAEP-SHA1` wrap (raw master key), V2 or V3 | `raw-key`   |
 //! | `kms+context` under another KMS key                    | `other-kms-key`  |
 //! | `kms+context` under the target, CBC content            | `cbc-content`    |
+//! | `kms+context` under the target, V2 GCM, `--target-format v3` | `not-key-committing` |
 //! | anything else, envelope in `<key>.instruction`         | `instruction-file` |
 //!
 //! The census adds `noncurrent-version`, `orphan-instruction` and `unreadable`, which depend on
@@ -23,7 +26,7 @@ use std::fmt;
 
 use crate::client::kms_key_id_of;
 use crate::envelope::{self, ContentAlg, Detected, Envelope, Location, Metadata, Version, WrapAlg};
-use crate::rekey::plan::TargetKey;
+use crate::rekey::plan::{Goal, TargetFormat, TargetKey};
 
 /// What the census says of one object (or one version).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
@@ -64,6 +67,9 @@ pub enum Reason {
     LegacyWrap,
     /// CBC content (unauthenticated), even under the target key.
     CbcContent,
+    /// `--target-format v3`: V2 AES-GCM content, without key commitment, even under the target
+    /// key (readers at AWS's default commitment policy refuse it).
+    NotKeyCommitting,
     /// The content key is wrapped by a raw AES or RSA master key (`AES/GCM`, `RSA-OAEP-SHA1`).
     RawKey,
     /// `kms+context` under a KMS key other than the target.
@@ -79,9 +85,10 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 8] = [
+    pub const ALL: [Reason; 9] = [
         Reason::LegacyWrap,
         Reason::CbcContent,
+        Reason::NotKeyCommitting,
         Reason::RawKey,
         Reason::OtherKmsKey,
         Reason::InstructionFile,
@@ -94,6 +101,7 @@ impl Reason {
         match self {
             Reason::LegacyWrap => "legacy-wrap",
             Reason::CbcContent => "cbc-content",
+            Reason::NotKeyCommitting => "not-key-committing",
             Reason::RawKey => "raw-key",
             Reason::OtherKmsKey => "other-kms-key",
             Reason::InstructionFile => "instruction-file",
@@ -110,6 +118,7 @@ impl Reason {
                 "content key under a legacy wrap (V1, kms, AESWrap, RSA-OAEP-SHA256)"
             }
             Reason::CbcContent => "unauthenticated AES-CBC content",
+            Reason::NotKeyCommitting => "V2 content without key commitment (target format v3)",
             Reason::RawKey => "content key wrapped by a raw AES or RSA master key",
             Reason::OtherKmsKey => "content key wrapped by another KMS key",
             Reason::InstructionFile => "envelope in a .instruction object, not in the metadata",
@@ -202,12 +211,15 @@ impl Verdict {
     }
 }
 
-/// Classifies an encrypted object by its envelope (see the module doc for the order).
-pub fn classify_envelope(env: &Envelope, target: &TargetKey) -> Verdict {
+/// Classifies an encrypted object by its envelope (see the module doc for the order). Current
+/// is rekey's [`Goal::is_current`]: what rekey skips.
+pub fn classify_envelope(env: &Envelope, target: &TargetKey, goal: &Goal) -> Verdict {
     let (format, wrap, content) = env.labels();
     let key = wrapping_key(env, target);
     let under_target = env.wrap == WrapAlg::KmsContext && target.owns_blob(&env.encrypted_key);
-    let reason = if env.version == Version::V1 || env.wrap.is_legacy() {
+    let reason = if goal.is_current(env, under_target) {
+        None
+    } else if env.version == Version::V1 || env.wrap.is_legacy() {
         Some(Reason::LegacyWrap)
     } else if matches!(env.wrap, WrapAlg::AesGcm | WrapAlg::RsaOaepSha1) {
         Some(Reason::RawKey)
@@ -215,10 +227,13 @@ pub fn classify_envelope(env: &Envelope, target: &TargetKey) -> Verdict {
         Some(Reason::OtherKmsKey)
     } else if env.content_alg == ContentAlg::AesCbc {
         Some(Reason::CbcContent)
+    } else if goal.format == TargetFormat::V3 && env.content_alg != ContentAlg::AesGcmCommitting {
+        Some(Reason::NotKeyCommitting)
     } else if env.location == Location::InstructionFile {
         Some(Reason::InstructionFile)
     } else {
-        None
+        // Not current for a reason this list does not name: nothing proves it is.
+        Some(Reason::Unreadable)
     };
     Verdict {
         class: if reason.is_some() {
@@ -464,16 +479,68 @@ mod tests {
             ),
         ];
         for (name, e, (class, reason), key) in cases {
-            let v = classify_envelope(&e, &target());
+            let v = classify_envelope(&e, &target(), &Goal::default());
             assert_eq!((v.class, v.reason), (class, reason), "{name}");
             assert_eq!(v.key, key, "{name}");
-            // rekey skips exactly what the census counts as current, and acts on the rest.
-            let plan = crate::rekey::plan::classify_envelope(&e, &target(), false);
-            assert_eq!(
-                plan == crate::rekey::plan::Action::Skip(crate::rekey::plan::SkipReason::Current),
-                class == Class::Current,
-                "{name}: rekey's plan {plan:?} agrees with the census"
-            );
+            // rekey skips exactly what the census counts as current, and acts on the rest,
+            // whatever the target format and instruction-file choice.
+            for goal in all_goals() {
+                let v = classify_envelope(&e, &target(), &goal);
+                let plan = crate::rekey::plan::classify_envelope(&e, &target(), false, &goal);
+                assert_eq!(
+                    plan == crate::rekey::plan::Action::Skip(
+                        crate::rekey::plan::SkipReason::Current
+                    ),
+                    v.class == Class::Current,
+                    "{name} {goal:?}: rekey's plan {plan:?} agrees with the census {v:?}"
+                );
+                assert_ne!(v.reason, Some(Reason::Unreadable), "{name} {goal:?}");
+            }
+        }
+    }
+
+    fn all_goals() -> Vec<Goal> {
+        let mut goals = Vec::new();
+        for format in [TargetFormat::V2, TargetFormat::V3] {
+            for keep_instruction_files in [false, true] {
+                goals.push(Goal {
+                    format,
+                    keep_instruction_files,
+                });
+            }
+        }
+        goals
+    }
+
+    /// `--target-format v3` and `--keep-instruction-files`: what changes against the default.
+    #[test]
+    fn goals() {
+        use ContentAlg::{AesGcm as Gcm, AesGcmCommitting as Commit};
+        use Location::{InstructionFile as File, ObjectMetadata as Meta};
+        use Version::*;
+        use WrapAlg::*;
+        let t = moto_blob(TARGET);
+        let v3 = Goal {
+            format: TargetFormat::V3,
+            keep_instruction_files: false,
+        };
+        let keep = Goal {
+            format: TargetFormat::V2,
+            keep_instruction_files: true,
+        };
+        let cases: Vec<(&str, Envelope, Goal, Option<Reason>)> = vec![
+            ("v2 target, v3", env(V2, Gcm, KmsContext, &t, Meta), v3, Some(Reason::NotKeyCommitting)),
+            ("v3 target, v3", env(V3, Commit, KmsContext, &t, Meta), v3, None),
+            ("v2 target in a file, v3", env(V2, Gcm, KmsContext, &t, File), v3, Some(Reason::NotKeyCommitting)),
+            ("v3 target in a file, v3", env(V3, Commit, KmsContext, &t, File), v3, Some(Reason::InstructionFile)),
+            ("v2 target in a file, keep", env(V2, Gcm, KmsContext, &t, File), keep, None),
+            ("v3 target in a file, keep", env(V3, Commit, KmsContext, &t, File), keep, None),
+            ("v2 raw aes in a file, keep", env(V2, Gcm, AesGcm, &[0; 60], File), keep, Some(Reason::RawKey)),
+        ];
+        for (name, e, goal, reason) in cases {
+            let v = classify_envelope(&e, &target(), &goal);
+            assert_eq!(v.reason, reason, "{name}");
+            assert_eq!(v.class == Class::Current, reason.is_none(), "{name}");
         }
     }
 
@@ -486,7 +553,7 @@ mod tests {
             &[0; 48],
             Location::ObjectMetadata,
         );
-        let v = classify_envelope(&e, &target());
+        let v = classify_envelope(&e, &target(), &Goal::default());
         assert_eq!((v.format, v.wrap, v.content), ("v1", "aes-ecb", "cbc"));
     }
 
@@ -501,7 +568,7 @@ mod tests {
         );
         e.encryption_context
             .insert(crate::consts::EC_KMS_CMK_ID.into(), "alias/old".into());
-        assert_eq!(classify_envelope(&e, &target()).key, "kms:alias/old");
+        assert_eq!(classify_envelope(&e, &target(), &Goal::default()).key, "kms:alias/old");
     }
 
     #[test]
@@ -513,7 +580,7 @@ mod tests {
             &[0; 48],
             Location::ObjectMetadata,
         );
-        let v = classify_envelope(&e, &target()).noncurrent();
+        let v = classify_envelope(&e, &target(), &Goal::default()).noncurrent();
         assert_eq!(v.reason, Some(Reason::NoncurrentVersion));
         assert_eq!(v.detail.as_deref(), Some("legacy-wrap"));
         assert_eq!(Verdict::plaintext().noncurrent(), Verdict::plaintext());
@@ -525,7 +592,7 @@ mod tests {
             Location::ObjectMetadata,
         );
         assert_eq!(
-            classify_envelope(&cur, &target()).noncurrent().class,
+            classify_envelope(&cur, &target(), &Goal::default()).noncurrent().class,
             Class::Current
         );
         let u = Verdict::unreadable("AccessDenied").noncurrent();

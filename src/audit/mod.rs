@@ -29,7 +29,7 @@ use crate::codec::CodecError;
 use crate::consts::INSTRUCTION_SUFFIX;
 use crate::envelope::{self, Detected, Metadata};
 use crate::rekey::limit::RateLimit;
-use crate::rekey::plan::TargetKey;
+use crate::rekey::plan::{Goal, TargetKey};
 
 pub use self::classify::{
     Class, InstructionRole, Reason, Verdict, classify_envelope, instruction_role,
@@ -66,6 +66,9 @@ pub struct AuditConfig {
     pub concurrency: usize,
     /// How many remaining objects the summary names.
     pub max_listed: usize,
+    /// What counts as current besides the target key (`--target-format`,
+    /// `--keep-instruction-files`): the same [`Goal`] as rekey's, so both agree.
+    pub goal: Goal,
 }
 
 /// One object (or version) with its verdict: what `--list` prints, what the tally counts.
@@ -139,7 +142,7 @@ pub async fn run(
     let mut tally = Tally::new(config.max_listed);
     let audits = async {
         let results = entries
-            .map(|l| audit_one(client, target, &config.bucket, l, s3_limit))
+            .map(|l| audit_one(client, target, &config.goal, &config.bucket, l, s3_limit))
             .buffer_unordered(config.concurrency.max(1));
         let mut results = std::pin::pin!(results);
         while let Some(r) = results.next().await {
@@ -284,6 +287,7 @@ enum Outcome {
 async fn audit_one(
     client: &S3Cse,
     target: &TargetKey,
+    goal: &Goal,
     bucket: &str,
     l: Listed,
     s3_limit: &RateLimit,
@@ -309,7 +313,7 @@ async fn audit_one(
         }
         let v = match client.envelope_of(&head).await {
             Ok(EnvelopeState::Plaintext) => Verdict::plaintext(),
-            Ok(EnvelopeState::Encrypted(env)) => classify_envelope(&env, target),
+            Ok(EnvelopeState::Encrypted(env)) => classify_envelope(&env, target, goal),
             Err(ClientError::NotFound { .. }) => Verdict::unreadable("instruction file missing"),
             Err(e) => Verdict::unreadable(error_class(&e)),
         };
@@ -377,7 +381,7 @@ async fn file_verdict(
             if let Ok(env) = Detected::NoEnvelopeInMetadata
                 .complete_with_instruction_file(&Metadata::new(), &json)
             {
-                let e = classify_envelope(&env, target);
+                let e = classify_envelope(&env, target, &Goal::default());
                 (v.wrap, v.content, v.key) = (e.wrap, e.content, e.key);
             }
         }

@@ -71,7 +71,7 @@ pub(super) async fn inspect(
     };
     ctx.s3_limit.wait().await;
     let (state, instruction_etag) = ctx.client.envelope_and_instruction_etag(&head).await?;
-    let action = plan::classify(&head, &state, &ctx.target, ctx.reencrypt);
+    let action = plan::classify(&head, &state, &ctx.target, ctx.reencrypt, &ctx.goal);
     Ok(Some(Inspected {
         head,
         body,
