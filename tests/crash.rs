@@ -270,7 +270,8 @@ async fn crash_rotation_at(tag: &str, failpoint: &str) {
         ("rot/v3 é.bin", WriteFormat::V3, "v3-aes-gcm-committing", 22),
     ] {
         let plain = data(3100, seed);
-        b.put_with_instruction_file(&ring, format, key, &plain).await;
+        b.put_with_instruction_file(&ring, format, key, &plain)
+            .await;
         let etags = b.etags().await;
         want.push((
             key,
@@ -330,7 +331,13 @@ async fn crash_rotation_at(tag: &str, failpoint: &str) {
                 prev.as_deref(),
                 code
             ),
-            ("done", Some("rewrap"), Some(*format), Some(version.as_str()), None),
+            (
+                "done",
+                Some("rewrap"),
+                Some(*format),
+                Some(version.as_str()),
+                None
+            ),
             "{failpoint}: {key}"
         );
     }

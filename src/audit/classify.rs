@@ -529,13 +529,48 @@ mod tests {
             keep_instruction_files: true,
         };
         let cases: Vec<(&str, Envelope, Goal, Option<Reason>)> = vec![
-            ("v2 target, v3", env(V2, Gcm, KmsContext, &t, Meta), v3, Some(Reason::NotKeyCommitting)),
-            ("v3 target, v3", env(V3, Commit, KmsContext, &t, Meta), v3, None),
-            ("v2 target in a file, v3", env(V2, Gcm, KmsContext, &t, File), v3, Some(Reason::NotKeyCommitting)),
-            ("v3 target in a file, v3", env(V3, Commit, KmsContext, &t, File), v3, Some(Reason::InstructionFile)),
-            ("v2 target in a file, keep", env(V2, Gcm, KmsContext, &t, File), keep, None),
-            ("v3 target in a file, keep", env(V3, Commit, KmsContext, &t, File), keep, None),
-            ("v2 raw aes in a file, keep", env(V2, Gcm, AesGcm, &[0; 60], File), keep, Some(Reason::RawKey)),
+            (
+                "v2 target, v3",
+                env(V2, Gcm, KmsContext, &t, Meta),
+                v3,
+                Some(Reason::NotKeyCommitting),
+            ),
+            (
+                "v3 target, v3",
+                env(V3, Commit, KmsContext, &t, Meta),
+                v3,
+                None,
+            ),
+            (
+                "v2 target in a file, v3",
+                env(V2, Gcm, KmsContext, &t, File),
+                v3,
+                Some(Reason::NotKeyCommitting),
+            ),
+            (
+                "v3 target in a file, v3",
+                env(V3, Commit, KmsContext, &t, File),
+                v3,
+                Some(Reason::InstructionFile),
+            ),
+            (
+                "v2 target in a file, keep",
+                env(V2, Gcm, KmsContext, &t, File),
+                keep,
+                None,
+            ),
+            (
+                "v3 target in a file, keep",
+                env(V3, Commit, KmsContext, &t, File),
+                keep,
+                None,
+            ),
+            (
+                "v2 raw aes in a file, keep",
+                env(V2, Gcm, AesGcm, &[0; 60], File),
+                keep,
+                Some(Reason::RawKey),
+            ),
         ];
         for (name, e, goal, reason) in cases {
             let v = classify_envelope(&e, &target(), &goal);
@@ -568,7 +603,10 @@ mod tests {
         );
         e.encryption_context
             .insert(crate::consts::EC_KMS_CMK_ID.into(), "alias/old".into());
-        assert_eq!(classify_envelope(&e, &target(), &Goal::default()).key, "kms:alias/old");
+        assert_eq!(
+            classify_envelope(&e, &target(), &Goal::default()).key,
+            "kms:alias/old"
+        );
     }
 
     #[test]
@@ -592,7 +630,9 @@ mod tests {
             Location::ObjectMetadata,
         );
         assert_eq!(
-            classify_envelope(&cur, &target(), &Goal::default()).noncurrent().class,
+            classify_envelope(&cur, &target(), &Goal::default())
+                .noncurrent()
+                .class,
             Class::Current
         );
         let u = Verdict::unreadable("AccessDenied").noncurrent();

@@ -223,8 +223,7 @@ pub async fn encrypt(a: EncryptArgs) -> CliResult {
     } else {
         env.to_metadata()
     };
-    let meta =
-        serde_json::to_vec_pretty(&object_meta).map_err(|e| Failure::failed(anyhow!(e)))?;
+    let meta = serde_json::to_vec_pretty(&object_meta).map_err(|e| Failure::failed(anyhow!(e)))?;
     let mut mf = tokio::fs::File::create(&a.metadata_out)
         .await
         .with_context(|| format!("creating {}", a.metadata_out.display()))

@@ -236,7 +236,12 @@ pub fn classify(
 /// (it is rewrapped, staying V3), and an envelope in a `.instruction` object can be swapped
 /// apart from its data (the 2025 key-commitment advisories), so it is moved into the metadata
 /// even under the target key, unless `--keep-instruction-files` says to keep it there.
-pub fn classify_envelope(env: &Envelope, target: &TargetKey, reencrypt: bool, goal: &Goal) -> Action {
+pub fn classify_envelope(
+    env: &Envelope,
+    target: &TargetKey,
+    reencrypt: bool,
+    goal: &Goal,
+) -> Action {
     let under_target = env.wrap == WrapAlg::KmsContext && target.owns_blob(&env.encrypted_key);
     if goal.is_current(env, under_target) {
         return Action::Skip(SkipReason::Current);
@@ -552,7 +557,12 @@ mod tests {
         };
         let (mine, other) = (moto_blob(KEY_ID), moto_blob(OTHER));
         let cases: Vec<(&str, Envelope, Goal, Action)> = vec![
-            ("v2 gcm under the target, v3", kms_context_gcm(&mine), v3, Rewrite),
+            (
+                "v2 gcm under the target, v3",
+                kms_context_gcm(&mine),
+                v3,
+                Rewrite,
+            ),
             ("v2 gcm other key, v3", kms_context_gcm(&other), v3, Rewrite),
             (
                 "v2 aes/gcm, v3",
@@ -562,13 +572,33 @@ mod tests {
             ),
             (
                 "cbc, v3",
-                env(Version::V1, ContentAlg::AesCbc, WrapAlg::V1Unnamed, &[0; 48]),
+                env(
+                    Version::V1,
+                    ContentAlg::AesCbc,
+                    WrapAlg::V1Unnamed,
+                    &[0; 48],
+                ),
                 v3,
                 Rewrite,
             ),
-            ("v3 under the target, v3", v3_env(WrapAlg::KmsContext, &mine), v3, Skip(Current)),
-            ("v3 other key, v3", v3_env(WrapAlg::KmsContext, &other), v3, Rewrap),
-            ("v3 raw aes, v3", v3_env(WrapAlg::AesGcm, &[0; 60]), v3, Rewrap),
+            (
+                "v3 under the target, v3",
+                v3_env(WrapAlg::KmsContext, &mine),
+                v3,
+                Skip(Current),
+            ),
+            (
+                "v3 other key, v3",
+                v3_env(WrapAlg::KmsContext, &other),
+                v3,
+                Rewrap,
+            ),
+            (
+                "v3 raw aes, v3",
+                v3_env(WrapAlg::AesGcm, &[0; 60]),
+                v3,
+                Rewrap,
+            ),
             (
                 "v3 under the target in a file, v3",
                 in_file(v3_env(WrapAlg::KmsContext, &mine)),
@@ -576,17 +606,37 @@ mod tests {
                 Rewrap,
             ),
             // --keep-instruction-files
-            ("v2 in a file under the target, keep", in_file(kms_context_gcm(&mine)), keep, Skip(Current)),
-            ("v2 in a file other key, keep", in_file(kms_context_gcm(&other)), keep, RotateInstruction),
+            (
+                "v2 in a file under the target, keep",
+                in_file(kms_context_gcm(&mine)),
+                keep,
+                Skip(Current),
+            ),
+            (
+                "v2 in a file other key, keep",
+                in_file(kms_context_gcm(&other)),
+                keep,
+                RotateInstruction,
+            ),
             (
                 "v2 aeswrap gcm in a file, keep",
-                in_file(env(Version::V2, ContentAlg::AesGcm, WrapAlg::AesWrap, &[0; 40])),
+                in_file(env(
+                    Version::V2,
+                    ContentAlg::AesGcm,
+                    WrapAlg::AesWrap,
+                    &[0; 40],
+                )),
                 keep,
                 RotateInstruction,
             ),
             (
                 "v1 cbc in a file, keep",
-                in_file(env(Version::V1, ContentAlg::AesCbc, WrapAlg::V1Unnamed, &[0; 48])),
+                in_file(env(
+                    Version::V1,
+                    ContentAlg::AesCbc,
+                    WrapAlg::V1Unnamed,
+                    &[0; 48],
+                )),
                 keep,
                 Rewrite,
             ),
@@ -596,10 +646,30 @@ mod tests {
                 keep,
                 Rewrite,
             ),
-            ("v2 in metadata other key, keep", kms_context_gcm(&other), keep, Rewrap),
-            ("v2 in a file under the target, keep v3", in_file(kms_context_gcm(&mine)), keep_v3, Rewrite),
-            ("v3 in a file under the target, keep v3", in_file(v3_env(WrapAlg::KmsContext, &mine)), keep_v3, Skip(Current)),
-            ("v3 raw rsa in a file, keep v3", in_file(v3_env(WrapAlg::RsaOaepSha1, &[0; 256])), keep_v3, RotateInstruction),
+            (
+                "v2 in metadata other key, keep",
+                kms_context_gcm(&other),
+                keep,
+                Rewrap,
+            ),
+            (
+                "v2 in a file under the target, keep v3",
+                in_file(kms_context_gcm(&mine)),
+                keep_v3,
+                Rewrite,
+            ),
+            (
+                "v3 in a file under the target, keep v3",
+                in_file(v3_env(WrapAlg::KmsContext, &mine)),
+                keep_v3,
+                Skip(Current),
+            ),
+            (
+                "v3 raw rsa in a file, keep v3",
+                in_file(v3_env(WrapAlg::RsaOaepSha1, &[0; 256])),
+                keep_v3,
+                RotateInstruction,
+            ),
         ];
         for (name, e, goal, want) in cases {
             assert_eq!(classify_envelope(&e, &t, false, &goal), want, "{name}");
@@ -615,7 +685,13 @@ mod tests {
     fn plaintext_and_instruction_files_are_skipped() {
         let t = target();
         assert_eq!(
-            classify(&head("a.txt"), &EnvelopeState::Plaintext, &t, false, &Goal::default()),
+            classify(
+                &head("a.txt"),
+                &EnvelopeState::Plaintext,
+                &t,
+                false,
+                &Goal::default()
+            ),
             Action::Skip(SkipReason::Plaintext)
         );
         let e = env(
@@ -650,7 +726,13 @@ mod tests {
             Action::Rewrite
         );
         assert_eq!(
-            classify(&head("a.txt"), &EnvelopeState::Encrypted(e), &t, false, &Goal::default()),
+            classify(
+                &head("a.txt"),
+                &EnvelopeState::Encrypted(e),
+                &t,
+                false,
+                &Goal::default()
+            ),
             Action::Rewrite
         );
     }

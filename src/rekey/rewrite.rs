@@ -11,9 +11,9 @@ use aws_sdk_s3::primitives::ByteStream;
 
 use crate::client::{ObjectHead, PutRequest};
 use crate::codec::{CodecError, NewEncryption, ObjectDecryptor, WriteFormat};
-use crate::content::ContentEncryptor;
 use crate::consts::GCM_IV_LEN;
 use crate::content;
+use crate::content::ContentEncryptor;
 use crate::envelope::{self, ContentAlg, Envelope, Location, Version, WrapAlg};
 use crate::secret::fill_random;
 
@@ -68,7 +68,8 @@ pub(super) async fn rewrite(
             WriteFormat::V2 => {
                 let mut iv = vec![0u8; GCM_IV_LEN];
                 fill_random(&mut iv);
-                let enc = content::gcm_encryptor(cek.expose(), &iv, &[]).map_err(CodecError::from)?;
+                let enc =
+                    content::gcm_encryptor(cek.expose(), &iv, &[]).map_err(CodecError::from)?;
                 (Version::V2, iv, Vec::new(), Vec::new(), enc)
             }
             WriteFormat::V3 => {
@@ -76,7 +77,13 @@ pub(super) async fn rewrite(
                 let mid = content::commit::new_message_id().to_vec();
                 let (enc, commitment) = content::commit::committing_encryptor(cek.expose(), &mid)
                     .map_err(CodecError::from)?;
-                (Version::V3, Vec::new(), mid, commitment.to_vec(), Box::new(enc))
+                (
+                    Version::V3,
+                    Vec::new(),
+                    mid,
+                    commitment.to_vec(),
+                    Box::new(enc),
+                )
             }
         };
     let new_env = Envelope {
