@@ -704,6 +704,7 @@ mod tests {
             [
                 "legacy-wrap",
                 "cbc-content",
+                "not-key-committing",
                 "raw-key",
                 "other-kms-key",
                 "instruction-file",
