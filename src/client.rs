@@ -33,9 +33,9 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::task::JoinSet;
 
 use crate::codec::{self, CodecError, DecryptPolicy, NewEncryption, WriteFormat};
-use crate::consts::{GCM_TAG_LEN, INSTRUCTION_SUFFIX, USER_META_PREFIX};
+use crate::consts::{GCM_TAG_LEN, INSTRUCTION_MARKER, INSTRUCTION_SUFFIX, USER_META_PREFIX};
 use crate::content::{self, ContentError};
-use crate::envelope::{self, ContentAlg, Context, Detected, Envelope, Metadata};
+use crate::envelope::{self, ContentAlg, Context, Detected, Envelope, Location, Metadata};
 use crate::keyring::Keyring;
 use crate::logkey::log_key;
 
@@ -412,6 +412,11 @@ pub struct PutRequest {
     /// so that the caller can keep it where a crash does not lose it and abort the upload
     /// later; `rekey` records it in the job's intent.
     pub upload_started: Option<UploadNote>,
+    /// Put the envelope's key fields in `<key>.instruction` (with the marker
+    /// `x-amz-crypto-instr-file`) instead of the object's metadata, as Java, Ruby and .NET can:
+    /// V1/V2 keep nothing on the object but the plaintext length, V3 keeps `x-amz-c`/`d`/`i`.
+    /// The instruction file is written first (unconditionally), then the object.
+    pub instruction_file: bool,
 }
 
 impl PutRequest {
@@ -831,6 +836,8 @@ impl S3Cse {
             EnvelopeState::Plaintext => return Err(CodecError::NotEncrypted.into()),
             EnvelopeState::Encrypted(env) => env,
         };
+        // The commitment policy first: a refused object costs no KMS call and no body read.
+        codec::check_commitment(&env, &self.policy)?;
         // Refuse an unauthenticated range before spending a KMS call on it.
         if opts.range.is_some() && !self.policy.allow_legacy {
             return Err(CodecError::RangeRefused.into());
@@ -1041,7 +1048,23 @@ impl S3Cse {
         for k in envelope::ENVELOPE_KEYS {
             metadata.remove(*k);
         }
-        metadata.extend(envelope.to_metadata());
+        metadata.remove(INSTRUCTION_MARKER);
+        let envelope = if req.instruction_file {
+            // The file first: until the object lands, readers of an older object still find
+            // its own envelope (metadata comes first), and a V1/V2 object is never seen without
+            // its envelope (which would read as plaintext).
+            let (object_fields, json) = envelope.to_instruction_file();
+            metadata.extend(object_fields);
+            self.put_instruction_file(&req.bucket, &req.key, json, None)
+                .await?;
+            Envelope {
+                location: Location::InstructionFile,
+                ..envelope
+            }
+        } else {
+            metadata.extend(envelope.to_metadata());
+            envelope
+        };
         // Parts grow for huge objects so the upload fits in 10,000 of them (sized by the bound
         // when the exact length is unknown, e.g. a CBC source).
         let part_size = match req.length_bound() {
@@ -1224,6 +1247,33 @@ impl S3Cse {
             next.data.extend_from_slice(&tail);
         }
         Ok(next)
+    }
+
+    /// Writes `json` as `<key>.instruction` of the object `key`, with the instruction-file
+    /// marker; with `if_match`, only if the file still has that ETag (a 412 is
+    /// [`ClientError::PreconditionFailed`]). Returns its new ETag.
+    pub async fn put_instruction_file(
+        &self,
+        bucket: &str,
+        key: &str,
+        json: Vec<u8>,
+        if_match: Option<String>,
+    ) -> Result<Option<String>, ClientError> {
+        let ikey = format!("{key}{INSTRUCTION_SUFFIX}");
+        let t = Instant::now();
+        let r = self
+            .s3
+            .put_object()
+            .bucket(bucket)
+            .key(&ikey)
+            .content_length(json.len() as i64)
+            .body(ByteStream::from(json))
+            .metadata(INSTRUCTION_MARKER, "")
+            .set_if_match(if_match)
+            .send()
+            .await;
+        let out = self.observe("PutObject", bucket, &ikey, t, r)?;
+        Ok(out.e_tag().map(str::to_owned))
     }
 
     async fn put_single(

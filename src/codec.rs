@@ -32,6 +32,10 @@ pub struct DecryptPolicy {
     pub delayed_authentication: bool,
     /// `kms+context`: the encryption context the caller expects (see [`UnwrapOptions`]).
     pub expected_context: Option<Context>,
+    /// Refuse every object that is not V3 key-committing ([`CodecError::CommitmentRequired`]),
+    /// before its key is unwrapped: AWS's `REQUIRE_ENCRYPT_REQUIRE_DECRYPT` on the read side.
+    /// Off by default (`--commitment allow`).
+    pub require_commitment: bool,
 }
 
 impl DecryptPolicy {
@@ -65,6 +69,11 @@ pub enum CodecError {
     /// The object is not encrypted and the caller did not allow plaintext.
     #[error("the object is not client-side encrypted")]
     NotEncrypted,
+    /// `--commitment require` and the object is not V3 key-committing (its format named).
+    #[error(
+        "{0} has no key commitment and the commitment policy requires it (--commitment require)"
+    )]
+    CommitmentRequired(String),
     #[error("content: {0}")]
     Content(ContentError),
     #[error("I/O: {0}")]
@@ -102,6 +111,8 @@ pub enum ErrorClass {
     /// The data key is under a KMS key the source-key policy does not allow
     /// ([`crate::keyring::SourceKeyPolicy`]).
     SourceKeyNotAllowed,
+    /// Not V3 key-committing, and the commitment policy requires it.
+    CommitmentRequired,
     NotEncrypted,
     Io,
 }
@@ -119,6 +130,7 @@ impl ErrorClass {
             ErrorClass::KmsAccess => "KmsAccessDenied",
             ErrorClass::KmsUnavailable => "KmsUnavailable",
             ErrorClass::SourceKeyNotAllowed => "SourceKeyNotAllowed",
+            ErrorClass::CommitmentRequired => "CommitmentRequired",
             ErrorClass::NotEncrypted => "NotEncrypted",
             ErrorClass::Io => "IoError",
         }
@@ -154,10 +166,20 @@ impl CodecError {
                 ErrorClass::LegacyRefused
             }
             CodecError::NotEncrypted => ErrorClass::NotEncrypted,
+            CodecError::CommitmentRequired(_) => ErrorClass::CommitmentRequired,
             CodecError::Content(_) => ErrorClass::MalformedEnvelope,
             CodecError::Io(_) => ErrorClass::Io,
         }
     }
+}
+
+/// The commitment policy: with `require`, only V3 key-committing content passes. Checked before
+/// any key is unwrapped (no KMS call) and so before any decryptor exists.
+pub fn check_commitment(env: &Envelope, policy: &DecryptPolicy) -> Result<(), CodecError> {
+    if policy.require_commitment && env.content_alg != ContentAlg::AesGcmCommitting {
+        return Err(CodecError::CommitmentRequired(env.format_name()));
+    }
+    Ok(())
 }
 
 /// Policy checks, then the keyring: the candidate content keys of `env`.
@@ -166,6 +188,7 @@ pub async fn unwrap_content_key(
     keyring: &Keyring,
     policy: &DecryptPolicy,
 ) -> Result<Vec<SecretBytes>, CodecError> {
+    check_commitment(env, policy)?;
     if env.content_alg.is_legacy() && !policy.allow_legacy {
         return Err(CodecError::LegacyContentRefused(
             env.content_alg.wire_name(),

@@ -9,8 +9,9 @@
 //!
 //! The points, in the order a write reaches them: `rewrite-before-put`,
 //! `upload-before-complete` (multipart rewrites), `rewrite-after-put`, `rewrap-before-copy`,
-//! `copy-before-complete` (multipart copies), `rewrap-after-copy`, `after-verify`,
-//! `before-instruction-delete`, `before-record` (the outcome's store write);
+//! `copy-before-complete` (multipart copies), `rewrap-after-copy`,
+//! `rotate-before-instruction-put`, `rotate-after-instruction-put` (`--keep-instruction-files`),
+//! `after-verify`, `before-instruction-delete`, `before-record` (the outcome's store write);
 //! `version-before-record` (`--noncurrent delete`: a version deleted, its deletion not yet
 //! recorded).
 

@@ -318,3 +318,120 @@ async fn crash_between_a_version_delete_and_its_record() {
     );
     assert!(listed.versions()[0].is_latest() == Some(true));
 }
+
+/// `rekey --keep-instruction-files` killed around the write of a rotated instruction file
+/// (issue 13), then run again: each object reads back under the target key, its data object
+/// keeps its ETag, its `.instruction` object is kept (never deleted as stale) and carries the
+/// new envelope, the record names a rewrap from the source format, and `audit
+/// --keep-instruction-files` exits 0.
+async fn crash_rotation_at(tag: &str, failpoint: &str) {
+    let Some(b) = bed(tag).await else {
+        return;
+    };
+    b.enable_versioning().await;
+    let ring = Keyring::aes(aes_key());
+    let mut want = Vec::new();
+    for (key, format, fmt_name, seed) in [
+        ("rot/v2.bin", WriteFormat::V2, "v2-aes-gcm-gcm", 21),
+        ("rot/v3 é.bin", WriteFormat::V3, "v3-aes-gcm-committing", 22),
+    ] {
+        let plain = data(3100, seed);
+        b.put_with_instruction_file(&ring, format, key, &plain)
+            .await;
+        let etags = b.etags().await;
+        want.push((
+            key,
+            plain,
+            fmt_name,
+            etags[key].clone(),
+            etags[&format!("{key}.instruction")].clone(),
+            b.version_of(key).await,
+        ));
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    let state = dir.path().join("crash.db").display().to_string();
+    let run = |failpoint: Option<&str>| {
+        let aes = aes_key_file().display().to_string();
+        let mut cmd = Command::new(BIN);
+        cmd.args([
+            "rekey",
+            &b.bucket_url(),
+            "--state",
+            &state,
+            "--kms-key-id",
+            &b.key_id,
+            "--aes-key-file",
+            &aes,
+            "--keep-instruction-files",
+            "--lease-secs",
+            "3",
+        ]);
+        match failpoint {
+            Some(f) => cmd.env("S3CSE_FAILPOINT", f),
+            None => cmd.env_remove("S3CSE_FAILPOINT"),
+        };
+        cmd.output().expect("run s3cse")
+    };
+    let o = run(Some(failpoint));
+    assert_eq!(o.status.code(), None, "killed at {failpoint}: {}", show(&o));
+    let o = run(None);
+    assert_eq!(o.status.code(), Some(0), "{failpoint}: {}", show(&o));
+    let etags = b.etags().await;
+    for (key, plain, format, data_etag, instr_etag, version) in &want {
+        assert!(
+            b.aws_reads(key) == *plain,
+            "{failpoint}: {key} decrypts under the target key"
+        );
+        assert_eq!(&etags[*key], data_etag, "{failpoint}: {key} untouched");
+        let instr = format!("{key}.instruction");
+        assert!(
+            etags.get(&instr).is_some_and(|e| e != instr_etag),
+            "{failpoint}: {instr} kept and rewritten: {etags:?}"
+        );
+        let (state_, action, format_, prev, code, _) = record(&state, key).await;
+        assert_eq!(
+            (
+                state_.as_str(),
+                action.as_deref(),
+                format_.as_deref(),
+                prev.as_deref(),
+                code
+            ),
+            (
+                "done",
+                Some("rewrap"),
+                Some(*format),
+                Some(version.as_str()),
+                None
+            ),
+            "{failpoint}: {key}"
+        );
+    }
+    let o = Command::new(BIN)
+        .args([
+            "audit",
+            &b.bucket_url(),
+            "--kms-key-id",
+            &b.key_id,
+            "--keep-instruction-files",
+            "--json",
+        ])
+        .output()
+        .expect("run s3cse audit");
+    assert_eq!(o.status.code(), Some(0), "{failpoint}: audit: {}", show(&o));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn crash_before_an_instruction_file_is_rotated() {
+    crash_rotation_at("crash-rot-before", "rotate-before-instruction-put").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn crash_after_an_instruction_file_is_rotated() {
+    crash_rotation_at("crash-rot-after", "rotate-after-instruction-put").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn crash_before_a_rotation_is_recorded() {
+    crash_rotation_at("crash-rot-record", "before-record").await;
+}

@@ -4,7 +4,9 @@
 //! **current** means "depends on the target key only": the envelope is in the object's own
 //! metadata (an instruction file can be swapped: the 2025 key-commitment advisories), the content
 //! key is wrapped `kms+context` by the target key ([`crate::rekey::owner::KeyOwner`] says), and the content is
-//! AES-GCM (V2) or key-committing AES-GCM (V3). Anything else encrypted is **remaining**, with
+//! AES-GCM (V2) or key-committing AES-GCM (V3): rekey's [`Goal::is_current`], which
+//! `--target-format v3` narrows to V3 and `--keep-instruction-files` widens to envelopes in
+//! `<key>.instruction`. Anything else encrypted is **remaining**, with
 //! one [`Reason`], picked in this order (the first that applies says what the object still
 //! depends on):
 //!
@@ -14,6 +16,7 @@
 //! | `AES/GCM` or `RSA-OAEP-SHA1` wrap (raw master key), V2 or V3 | `raw-key`   |
 //! | `kms+context` under another KMS key                    | `other-kms-key`  |
 //! | `kms+context` under the target, CBC content            | `cbc-content`    |
+//! | `kms+context` under the target, V2 GCM, `--target-format v3` | `not-key-committing` |
 //! | anything else, envelope in `<key>.instruction`         | `instruction-file` |
 //!
 //! The census adds `noncurrent-version`, `orphan-instruction` and `unreadable`, which depend on
@@ -23,6 +26,7 @@ use std::fmt;
 
 use crate::client::kms_key_id_of;
 use crate::envelope::{self, ContentAlg, Detected, Envelope, Location, Metadata, Version, WrapAlg};
+use crate::rekey::plan::{Goal, TargetFormat};
 
 /// What the census says of one object (or one version).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
@@ -63,6 +67,9 @@ pub enum Reason {
     LegacyWrap,
     /// CBC content (unauthenticated), even under the target key.
     CbcContent,
+    /// `--target-format v3`: V2 AES-GCM content, without key commitment, even under the target
+    /// key (readers at AWS's default commitment policy refuse it).
+    NotKeyCommitting,
     /// The content key is wrapped by a raw AES or RSA master key (`AES/GCM`, `RSA-OAEP-SHA1`).
     RawKey,
     /// `kms+context` under a KMS key other than the target.
@@ -78,9 +85,10 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 8] = [
+    pub const ALL: [Reason; 9] = [
         Reason::LegacyWrap,
         Reason::CbcContent,
+        Reason::NotKeyCommitting,
         Reason::RawKey,
         Reason::OtherKmsKey,
         Reason::InstructionFile,
@@ -93,6 +101,7 @@ impl Reason {
         match self {
             Reason::LegacyWrap => "legacy-wrap",
             Reason::CbcContent => "cbc-content",
+            Reason::NotKeyCommitting => "not-key-committing",
             Reason::RawKey => "raw-key",
             Reason::OtherKmsKey => "other-kms-key",
             Reason::InstructionFile => "instruction-file",
@@ -109,6 +118,7 @@ impl Reason {
                 "content key under a legacy wrap (V1, kms, AESWrap, RSA-OAEP-SHA256)"
             }
             Reason::CbcContent => "unauthenticated AES-CBC content",
+            Reason::NotKeyCommitting => "V2 content without key commitment (target format v3)",
             Reason::RawKey => "content key wrapped by a raw AES or RSA master key",
             Reason::OtherKmsKey => "content key wrapped by another KMS key",
             Reason::InstructionFile => "envelope in a .instruction object, not in the metadata",
@@ -201,14 +211,17 @@ impl Verdict {
     }
 }
 
-/// Classifies an encrypted object by its envelope (see the module doc for the order).
+/// Classifies an encrypted object by its envelope (see the module doc for the order). Current
+/// is rekey's [`Goal::is_current`]: what rekey skips.
 ///
 /// `owned`: the data key is wrapped by the target key ([`crate::rekey::owner::KeyOwner`]).
-pub fn classify_envelope(env: &Envelope, owned: bool) -> Verdict {
+pub fn classify_envelope(env: &Envelope, owned: bool, goal: &Goal) -> Verdict {
     let (format, wrap, content) = env.labels();
     let key = wrapping_key(env, owned);
     let under_target = env.wrap == WrapAlg::KmsContext && owned;
-    let reason = if env.version == Version::V1 || env.wrap.is_legacy() {
+    let reason = if goal.is_current(env, under_target) {
+        None
+    } else if env.version == Version::V1 || env.wrap.is_legacy() {
         Some(Reason::LegacyWrap)
     } else if matches!(env.wrap, WrapAlg::AesGcm | WrapAlg::RsaOaepSha1) {
         Some(Reason::RawKey)
@@ -216,10 +229,13 @@ pub fn classify_envelope(env: &Envelope, owned: bool) -> Verdict {
         Some(Reason::OtherKmsKey)
     } else if env.content_alg == ContentAlg::AesCbc {
         Some(Reason::CbcContent)
+    } else if goal.format == TargetFormat::V3 && env.content_alg != ContentAlg::AesGcmCommitting {
+        Some(Reason::NotKeyCommitting)
     } else if env.location == Location::InstructionFile {
         Some(Reason::InstructionFile)
     } else {
-        None
+        // Not current for a reason this list does not name: nothing proves it is.
+        Some(Reason::Unreadable)
     };
     Verdict {
         class: if reason.is_some() {
@@ -303,10 +319,6 @@ mod tests {
 
     fn owned_by_blob(e: &Envelope) -> bool {
         target().owns_blob(&e.encrypted_key)
-    }
-
-    fn by_blob(e: &Envelope) -> Verdict {
-        classify_envelope(e, owned_by_blob(e))
     }
 
     fn target() -> TargetKey {
@@ -475,16 +487,104 @@ mod tests {
             ),
         ];
         for (name, e, (class, reason), key) in cases {
-            let v = by_blob(&e);
+            let v = classify_envelope(&e, owned_by_blob(&e), &Goal::default());
             assert_eq!((v.class, v.reason), (class, reason), "{name}");
             assert_eq!(v.key, key, "{name}");
-            // rekey skips exactly what the census counts as current, and acts on the rest.
-            let plan = crate::rekey::plan::classify_envelope(&e, owned_by_blob(&e), false);
-            assert_eq!(
-                plan == crate::rekey::plan::Action::Skip(crate::rekey::plan::SkipReason::Current),
-                class == Class::Current,
-                "{name}: rekey's plan {plan:?} agrees with the census"
-            );
+            // rekey skips exactly what the census counts as current, and acts on the rest,
+            // whatever the target format and instruction-file choice.
+            for goal in all_goals() {
+                let v = classify_envelope(&e, owned_by_blob(&e), &goal);
+                let plan =
+                    crate::rekey::plan::classify_envelope(&e, owned_by_blob(&e), false, &goal);
+                assert_eq!(
+                    plan == crate::rekey::plan::Action::Skip(
+                        crate::rekey::plan::SkipReason::Current
+                    ),
+                    v.class == Class::Current,
+                    "{name} {goal:?}: rekey's plan {plan:?} agrees with the census {v:?}"
+                );
+                assert_ne!(v.reason, Some(Reason::Unreadable), "{name} {goal:?}");
+            }
+        }
+    }
+
+    fn all_goals() -> Vec<Goal> {
+        let mut goals = Vec::new();
+        for format in [TargetFormat::V2, TargetFormat::V3] {
+            for keep_instruction_files in [false, true] {
+                goals.push(Goal {
+                    format,
+                    keep_instruction_files,
+                });
+            }
+        }
+        goals
+    }
+
+    /// `--target-format v3` and `--keep-instruction-files`: what changes against the default.
+    #[test]
+    fn goals() {
+        use ContentAlg::{AesGcm as Gcm, AesGcmCommitting as Commit};
+        use Location::{InstructionFile as File, ObjectMetadata as Meta};
+        use Version::*;
+        use WrapAlg::*;
+        let t = moto_blob(TARGET);
+        let v3 = Goal {
+            format: TargetFormat::V3,
+            keep_instruction_files: false,
+        };
+        let keep = Goal {
+            format: TargetFormat::V2,
+            keep_instruction_files: true,
+        };
+        let cases: Vec<(&str, Envelope, Goal, Option<Reason>)> = vec![
+            (
+                "v2 target, v3",
+                env(V2, Gcm, KmsContext, &t, Meta),
+                v3,
+                Some(Reason::NotKeyCommitting),
+            ),
+            (
+                "v3 target, v3",
+                env(V3, Commit, KmsContext, &t, Meta),
+                v3,
+                None,
+            ),
+            (
+                "v2 target in a file, v3",
+                env(V2, Gcm, KmsContext, &t, File),
+                v3,
+                Some(Reason::NotKeyCommitting),
+            ),
+            (
+                "v3 target in a file, v3",
+                env(V3, Commit, KmsContext, &t, File),
+                v3,
+                Some(Reason::InstructionFile),
+            ),
+            (
+                "v2 target in a file, keep",
+                env(V2, Gcm, KmsContext, &t, File),
+                keep,
+                None,
+            ),
+            (
+                "v3 target in a file, keep",
+                env(V3, Commit, KmsContext, &t, File),
+                keep,
+                None,
+            ),
+            (
+                "v2 raw aes in a file, keep",
+                env(V2, Gcm, AesGcm, &[0; 60], File),
+                keep,
+                Some(Reason::RawKey),
+            ),
+        ];
+        for (name, e, goal, reason) in cases {
+            let v = classify_envelope(&e, owned_by_blob(&e), &goal);
+            assert_eq!(v.reason, reason, "{name}");
+            assert_eq!(v.class == Class::Current, reason.is_none(), "{name}");
         }
     }
 
@@ -497,7 +597,7 @@ mod tests {
             &[0; 48],
             Location::ObjectMetadata,
         );
-        let v = by_blob(&e);
+        let v = classify_envelope(&e, owned_by_blob(&e), &Goal::default());
         assert_eq!((v.format, v.wrap, v.content), ("v1", "aes-ecb", "cbc"));
     }
 
@@ -512,7 +612,10 @@ mod tests {
         );
         e.encryption_context
             .insert(crate::consts::EC_KMS_CMK_ID.into(), "alias/old".into());
-        assert_eq!(by_blob(&e).key, "kms:alias/old");
+        assert_eq!(
+            classify_envelope(&e, owned_by_blob(&e), &Goal::default()).key,
+            "kms:alias/old"
+        );
     }
 
     #[test]
@@ -524,7 +627,7 @@ mod tests {
             &[0; 48],
             Location::ObjectMetadata,
         );
-        let v = by_blob(&e).noncurrent();
+        let v = classify_envelope(&e, owned_by_blob(&e), &Goal::default()).noncurrent();
         assert_eq!(v.reason, Some(Reason::NoncurrentVersion));
         assert_eq!(v.detail.as_deref(), Some("legacy-wrap"));
         assert_eq!(Verdict::plaintext().noncurrent(), Verdict::plaintext());
@@ -535,7 +638,12 @@ mod tests {
             &moto_blob(TARGET),
             Location::ObjectMetadata,
         );
-        assert_eq!(by_blob(&cur).noncurrent().class, Class::Current);
+        assert_eq!(
+            classify_envelope(&cur, owned_by_blob(&cur), &Goal::default())
+                .noncurrent()
+                .class,
+            Class::Current
+        );
         let u = Verdict::unreadable("AccessDenied").noncurrent();
         assert_eq!(u.detail.as_deref(), Some("unreadable: AccessDenied"));
     }
@@ -605,6 +713,7 @@ mod tests {
             [
                 "legacy-wrap",
                 "cbc-content",
+                "not-key-committing",
                 "raw-key",
                 "other-kms-key",
                 "instruction-file",

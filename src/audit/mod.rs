@@ -32,6 +32,7 @@ use crate::consts::INSTRUCTION_SUFFIX;
 use crate::envelope::{self, Detected, Metadata};
 use crate::rekey::limit::RateLimit;
 use crate::rekey::owner::KeyOwner;
+use crate::rekey::plan::Goal;
 
 pub use self::classify::{
     Class, InstructionRole, Reason, Verdict, classify_envelope, instruction_role,
@@ -68,6 +69,9 @@ pub struct AuditConfig {
     pub concurrency: usize,
     /// How many remaining objects the summary names.
     pub max_listed: usize,
+    /// What counts as current besides the target key (`--target-format`,
+    /// `--keep-instruction-files`): the same [`Goal`] as rekey's, so both agree.
+    pub goal: Goal,
 }
 
 /// One object (or version) with its verdict: what `--list` prints, what the tally counts.
@@ -141,7 +145,7 @@ pub async fn run(
     let mut tally = Tally::new(config.max_listed);
     let audits = async {
         let results = entries
-            .map(|l| audit_one(client, owner, &config.bucket, l, s3_limit))
+            .map(|l| audit_one(client, owner, &config.goal, &config.bucket, l, s3_limit))
             .buffer_unordered(config.concurrency.max(1));
         let mut results = std::pin::pin!(results);
         while let Some(r) = results.next().await {
@@ -166,6 +170,7 @@ pub async fn run(
 pub async fn noncurrent_verdict(
     client: &S3Cse,
     owner: &KeyOwner,
+    goal: &Goal,
     bucket: &str,
     key: &str,
     version_id: &str,
@@ -178,7 +183,7 @@ pub async fn noncurrent_verdict(
         is_latest: false,
         size,
     };
-    match audit_one(client, owner, bucket, l, s3_limit).await {
+    match audit_one(client, owner, goal, bucket, l, s3_limit).await {
         Outcome::Counted(a) => Some(a.verdict),
         // (A noncurrent `.instruction` version is never its object's live envelope.)
         Outcome::Vanished | Outcome::CountedWithItsObject => None,
@@ -311,6 +316,7 @@ enum Outcome {
 async fn audit_one(
     client: &S3Cse,
     owner: &KeyOwner,
+    goal: &Goal,
     bucket: &str,
     l: Listed,
     s3_limit: &RateLimit,
@@ -336,7 +342,7 @@ async fn audit_one(
         }
         let v = match client.envelope_of(&head).await {
             Ok(EnvelopeState::Plaintext) => Verdict::plaintext(),
-            Ok(EnvelopeState::Encrypted(env)) => verdict_of(owner, &env).await,
+            Ok(EnvelopeState::Encrypted(env)) => verdict_of(owner, &env, goal).await,
             Err(ClientError::NotFound { .. }) => Verdict::unreadable("instruction file missing"),
             Err(e) => Verdict::unreadable(error_class(&e)),
         };
@@ -348,14 +354,14 @@ async fn audit_one(
 /// The verdict on an encrypted object: KMS may be asked whether its data key is under the target
 /// ([`KeyOwner`]); if KMS cannot answer (after its retries) the object is unreadable, never
 /// current.
-pub async fn verdict_of(owner: &KeyOwner, env: &envelope::Envelope) -> Verdict {
+pub async fn verdict_of(owner: &KeyOwner, env: &envelope::Envelope, goal: &Goal) -> Verdict {
     // Only a `kms+context` key's owner changes the verdict (a legacy `kms` wrap remains
     // whoever wraps it): no KMS question for the others.
     if env.wrap != envelope::WrapAlg::KmsContext {
-        return classify_envelope(env, false);
+        return classify_envelope(env, false, goal);
     }
     match owner.owns(env).await {
-        Ok(owned) => classify_envelope(env, owned),
+        Ok(owned) => classify_envelope(env, owned, goal),
         Err(e) => {
             tracing::warn!(error = %e, "KMS could not say which key wraps a data key");
             Verdict::unreadable(format!("kms-{:?}", e.kind).to_lowercase())
@@ -422,7 +428,7 @@ async fn file_verdict(
             if let Ok(env) = Detected::NoEnvelopeInMetadata
                 .complete_with_instruction_file(&Metadata::new(), &json)
             {
-                let e = verdict_of(owner, &env).await;
+                let e = verdict_of(owner, &env, &Goal::default()).await;
                 (v.wrap, v.content, v.key) = (e.wrap, e.content, e.key);
             }
         }

@@ -47,6 +47,10 @@ pub struct AuditArgs {
     /// under the target key remains (`noncurrent-version`). Delete markers are ignored.
     #[arg(long)]
     versions: bool,
+    /// What counts as current besides the key: --target-format v2|v3, --keep-instruction-files
+    /// (the same meaning as rekey's, so audit counts current exactly what rekey skips).
+    #[command(flatten)]
+    goal: super::goal::GoalArgs,
     /// Print one JSON document instead of the table.
     #[arg(long, conflicts_with = "list")]
     json: bool,
@@ -119,6 +123,7 @@ pub async fn audit(a: AuditArgs) -> CliResult {
         versions: a.versions,
         concurrency: a.concurrency.max(1),
         max_listed: a.max_listed,
+        goal: a.goal.goal(),
     };
     let mut lines = LineWriter::new(a.list);
     let tally = s3cse::audit::run(

@@ -8,6 +8,7 @@
 
 mod audit;
 mod aws;
+mod goal;
 mod keys;
 mod live;
 mod object;

@@ -34,6 +34,10 @@ pub struct GetArgs {
     /// Encryption context the object must carry (kms+context), k=v, repeatable.
     #[arg(long = "context", value_parser = parse_kv, value_name = "K=V")]
     context: Vec<(String, String)>,
+    /// `require`: refuse every object that is not V3 key-committing (exit 1,
+    /// CommitmentRequired), before any key is unwrapped; `allow` (default) reads every format.
+    #[arg(long, value_enum, default_value = "allow", value_name = "POLICY")]
+    commitment: super::goal::CommitmentArg,
     #[command(flatten)]
     version: VersionArgs,
     #[command(flatten)]
@@ -79,6 +83,10 @@ pub struct PutArgs {
     /// Multipart part size in MiB (objects up to one part go in a single PUT).
     #[arg(long, default_value_t = 8, value_name = "MiB")]
     part_size_mib: usize,
+    /// Write the envelope into `<KEY>.instruction` (marked x-amz-crypto-instr-file), as Java,
+    /// Ruby and .NET can; the object keeps only what the format puts there (V3: x-amz-c/d/i).
+    #[arg(long)]
+    instruction_file: bool,
     #[command(flatten)]
     keys: KeyArgs,
     #[command(flatten)]
@@ -124,6 +132,7 @@ pub async fn get(a: GetArgs) -> CliResult {
         allow_legacy: a.allow_legacy,
         delayed_authentication: false,
         expected_context: (!a.context.is_empty()).then(|| context_of(&a.context)),
+        require_commitment: a.commitment.required(),
     };
     let opts = GetOptions {
         range,
@@ -220,6 +229,7 @@ pub async fn put(a: PutArgs) -> CliResult {
             ..Default::default()
         },
         tagging,
+        instruction_file: a.instruction_file,
         ..Default::default()
     };
     let summary = if a.input.as_os_str() == "-" {

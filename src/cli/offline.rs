@@ -33,6 +33,10 @@ pub struct DecryptArgs {
     /// Encryption context the object must have been written with (kms+context), `k=v`, repeatable.
     #[arg(long = "context", value_parser = parse_kv, value_name = "K=V")]
     context: Vec<(String, String)>,
+    /// `require`: refuse every object that is not V3 key-committing (exit 1,
+    /// CommitmentRequired), before any key is unwrapped; `allow` (default) reads every format.
+    #[arg(long, value_enum, default_value = "allow", value_name = "POLICY")]
+    commitment: super::goal::CommitmentArg,
     #[command(flatten)]
     keys: KeyArgs,
 }
@@ -67,6 +71,11 @@ pub struct EncryptArgs {
     /// Allow writing the legacy V1 format.
     #[arg(long)]
     allow_legacy: bool,
+    /// Also write the envelope's key fields to `<OUTPUT>.instruction` (the body of
+    /// `<KEY>.instruction`, to upload with the marker metadata `x-amz-crypto-instr-file: ""`);
+    /// the metadata file then holds only what the format keeps on the object.
+    #[arg(long)]
+    instruction_file: bool,
     #[command(flatten)]
     keys: KeyArgs,
 }
@@ -124,7 +133,11 @@ pub async fn decrypt(a: DecryptArgs) -> CliResult {
         allow_legacy: a.allow_legacy,
         delayed_authentication: false,
         expected_context: (!a.context.is_empty()).then(|| context_of(&a.context)),
+        require_commitment: a.commitment.required(),
     };
+    // Before the key is unwrapped or a byte read: the commitment policy.
+    codec::check_commitment(&env, &policy)
+        .map_err(|e| object_error(&format!("{} ({})", a.input.display(), env.format_name()), e))?;
     let mut src = tokio::fs::File::open(&a.input)
         .await
         .with_context(|| format!("opening {}", a.input.display()))
@@ -199,8 +212,18 @@ pub async fn encrypt(a: EncryptArgs) -> CliResult {
     dst.sync_all()
         .await
         .map_err(|e| Failure::failed(anyhow!(e)))?;
-    let meta =
-        serde_json::to_vec_pretty(&env.to_metadata()).map_err(|e| Failure::failed(anyhow!(e)))?;
+    let object_meta = if a.instruction_file {
+        let (object_meta, json) = env.to_instruction_file();
+        let mut path = a.output.clone().into_os_string();
+        path.push(s3cse::consts::INSTRUCTION_SUFFIX);
+        std::fs::write(&path, json)
+            .with_context(|| format!("writing {}", Path::new(&path).display()))
+            .map_err(Failure::usage)?;
+        object_meta
+    } else {
+        env.to_metadata()
+    };
+    let meta = serde_json::to_vec_pretty(&object_meta).map_err(|e| Failure::failed(anyhow!(e)))?;
     let mut mf = tokio::fs::File::create(&a.metadata_out)
         .await
         .with_context(|| format!("creating {}", a.metadata_out.display()))

@@ -26,8 +26,8 @@ use s3cse::metrics::{self, Metrics};
 use s3cse::rekey::copy::{COPY_PART_SIZE, MAX_COPY_SIZE};
 use s3cse::rekey::kms::{RekeyKms, describe_key, without_sdk_retries};
 use s3cse::rekey::limit::RateLimit;
-use s3cse::rekey::owner::KeyOwner;
 use s3cse::rekey::noncurrent::{self, NoncurrentMode, NoncurrentSummary};
+use s3cse::rekey::owner::KeyOwner;
 use s3cse::rekey::scan::MAX_LIST_PAGE_SIZE;
 use s3cse::rekey::{RekeyConfig, RunSummary, Shard, Shutdown};
 use s3cse::store::{
@@ -101,6 +101,13 @@ pub struct RunArgs {
     /// (a new wrapping key does not revoke a leaked content key).
     #[arg(long)]
     reencrypt: bool,
+    // Issue 13: target format, instruction files, commitment policy of the sources.
+    #[command(flatten)]
+    goal: super::goal::GoalArgs,
+    /// `require`: refuse sources that are not V3 key-committing (recorded failed,
+    /// CommitmentRequired, untouched); `allow` (default) reads every format.
+    #[arg(long, value_enum, default_value = "allow", value_name = "POLICY")]
+    commitment: super::goal::CommitmentArg,
     /// Skip reading each written object back.
     #[arg(long)]
     no_verify: bool,
@@ -596,6 +603,8 @@ async fn run(a: RunArgs, scan_target: Option<ScanTarget>, term: &Term) -> CliRes
         concurrency: a.concurrency.max(1),
         dry_run: a.dry_run,
         reencrypt: a.reencrypt,
+        goal: a.goal.goal(),
+        require_commitment: a.commitment.required(),
         verify: !a.no_verify,
         max_claims: a.max_attempts.max(1),
         object_timeout: Duration::from_secs(a.object_timeout.max(1)),

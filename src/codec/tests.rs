@@ -294,3 +294,32 @@ async fn large_plaintext_spools_to_disk_and_is_released_after_tag() {
     assert_eq!(r.expect("decrypt"), pt.len() as u64);
     assert!(out == pt);
 }
+
+/// `--commitment require`: a V2 object is refused before any key is unwrapped (its class is
+/// CommitmentRequired, nothing reaches the output); a V3 object decrypts; `allow` reads both.
+#[tokio::test]
+async fn the_commitment_policy_refuses_objects_without_commitment() {
+    let ring = aes_ring();
+    let pt = plaintext(1000);
+    let require = DecryptPolicy {
+        require_commitment: true,
+        ..DecryptPolicy::default()
+    };
+    let (v2, ct2) = encrypt(&ring, WriteFormat::V2, &Context::new(), &pt).await;
+    let (r, out) = decrypt(&v2, &ring, &require, &ct2).await;
+    let e = r.expect_err("refused");
+    assert_eq!(e.class(), ErrorClass::CommitmentRequired);
+    assert_eq!(e.class().code(), "CommitmentRequired");
+    assert!(out.is_empty());
+    // Refused before the keyring: an empty keyring fails the same way, not with NoMatchingKey.
+    let e = unwrap_content_key(&v2, &Keyring::new(), &require)
+        .await
+        .expect_err("refused");
+    assert_eq!(e.class(), ErrorClass::CommitmentRequired);
+    let (v3, ct3) = encrypt(&ring, WriteFormat::V3, &Context::new(), &pt).await;
+    let (r, out) = decrypt(&v3, &ring, &require, &ct3).await;
+    assert_eq!(r.expect("v3 decrypts"), pt.len() as u64);
+    assert_eq!(out, pt);
+    let (r, _) = decrypt(&v2, &ring, &DecryptPolicy::default(), &ct2).await;
+    assert!(r.is_ok());
+}

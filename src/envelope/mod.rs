@@ -377,13 +377,9 @@ impl Envelope {
         let mut object = Metadata::new();
         self.write_object_fields(&mut object);
         let mut file = Metadata::new();
+        // Only envelope keys: AWS's Python client refuses a file with any other key (its
+        // `VALID_S3EC_METADATA_KEYS`), so the plaintext length stays on the object.
         self.write_key_fields(&mut file);
-        if self.version != Version::V3 {
-            // V1/V2 keep everything in the file; the length is useful on the object too (GO1 does both).
-            if let Some(n) = self.plaintext_length {
-                file.insert(UNENCRYPTED_CONTENT_LENGTH.into(), n.to_string());
-            }
-        }
         let json = serde_json::to_vec(&file).unwrap_or_default();
         (object, json)
     }

@@ -226,6 +226,25 @@ fn instruction_file_v2_with_numbers() {
     assert_eq!(env.wrap, WrapAlg::KmsContext);
     assert_eq!(env.plaintext_length, Some(5));
     let (obj2, file2) = env.to_instruction_file();
+    // Only the keys AWS's Python client accepts in a file (it refuses any other).
+    let accepted = [
+        "x-amz-key",
+        "x-amz-key-v2",
+        "x-amz-wrap-alg",
+        "x-amz-matdesc",
+        "x-amz-iv",
+        "x-amz-cek-alg",
+        "x-amz-tag-len",
+        "x-amz-3",
+        "x-amz-m",
+        "x-amz-t",
+        "x-amz-w",
+    ];
+    let keys = parse_instruction_file(&file2).expect("parse");
+    assert!(
+        keys.keys().all(|k| accepted.contains(&k.as_str())),
+        "{keys:?}"
+    );
     let env2 = detect(&obj2)
         .expect("detect")
         .complete_with_instruction_file(&obj2, &file2)

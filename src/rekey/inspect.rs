@@ -77,7 +77,7 @@ pub(super) async fn inspect(
         }
         _ => false,
     };
-    let action = plan::classify(&head, &state, owned, ctx.reencrypt);
+    let action = plan::classify(&head, &state, owned, ctx.reencrypt, &ctx.goal);
     Ok(Some(Inspected {
         head,
         body,

@@ -7,7 +7,8 @@
 //! - [`worker`]: the pool: the claim loop (leases, `--concurrency` tasks, graceful stop), retries,
 //!   deadlines, and the one store write that records each outcome.
 //! - `object`: one attempt at one object, the steps in order; the steps each have a file:
-//!   `inspect` (HEAD + envelope + classification), `rewrite`, `rewrap`, `verify`, `recover`
+//!   `inspect` (HEAD + envelope + classification), `rewrite`, `rewrap`, `rotate`
+//!   (`--keep-instruction-files`: only `<key>.instruction` rewritten), `verify`, `recover`
 //!   (what a crash or a lost answer left: settled from the job's intent), with `read`
 //!   (decrypting a source body), `tags`, and `task` (what the steps share). Imports go one way:
 //!   worker -> object -> steps -> task.
@@ -37,6 +38,7 @@ mod read;
 mod recover;
 mod rewrap;
 mod rewrite;
+mod rotate;
 pub mod scan;
 mod tags;
 mod task;
@@ -54,7 +56,7 @@ use crate::keyring::{KmsClient, KmsError};
 use crate::metrics::Metrics;
 use crate::store::{JobStore, ScanKey, StoreError};
 
-pub use self::plan::{Action, SkipReason, TargetKey};
+pub use self::plan::{Action, Goal, SkipReason, TargetFormat, TargetKey};
 pub use self::scan::{ScanSummary, Shard};
 pub use self::task::fingerprint;
 pub use self::worker::WorkSummary;
@@ -102,6 +104,12 @@ pub struct RekeyConfig {
     pub dry_run: bool,
     /// Rewrite GCM objects too (a fresh data key), instead of rewrapping their key.
     pub reencrypt: bool,
+    /// The target format and where envelopes may stay (`--target-format`,
+    /// `--keep-instruction-files`): what counts as current ([`plan::Goal`]).
+    pub goal: plan::Goal,
+    /// `--commitment require`: a source that is not V3 (key-committing) is refused, recorded
+    /// failed with `CommitmentRequired` and left untouched, before its key is unwrapped.
+    pub require_commitment: bool,
     /// Read every written object back and compare.
     pub verify: bool,
     /// Claims of one job without an outcome (each a process that died or hung on it) before it

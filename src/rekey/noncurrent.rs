@@ -184,6 +184,7 @@ async fn list(
                 let v = audit::noncurrent_verdict(
                     &c.client,
                     &c.owner,
+                    &c.goal,
                     &c.bucket,
                     &l.key,
                     &l.version_id,
@@ -363,7 +364,7 @@ async fn verified_current(c: &RekeyConfig, key: &str) -> Result<(), String> {
             ));
         }
     };
-    let verdict = audit::verdict_of(&c.owner, &env).await;
+    let verdict = audit::verdict_of(&c.owner, &env, &c.goal).await;
     if verdict.class != Class::Current {
         return Err(format!(
             "the current version is not migrated ({})",

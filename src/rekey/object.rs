@@ -10,6 +10,7 @@
 //! 5. [`super::verify`] the write, then delete the source's `.instruction` object.
 
 use crate::client::EnvelopeState;
+use crate::codec::{self, DecryptPolicy};
 use crate::consts::INSTRUCTION_SUFFIX;
 use crate::envelope::Location;
 use crate::store::{self, Intent, Job, JobState, Outcome};
@@ -19,6 +20,7 @@ use super::plan::Action;
 use super::recover;
 use super::rewrap::rewrap;
 use super::rewrite::rewrite;
+use super::rotate::{rotate_instruction, verify_rotation};
 use super::task::{Ctx, Done, IntentLog, ObjError};
 use super::verify::verify;
 
@@ -88,17 +90,32 @@ pub(super) async fn process(
         }
         (_, EnvelopeState::Encrypted(env)) => env,
     };
+    if c.require_commitment {
+        // `--commitment require`: a source without key commitment is refused before its key
+        // is unwrapped; untouched, recorded failed with its class.
+        let policy = DecryptPolicy {
+            require_commitment: true,
+            ..DecryptPolicy::default()
+        };
+        if let Err(e) = codec::check_commitment(&env, &policy) {
+            discard(body, head.content_length).await;
+            return Err(e.into());
+        }
+    }
     let store_action = action.store_action();
     *classified = Some(store_action);
     // What the write must carry beyond the HEAD (ACL grants, Object Lock retention and legal
     // hold): unreadable, the object fails untouched.
-    if c.attribute_policy.read_acl || c.attribute_policy.read_lock {
+    // A rotation writes only `<key>.instruction`: the data object's attributes stay as they are.
+    let rotation = action == Action::RotateInstruction;
+    if !rotation && (c.attribute_policy.read_acl || c.attribute_policy.read_lock) {
         c.s3_limit.wait().await;
     }
-    if let Err(e) = c
-        .client
-        .read_write_attributes(&mut head, &c.attribute_policy)
-        .await
+    if !rotation
+        && let Err(e) = c
+            .client
+            .read_write_attributes(&mut head, &c.attribute_policy)
+            .await
     {
         discard(body, head.content_length).await;
         return Err(e.into());
@@ -123,6 +140,10 @@ pub(super) async fn process(
     let write = async {
         match action {
             Action::Rewrite => rewrite(ctx, &head, &env, body, &log).await,
+            Action::RotateInstruction => {
+                let etag = instruction_etag.as_deref();
+                rotate_instruction(ctx, &head, &env, body, etag, &log).await
+            }
             _ => rewrap(ctx, &head, &env, body, &log).await,
         }
     };
@@ -163,6 +184,12 @@ pub(super) async fn process(
         ..Outcome::new(JobState::Done)
     };
     let after = async {
+        if rotation {
+            // The rotated instruction file is the envelope now: kept, never deleted.
+            verify_rotation(c, &head, &written).await?;
+            crate::failpoint!("after-verify");
+            return Ok(());
+        }
         verify(c, &head, &written).await?;
         crate::failpoint!("after-verify");
         if env.location == Location::InstructionFile

@@ -4,8 +4,10 @@
 //! | source                                               | action   |
 //! |------------------------------------------------------|----------|
 //! | no envelope                                          | skip (plaintext) |
-//! | V2 AES-GCM or V3, `kms+context` whose EDK is under the target (in any Region, for a multi-Region key; [`super::owner`] says how that is known), envelope in the metadata | skip (current) |
+//! | current ([`Goal::is_current`]): `kms+context` whose EDK is under the target (in any Region, for a multi-Region key; [`super::owner`] says how that is known), content in the target format (`--target-format v2`: V2 AES-GCM or V3; `v3`: V3 only), envelope in the metadata (or, with `--keep-instruction-files`, in `<key>.instruction`) | skip (current) |
 //! | CBC content, any wrap                                | rewrite  |
+//! | V2 AES-GCM content, `--target-format v3`             | rewrite (a V2 content key cannot be rewrapped into V3: the commitment is derived from a fresh data key) |
+//! | GCM content (V2 or V3) under any other wrap, with `--keep-instruction-files` and its envelope in `<key>.instruction` | rotate the instruction file only (the data object untouched) |
 //! | GCM content (V2 or V3) under any other wrap, or with its envelope in a `.instruction` object | rewrap, V3 staying V3 (rewrite with `--reencrypt`) |
 //! | a `.instruction` object                              | skip (never data) |
 
@@ -45,6 +47,56 @@ pub enum Action {
     /// Keep the GCM body, wrap its content key under the target key, replace the metadata by a
     /// server-side copy.
     Rewrap,
+    /// `--keep-instruction-files`: keep the GCM body and the data object, wrap the content key
+    /// under the target key and rewrite only `<key>.instruction` (conditional on its ETag).
+    /// Recorded as a rewrap in the job table.
+    RotateInstruction,
+}
+
+/// The envelope format `rekey` brings objects to (`--target-format`, `audit --target-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TargetFormat {
+    /// V2 `kms+context` AES-GCM; a V3 object under the target is current too.
+    #[default]
+    V2,
+    /// V3 key-committing (suite 115) `kms+context`: V2 GCM objects are rewritten.
+    V3,
+}
+
+impl TargetFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TargetFormat::V2 => "v2",
+            TargetFormat::V3 => "v3",
+        }
+    }
+}
+
+/// What "current" means for a run beyond the target key: the target format and where the
+/// envelope may live. Shared by `rekey` ([`classify_envelope`]) and `audit`, so rekey skips
+/// exactly what audit counts current.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Goal {
+    pub format: TargetFormat,
+    /// `--keep-instruction-files`: an envelope in `<key>.instruction` under the target key is
+    /// current, and one under another key is rotated in its file instead of moved into the
+    /// object's metadata.
+    pub keep_instruction_files: bool,
+}
+
+impl Goal {
+    /// True if an object with `env` depends on the target key only and is in the target format.
+    /// `under_target`: the content key is wrapped `kms+context` by the target key (the caller
+    /// asks [`TargetKey::owns_blob`]).
+    pub fn is_current(&self, env: &Envelope, under_target: bool) -> bool {
+        let content = match env.content_alg {
+            ContentAlg::AesGcmCommitting => env.version == Version::V3,
+            ContentAlg::AesGcm => self.format == TargetFormat::V2 && env.version == Version::V2,
+            ContentAlg::AesCbc => false,
+        };
+        let place = env.location == Location::ObjectMetadata || self.keep_instruction_files;
+        under_target && content && place
+    }
 }
 
 impl Action {
@@ -53,7 +105,7 @@ impl Action {
         match self {
             Action::Skip(_) => store::Action::Skip,
             Action::Rewrite => store::Action::Rewrite,
-            Action::Rewrap => store::Action::Rewrap,
+            Action::Rewrap | Action::RotateInstruction => store::Action::Rewrap,
         }
     }
 
@@ -156,11 +208,10 @@ fn raw_key_id(id: &str) -> Option<[u8; 16]> {
     v.try_into().ok()
 }
 
-/// True if whether `env`'s data key is under the target key decides its action: only then is
-/// [`super::owner::KeyOwner`] asked (which may cost a KMS call).
+/// True if whether `env`'s data key is under the target key can decide its action: only then
+/// is [`super::owner::KeyOwner`] asked (which may cost a KMS call).
 pub fn ownership_matters(env: &Envelope) -> bool {
     env.wrap == WrapAlg::KmsContext
-        && env.location == Location::ObjectMetadata
         && matches!(
             env.content_alg,
             ContentAlg::AesGcm | ContentAlg::AesGcmCommitting
@@ -169,7 +220,13 @@ pub fn ownership_matters(env: &Envelope) -> bool {
 }
 
 /// Classifies one object. `owned`: as for [`classify_envelope`].
-pub fn classify(head: &ObjectHead, state: &EnvelopeState, owned: bool, reencrypt: bool) -> Action {
+pub fn classify(
+    head: &ObjectHead,
+    state: &EnvelopeState,
+    owned: bool,
+    reencrypt: bool,
+    goal: &Goal,
+) -> Action {
     // An instruction file carries the marker; a data object may have any name.
     if head.key.ends_with(INSTRUCTION_SUFFIX) && head.metadata.contains_key(INSTRUCTION_MARKER) {
         return Action::Skip(SkipReason::InstructionFile);
@@ -178,27 +235,33 @@ pub fn classify(head: &ObjectHead, state: &EnvelopeState, owned: bool, reencrypt
         EnvelopeState::Plaintext => return Action::Skip(SkipReason::Plaintext),
         EnvelopeState::Encrypted(env) => env,
     };
-    classify_envelope(env, owned, reencrypt)
+    classify_envelope(env, owned, reencrypt, goal)
 }
 
-/// Classifies an encrypted object by its envelope. Current means "depends on the target key
-/// only": `kms+context` under the target key, in the object's own metadata. A V3 object under
-/// any other wrap still needs that wrap's key (it is rewrapped, staying V3), and an envelope
-/// in a `.instruction` object can be swapped apart from its data (the 2025 key-commitment
-/// advisories), so it is moved into the metadata even under the target key.
+/// Classifies an encrypted object by its envelope. Current ([`Goal::is_current`]) means
+/// "depends on the target key only, in the target format": `kms+context` under the target key,
+/// in the object's own metadata. A V3 object under any other wrap still needs that wrap's key
+/// (it is rewrapped, staying V3), and an envelope in a `.instruction` object can be swapped
+/// apart from its data (the 2025 key-commitment advisories), so it is moved into the metadata
+/// even under the target key, unless `--keep-instruction-files` says to keep it there.
 ///
 /// `owned`: the data key is wrapped by the target key ([`super::owner::KeyOwner`] says; it
 /// need only be asked when [`ownership_matters`]).
-pub fn classify_envelope(env: &Envelope, owned: bool, reencrypt: bool) -> Action {
-    let under_target =
-        env.wrap == WrapAlg::KmsContext && env.location == Location::ObjectMetadata && owned;
+pub fn classify_envelope(env: &Envelope, owned: bool, reencrypt: bool, goal: &Goal) -> Action {
+    let under_target = env.wrap == WrapAlg::KmsContext && owned;
+    if goal.is_current(env, under_target) {
+        return Action::Skip(SkipReason::Current);
+    }
     match env.content_alg {
         ContentAlg::AesCbc => Action::Rewrite,
+        // V3's commitment is derived from the data key and a message id: a V2 content key
+        // cannot be rewrapped into V3, only a fresh one can.
+        ContentAlg::AesGcm if goal.format == TargetFormat::V3 => Action::Rewrite,
         ContentAlg::AesGcm | ContentAlg::AesGcmCommitting => {
-            if under_target && (env.version == Version::V2 || env.version == Version::V3) {
-                Action::Skip(SkipReason::Current)
-            } else if reencrypt {
+            if reencrypt {
                 Action::Rewrite
+            } else if goal.keep_instruction_files && env.location == Location::InstructionFile {
+                Action::RotateInstruction
             } else {
                 Action::Rewrap
             }
@@ -208,17 +271,23 @@ pub fn classify_envelope(env: &Envelope, owned: bool, reencrypt: bool) -> Action
 
 #[cfg(test)]
 mod tests {
-    /// The classification with ownership read off the blob (the key id in it).
-    fn by_blob(e: &Envelope, t: &TargetKey, reencrypt: bool) -> Action {
-        classify_envelope(e, t.owns_blob(&e.encrypted_key), reencrypt)
+    /// The classification with ownership read off the blob (the key id at its start).
+    fn by_blob(e: &Envelope, t: &TargetKey, reencrypt: bool, goal: &Goal) -> Action {
+        classify_envelope(e, t.owns_blob(&e.encrypted_key), reencrypt, goal)
     }
 
-    fn classify_by_blob(h: &ObjectHead, s: &EnvelopeState, t: &TargetKey, r: bool) -> Action {
+    fn classify_by_blob(
+        h: &ObjectHead,
+        s: &EnvelopeState,
+        t: &TargetKey,
+        r: bool,
+        goal: &Goal,
+    ) -> Action {
         let owned = match s {
             EnvelopeState::Encrypted(e) => t.owns_blob(&e.encrypted_key),
             EnvelopeState::Plaintext => false,
         };
-        classify(h, s, owned, r)
+        classify(h, s, owned, r, goal)
     }
 
     use super::*;
@@ -483,15 +552,170 @@ mod tests {
             ),
         ];
         for (name, e, reencrypt, want) in cases {
-            assert_eq!(by_blob(&e, &t, reencrypt), want, "{name}");
+            assert_eq!(by_blob(&e, &t, reencrypt, &Goal::default()), want, "{name}");
         }
+    }
+
+    /// `--target-format v3` and `--keep-instruction-files`: (name, envelope, goal, action).
+    #[test]
+    fn goals() {
+        use Action::*;
+        use SkipReason::*;
+        let t = target();
+        let v3 = Goal {
+            format: TargetFormat::V3,
+            keep_instruction_files: false,
+        };
+        let keep = Goal {
+            format: TargetFormat::V2,
+            keep_instruction_files: true,
+        };
+        let keep_v3 = Goal {
+            format: TargetFormat::V3,
+            keep_instruction_files: true,
+        };
+        let v3_env = |wrap, edk: &[u8]| env(Version::V3, ContentAlg::AesGcmCommitting, wrap, edk);
+        let in_file = |e: Envelope| Envelope {
+            location: Location::InstructionFile,
+            ..e
+        };
+        let (mine, other) = (moto_blob(KEY_ID), moto_blob(OTHER));
+        let cases: Vec<(&str, Envelope, Goal, Action)> = vec![
+            (
+                "v2 gcm under the target, v3",
+                kms_context_gcm(&mine),
+                v3,
+                Rewrite,
+            ),
+            ("v2 gcm other key, v3", kms_context_gcm(&other), v3, Rewrite),
+            (
+                "v2 aes/gcm, v3",
+                env(Version::V2, ContentAlg::AesGcm, WrapAlg::AesGcm, &[0; 60]),
+                v3,
+                Rewrite,
+            ),
+            (
+                "cbc, v3",
+                env(
+                    Version::V1,
+                    ContentAlg::AesCbc,
+                    WrapAlg::V1Unnamed,
+                    &[0; 48],
+                ),
+                v3,
+                Rewrite,
+            ),
+            (
+                "v3 under the target, v3",
+                v3_env(WrapAlg::KmsContext, &mine),
+                v3,
+                Skip(Current),
+            ),
+            (
+                "v3 other key, v3",
+                v3_env(WrapAlg::KmsContext, &other),
+                v3,
+                Rewrap,
+            ),
+            (
+                "v3 raw aes, v3",
+                v3_env(WrapAlg::AesGcm, &[0; 60]),
+                v3,
+                Rewrap,
+            ),
+            (
+                "v3 under the target in a file, v3",
+                in_file(v3_env(WrapAlg::KmsContext, &mine)),
+                v3,
+                Rewrap,
+            ),
+            // --keep-instruction-files
+            (
+                "v2 in a file under the target, keep",
+                in_file(kms_context_gcm(&mine)),
+                keep,
+                Skip(Current),
+            ),
+            (
+                "v2 in a file other key, keep",
+                in_file(kms_context_gcm(&other)),
+                keep,
+                RotateInstruction,
+            ),
+            (
+                "v2 aeswrap gcm in a file, keep",
+                in_file(env(
+                    Version::V2,
+                    ContentAlg::AesGcm,
+                    WrapAlg::AesWrap,
+                    &[0; 40],
+                )),
+                keep,
+                RotateInstruction,
+            ),
+            (
+                "v1 cbc in a file, keep",
+                in_file(env(
+                    Version::V1,
+                    ContentAlg::AesCbc,
+                    WrapAlg::V1Unnamed,
+                    &[0; 48],
+                )),
+                keep,
+                Rewrite,
+            ),
+            (
+                "v2 kms cbc in a file, keep",
+                in_file(env(Version::V2, ContentAlg::AesCbc, WrapAlg::Kms, &other)),
+                keep,
+                Rewrite,
+            ),
+            (
+                "v2 in metadata other key, keep",
+                kms_context_gcm(&other),
+                keep,
+                Rewrap,
+            ),
+            (
+                "v2 in a file under the target, keep v3",
+                in_file(kms_context_gcm(&mine)),
+                keep_v3,
+                Rewrite,
+            ),
+            (
+                "v3 in a file under the target, keep v3",
+                in_file(v3_env(WrapAlg::KmsContext, &mine)),
+                keep_v3,
+                Skip(Current),
+            ),
+            (
+                "v3 raw rsa in a file, keep v3",
+                in_file(v3_env(WrapAlg::RsaOaepSha1, &[0; 256])),
+                keep_v3,
+                RotateInstruction,
+            ),
+        ];
+        for (name, e, goal, want) in cases {
+            assert_eq!(by_blob(&e, &t, false, &goal), want, "{name}");
+        }
+        // --reencrypt rewrites what is not current, instruction file or not.
+        assert_eq!(
+            by_blob(&in_file(kms_context_gcm(&other)), &t, true, &keep),
+            Rewrite
+        );
     }
 
     #[test]
     fn plaintext_and_instruction_files_are_skipped() {
         let t = target();
         assert_eq!(
-            classify_by_blob(&head("a.txt"), &EnvelopeState::Plaintext, &t, false),
+            classify_by_blob(
+                &head("a.txt"),
+                &EnvelopeState::Plaintext,
+                &t,
+                false,
+                &Goal::default()
+            ),
             Action::Skip(SkipReason::Plaintext)
         );
         let e = env(
@@ -509,7 +733,8 @@ mod tests {
                 &instruction,
                 &EnvelopeState::Encrypted(e.clone()),
                 &t,
-                false
+                false,
+                &Goal::default()
             ),
             Action::Skip(SkipReason::InstructionFile)
         );
@@ -519,12 +744,19 @@ mod tests {
                 &head("report.instruction"),
                 &EnvelopeState::Encrypted(e.clone()),
                 &t,
-                false
+                false,
+                &Goal::default()
             ),
             Action::Rewrite
         );
         assert_eq!(
-            classify_by_blob(&head("a.txt"), &EnvelopeState::Encrypted(e), &t, false),
+            classify_by_blob(
+                &head("a.txt"),
+                &EnvelopeState::Encrypted(e),
+                &t,
+                false,
+                &Goal::default()
+            ),
             Action::Rewrite
         );
     }
@@ -624,13 +856,16 @@ mod tests {
         assert!(here.owns_blob(&blob));
         assert!(mrk_target("eu-west-1").owns_blob(&blob));
         assert_eq!(
-            by_blob(&kms_context_gcm(&blob), &here, false),
+            by_blob(&kms_context_gcm(&blob), &here, false, &Goal::default()),
             Skip(SkipReason::Current)
         );
         // Another multi-Region key, or a single-Region key: rewrapped.
         for blob in [moto_blob(OTHER_MRK), aws_blob(OTHER_MRK), aws_blob(KEY_ID)] {
             assert!(!here.owns_blob(&blob));
-            assert_eq!(by_blob(&kms_context_gcm(&blob), &here, false), Rewrap);
+            assert_eq!(
+                by_blob(&kms_context_gcm(&blob), &here, false, &Goal::default()),
+                Rewrap
+            );
         }
         // A target given by its ARN only, in either field, resolves to the same id.
         let by_arn = TargetKey {
@@ -660,7 +895,7 @@ mod tests {
             for blob in [moto_blob(alias), moto_blob(MRK), aws_blob(MRK)] {
                 assert!(!t.owns_blob(&blob), "{alias}");
                 assert_eq!(
-                    by_blob(&kms_context_gcm(&blob), &t, false),
+                    by_blob(&kms_context_gcm(&blob), &t, false, &Goal::default()),
                     Action::Rewrap,
                     "{alias}"
                 );

@@ -17,6 +17,9 @@
 //! after S3 took the PUT, then 412 on the SDK's retry; a cut connection), so a lost answer
 //! is recorded as the write it was.
 //!
+//! A rotation of `<key>.instruction` (`--keep-instruction-files`, [`super::rotate`]) is found the
+//! same way, by the fingerprint of the envelope in the file; the file is ours then, and kept.
+//!
 //! A `.instruction` object whose data object now has its own envelope in the metadata (a crash
 //! between a rewrite and the delete, or another tool) is stale: it still holds the content
 //! key under the legacy key, so it is deleted, conditionally on the ETag listed
@@ -67,11 +70,10 @@ pub(super) async fn abort_orphan(
 }
 
 /// True if `env` is the envelope `intent` was about to write: that write landed. Any
-/// attempt's: the latest, or an earlier one whose write landed late.
+/// attempt's: the latest, or an earlier one whose write landed late. In the metadata, or in
+/// `<key>.instruction` (`--keep-instruction-files` rotations): the fingerprint is of a fresh
+/// encrypted data key, which nothing but our write carries, wherever it is stored.
 pub(super) fn is_ours(intent: &Intent, env: &Envelope) -> bool {
-    if env.location != Location::ObjectMetadata {
-        return false;
-    }
     let got = fingerprint(env);
     intent.fingerprint.as_deref() == Some(got.as_str())
         || intent.earlier_fingerprints.contains(&got)
@@ -91,8 +93,17 @@ pub(super) async fn landed(
     }
     c.s3_limit.wait().await;
     let head = c.client.head(bucket, key).await.ok()?;
-    let Ok(Detected::Complete(env)) = envelope::detect(&head.metadata) else {
-        return None;
+    let env = match envelope::detect(&head.metadata) {
+        Ok(Detected::Complete(env)) => env,
+        // An instruction-file rotation lands in `<key>.instruction`.
+        Ok(_) if intent.instruction_etag.is_some() => {
+            c.s3_limit.wait().await;
+            match c.client.envelope_of(&head).await {
+                Ok(crate::client::EnvelopeState::Encrypted(env)) => env,
+                _ => return None,
+            }
+        }
+        _ => return None,
     };
     is_ours(intent, &env).then_some((head, env))
 }
@@ -122,6 +133,19 @@ pub(super) async fn settle(
         previous_version_id: intent.source_version_id.clone(),
         ..Outcome::new(JobState::Done)
     };
+    if env.location == Location::InstructionFile {
+        // A rotation of `<key>.instruction` (`--keep-instruction-files`): the file is ours and
+        // stays; the data object must still be the one whose envelope was rotated.
+        if head.etag != intent.source_etag {
+            return Err(ObjError::Conflict {
+                message: "the data object changed after its instruction file was rotated".into(),
+                etag: head.etag.clone(),
+                size: Some(head.content_length),
+            });
+        }
+        discard(body, head.content_length).await;
+        return Ok(Done::written(outcome));
+    }
     let rest = async {
         if c.verify {
             // The interrupted attempt never verified its write: decrypt it now (one KMS

@@ -14,6 +14,7 @@ use crate::client::ObjectHead;
 use crate::codec::CodecError;
 use crate::envelope::{self, Envelope, Location, Metadata, Version, WrapAlg};
 use crate::keyring;
+use crate::secret::SecretBytes;
 
 use super::RekeyConfig;
 use super::copy::copy_source;
@@ -38,32 +39,8 @@ pub(super) async fn rewrap(
     } else {
         None
     };
+    let (blob, cek, source_sha) = wrap_under_target(ctx, head, env, body).await?;
     let ec = target_context(c, env.content_alg);
-    let (blob, cek, source_sha) = if env.wrap.is_kms() {
-        // The stored context must name the content cipher (`aws:x-amz-cek-alg`), as the
-        // Decrypt path checks: a blob moved here from a CBC object's envelope is refused.
-        let source_context =
-            keyring::kms_source_context(env).map_err(|e| ObjError::from(CodecError::Keyring(e)))?;
-        // One ReEncrypt: the content key never leaves KMS, so the body cannot be checked
-        // here; its tag is still checked by every reader (`--reencrypt` checks it now).
-        discard(body, head.content_length).await;
-        (
-            c.kms
-                .re_encrypt(&env.encrypted_key, &source_context, &c.target.key_id, &ec)
-                .await?,
-            None,
-            None,
-        )
-    } else {
-        // The key is in hand: authenticate the body before vouching for it under the new
-        // key, so a tampered object fails (untouched) instead of being rewrapped.
-        let (cek, sha) = authenticate(ctx, head, env, body).await?;
-        (
-            c.kms.encrypt(&c.target.key_id, &cek, &ec).await?,
-            Some(cek),
-            Some(sha),
-        )
-    };
     let new_env = Envelope {
         // V3 stays V3 (same content key, message id and commitment); V2 stays V2.
         version: if env.version == Version::V3 {
@@ -109,6 +86,46 @@ pub(super) async fn rewrap(
         cek,
         source_sha256: source_sha,
         same_bytes,
+    })
+}
+
+/// The source's content key wrapped `kms+context` under the target key: one `ReEncrypt` for
+/// KMS sources (the body is not read), or, for raw-key and legacy wraps, the key unwrapped, the
+/// body authenticated with it (a tampered object fails here, before any KMS call) and one KMS
+/// `Encrypt`. Returns the new blob, the content key when it was in hand, and the source's
+/// plaintext SHA-256 when the body was read. Shared with the instruction-file rotation.
+pub(super) async fn wrap_under_target(
+    ctx: &Ctx,
+    head: &ObjectHead,
+    env: &Envelope,
+    body: Option<ByteStream>,
+) -> Result<(Vec<u8>, Option<SecretBytes>, Option<String>), ObjError> {
+    let c = &ctx.config;
+    let ec = target_context(c, env.content_alg);
+    Ok(if env.wrap.is_kms() {
+        // The stored context must name the content cipher (`aws:x-amz-cek-alg`), as the
+        // Decrypt path checks: a blob moved here from a CBC object's envelope is refused.
+        let source_context =
+            keyring::kms_source_context(env).map_err(|e| ObjError::from(CodecError::Keyring(e)))?;
+        // One ReEncrypt: the content key never leaves KMS, so the body cannot be checked
+        // here; its tag is still checked by every reader (`--reencrypt` checks it now).
+        discard(body, head.content_length).await;
+        (
+            c.kms
+                .re_encrypt(&env.encrypted_key, &source_context, &c.target.key_id, &ec)
+                .await?,
+            None,
+            None,
+        )
+    } else {
+        // The key is in hand: authenticate the body before vouching for it under the new
+        // key, so a tampered object fails (untouched) instead of being rewrapped.
+        let (cek, sha) = authenticate(ctx, head, env, body).await?;
+        (
+            c.kms.encrypt(&c.target.key_id, &cek, &ec).await?,
+            Some(cek),
+            Some(sha),
+        )
     })
 }
 

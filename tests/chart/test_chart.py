@@ -81,13 +81,13 @@ AUDIT_METRICS = {
 }
 # Flags of `s3cse audit` the chart renders in mode=audit.
 AUDIT_FLAGS_CONTRACT = {
-    "--kms-key-id", "--versions", "--json", "--concurrency", "--max-listed", "--s3-rps",
+    "--kms-key-id", "--target-format", "--versions", "--json", "--concurrency", "--max-listed", "--s3-rps",
     "--pushgateway", "--log-format", "--endpoint-url", "--path-style",
 }
 # Flags of `s3cse rekey` as specified; the binary's own help text is checked when S3CSE_BIN is set.
 REKEY_FLAGS_CONTRACT = {
     "--state", "--kms-key-id", "--aes-key-file", "--rsa-key-file", "--context", "--concurrency",
-    "--dry-run", "--reencrypt", "--no-verify", "--s3-rps", "--kms-rps", "--shard", "--shards",
+    "--dry-run", "--reencrypt", "--target-format", "--no-verify", "--s3-rps", "--kms-rps", "--shard", "--shards",
     "--metrics-addr", "--pushgateway", "--log-format", "--endpoint-url", "--path-style",
     "--stop-timeout", "--max-buffer-mib", "--source-kms-key", "--source-kms-account",
     "--max-attempts", "--object-timeout", "--noncurrent",
@@ -112,6 +112,7 @@ FULL = {
         "maxBufferMib": 128,
         "dryRun": True,
         "reencrypt": True,
+        "targetFormat": "v3",
         "verify": False,
         "s3Rps": 500,
         "kmsRps": 200,

@@ -158,6 +158,8 @@ names in step with `s3cse help audit` (tests/chart/test_chart.py checks them).
 - {{ printf "s3://%s%s" .Values.rekey.bucket (ternary (printf "/%s" .Values.rekey.prefix) "" (ne .Values.rekey.prefix "")) | quote }}
 - --kms-key-id
 - {{ .Values.rekey.kmsKeyId | quote }}
+- --target-format
+- {{ .Values.rekey.targetFormat | default "v2" | quote }}
 {{- if .Values.audit.versions }}
 - --versions
 {{- end }}
@@ -230,6 +232,8 @@ Arguments of `s3cse rekey` (mode=job, cronjob).
 {{- if .Values.rekey.reencrypt }}
 - --reencrypt
 {{- end }}
+- --target-format
+- {{ .Values.rekey.targetFormat | default "v2" | quote }}
 {{- if not .Values.rekey.verify }}
 - --no-verify
 {{- end }}
