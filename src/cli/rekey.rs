@@ -25,7 +25,9 @@ use s3cse::metrics::{self, Metrics, Outcome};
 use s3cse::rekey::copy::{COPY_PART_SIZE, MAX_COPY_SIZE};
 use s3cse::rekey::kms::{RekeyKms, describe_key, without_sdk_retries};
 use s3cse::rekey::limit::RateLimit;
+use s3cse::rekey::ingest::ManifestJob;
 use s3cse::rekey::owner::KeyOwner;
+use s3cse::rekey::report::{DEFAULT_MAX_FILE_BYTES, batch_ops_fields, csv_field};
 use s3cse::rekey::scan::MAX_LIST_PAGE_SIZE;
 use s3cse::rekey::{RekeyConfig, RunSummary, Shard, Shutdown};
 use s3cse::store::{Action, JobState, JobStore, ScanKey, Tally};
@@ -185,6 +187,15 @@ pub struct RekeyArgs {
     url: String,
     #[command(flatten)]
     list: ListArgs,
+    /// Take the keys from this manifest instead of listing the bucket: an S3 Inventory
+    /// manifest.json (CSV inventory) or an S3 Batch Operations CSV manifest (Bucket,Key[,VersionId],
+    /// keys URL-encoded), at s3://BUCKET/KEY or a local path. Rows outside BUCKET/PREFIX and rows
+    /// that do not parse are reported (file and line) and left alone.
+    #[arg(long, value_name = "URL")]
+    manifest: Option<String>,
+    /// Manifest rows per transaction and checkpoint.
+    #[arg(long, default_value_t = s3cse::rekey::ingest::DEFAULT_BATCH, hide = true, value_name = "N")]
+    manifest_batch: usize,
     #[command(flatten)]
     run: RunArgs,
 }
@@ -239,8 +250,21 @@ pub struct ReportArgs {
     #[arg(long, value_enum, default_value = "csv")]
     format: ReportFormat,
     /// Only jobs in this state: pending, running, done, failed, conflict.
-    #[arg(long, value_name = "STATE")]
+    #[arg(long, value_name = "STATE", conflicts_with = "to")]
     only: Option<JobState>,
+    /// Write an S3 Batch Operations completion report under s3://BUCKET/PREFIX/ instead of
+    /// printing: job-ID/results/*.csv (succeeded and failed tasks apart) and job-ID/manifest.json
+    /// naming them with their MD5. Pending and running jobs are left out (counted).
+    #[arg(long, value_name = "URL")]
+    to: Option<String>,
+    /// The report's job id (a fresh UUID by default).
+    #[arg(long, value_name = "ID", requires = "to")]
+    job_id: Option<String>,
+    /// Bytes per result file of `--to` (rows are never split).
+    #[arg(long, default_value_t = DEFAULT_MAX_FILE_BYTES, hide = true, value_name = "BYTES")]
+    max_file_bytes: usize,
+    #[command(flatten)]
+    aws: AwsArgs,
 }
 
 pub(super) fn init_logs(format: LogFormat) {
@@ -298,6 +322,10 @@ pub async fn rekey(a: RekeyArgs) -> CliResult {
         bucket,
         prefix,
         list_page_size: a.list.list_page_size,
+        manifest: a.manifest.map(|url| ManifestJob {
+            url,
+            batch: a.manifest_batch.max(1),
+        }),
     };
     run(a.run, Some(target)).await
 }
@@ -311,6 +339,8 @@ struct ScanTarget {
     bucket: String,
     prefix: String,
     list_page_size: i32,
+    /// `--manifest`: ingest it instead of listing.
+    manifest: Option<ManifestJob>,
 }
 
 pub async fn scan(a: ScanArgs) -> CliResult {
@@ -486,7 +516,11 @@ async fn wait_for_signal(trigger: s3cse::rekey::ShutdownTrigger, stop_timeout: D
 /// broken bucket-level contract (exit 2, like an access error), anything else exit 1.
 fn rekey_failure(e: anyhow::Error) -> Failure {
     match e.downcast_ref::<s3cse::rekey::RekeyError>() {
-        Some(s3cse::rekey::RekeyError::Listing(_)) => Failure::usage(e),
+        Some(
+            s3cse::rekey::RekeyError::Listing(_)
+            | s3cse::rekey::RekeyError::Manifest(_)
+            | s3cse::rekey::RekeyError::Config(_),
+        ) => Failure::usage(e),
         _ => Failure::failed(e),
     }
 }
@@ -529,9 +563,9 @@ async fn run(a: RunArgs, scan_target: Option<ScanTarget>) -> CliResult {
     ));
     let conf = sdk_config().await;
     let s3 = a.aws.s3_client(&conf).await;
-    let (bucket, prefix, list_page_size) = match scan_target {
-        Some(t) => (t.bucket, t.prefix, t.list_page_size),
-        None => (String::new(), String::new(), MAX_LIST_PAGE_SIZE),
+    let (bucket, prefix, list_page_size, manifest) = match scan_target {
+        Some(t) => (t.bucket, t.prefix, t.list_page_size, t.manifest),
+        None => (String::new(), String::new(), MAX_LIST_PAGE_SIZE, None),
     };
     if do_scan {
         check_bucket(&s3, &bucket).await?;
@@ -578,6 +612,7 @@ async fn run(a: RunArgs, scan_target: Option<ScanTarget>) -> CliResult {
         bucket,
         prefix,
         shard,
+        manifest,
         list_page_size,
         context: context_of(&a.context),
         concurrency: a.concurrency.max(1),
@@ -716,6 +751,21 @@ fn print_summary(s: &RunSummary, dry_run: bool) {
             out,
             "scan: listed {} keys ({} new, {} changed, {} unchanged)",
             scan.listed, scan.enqueued.inserted, scan.enqueued.reset, scan.enqueued.unchanged
+        );
+    }
+    if let Some(m) = &s.manifest {
+        let _ = writeln!(
+            out,
+            "manifest: read {} rows ({} new, {} changed, {} unchanged; left alone: {} outside \
+             the bucket/prefix, {} malformed, {} delete markers or noncurrent, {} other shards)",
+            m.rows,
+            m.enqueued.inserted,
+            m.enqueued.reset,
+            m.enqueued.unchanged,
+            m.outside,
+            m.malformed,
+            m.skipped,
+            m.other_shards
         );
     }
     if s.abandoned.is_some() {
@@ -868,22 +918,11 @@ pub async fn status(a: StatusArgs) -> CliResult {
     print_out(&out)
 }
 
-/// One CSV cell (RFC 4180 quoting). A cell a spreadsheet would take for a formula (starting
-/// with `=`, `+`, `-`, `@`, a tab or a carriage return: an object key is anyone's text, and
-/// `=HYPERLINK(…)` runs when the report is opened) is neutralised the OWASP way: a `'`
-/// before it, inside quotes. Only the CSV report does this; JSON lines keep the exact key.
-fn csv_field(s: &str) -> String {
-    if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
-        format!("\"'{}\"", s.replace('"', "\"\""))
-    } else if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_owned()
-    }
-}
-
 pub async fn report(a: ReportArgs) -> CliResult {
     let store = open_store_read_only(&a.state).await?;
+    if let Some(to) = &a.to {
+        return report_to_s3(&a, &store, to).await;
+    }
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let io = Failure::stdout;
     if matches!(a.format, ReportFormat::Csv) {
@@ -903,18 +942,12 @@ pub async fn report(a: ReportArgs) -> CliResult {
                 writeln!(out, "{line}").map_err(io)?;
             }
             ReportFormat::Csv => {
-                let fields = [
-                    csv_field(&r.bucket),
-                    csv_field(&r.key),
-                    csv_field(r.version_id.as_deref().unwrap_or("")),
-                    r.task_status.to_owned(),
-                    csv_field(r.error_code.as_deref().unwrap_or("")),
-                    r.http_status.map(|s| s.to_string()).unwrap_or_default(),
-                    csv_field(&r.result_message),
+                let ours = [
                     csv_field(r.source_format.as_deref().unwrap_or("")),
                     r.action.map(|a| a.as_str().to_owned()).unwrap_or_default(),
                 ];
-                writeln!(out, "{}", fields.join(",")).map_err(io)?;
+                let fields = batch_ops_fields(&r);
+                writeln!(out, "{},{}", fields.join(","), ours.join(",")).map_err(io)?;
             }
         }
     }
@@ -932,29 +965,38 @@ fn action_label(action: Action, skip_reason: Option<&str>) -> String {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn csv_cells_never_start_a_formula() {
-        let cases = [
-            ("plain.bin", "plain.bin"),
-            ("dïr/ünï ☃.bin", "dïr/ünï ☃.bin"),
-            ("a,b", "\"a,b\""),
-            ("say \"hi\"", "\"say \"\"hi\"\"\""),
-            ("line\nbreak", "\"line\nbreak\""),
-            ("=HYPERLINK(\"x\")", "\"'=HYPERLINK(\"\"x\"\")\""),
-            ("+1", "\"'+1\""),
-            ("-1+2", "\"'-1+2\""),
-            ("@SUM(A1)", "\"'@SUM(A1)\""),
-            ("\t=1", "\"'\t=1\""),
-            ("\r=1", "\"'\r=1\""),
-            ("a=1", "a=1"),
-            ("", ""),
-        ];
-        for (cell, want) in cases {
-            assert_eq!(csv_field(cell), want, "{cell:?}");
-        }
+/// `report --to s3://BUCKET/PREFIX/`: the Batch Operations layout in S3.
+async fn report_to_s3(a: &ReportArgs, store: &JobStore, to: &str) -> CliResult {
+    let (bucket, mut prefix) = parse_s3_url(to, false)?;
+    if !prefix.is_empty() && !prefix.ends_with('/') {
+        prefix.push('/');
     }
+    let conf = sdk_config().await;
+    let s3 = a.aws.s3_client(&conf).await;
+    check_bucket(&s3, &bucket).await?;
+    let client = S3Cse::new(s3, s3cse::keyring::Keyring::new());
+    let job_id = a
+        .job_id
+        .clone()
+        .unwrap_or_else(s3cse::rekey::report::new_job_id);
+    let s = s3cse::rekey::report::write_to_s3(
+        &client,
+        store,
+        &bucket,
+        &prefix,
+        &job_id,
+        a.max_file_bytes,
+    )
+    .await
+    .context("writing the report")
+    .map_err(Failure::failed)?;
+    store.close().await;
+    print_out(&format!(
+        "s3://{bucket}/{}: {} succeeded, {} failed in {} file(s); {} unfinished job(s) left out\n",
+        s.manifest_key,
+        s.succeeded,
+        s.failed,
+        s.files.len(),
+        s.unfinished
+    ))
 }
