@@ -517,9 +517,7 @@ async fn wait_for_signal(trigger: s3cse::rekey::ShutdownTrigger, stop_timeout: D
 fn rekey_failure(e: anyhow::Error) -> Failure {
     match e.downcast_ref::<s3cse::rekey::RekeyError>() {
         Some(
-            s3cse::rekey::RekeyError::Listing(_)
-            | s3cse::rekey::RekeyError::Manifest(_)
-            | s3cse::rekey::RekeyError::Config(_),
+            s3cse::rekey::RekeyError::Listing(_) | s3cse::rekey::RekeyError::Manifest(_),
         ) => Failure::usage(e),
         _ => Failure::failed(e),
     }

@@ -94,8 +94,8 @@ impl Location {
                         key: key.to_owned(),
                     })
                 }
-                _ => Err(RekeyError::Config(format!(
-                    "--manifest {url}: expected s3://BUCKET/KEY"
+                _ => Err(RekeyError::Manifest(format!(
+                    "{url}: expected s3://BUCKET/KEY or a local path"
                 ))),
             },
             None => Ok(Location::Local(PathBuf::from(url))),
