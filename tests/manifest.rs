@@ -86,6 +86,24 @@ fn changed(before: &BTreeMap<String, String>, after: &BTreeMap<String, String>) 
         .collect()
 }
 
+/// The log without its terminal colours.
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut it = s.chars();
+    while let Some(c) = it.next() {
+        if c == '\u{1b}' {
+            for d in it.by_ref() {
+                if d == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 const SCHEMA: &str = "Bucket, Key, VersionId, IsLatest, IsDeleteMarker, Size, ETag, StorageClass";
 
 #[tokio::test(flavor = "multi_thread")]
@@ -170,7 +188,7 @@ async fn an_inventory_manifest_rekeys_exactly_its_rows_and_reports_to_s3() {
         "{}",
         show(&o)
     );
-    let err = String::from_utf8_lossy(&o.stderr);
+    let err = strip_ansi(&String::from_utf8_lossy(&o.stderr));
     assert!(
         err.contains("part-0.csv.gz") && err.contains("line=2") && err.contains("malformed"),
         "the malformed row is reported with its file and line: {err}"
@@ -268,7 +286,9 @@ async fn a_batch_operations_manifest_resumes_where_an_interrupted_run_stopped() 
     let batch = ["--manifest-batch", "2"];
     let o = rekey_manifest(&b, "p/", &b.url(mkey), &state, &batch);
     assert_eq!(o.status.code(), Some(2), "{}", show(&o));
-    assert_eq!(b.etags().await, before, "nothing migrated before the manifest is read");
+    let mut now = b.etags().await;
+    now.remove(mkey);
+    assert_eq!(now, before, "nothing migrated before the manifest is read");
     let enqueued = report_statuses(&state);
     assert!(
         enqueued.len() >= 6 && enqueued.len() < 12,
