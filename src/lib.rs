@@ -21,6 +21,8 @@
 //! - [`metrics`]: a `Metrics` struct owning its Prometheus registry.
 //! - [`rekey`]: scanner, classifier and worker pool of `s3cse rekey`.
 //! - [`logkey`]: S3 keys escaped for text logs (a key may hold a newline).
+//! - [`manifest`]: S3 Inventory and Batch Operations manifests, parsed (no I/O); read by
+//!   [`rekey::ingest`].
 //! - [`audit`]: the census of `s3cse audit` (list + HEAD -> plaintext / current / remaining),
 //!   independent of the job table.
 //!
@@ -36,6 +38,7 @@ pub mod envelope;
 pub mod failpoint;
 pub mod keyring;
 pub mod logkey;
+pub mod manifest;
 pub mod metrics;
 pub mod rekey;
 pub mod secret;

@@ -397,6 +397,7 @@ async fn config(b: &Bed, state: &str) -> s3cse::rekey::RekeyConfig {
             .await
             .expect("bucket settings"),
         client,
+        manifest: None,
         goal: s3cse::rekey::Goal::default(),
         require_commitment: false,
         owner: Arc::new(s3cse::rekey::owner::KeyOwner::new(

@@ -167,6 +167,7 @@ pub async fn run(
 /// The census verdict on one noncurrent version of `key`, exactly as `audit --versions` gives
 /// it (`None`: gone since it was listed). `rekey --noncurrent` records this verdict, so its
 /// record and the census agree.
+#[allow(clippy::too_many_arguments)] // the census's inputs, one version's coordinates
 pub async fn noncurrent_verdict(
     client: &S3Cse,
     owner: &KeyOwner,

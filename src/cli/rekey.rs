@@ -24,10 +24,12 @@ use s3cse::keyring::{AwsKms, KmsClient, KmsKeyring, SourceKeyPolicy};
 use s3cse::metrics::attempts::{count_kms_attempts, count_s3_attempts};
 use s3cse::metrics::{self, Metrics};
 use s3cse::rekey::copy::{COPY_PART_SIZE, MAX_COPY_SIZE};
+use s3cse::rekey::ingest::ManifestJob;
 use s3cse::rekey::kms::{RekeyKms, describe_key, without_sdk_retries};
 use s3cse::rekey::limit::RateLimit;
 use s3cse::rekey::noncurrent::{self, NoncurrentMode, NoncurrentSummary};
 use s3cse::rekey::owner::KeyOwner;
+use s3cse::rekey::report::{DEFAULT_MAX_FILE_BYTES, batch_ops_fields, csv_field};
 use s3cse::rekey::scan::MAX_LIST_PAGE_SIZE;
 use s3cse::rekey::{RekeyConfig, RunSummary, Shard, Shutdown};
 use s3cse::store::{
@@ -211,6 +213,15 @@ pub struct RekeyArgs {
     url: String,
     #[command(flatten)]
     list: ListArgs,
+    /// Take the keys from this manifest instead of listing the bucket: an S3 Inventory
+    /// manifest.json (CSV inventory) or an S3 Batch Operations CSV manifest (Bucket,Key[,VersionId],
+    /// keys URL-encoded), at s3://BUCKET/KEY or a local path. Rows outside BUCKET/PREFIX and rows
+    /// that do not parse are reported (file and line) and left alone.
+    #[arg(long, value_name = "URL")]
+    manifest: Option<String>,
+    /// Manifest rows per transaction and checkpoint.
+    #[arg(long, default_value_t = s3cse::rekey::ingest::DEFAULT_BATCH, hide = true, value_name = "N")]
+    manifest_batch: usize,
     #[command(flatten)]
     run: RunArgs,
 }
@@ -267,13 +278,26 @@ pub struct ReportArgs {
     #[arg(long, value_enum, default_value = "csv")]
     format: ReportFormat,
     /// Only jobs in this state: pending, running, done, failed, conflict.
-    #[arg(long, value_name = "STATE")]
+    #[arg(long, value_name = "STATE", conflicts_with = "to")]
     only: Option<JobState>,
     /// List the noncurrent versions recorded by `rekey --noncurrent` instead of the jobs: one
     /// line per version with its class (remaining: under a legacy key), state (listed, kept,
     /// deleting, deleted), why it was kept, and when it was deleted.
     #[arg(long, conflicts_with = "only")]
     noncurrent: bool,
+    /// Write an S3 Batch Operations completion report under s3://BUCKET/PREFIX/ instead of
+    /// printing: job-ID/results/*.csv (succeeded and failed tasks apart) and job-ID/manifest.json
+    /// naming them with their MD5. Pending and running jobs are left out (counted).
+    #[arg(long, value_name = "URL")]
+    to: Option<String>,
+    /// The report's job id (a fresh UUID by default).
+    #[arg(long, value_name = "ID", requires = "to")]
+    job_id: Option<String>,
+    /// Bytes per result file of `--to` (rows are never split).
+    #[arg(long, default_value_t = DEFAULT_MAX_FILE_BYTES, hide = true, value_name = "BYTES")]
+    max_file_bytes: usize,
+    #[command(flatten)]
+    aws: AwsArgs,
 }
 
 /// The state file for `status` and `report`: read only, never migrated (a file of another
@@ -325,6 +349,10 @@ pub async fn rekey(a: RekeyArgs, term: &Term) -> CliResult {
         bucket,
         prefix,
         list_page_size: a.list.list_page_size,
+        manifest: a.manifest.map(|url| ManifestJob {
+            url,
+            batch: a.manifest_batch.max(1),
+        }),
     };
     run(a.run, Some(target), term).await
 }
@@ -338,6 +366,8 @@ struct ScanTarget {
     bucket: String,
     prefix: String,
     list_page_size: i32,
+    /// `--manifest`: ingest it instead of listing.
+    manifest: Option<ManifestJob>,
 }
 
 pub async fn scan(a: ScanArgs, term: &Term) -> CliResult {
@@ -502,7 +532,9 @@ async fn wait_for_signal(trigger: s3cse::rekey::ShutdownTrigger, stop_timeout: D
 /// broken bucket-level contract (exit 2, like an access error), anything else exit 1.
 fn rekey_failure(e: anyhow::Error) -> Failure {
     match e.downcast_ref::<s3cse::rekey::RekeyError>() {
-        Some(s3cse::rekey::RekeyError::Listing(_)) => Failure::usage(e),
+        Some(s3cse::rekey::RekeyError::Listing(_) | s3cse::rekey::RekeyError::Manifest(_)) => {
+            Failure::usage(e)
+        }
         _ => Failure::failed(e),
     }
 }
@@ -552,9 +584,9 @@ async fn run(a: RunArgs, scan_target: Option<ScanTarget>, term: &Term) -> CliRes
     let conf = sdk_config().await;
     // Every S3 attempt counted where it happens, the SDK's own retries included.
     let s3 = count_s3_attempts(&a.aws.s3_client(&conf).await, metrics.clone());
-    let (bucket, prefix, list_page_size) = match scan_target {
-        Some(t) => (t.bucket, t.prefix, t.list_page_size),
-        None => (String::new(), String::new(), MAX_LIST_PAGE_SIZE),
+    let (bucket, prefix, list_page_size, manifest) = match scan_target {
+        Some(t) => (t.bucket, t.prefix, t.list_page_size, t.manifest),
+        None => (String::new(), String::new(), MAX_LIST_PAGE_SIZE, None),
     };
     if do_scan {
         check_bucket(&s3, &bucket).await?;
@@ -598,6 +630,7 @@ async fn run(a: RunArgs, scan_target: Option<ScanTarget>, term: &Term) -> CliRes
         bucket,
         prefix,
         shard,
+        manifest,
         list_page_size,
         context: context_of(&a.context),
         concurrency: a.concurrency.max(1),
@@ -763,6 +796,21 @@ fn print_summary(s: &RunSummary, dry_run: bool, took: Duration) {
             count(scan.enqueued.inserted),
             count(scan.enqueued.reset),
             count(scan.enqueued.unchanged)
+        );
+    }
+    if let Some(m) = &s.manifest {
+        let _ = writeln!(
+            out,
+            "manifest: read {} rows ({} new, {} changed, {} unchanged; left alone: {} outside \
+             the bucket/prefix, {} malformed, {} delete markers or noncurrent, {} other shards)",
+            m.rows,
+            m.enqueued.inserted,
+            m.enqueued.reset,
+            m.enqueued.unchanged,
+            m.outside,
+            m.malformed,
+            m.skipped,
+            m.other_shards
         );
     }
     if s.abandoned.is_some() {
@@ -1077,22 +1125,11 @@ fn versions_text(out: &mut String, counts: &[VersionCount]) {
     }
 }
 
-/// One CSV cell (RFC 4180 quoting). A cell a spreadsheet would take for a formula (starting
-/// with `=`, `+`, `-`, `@`, a tab or a carriage return: an object key is anyone's text, and
-/// `=HYPERLINK(…)` runs when the report is opened) is neutralised the OWASP way: a `'`
-/// before it, inside quotes. Only the CSV report does this; JSON lines keep the exact key.
-fn csv_field(s: &str) -> String {
-    if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
-        format!("\"'{}\"", s.replace('"', "\"\""))
-    } else if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_owned()
-    }
-}
-
 pub async fn report(a: ReportArgs) -> CliResult {
     let store = open_store_read_only(&a.state).await?;
+    if let Some(to) = &a.to {
+        return report_to_s3(&a, &store, to).await;
+    }
     if a.noncurrent {
         let r = report_versions(&store, a.format).await;
         store.close().await;
@@ -1117,18 +1154,12 @@ pub async fn report(a: ReportArgs) -> CliResult {
                 writeln!(out, "{line}").map_err(io)?;
             }
             ReportFormat::Csv => {
-                let fields = [
-                    csv_field(&r.bucket),
-                    csv_field(&r.key),
-                    csv_field(r.version_id.as_deref().unwrap_or("")),
-                    r.task_status.to_owned(),
-                    csv_field(r.error_code.as_deref().unwrap_or("")),
-                    r.http_status.map(|s| s.to_string()).unwrap_or_default(),
-                    csv_field(&r.result_message),
+                let ours = [
                     csv_field(r.source_format.as_deref().unwrap_or("")),
                     r.action.map(|a| a.as_str().to_owned()).unwrap_or_default(),
                 ];
-                writeln!(out, "{}", fields.join(",")).map_err(io)?;
+                let fields = batch_ops_fields(&r);
+                writeln!(out, "{},{}", fields.join(","), ours.join(",")).map_err(io)?;
             }
         }
     }
@@ -1197,31 +1228,45 @@ fn action_label(action: Action, skip_reason: Option<&str>) -> String {
     }
 }
 
+/// `report --to s3://BUCKET/PREFIX/`: the Batch Operations layout in S3.
+async fn report_to_s3(a: &ReportArgs, store: &JobStore, to: &str) -> CliResult {
+    let (bucket, mut prefix) = parse_s3_url(to, false)?;
+    if !prefix.is_empty() && !prefix.ends_with('/') {
+        prefix.push('/');
+    }
+    let conf = sdk_config().await;
+    let s3 = a.aws.s3_client(&conf).await;
+    check_bucket(&s3, &bucket).await?;
+    let client = S3Cse::new(s3, s3cse::keyring::Keyring::new());
+    let job_id = a
+        .job_id
+        .clone()
+        .unwrap_or_else(s3cse::rekey::report::new_job_id);
+    let s = s3cse::rekey::report::write_to_s3(
+        &client,
+        store,
+        &bucket,
+        &prefix,
+        &job_id,
+        a.max_file_bytes,
+    )
+    .await
+    .context("writing the report")
+    .map_err(Failure::failed)?;
+    store.close().await;
+    print_out(&format!(
+        "s3://{bucket}/{}: {} succeeded, {} failed in {} file(s); {} unfinished job(s) left out\n",
+        s.manifest_key,
+        s.succeeded,
+        s.failed,
+        s.files.len(),
+        s.unfinished
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn csv_cells_never_start_a_formula() {
-        let cases = [
-            ("plain.bin", "plain.bin"),
-            ("dïr/ünï ☃.bin", "dïr/ünï ☃.bin"),
-            ("a,b", "\"a,b\""),
-            ("say \"hi\"", "\"say \"\"hi\"\"\""),
-            ("line\nbreak", "\"line\nbreak\""),
-            ("=HYPERLINK(\"x\")", "\"'=HYPERLINK(\"\"x\"\")\""),
-            ("+1", "\"'+1\""),
-            ("-1+2", "\"'-1+2\""),
-            ("@SUM(A1)", "\"'@SUM(A1)\""),
-            ("\t=1", "\"'\t=1\""),
-            ("\r=1", "\"'\r=1\""),
-            ("a=1", "a=1"),
-            ("", ""),
-        ];
-        for (cell, want) in cases {
-            assert_eq!(csv_field(cell), want, "{cell:?}");
-        }
-    }
 
     /// Reads one RFC 4180 field that spans the whole of `cell`; `None` if it is not one.
     fn parse_cell(cell: &str) -> Option<String> {

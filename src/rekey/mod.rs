@@ -4,6 +4,9 @@
 //! # Layout
 //! - [`plan`]: pure classification, HEAD + envelope -> skip / rewrite / rewrap.
 //! - [`scan`]: ListObjectsV2 -> the job table, with a checkpoint and `--shard I/N`.
+//! - [`ingest`]: `--manifest`, an S3 Inventory or Batch Operations manifest -> the job table,
+//!   with a checkpoint (instead of [`scan`]).
+//! - [`report`]: the job table -> an S3 Batch Operations completion report in S3.
 //! - [`worker`]: the pool: the claim loop (leases, `--concurrency` tasks, graceful stop), retries,
 //!   deadlines, and the one store write that records each outcome.
 //! - `object`: one attempt at one object, the steps in order; the steps each have a file:
@@ -27,6 +30,7 @@
 
 pub mod copy;
 mod dryrun;
+pub mod ingest;
 mod inspect;
 pub mod kms;
 pub mod limit;
@@ -36,6 +40,7 @@ pub mod owner;
 pub mod plan;
 mod read;
 mod recover;
+pub mod report;
 mod rewrap;
 mod rewrite;
 mod rotate;
@@ -75,6 +80,10 @@ pub enum RekeyError {
     /// token, or one that makes no progress): the scan stops unfinished, never taken as done.
     #[error("listing {0}")]
     Listing(String),
+    /// The manifest (`--manifest`) cannot be read: missing, not the format it claims, a data
+    /// file whose MD5 does not match. (A bad row is reported and skipped, not this.)
+    #[error("manifest {0}")]
+    Manifest(String),
     /// KMS refused the target key (DescribeKey).
     #[error("KMS: {0}")]
     Kms(#[from] KmsError),
@@ -93,6 +102,8 @@ pub struct RekeyConfig {
     /// Key prefix to list (`""`: the whole bucket).
     pub prefix: String,
     pub shard: Option<Shard>,
+    /// Take the keys from this manifest instead of listing (`--manifest`).
+    pub manifest: Option<ingest::ManifestJob>,
     /// Keys per ListObjectsV2 page ([`scan::MAX_LIST_PAGE_SIZE`], S3's maximum, by default).
     pub list_page_size: i32,
     /// User encryption context of the new envelopes (`aws:x-amz-cek-alg` is added).
@@ -158,6 +169,8 @@ pub struct RekeyConfig {
 #[derive(Debug, Clone, Default)]
 pub struct RunSummary {
     pub scan: Option<ScanSummary>,
+    /// What `--manifest` ingested (then `scan` is `None`).
+    pub manifest: Option<ingest::IngestSummary>,
     /// What the workers did; empty when the run was abandoned (the job table has the outcomes).
     pub work: WorkSummary,
     /// The run stopped early on SIGTERM/SIGINT.
@@ -279,7 +292,41 @@ pub async fn unless_abandoned<T>(
 /// rule removes its parts.
 pub async fn run(config: RekeyConfig, shutdown: Shutdown) -> Result<RunSummary, RekeyError> {
     let mut summary = RunSummary::default();
-    if config.scan {
+    if config.scan
+        && let Some(job) = &config.manifest
+    {
+        let key = ScanKey {
+            bucket: config.bucket.clone(),
+            prefix: config.prefix.clone(),
+            shard: config.shard.map(|s| (s.index, s.count)),
+        };
+        let ingested = unless_abandoned(
+            &shutdown,
+            ingest::ingest(
+                &config.client,
+                &config.store,
+                &key,
+                job,
+                &config.s3_limit,
+                &shutdown,
+            ),
+        )
+        .await;
+        let Some(s) = ingested else {
+            return abandon(&config.store, summary).await;
+        };
+        let s = s?;
+        tracing::info!(
+            rows = s.rows,
+            new = s.enqueued.inserted,
+            changed = s.enqueued.reset,
+            outside = s.outside,
+            malformed = s.malformed,
+            skipped = s.skipped,
+            "manifest ingested"
+        );
+        summary.manifest = Some(s);
+    } else if config.scan {
         let key = ScanKey {
             bucket: config.bucket.clone(),
             prefix: config.prefix.clone(),

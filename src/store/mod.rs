@@ -708,7 +708,8 @@ fn claim_sql(n: u32) -> String {
 
 /// New keys are inserted `pending`; a known key is reset only when its object changed: the
 /// listed ETag is neither the one listed before nor our own result, and no worker holds it
-/// (a running worker's conditional write will notice the change itself).
+/// (a running worker's conditional write will notice the change itself). An empty ETag (a
+/// Batch Operations manifest row says none) is no change.
 const ENQUEUE_HEAD: &str =
     "INSERT INTO jobs (bucket, key, etag, size, last_modified, storage_class) VALUES ";
 const ENQUEUE_TAIL: &str = " ON CONFLICT (bucket, key) DO UPDATE SET \
@@ -718,7 +719,7 @@ const ENQUEUE_TAIL: &str = " ON CONFLICT (bucket, key) DO UPDATE SET \
      error_code = NULL, http_status = NULL, lease_owner = NULL, lease_until = NULL, \
      result_etag = NULL, result_version_id = NULL, previous_version_id = NULL, \
      plaintext_sha256 = NULL, updated_at = unixepoch(), finished_at = NULL \
-     WHERE jobs.state <> 'running' AND jobs.etag <> excluded.etag \
+     WHERE jobs.state <> 'running' AND jobs.etag <> excluded.etag AND excluded.etag <> '' \
      AND (jobs.result_etag IS NULL OR jobs.result_etag <> excluded.etag) \
      RETURNING id";
 
