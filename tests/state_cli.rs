@@ -202,3 +202,48 @@ async fn status_and_report_only_read_the_state_file() {
     }
     assert_eq!(std::fs::read(&state).expect("read"), bytes);
 }
+
+/// `--noncurrent delete` needs a run that lists the bucket: `work` and `--manifest` runs are
+/// refused before any request (exit 2), and `report --noncurrent` does not go to S3 with `--to`.
+#[test]
+fn noncurrent_delete_and_report_refuse_what_they_cannot_do() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let state = dir.path().join("s.db").display().to_string();
+    let manifest = dir.path().join("m.csv").display().to_string();
+    std::fs::write(&manifest, "b,k\n").expect("manifest");
+    let kms = ["--kms-key-id", "alias/none"];
+    let cases: [Vec<&str>; 3] = [
+        vec!["work", "--state", &state, "--noncurrent", "delete"],
+        vec![
+            "rekey",
+            "s3://b",
+            "--state",
+            &state,
+            "--manifest",
+            &manifest,
+            "--noncurrent",
+            "delete",
+        ],
+        vec![
+            "report",
+            "--state",
+            &state,
+            "--noncurrent",
+            "--to",
+            "s3://b/r/",
+        ],
+    ];
+    for mut args in cases {
+        if args[0] != "report" {
+            args.extend_from_slice(&kms);
+        }
+        let o = run(&args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", show(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains("--noncurrent") || err.contains("--to"),
+            "{args:?} says why: {err}"
+        );
+    }
+    assert!(!Path::new(&state).exists(), "no state file was made");
+}

@@ -283,7 +283,7 @@ pub struct ReportArgs {
     /// List the noncurrent versions recorded by `rekey --noncurrent` instead of the jobs: one
     /// line per version with its class (remaining: under a legacy key), state (listed, kept,
     /// deleting, deleted), why it was kept, and when it was deleted.
-    #[arg(long, conflicts_with = "only")]
+    #[arg(long, conflicts_with_all = ["only", "to"])]
     noncurrent: bool,
     /// Write an S3 Batch Operations completion report under s3://BUCKET/PREFIX/ instead of
     /// printing: job-ID/results/*.csv (succeeded and failed tasks apart) and job-ID/manifest.json
@@ -554,6 +554,14 @@ async fn run(a: RunArgs, scan_target: Option<ScanTarget>, term: &Term) -> CliRes
             "--dry-run writes nothing: it cannot be combined with --noncurrent delete"
         )));
     }
+    // The versions pass lists the bucket (ListObjectVersions): `work` names no bucket, and a
+    // manifest run is there not to list it.
+    let manifest_run = scan_target.as_ref().is_some_and(|t| t.manifest.is_some());
+    if matches!(a.noncurrent, NoncurrentArg::Delete) && (!do_scan || manifest_run) {
+        return Err(Failure::usage(anyhow!(
+            "--noncurrent delete needs `rekey` listing the bucket (not `work`, not --manifest)"
+        )));
+    }
     check_textfile(a.metrics_textfile.as_deref())?;
     let metrics = new_metrics();
     // Raw legacy keys from the files (exit 2 on a bad file); KMS is added below, decorated.
@@ -662,9 +670,9 @@ async fn run(a: RunArgs, scan_target: Option<ScanTarget>, term: &Term) -> CliRes
         Duration::from_secs(a.stop_timeout),
     ));
     let live = super::live::start(term, store.clone(), metrics.clone());
-    // The noncurrent versions are looked at once the objects are done (`rekey` only: `work`
-    // names no bucket).
-    let sweep = do_scan.then(|| (config.clone(), shutdown.clone()));
+    // The noncurrent versions are looked at once the objects are done (`rekey` listing the
+    // bucket only: `work` names no bucket, a manifest run does not list it).
+    let sweep = (do_scan && !manifest_run).then(|| (config.clone(), shutdown.clone()));
     let mut result = s3cse::rekey::run(config, shutdown).await;
     let mut versions: Option<NoncurrentSummary> = None;
     if let (Ok(s), Some((config, shutdown))) = (&result, sweep)

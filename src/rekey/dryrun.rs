@@ -6,7 +6,7 @@ use futures::{StreamExt, TryStreamExt};
 
 use crate::store::{JobState, Outcome};
 
-use super::inspect::inspect;
+use super::inspect::{Inspected, inspect};
 use super::plan::Action;
 use super::task::ObjError;
 use super::worker::WorkSummary;
@@ -24,7 +24,10 @@ pub async fn dry_run(config: &RekeyConfig, shutdown: &Shutdown) -> Result<WorkSu
         .take_while(|_| std::future::ready(!shutdown.is_stopping()))
         .map(|row| async move {
             let mut plan = Outcome::new(JobState::Pending);
-            let (label, bytes) = match inspect(config, &row.bucket, &row.key, None).await {
+            let inspected = inspect(config, &row.bucket, &row.key, None)
+                .await
+                .and_then(|ins| refuse_uncommitted(config, ins));
+            let (label, bytes) = match inspected {
                 Ok(Some(ins)) => {
                     let (format, action) = (ins.format(), ins.action);
                     let label = match action {
@@ -66,4 +69,24 @@ pub async fn dry_run(config: &RekeyConfig, shutdown: &Shutdown) -> Result<WorkSu
         e.1 += bytes;
     }
     Ok(summary)
+}
+
+/// `--commitment require`: what the real run refuses before unwrapping a key (a source without
+/// key commitment) is planned as that failure, not as a rewrite or rewrap.
+fn refuse_uncommitted(
+    c: &RekeyConfig,
+    ins: Option<Inspected>,
+) -> Result<Option<Inspected>, ObjError> {
+    if let Some(i) = &ins
+        && c.require_commitment
+        && !matches!(i.action, Action::Skip(_))
+        && let crate::client::EnvelopeState::Encrypted(env) = &i.state
+    {
+        let policy = crate::codec::DecryptPolicy {
+            require_commitment: true,
+            ..crate::codec::DecryptPolicy::default()
+        };
+        crate::codec::check_commitment(env, &policy)?;
+    }
+    Ok(ins)
 }

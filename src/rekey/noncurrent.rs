@@ -280,6 +280,11 @@ async fn delete_pass(
 
 /// Is this recorded version a candidate for deletion at all? `Err(why not)` otherwise.
 fn candidate(v: &NoncurrentVersion) -> Result<(), &'static str> {
+    // An old `<key>.instruction` version may be the only envelope of an old data version that
+    // is kept (which instruction version belongs to which data version is not known): kept.
+    if v.key.ends_with(crate::consts::INSTRUCTION_SUFFIX) {
+        return Err("an old envelope: an old data version may need it");
+    }
     match v.class.as_str() {
         "plaintext" => Err("plaintext: no key depends on it"),
         "current" => Err("under the target key"),
@@ -495,6 +500,15 @@ fn unix_now() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn old_instruction_versions_are_never_deleted() {
+        // Which old `.instruction` version an old data version needs is not known.
+        let mut v = version("remaining", Some("legacy-wrap"));
+        assert!(candidate(&v).is_ok());
+        v.key = "k.instruction".into();
+        assert!(candidate(&v).is_err());
+    }
 
     fn version(class: &str, detail: Option<&str>) -> NoncurrentVersion {
         NoncurrentVersion {
