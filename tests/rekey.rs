@@ -920,39 +920,9 @@ async fn a_multipart_copy_rewrap_is_conditional_on_the_etag() {
         .await
         .expect("store");
     let config = s3cse::rekey::RekeyConfig {
-        bucket: b.bucket.clone(),
-        prefix: String::new(),
-        shard: None,
-        manifest: None,
-        list_page_size: s3cse::rekey::scan::MAX_LIST_PAGE_SIZE,
-        context: s3cse::envelope::Context::new(),
-        concurrency: 1,
-        dry_run: false,
-        reencrypt: false,
-        goal: Default::default(),
-        require_commitment: false,
-        verify: true,
-        max_claims: 10,
-        object_timeout: Duration::from_secs(600),
-        always_read_tags: false,
-        lease: Duration::from_secs(30),
-        scan: true,
-        work: true,
-        attribute_policy: s3cse::client::AttributePolicy::discover(&client, &b.bucket)
-            .await
-            .expect("bucket settings"),
-        client,
-        owner: Arc::new(s3cse::rekey::owner::KeyOwner::new(
-            target_key.clone(),
-            kms.clone(),
-        )),
-        kms,
-        target: target_key,
-        store: store.clone(),
-        metrics: metrics.clone(),
-        s3_limit: RateLimit::default(),
         copy_part_threshold: 5 << 20,
         copy_part_size: 5 << 20,
+        ..common::rekey_config(&b, client, kms, target_key, store.clone(), metrics.clone()).await
     };
     let summary = s3cse::rekey::run(config, s3cse::rekey::Shutdown::never())
         .await
@@ -1413,39 +1383,8 @@ async fn rekey_in_process(
         .await
         .expect("store");
     let config = s3cse::rekey::RekeyConfig {
-        bucket: b.bucket.clone(),
-        prefix: String::new(),
-        shard: None,
-        manifest: None,
-        context: s3cse::envelope::Context::new(),
-        concurrency: 1,
-        dry_run: false,
-        reencrypt: false,
-        goal: Default::default(),
-        require_commitment: false,
-        verify: true,
-        max_claims: 10,
         object_timeout,
-        always_read_tags: false,
-        lease: Duration::from_secs(30),
-        list_page_size: s3cse::rekey::scan::MAX_LIST_PAGE_SIZE,
-        scan: true,
-        work: true,
-        attribute_policy: s3cse::client::AttributePolicy::discover(&client, &b.bucket)
-            .await
-            .expect("bucket settings"),
-        client,
-        owner: Arc::new(s3cse::rekey::owner::KeyOwner::new(
-            target.clone(),
-            kms.clone(),
-        )),
-        kms,
-        target,
-        store: store.clone(),
-        metrics,
-        s3_limit: RateLimit::default(),
-        copy_part_threshold: 5 << 30,
-        copy_part_size: 512 << 20,
+        ..common::rekey_config(b, client, kms, target, store.clone(), metrics).await
     };
     let result = s3cse::rekey::run(config, s3cse::rekey::Shutdown::never()).await;
     store.close().await;

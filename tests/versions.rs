@@ -4,7 +4,6 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use s3cse::client::S3Cse;
 use s3cse::codec;
@@ -362,7 +361,6 @@ async fn delete_removes_legacy_versions_only_behind_a_verified_current_version()
 async fn config(b: &Bed, state: &str) -> s3cse::rekey::RekeyConfig {
     use s3cse::keyring::KmsKeyring;
     use s3cse::metrics::Metrics;
-    use s3cse::rekey::limit::RateLimit;
 
     let conf = common::sdk_config().await;
     let s3conf = aws_sdk_s3::config::Builder::from(&conf).force_path_style(true);
@@ -378,39 +376,8 @@ async fn config(b: &Bed, state: &str) -> s3cse::rekey::RekeyConfig {
         .await
         .expect("store");
     s3cse::rekey::RekeyConfig {
-        bucket: b.bucket.clone(),
-        prefix: String::new(),
-        shard: None,
-        context: s3cse::envelope::Context::new(),
         concurrency: 2,
-        dry_run: false,
-        reencrypt: false,
-        verify: true,
-        max_claims: 10,
-        object_timeout: Duration::from_secs(600),
-        always_read_tags: false,
-        lease: Duration::from_secs(30),
-        list_page_size: s3cse::rekey::scan::MAX_LIST_PAGE_SIZE,
-        scan: true,
-        work: true,
-        attribute_policy: s3cse::client::AttributePolicy::discover(&client, &b.bucket)
-            .await
-            .expect("bucket settings"),
-        client,
-        manifest: None,
-        goal: s3cse::rekey::Goal::default(),
-        require_commitment: false,
-        owner: Arc::new(s3cse::rekey::owner::KeyOwner::new(
-            target.clone(),
-            kms.clone(),
-        )),
-        kms,
-        target,
-        store,
-        metrics,
-        s3_limit: RateLimit::default(),
-        copy_part_threshold: 5 << 30,
-        copy_part_size: 512 << 20,
+        ..common::rekey_config(b, client, kms, target, store, metrics).await
     }
 }
 

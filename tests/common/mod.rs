@@ -602,3 +602,53 @@ pub async fn put_raw_gcm(s3: &aws_sdk_s3::Client, bucket: &str, key: &str, data:
         .await
         .expect("put raw gcm");
 }
+
+/// The in-process `rekey` configuration the CLI would build for `b`'s bucket: one worker,
+/// verify on, the CLI's copy thresholds, the target's [`s3cse::rekey::owner::KeyOwner`] asking
+/// `kms`. Tests change what they exercise with struct update syntax.
+pub async fn rekey_config(
+    b: &Bed,
+    client: S3Cse,
+    kms: Arc<dyn s3cse::keyring::KmsClient>,
+    target: s3cse::rekey::TargetKey,
+    store: s3cse::store::JobStore,
+    metrics: Arc<s3cse::metrics::Metrics>,
+) -> s3cse::rekey::RekeyConfig {
+    use std::time::Duration;
+
+    s3cse::rekey::RekeyConfig {
+        bucket: b.bucket.clone(),
+        prefix: String::new(),
+        shard: None,
+        manifest: None,
+        list_page_size: s3cse::rekey::scan::MAX_LIST_PAGE_SIZE,
+        context: s3cse::envelope::Context::new(),
+        concurrency: 1,
+        dry_run: false,
+        reencrypt: false,
+        goal: s3cse::rekey::Goal::default(),
+        require_commitment: false,
+        verify: true,
+        max_claims: 10,
+        object_timeout: Duration::from_secs(600),
+        always_read_tags: false,
+        lease: Duration::from_secs(30),
+        scan: true,
+        work: true,
+        attribute_policy: s3cse::client::AttributePolicy::discover(&client, &b.bucket)
+            .await
+            .expect("bucket settings"),
+        client,
+        owner: Arc::new(s3cse::rekey::owner::KeyOwner::new(
+            target.clone(),
+            kms.clone(),
+        )),
+        kms,
+        target,
+        store,
+        metrics,
+        s3_limit: s3cse::rekey::limit::RateLimit::default(),
+        copy_part_threshold: s3cse::rekey::copy::MAX_COPY_SIZE,
+        copy_part_size: s3cse::rekey::copy::COPY_PART_SIZE,
+    }
+}
