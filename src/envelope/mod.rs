@@ -402,6 +402,11 @@ impl Envelope {
                 m.insert(KEY_V1.into(), B64.encode(&self.encrypted_key));
                 m.insert(IV.into(), B64.encode(&self.iv));
                 m.insert(MATDESC.into(), context_json(&self.matdesc));
+                // No SDK writes V1 with GCM content, but the decoder (like Java v1's) takes a
+                // cek-alg beside x-amz-key: keep it, or the envelope would come back as CBC.
+                if self.content_alg != ContentAlg::AesCbc {
+                    m.insert(CEK_ALG.into(), self.content_alg.wire_name().into());
+                }
             }
             Version::V2 => {
                 m.insert(KEY_V2.into(), B64.encode(&self.encrypted_key));
@@ -515,11 +520,16 @@ pub const V1_AES_EDK_LEN: usize = 48;
 
 /// Compact JSON of a context. Non-ASCII characters are written as `\uXXXX` escapes, so the value
 /// is plain ASCII and survives S3's header encoding untouched; every JSON parser reads it back.
+/// An `=` before a `?` is written `\u003d`: a literal `=?…?=` in a key or value would otherwise
+/// be taken for an RFC 2047 encoded word when the header is read back (found by fuzzing).
 pub fn context_json(ctx: &Context) -> String {
     let json = serde_json::to_string(ctx).unwrap_or_else(|_| "{}".into());
     let mut out = String::with_capacity(json.len());
-    for c in json.chars() {
-        if c.is_ascii() {
+    let mut chars = json.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '=' && chars.peek() == Some(&'?') {
+            out.push_str("\\u003d");
+        } else if c.is_ascii() {
             out.push(c);
         } else {
             let mut units = [0u16; 2];

@@ -359,3 +359,52 @@ fn a_recorded_length_the_body_cannot_have_is_malformed() {
         }
     }
 }
+
+/// Found by `scripts/fuzz.sh` (target `context`): a literal `=?…?=` in a context key or value
+/// was written as is, and read back as an RFC 2047 encoded word: another context, or an error.
+#[test]
+fn context_with_a_literal_encoded_word_round_trips() {
+    let ctx: Context = [
+        ("=?UTF-8?B?YQ==?=".to_string(), "x=?y".to_string()),
+        ("team".to_string(), "=?".to_string()),
+    ]
+    .into_iter()
+    .collect();
+    let json = context_json(&ctx);
+    assert!(!json.contains("=?"), "{json}");
+    assert_eq!(parse_context("x-amz-matdesc", &json).expect("parse"), ctx);
+    let mut m = v2_kms_gcm();
+    let mut ec = ctx.clone();
+    ec.insert("aws:x-amz-cek-alg".into(), "AES/GCM/NoPadding".into());
+    m.insert("x-amz-matdesc".into(), context_json(&ec));
+    let env = decode(&m).expect("decode");
+    assert_eq!(env.encryption_context, ec);
+    assert_eq!(decode(&env.to_metadata()).expect("re-decode"), env);
+}
+
+/// Found by `scripts/fuzz.sh` (target `envelope`): `x-amz-key` with `x-amz-cek-alg:
+/// AES/GCM/NoPadding` decodes (as Java v1 reads it), but was encoded without the cek-alg and so
+/// came back as a CBC envelope with a 12-byte IV: an error.
+#[test]
+fn v1_key_with_gcm_content_round_trips() {
+    let m = meta(&[
+        ("x-amz-key", "AAECAwQFBgcICQ=="),
+        ("x-amz-iv", "J+/TIrOtlvPsMuzA"),
+        ("x-amz-cek-alg", "AES/GCM/NoPadding"),
+        ("x-amz-matdesc", "{}"),
+    ]);
+    let env = decode(&m).expect("decode");
+    assert_eq!(
+        (env.version, env.content_alg),
+        (Version::V1, ContentAlg::AesGcm)
+    );
+    assert_eq!(decode(&env.to_metadata()).expect("re-decode"), env);
+    // CBC V1 keeps AWS's exact V1 key set: no cek-alg.
+    let cbc = meta(&[
+        ("x-amz-key", "AAECAwQFBgcICQ=="),
+        ("x-amz-iv", "AAECAwQFBgcICQoLDA0ODw=="),
+        ("x-amz-matdesc", "{}"),
+    ]);
+    let env = decode(&cbc).expect("decode");
+    assert!(!env.to_metadata().contains_key("x-amz-cek-alg"));
+}
