@@ -242,8 +242,10 @@ class Bench:
         self.work = tempfile.mkdtemp(prefix="s3cse-bench-")
         self.run_id = f"{int(time.time())}-{os.getpid()}"
         self.buckets = []
-        tb = os.path.join(ROOT, ".testbed")
-        pids = []
+        tb = os.environ.get("S3CSE_TESTBED_DIR") or os.path.join(ROOT, ".testbed")
+        # Servers on the bench's side of the wire that are not the bed's (the delay proxy of
+        # scripts/bench-latency.sh): their CPU counts as the servers', not as foreign.
+        pids = [int(x) for x in os.environ.get("S3CSE_BENCH_SERVER_PIDS", "").split() if x.isdigit()]
         for name in ("weed.pid", "moto.pid"):
             try:
                 pids.append(int(open(os.path.join(tb, name)).read().strip()))
