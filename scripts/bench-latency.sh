@@ -39,7 +39,7 @@ fi
 if [ "$BUILD" = 1 ]; then
   cargo build --release --bin s3cse >&2
 fi
-[ -x target/release/s3cse ] || { echo "bench-latency: no target/release/s3cse" >&2; exit 1; }
+[ "$BUILD" = 0 ] || [ -x target/release/s3cse ] || { echo "bench-latency: no target/release/s3cse" >&2; exit 1; }
 
 OUT="$(mktemp)"
 python3 scripts/bench/delayproxy.py --delay-ms "$DELAY" \

@@ -38,6 +38,7 @@ def main(argv=None):
     a.concurrency = max(sweep)
     a.seed_threads = 64
     a.large = 0
+    a.large_mib = 0
     a.keep = False
     bench = br.Bench(a)
     started = dt.datetime.now().strftime("%Y-%m-%d %H:%M")

@@ -89,6 +89,17 @@ async def serve(target_host, target_port, delay, conn):
             w.close()
 
 
+# The event loop holds its tasks weakly: a connection's task is kept here until it ends.
+TASKS = set()
+
+
+def keep(coro):
+    t = asyncio.ensure_future(coro)
+    TASKS.add(t)
+    t.add_done_callback(TASKS.discard)
+    return t
+
+
 async def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--delay-ms", type=float, required=True, help="one-way delay, each direction")
@@ -99,7 +110,7 @@ async def main():
     for url in a.to:
         u = urllib.parse.urlsplit(url)
         srv = await asyncio.start_server(
-            lambda r, w, h=u.hostname, p=u.port: serve(h, p, delay, (r, w)),
+            lambda r, w, h=u.hostname, p=u.port: keep(serve(h, p, delay, (r, w))),
             "127.0.0.1", 0, backlog=1024)
         port = srv.sockets[0].getsockname()[1]
         print(f"http://127.0.0.1:{port} <- {url}", flush=True)
