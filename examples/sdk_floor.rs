@@ -36,15 +36,24 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     if on("FLOOR_CHECKSUMS_WHEN_REQUIRED") {
         b = b
-            .request_checksum_calculation(aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired)
-            .response_checksum_validation(aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired);
+            .request_checksum_calculation(
+                aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired,
+            )
+            .response_checksum_validation(
+                aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired,
+            );
     }
     let s3 = aws_sdk_s3::Client::from_conf(b.build());
     let kms = aws_sdk_kms::Client::from_conf(k.build());
     let mut keys = Vec::new();
     let mut pages = s3.list_objects_v2().bucket(bucket).into_paginator().send();
     while let Some(page) = pages.next().await {
-        keys.extend(page?.contents().iter().filter_map(|o| o.key().map(str::to_owned)));
+        keys.extend(
+            page?
+                .contents()
+                .iter()
+                .filter_map(|o| o.key().map(str::to_owned)),
+        );
     }
     let started = Instant::now();
     let n = keys.len();
@@ -66,9 +75,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     .encryption_context("aws:x-amz-cek-alg", "AES/GCM/NoPadding")
                     .encryption_context("bench", "rekey")
                     .send();
-                let ((meta, body), dk) = tokio::try_join!(get, async {
-                    dk.await.map_err(|e| format!("{e:?}"))
-                })?;
+                let ((meta, body), dk) =
+                    tokio::try_join!(get, async { dk.await.map_err(|e| format!("{e:?}")) })?;
                 drop(dk);
                 s3.put_object()
                     .bucket(bucket)
