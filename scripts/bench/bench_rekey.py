@@ -242,8 +242,10 @@ class Bench:
         self.work = tempfile.mkdtemp(prefix="s3cse-bench-")
         self.run_id = f"{int(time.time())}-{os.getpid()}"
         self.buckets = []
-        tb = os.path.join(ROOT, ".testbed")
-        pids = []
+        tb = os.environ.get("S3CSE_TESTBED_DIR") or os.path.join(ROOT, ".testbed")
+        # Servers on the bench's side of the wire that are not the bed's (the delay proxy of
+        # scripts/bench-latency.sh): their CPU counts as the servers', not as foreign.
+        pids = [int(x) for x in os.environ.get("S3CSE_BENCH_SERVER_PIDS", "").split() if x.isdigit()]
         for name in ("weed.pid", "moto.pid"):
             try:
                 pids.append(int(open(os.path.join(tb, name)).read().strip()))
@@ -465,10 +467,14 @@ class Bench:
         if p.returncode != 0:
             sys.stderr.write(out + open(logf).read()[-3000:])
             raise SystemExit(f"s3cse rekey exited {p.returncode} (log {logf})")
-        m = re.search(r"work: (\d+) migrated \((\d+) bytes\), (\d+) skipped, (\d+) failed", out)
+        m = re.search(r"work: ([\d,]+) migrated \(([\d.,]+) ([KMGT]?i?B|bytes)\), ([\d,]+) skipped, "
+                      r"([\d,]+) failed", out)
         if not m:
             raise SystemExit(f"unexpected rekey output: {out!r}")
-        migrated, nbytes, skipped, failed = map(int, m.groups())
+        num = lambda x: int(x.replace(",", ""))  # noqa: E731
+        migrated, skipped, failed = num(m.group(1)), num(m.group(4)), num(m.group(5))
+        unit = {"B": 1, "bytes": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40}
+        nbytes = round(float(m.group(2).replace(",", "")) * unit[m.group(3)])
         tv = open(timef).read()
         rss_kib = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", tv).group(1))
         user = float(re.search(r"User time \(seconds\): ([\d.]+)", tv).group(1))

@@ -91,8 +91,11 @@ pub struct RunArgs {
     /// Also accept source data keys under any key of this AWS account (12 digits; repeatable).
     #[arg(long = "source-kms-account", value_name = "ACCOUNT")]
     source_kms_accounts: Vec<String>,
-    /// Objects processed at once (S3 latency bound: tens are cheap).
-    #[arg(long, default_value_t = 16, value_name = "N")]
+    /// Objects processed at once. Each small object is a chain of three round trips (GET with
+    /// GenerateDataKey, conditional PUT, read-back GET), so throughput is about N / (3 round
+    /// trips): 64 keeps a pod busy at S3/KMS latencies of 10-50 ms for ~40 MiB of memory
+    /// (BENCHMARKS.md, "Latency-bound bed"). Bound the KMS request rate with --kms-rps.
+    #[arg(long, default_value_t = 64, value_name = "N")]
     concurrency: usize,
     /// Classify only (HEAD + envelope): no KMS call, nothing written to S3; prints the plan and
     /// records it in the state file (jobs stay pending; `status` shows it as "planned",

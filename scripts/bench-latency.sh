@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# `s3cse rekey` on a latency-bound bed (issue 14, item 2): the test bed's S3 and KMS behind a
+# fixed one-way delay each way, throughput against --concurrency next to the bare KMS
+# GenerateDataKey loop at the same concurrency, with peak RSS and client CPU per object.
+#
+#   scripts/bench-latency.sh [--delay-ms 10] [--no-build] [bench_latency.py options:
+#                            --sweep 16,64,256 --small 3000 --small-kib 4 --kms-calls 2000 ...]
+#
+# The delay: scripts/bench/delayproxy.py, TCP forwarders on 127.0.0.1 (one for S3, one for KMS)
+# that hold every chunk DELAY ms in each direction and charge a new connection one extra round
+# trip (its TCP handshake). Not `tc netem` in a network namespace: this machine's kernel has no
+# netem qdisc (CONFIG_NET_SCH_NETEM unset, no module), nor fq/act_bpf for an EDT delay. The
+# proxy is stopped on exit (trap); its CPU is counted with the servers'.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+ORIG="$*"
+BUILD=1
+DELAY=10
+ARGS=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --no-build) BUILD=0 ;;
+    --delay-ms) DELAY=$2; shift ;;
+    --delay-ms=*) DELAY=${1#*=} ;;
+    *) ARGS+=("$1") ;;
+  esac
+  shift
+done
+if [ ! -x /usr/bin/time ]; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq time >/dev/null
+fi
+TB="${TESTBED_DIR:-$ROOT/.testbed}"
+if [ -z "${S3CSE_TESTBED_DIR:-}" ]; then
+  bash scripts/testbed.sh up >/dev/null
+  # shellcheck disable=SC1091
+  source "$TB/env"
+fi
+if [ "$BUILD" = 1 ]; then
+  cargo build --release --bin s3cse >&2
+fi
+[ "$BUILD" = 0 ] || [ -x target/release/s3cse ] || { echo "bench-latency: no target/release/s3cse" >&2; exit 1; }
+
+OUT="$(mktemp)"
+python3 scripts/bench/delayproxy.py --delay-ms "$DELAY" \
+  --to "$AWS_ENDPOINT_URL_S3" --to "$AWS_ENDPOINT_URL_KMS" > "$OUT" &
+PROXY=$!
+trap 'kill "$PROXY" 2>/dev/null || true; rm -f "$OUT"' EXIT
+for _ in $(seq 1 50); do grep -q '^ready' "$OUT" && break; sleep 0.1; done
+grep -q '^ready' "$OUT" || { echo "bench-latency: the delay proxy did not start" >&2; exit 1; }
+AWS_ENDPOINT_URL_S3="$(sed -n 1p "$OUT" | cut -d' ' -f1)"
+AWS_ENDPOINT_URL_KMS="$(sed -n 2p "$OUT" | cut -d' ' -f1)"
+export AWS_ENDPOINT_URL_S3 AWS_ENDPOINT_URL_KMS
+export S3CSE_BENCH_SERVER_PIDS="$PROXY"
+echo "bench-latency: S3 $AWS_ENDPOINT_URL_S3, KMS $AWS_ENDPOINT_URL_KMS, ${DELAY} ms each way" >&2
+"$S3CSE_PY_AWSCLIENT" scripts/bench/bench_latency.py --delay-ms "$DELAY" \
+  --command "scripts/bench-latency.sh $ORIG" "${ARGS[@]}"
