@@ -205,6 +205,13 @@ pub struct ListArgs {
     #[arg(long, default_value_t = MAX_LIST_PAGE_SIZE, value_name = "N",
           value_parser = clap::value_parser!(i32).range(1..=i64::from(MAX_LIST_PAGE_SIZE)))]
     list_page_size: i32,
+    /// Key ranges listed at once by this process (or manifest data files read at once): an
+    /// idle lister splits the widest range another lister (here or in another process sharing
+    /// the state) holds, so the bucket is still listed about once. 1 keeps the single-lister
+    /// cost exactly: one request per page.
+    #[arg(long, default_value_t = 1, value_name = "N",
+          value_parser = clap::value_parser!(u16).range(1..=256))]
+    listers: u16,
 }
 
 #[derive(Args, Debug)]
@@ -349,6 +356,7 @@ pub async fn rekey(a: RekeyArgs, term: &Term) -> CliResult {
         bucket,
         prefix,
         list_page_size: a.list.list_page_size,
+        listers: usize::from(a.list.listers),
         manifest: a.manifest.map(|url| ManifestJob {
             url,
             batch: a.manifest_batch.max(1),
@@ -366,6 +374,8 @@ struct ScanTarget {
     bucket: String,
     prefix: String,
     list_page_size: i32,
+    /// `--listers`.
+    listers: usize,
     /// `--manifest`: ingest it instead of listing.
     manifest: Option<ManifestJob>,
 }
@@ -389,14 +399,11 @@ pub async fn scan(a: ScanArgs, term: &Term) -> CliResult {
     // checkpoint are committed together, so nothing is lost).
     let signals = tokio::spawn(wait_for_signal(trigger, SCAN_STOP_TIMEOUT));
     let s3_limit = RateLimit::per_second(a.s3_rps);
-    let listing = s3cse::rekey::scan::scan(
-        &client,
-        &store,
-        &key,
-        a.list.list_page_size,
-        &s3_limit,
-        &shutdown,
-    );
+    let list = s3cse::rekey::scan::ListConfig {
+        listers: usize::from(a.list.listers),
+        ..s3cse::rekey::scan::ListConfig::new(a.list.list_page_size)
+    };
+    let listing = s3cse::rekey::scan::scan(&client, &store, &key, &list, &s3_limit, &shutdown);
     let scanned = s3cse::rekey::unless_abandoned(&shutdown, listing).await;
     signals.abort();
     let Some(s) = scanned else {
@@ -592,9 +599,9 @@ async fn run(a: RunArgs, scan_target: Option<ScanTarget>, term: &Term) -> CliRes
     let conf = sdk_config().await;
     // Every S3 attempt counted where it happens, the SDK's own retries included.
     let s3 = count_s3_attempts(&a.aws.s3_client(&conf).await, metrics.clone());
-    let (bucket, prefix, list_page_size, manifest) = match scan_target {
-        Some(t) => (t.bucket, t.prefix, t.list_page_size, t.manifest),
-        None => (String::new(), String::new(), MAX_LIST_PAGE_SIZE, None),
+    let (bucket, prefix, list_page_size, listers, manifest) = match scan_target {
+        Some(t) => (t.bucket, t.prefix, t.list_page_size, t.listers, t.manifest),
+        None => (String::new(), String::new(), MAX_LIST_PAGE_SIZE, 1, None),
     };
     if do_scan {
         check_bucket(&s3, &bucket).await?;
@@ -640,6 +647,7 @@ async fn run(a: RunArgs, scan_target: Option<ScanTarget>, term: &Term) -> CliRes
         shard,
         manifest,
         list_page_size,
+        listers,
         context: context_of(&a.context),
         concurrency: a.concurrency.max(1),
         dry_run: a.dry_run,

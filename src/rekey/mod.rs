@@ -3,9 +3,10 @@
 //!
 //! # Layout
 //! - [`plan`]: pure classification, HEAD + envelope -> skip / rewrite / rewrap.
-//! - [`scan`]: ListObjectsV2 -> the job table, with a checkpoint and `--shard I/N`.
+//! - [`scan`]: ListObjectsV2 -> the job table, as claimable key ranges (`--listers`, split
+//!   among listers and processes), each with a checkpoint; `--shard I/N`.
 //! - [`ingest`]: `--manifest`, an S3 Inventory or Batch Operations manifest -> the job table,
-//!   with a checkpoint (instead of [`scan`]).
+//!   its data files claimable with a line checkpoint each (instead of [`scan`]).
 //! - [`report`]: the job table -> an S3 Batch Operations completion report in S3.
 //! - [`worker`]: the pool: the claim loop (leases, `--concurrency` tasks, graceful stop), retries,
 //!   deadlines, and the one store write that records each outcome.
@@ -106,6 +107,9 @@ pub struct RekeyConfig {
     pub manifest: Option<ingest::ManifestJob>,
     /// Keys per ListObjectsV2 page ([`scan::MAX_LIST_PAGE_SIZE`], S3's maximum, by default).
     pub list_page_size: i32,
+    /// Listers (and manifest ingesters) in this process (`--listers`): ranges listed, or
+    /// manifest data files read, at once.
+    pub listers: usize,
     /// User encryption context of the new envelopes (`aws:x-amz-cek-alg` is added).
     pub context: Context,
     /// Objects processed at once.
@@ -307,6 +311,10 @@ pub async fn run(config: RekeyConfig, shutdown: Shutdown) -> Result<RunSummary, 
                 &config.store,
                 &key,
                 job,
+                &ingest::Ingesters {
+                    count: config.listers,
+                    lease: config.lease,
+                },
                 &config.s3_limit,
                 &shutdown,
             ),
@@ -338,7 +346,11 @@ pub async fn run(config: RekeyConfig, shutdown: Shutdown) -> Result<RunSummary, 
                 &config.client,
                 &config.store,
                 &key,
-                config.list_page_size,
+                &scan::ListConfig {
+                    page_size: config.list_page_size,
+                    listers: config.listers,
+                    lease: config.lease,
+                },
                 &config.s3_limit,
                 &shutdown,
             ),
@@ -352,6 +364,8 @@ pub async fn run(config: RekeyConfig, shutdown: Shutdown) -> Result<RunSummary, 
             listed = s.listed,
             new = s.enqueued.inserted,
             changed = s.enqueued.reset,
+            requests = s.requests,
+            splits = s.splits,
             "scan done"
         );
         summary.scan = Some(s);
@@ -396,6 +410,8 @@ pub async fn release_own_leases(store: &JobStore) -> Result<u64, RekeyError> {
     let mut released = store.release_owner_prefix(&prefix).await?;
     tokio::time::sleep(Duration::from_millis(200)).await;
     released += store.release_owner_prefix(&prefix).await?;
+    // The listing ranges and manifest files this process held (not counted: not objects).
+    store.release_work(&prefix, scan::unix_now()).await?;
     Ok(released)
 }
 
