@@ -145,6 +145,11 @@ const MAX_STALLED_PAGES: u32 = 100;
 /// all share a longer run of bytes with its cursor is left to its owner.
 pub const MAX_PROBES: usize = 6;
 
+/// Probes that found nothing to split, per lister and scan: the requests a lister may waste on
+/// splits at the tail of a pass, when every range left is short (its keys all share a long
+/// run of bytes with its cursor). After it, the lister only takes over lapsed ranges.
+pub const FAILED_PROBE_BUDGET: u32 = 12;
+
 /// Ranges looked at when choosing one to split.
 const SPLIT_CANDIDATES: u32 = 1000;
 
@@ -300,7 +305,10 @@ impl Lister<'_> {
 
     async fn run_as(&self, owner: &str, split: bool) -> Result<(), RekeyError> {
         let mut unsplittable: HashSet<(i64, Option<String>)> = HashSet::new();
-        let poll = (self.list.lease / 4).clamp(Duration::from_millis(100), Duration::from_secs(2));
+        let mut budget = FAILED_PROBE_BUDGET;
+        // Short: an idle lister splits a range as soon as its owner has listed a first page.
+        let poll =
+            (self.list.lease / 8).clamp(Duration::from_millis(50), Duration::from_millis(250));
         loop {
             if self.shutdown.is_stopping() {
                 return Ok(());
@@ -313,7 +321,12 @@ impl Lister<'_> {
                 self.list_range(owner, &range, None).await?;
                 continue;
             }
-            if split && let Some((range, token)) = self.split_one(owner, &mut unsplittable).await? {
+            if split
+                && budget > 0
+                && let Some((range, token)) = self
+                    .split_one(owner, &mut unsplittable, &mut budget)
+                    .await?
+            {
                 self.list_range(owner, &range, token).await?;
                 continue;
             }
@@ -472,6 +485,7 @@ impl Lister<'_> {
         &self,
         owner: &str,
         unsplittable: &mut HashSet<(i64, Option<String>)>,
+        budget: &mut u32,
     ) -> Result<Option<(ListRange, Option<String>)>, RekeyError> {
         let candidates = self.store.open_ranges(self.scan, SPLIT_CANDIDATES).await?;
         let widest = candidates
@@ -487,16 +501,14 @@ impl Lister<'_> {
             return Ok(None);
         };
         for probe in probes(&range.prefix, &lo, range.end_before.as_deref()) {
-            if self.shutdown.is_stopping() {
+            if self.shutdown.is_stopping() || *budget == 0 {
                 return Ok(None);
             }
             let page = self.page(&range, Some(&probe), None).await?;
-            let Some(first) = page.objects.first() else {
+            let Some(first) = page.objects.first().filter(|o| range.contains(&o.key)) else {
+                *budget -= 1;
                 continue;
             };
-            if !range.contains(&first.key) {
-                continue;
-            }
             let (Some(last), split_at) = (page.last.as_deref(), first.key.as_str()) else {
                 continue;
             };
