@@ -44,7 +44,9 @@ use super::{CliResult, Failure, parse_kv, print_out};
 /// `--shard I/N`, or `--shards N` with the index from `JOB_COMPLETION_INDEX` (Indexed Jobs).
 #[derive(Args, Debug, Clone, Default)]
 pub struct ShardArgs {
-    /// Only the keys of shard I of N (stable hash of the key), e.g. --shard 3/16.
+    /// Only the keys of shard I of N, e.g. --shard 3/16: a listing lists only the top-level
+    /// prefixes whose stable hash is I (and keeps the loose keys whose own hash is I); a
+    /// manifest keeps the rows whose key hashes to I.
     #[arg(long, value_name = "I/N", conflicts_with = "shards")]
     shard: Option<Shard>,
     /// N shards, this process's index from JOB_COMPLETION_INDEX (a Kubernetes Indexed Job).
@@ -418,11 +420,14 @@ pub async fn scan(a: ScanArgs, term: &Term) -> CliResult {
         return Ok(());
     }
     print_out(&format!(
-        "listed {} keys: {} new, {} changed, {} unchanged\n",
+        "listed {} keys: {} new, {} changed, {} unchanged ({} ListObjectsV2 requests, {} \
+         range splits)\n",
         count(s.listed),
         count(s.enqueued.inserted),
         count(s.enqueued.reset),
-        count(s.enqueued.unchanged)
+        count(s.enqueued.unchanged),
+        count(s.requests),
+        count(s.splits)
     ))
 }
 
@@ -937,6 +942,11 @@ async fn status_text(a: &StatusArgs) -> CliResult<String> {
         .await
         .context("reading the state file")
         .map_err(Failure::failed)?;
+    let work = store
+        .work_progress()
+        .await
+        .context("reading the state file")
+        .map_err(Failure::failed)?;
     store.close().await;
     let done = c.by_state.finished();
     let left = c.by_state.remaining();
@@ -991,6 +1001,14 @@ async fn status_text(a: &StatusArgs) -> CliResult<String> {
             "objects_per_second": rate,
             "eta_seconds": eta,
             "noncurrent_versions": versions_json(&versions),
+            "listing": {
+                "ranges": {"pending": work.ranges[0], "running": work.ranges[1], "done": work.ranges[2]},
+                "keys_listed": work.keys_listed,
+            },
+            "manifest": {
+                "files": {"pending": work.files[0], "running": work.files[1], "done": work.files[2]},
+                "rows": work.manifest_rows,
+            },
         });
         return Ok(format!("{v}\n"));
     }
@@ -1037,6 +1055,28 @@ async fn status_text(a: &StatusArgs) -> CliResult<String> {
         count(c.total.objects),
         bytes(c.total.bytes)
     );
+    if work.ranges.iter().any(|n| *n > 0) {
+        let [pending, running, done] = work.ranges;
+        let _ = writeln!(
+            out,
+            "listing: {} keys listed; key ranges: {} done, {} listing, {} waiting",
+            count(work.keys_listed),
+            count(done),
+            count(running),
+            count(pending)
+        );
+    }
+    if work.files.iter().any(|n| *n > 0) {
+        let [pending, running, done] = work.files;
+        let _ = writeln!(
+            out,
+            "manifest: {} rows read; data files: {} done, {} reading, {} waiting",
+            count(work.manifest_rows),
+            count(done),
+            count(running),
+            count(pending)
+        );
+    }
     for (title, lines) in &rows {
         let _ = writeln!(out, "{title}");
         for (k, t) in lines {

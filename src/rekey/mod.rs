@@ -306,17 +306,20 @@ pub async fn run(config: RekeyConfig, shutdown: Shutdown) -> Result<RunSummary, 
         };
         let ingested = unless_abandoned(
             &shutdown,
-            ingest::ingest(
-                &config.client,
-                &config.store,
-                &key,
-                job,
-                &ingest::Ingesters {
-                    count: config.listers,
-                    lease: config.lease,
-                },
-                &config.s3_limit,
-                &shutdown,
+            with_work_gauges(
+                &config,
+                ingest::ingest(
+                    &config.client,
+                    &config.store,
+                    &key,
+                    job,
+                    &ingest::Ingesters {
+                        count: config.listers,
+                        lease: config.lease,
+                    },
+                    &config.s3_limit,
+                    &shutdown,
+                ),
             ),
         )
         .await;
@@ -342,17 +345,20 @@ pub async fn run(config: RekeyConfig, shutdown: Shutdown) -> Result<RunSummary, 
         };
         let scanned = unless_abandoned(
             &shutdown,
-            scan::scan(
-                &config.client,
-                &config.store,
-                &key,
-                &scan::ListConfig {
-                    page_size: config.list_page_size,
-                    listers: config.listers,
-                    lease: config.lease,
-                },
-                &config.s3_limit,
-                &shutdown,
+            with_work_gauges(
+                &config,
+                scan::scan(
+                    &config.client,
+                    &config.store,
+                    &key,
+                    &scan::ListConfig {
+                        page_size: config.list_page_size,
+                        listers: config.listers,
+                        lease: config.lease,
+                    },
+                    &config.s3_limit,
+                    &shutdown,
+                ),
             ),
         )
         .await;
@@ -385,6 +391,30 @@ pub async fn run(config: RekeyConfig, shutdown: Shutdown) -> Result<RunSummary, 
     }
     summary.interrupted = shutdown.is_stopping();
     Ok(summary)
+}
+
+/// Runs a listing or ingest, refreshing the listing and manifest gauges from the state file
+/// every few seconds meanwhile (all listers' and processes' progress) and once at the end.
+async fn with_work_gauges<T>(
+    config: &RekeyConfig,
+    work: impl std::future::Future<Output = T>,
+) -> T {
+    let refresh = async {
+        loop {
+            if let Ok(p) = config.store.work_progress().await {
+                config.metrics.set_work(&p);
+            }
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
+    };
+    let r = tokio::select! {
+        r = work => r,
+        () = refresh => unreachable!("the gauge refresh loops forever"),
+    };
+    if let Ok(p) = config.store.work_progress().await {
+        config.metrics.set_work(&p);
+    }
+    r
 }
 
 /// The end of an abandoned run: this process's jobs back to the queue.
