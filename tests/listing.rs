@@ -218,7 +218,7 @@ async fn a_dead_listers_range_lapses_and_is_resumed_from_its_cursor() {
     let ranges = store.ranges(&key).await.expect("ranges");
     assert_eq!(ranges.len(), 1);
     let cursor = ranges[0].cursor.clone().expect("a cursor");
-    assert!(before >= 300 && before < 1000, "{before}");
+    assert!((300..1000).contains(&before), "{before}");
     let started = std::time::Instant::now();
     let s = s3cse::rekey::scan::scan(
         &client,
