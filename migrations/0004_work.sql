@@ -4,8 +4,9 @@
 -- lister's or ingester's item lapses and is resumed from its checkpoint by another.
 --
 -- A "scan" is identified as in `scans`: (bucket, scan_prefix, shard), shard '' or 'I/N'.
--- Timestamps are unix seconds bound by the caller (no unixepoch()/now() in statements, so the
--- statements port to PostgreSQL as they are).
+-- Times (lease_until, created_at, updated_at) are unix MILLISECONDS bound by the caller (no
+-- unixepoch()/now() in statements, so the statements port to PostgreSQL as they are): a pass
+-- a peer finished during this run is told from one finished before the run started.
 
 -- One key range of a listing: the keys k under `prefix` with start_at <= k < end_before
 -- (end_before NULL: no upper bound), listed with ListObjectsV2 Prefix = prefix and

@@ -441,7 +441,7 @@ pub async fn release_own_leases(store: &JobStore) -> Result<u64, RekeyError> {
     tokio::time::sleep(Duration::from_millis(200)).await;
     released += store.release_owner_prefix(&prefix).await?;
     // The listing ranges and manifest files this process held (not counted: not objects).
-    store.release_work(&prefix, scan::unix_now()).await?;
+    store.release_work(&prefix, scan::unix_millis()).await?;
     Ok(released)
 }
 

@@ -153,11 +153,12 @@ pub const FAILED_PROBE_BUDGET: u32 = 12;
 /// Ranges looked at when choosing one to split.
 const SPLIT_CANDIDATES: u32 = 1000;
 
-/// Unix seconds now (the store takes times as bind parameters).
-pub(crate) fn unix_now() -> i64 {
+/// Unix milliseconds now: the times of the listing and manifest work items (bound as
+/// parameters, see `store/work.rs`).
+pub(crate) fn unix_millis() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
 }
 
@@ -185,7 +186,7 @@ pub(crate) async fn release_dead_work(store: &JobStore) -> Result<u64, RekeyErro
             continue;
         }
         released += store
-            .release_work(&format!("{h}:{pid}:"), unix_now())
+            .release_work(&format!("{h}:{pid}:"), unix_millis())
             .await?;
     }
     if released > 0 {
@@ -213,9 +214,13 @@ pub async fn scan(
     s3_limit: &RateLimit,
     shutdown: &Shutdown,
 ) -> Result<ScanSummary, RekeyError> {
+    let started = unix_millis();
     release_dead_work(store).await?;
     let seeds = seeds(store, scan).await?;
-    if store.begin_listing(scan, &seeds, unix_now()).await? {
+    if store
+        .begin_listing(scan, &seeds, started, unix_millis())
+        .await?
+    {
         if let Some(c) = seeds.first().and_then(|s| s.cursor.as_deref()) {
             tracing::info!(bucket = %scan.bucket, start_after = %log_key(c), "resuming scan");
         }
@@ -298,7 +303,7 @@ impl Lister<'_> {
         let result = self.run_as(&owner, split).await;
         if self.shutdown.is_stopping() || result.is_err() {
             // A graceful stop (or an error) hands the range back at once, not at lease expiry.
-            self.store.release_work(&owner, unix_now()).await?;
+            self.store.release_work(&owner, unix_millis()).await?;
         }
         result
     }
@@ -315,7 +320,7 @@ impl Lister<'_> {
             }
             let claimed = self
                 .store
-                .claim_range(self.scan, owner, self.list.lease, unix_now())
+                .claim_range(self.scan, owner, self.list.lease, unix_millis())
                 .await?;
             if let Some(range) = claimed {
                 self.list_range(owner, &range, None).await?;
@@ -429,7 +434,9 @@ impl Lister<'_> {
             let complete = page.next.is_none();
             let Some(last) = page.last.as_deref() else {
                 if complete {
-                    self.store.finish_range(range.id, owner, unix_now()).await?;
+                    self.store
+                        .finish_range(range.id, owner, unix_millis())
+                        .await?;
                     return Ok(());
                 }
                 stalled = if token == page.next { stalled + 1 } else { 0 };
@@ -456,7 +463,7 @@ impl Lister<'_> {
                     last,
                     complete,
                     self.list.lease,
-                    unix_now(),
+                    unix_millis(),
                 )
                 .await?;
             let Some((stats, done)) = committed else {
@@ -526,7 +533,7 @@ impl Lister<'_> {
                     split,
                     owner,
                     self.list.lease,
-                    unix_now(),
+                    unix_millis(),
                 )
                 .await?;
             // Refused: the owner passed the split point, or another split moved the end; the

@@ -198,8 +198,11 @@ fn file_row(row: &SqliteRow) -> Result<ManifestFile, StoreError> {
     })
 }
 
+/// Times in these tables are unix **milliseconds**: a pass finished by a peer during this run
+/// is told from one finished before it by comparing with the run's start, and runs (tests,
+/// a quick re-run) can be less than a second apart.
 fn lease_until(now: i64, lease: Duration) -> i64 {
-    now.saturating_add(super::lease_secs(lease))
+    now.saturating_add(i64::try_from(lease.as_millis().max(1000)).unwrap_or(i64::MAX))
 }
 
 /// The objects of a page inside `[start_at, end_before)`.
@@ -216,26 +219,28 @@ fn within<'a>(
 
 impl JobStore {
     /// Starts a listing pass of `scan` with `seeds`, unless one is under way: with no range
-    /// yet, or every range done (the last pass finished: the nightly re-scan), the old ranges
-    /// are deleted and `seeds` inserted `pending`, and `true` is returned; otherwise the pass
-    /// under way is joined (resumed) as it is, and `false`.
+    /// yet, or every range done before `run_started` (the last pass finished in an earlier
+    /// run: the nightly re-scan), the old ranges are deleted and `seeds` inserted `pending`,
+    /// and `true` is returned; otherwise the pass under way (or one a peer finished during
+    /// this run) is joined as it is, and `false`. Times in unix milliseconds.
     pub async fn begin_listing(
         &self,
         scan: &ScanKey,
         seeds: &[RangeSeed],
+        run_started: i64,
         now: i64,
     ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let open: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM list_ranges WHERE bucket = $1 AND scan_prefix = $2 \
-             AND shard = $3 AND state <> 'done'",
+        let (open, last): (i64, Option<i64>) = sqlx::query_as(
+            "SELECT count(CASE WHEN state <> 'done' THEN 1 END), max(updated_at) \
+             FROM list_ranges WHERE bucket = $1 AND scan_prefix = $2 AND shard = $3",
         )
         .bind(&scan.bucket)
         .bind(&scan.prefix)
         .bind(scan.shard_text())
         .fetch_one(&mut *tx)
         .await?;
-        if open > 0 {
+        if open > 0 || last.is_some_and(|t| t > run_started) {
             tx.commit().await?;
             return Ok(false);
         }
@@ -594,7 +599,8 @@ impl JobStore {
     }
 
     /// Starts an ingest pass of manifest `manifest` (its data files `names`, in order) into
-    /// `scan`, unless one is under way: as [`begin_listing`](Self::begin_listing). `resume`
+    /// `scan`, unless one is under way or a peer finished one during this run: as
+    /// [`begin_listing`](Self::begin_listing). `resume`
     /// (an older state file's `FILE:LINE` checkpoint) marks the files before FILE done and
     /// FILE read up to LINE. A pass under way whose file list differs (the manifest was
     /// rewritten in place) is started over too.
@@ -604,12 +610,13 @@ impl JobStore {
         manifest: &str,
         names: &[String],
         resume: Option<(usize, u64)>,
+        run_started: i64,
         now: i64,
     ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let rows: Vec<(String, String)> = sqlx::query_as(
-            "SELECT name, state FROM manifest_files WHERE bucket = $1 AND scan_prefix = $2 \
-             AND shard = $3 AND manifest = $4 ORDER BY file_index",
+        let rows: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT name, state, updated_at FROM manifest_files WHERE bucket = $1 \
+             AND scan_prefix = $2 AND shard = $3 AND manifest = $4 ORDER BY file_index",
         )
         .bind(&scan.bucket)
         .bind(&scan.prefix)
@@ -619,7 +626,9 @@ impl JobStore {
         .await?;
         let same_files =
             rows.len() == names.len() && rows.iter().zip(names).all(|(r, n)| r.0 == *n);
-        if same_files && rows.iter().any(|(_, state)| state != "done") {
+        let open = rows.iter().any(|(_, state, _)| state != "done");
+        let finished_in_this_run = rows.iter().any(|(.., t)| *t > run_started);
+        if same_files && (open || finished_in_this_run) {
             tx.commit().await?;
             return Ok(false);
         }
@@ -764,7 +773,7 @@ mod tests {
 
     use super::*;
 
-    const LEASE: Duration = Duration::from_secs(60);
+    const LEASE: Duration = Duration::from_secs(1);
 
     async fn store() -> (tempfile::TempDir, JobStore) {
         let dir = tempfile::tempdir().unwrap();
@@ -803,8 +812,8 @@ mod tests {
     async fn a_pass_is_joined_while_open_and_started_over_once_done() {
         let (_d, store) = store().await;
         let seed = [RangeSeed::default()];
-        assert!(store.begin_listing(&scan(), &seed, 100).await.unwrap());
-        assert!(!store.begin_listing(&scan(), &seed, 101).await.unwrap());
+        assert!(store.begin_listing(&scan(), &seed, 100, 100).await.unwrap());
+        assert!(!store.begin_listing(&scan(), &seed, 0, 101).await.unwrap());
         let r = store
             .claim_range(&scan(), "a", LEASE, 102)
             .await
@@ -835,7 +844,7 @@ mod tests {
             .unwrap();
         assert!(!done);
         let r2 = store
-            .claim_range(&scan(), "b", LEASE, 1000)
+            .claim_range(&scan(), "b", LEASE, 5000)
             .await
             .unwrap()
             .unwrap();
@@ -859,16 +868,29 @@ mod tests {
                 .is_none()
         );
         store
-            .commit_range_page(r.id, "b", "bkt", &objs(&["c"]), &[], "c", true, LEASE, 1002)
+            .commit_range_page(r.id, "b", "bkt", &objs(&["c"]), &[], "c", true, LEASE, 5002)
             .await
             .unwrap()
             .unwrap();
         assert_eq!(job_keys(&store).await, ["a", "b", "c"]);
         assert_eq!(store.ranges_remaining(&scan()).await.unwrap().open, 0);
+        // A process of this run that started late (at 5000, before the pass ended) joins the
+        // finished pass instead of listing again.
+        assert!(
+            !store
+                .begin_listing(&scan(), &seed, 5000, 5003)
+                .await
+                .unwrap()
+        );
         // The next run starts a new pass from the beginning.
-        assert!(store.begin_listing(&scan(), &seed, 2000).await.unwrap());
+        assert!(
+            store
+                .begin_listing(&scan(), &seed, 6000, 6000)
+                .await
+                .unwrap()
+        );
         let r3 = store
-            .claim_range(&scan(), "c", LEASE, 2001)
+            .claim_range(&scan(), "c", LEASE, 6001)
             .await
             .unwrap()
             .unwrap();
@@ -881,7 +903,7 @@ mod tests {
     async fn a_split_hands_the_upper_keys_to_the_splitter_and_the_owner_drops_them() {
         let (_d, store) = store().await;
         store
-            .begin_listing(&scan(), &[RangeSeed::default()], 1)
+            .begin_listing(&scan(), &[RangeSeed::default()], 1, 1)
             .await
             .unwrap();
         let r = store
@@ -1017,7 +1039,7 @@ mod tests {
             delimiter: Some("/".into()),
             ..RangeSeed::default()
         };
-        store.begin_listing(&scan(), &[seed], 1).await.unwrap();
+        store.begin_listing(&scan(), &[seed], 1, 1).await.unwrap();
         let r = store
             .claim_range(&scan(), "a", LEASE, 2)
             .await
@@ -1057,7 +1079,7 @@ mod tests {
         let names = ["f0".to_owned(), "f1".to_owned()];
         assert!(
             store
-                .begin_manifest(&scan(), "m", &names, Some((1, 7)), 1)
+                .begin_manifest(&scan(), "m", &names, Some((1, 7)), 1, 1)
                 .await
                 .unwrap()
         );
@@ -1080,26 +1102,26 @@ mod tests {
             .unwrap()
             .unwrap();
         let f2 = store
-            .claim_manifest_file(&scan(), "m", "b", LEASE, 500)
+            .claim_manifest_file(&scan(), "m", "b", LEASE, 3000)
             .await
             .unwrap()
             .unwrap();
         assert_eq!((f2.id, f2.line, f2.rows), (f.id, 9, 2));
         assert!(
             store
-                .commit_file_batch(f.id, "a", "bkt", &objs(&["y"]), 10, 1, true, LEASE, 501)
+                .commit_file_batch(f.id, "a", "bkt", &objs(&["y"]), 10, 1, true, LEASE, 3001)
                 .await
                 .unwrap()
                 .is_none()
         );
         assert!(
             !store
-                .begin_manifest(&scan(), "m", &names, None, 502)
+                .begin_manifest(&scan(), "m", &names, None, 0, 3002)
                 .await
                 .unwrap()
         );
         store
-            .commit_file_batch(f.id, "b", "bkt", &objs(&["y"]), 10, 1, true, LEASE, 503)
+            .commit_file_batch(f.id, "b", "bkt", &objs(&["y"]), 10, 1, true, LEASE, 3003)
             .await
             .unwrap()
             .unwrap();
@@ -1111,13 +1133,13 @@ mod tests {
         // Done: the next run starts over; a different file list starts over at once.
         assert!(
             store
-                .begin_manifest(&scan(), "m", &names, None, 600)
+                .begin_manifest(&scan(), "m", &names, None, 4000, 4000)
                 .await
                 .unwrap()
         );
         assert!(
             store
-                .begin_manifest(&scan(), "m", &names[..1], None, 601)
+                .begin_manifest(&scan(), "m", &names[..1], None, 4001, 4001)
                 .await
                 .unwrap()
         );
