@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Manifest ingest rate: `rekey --manifest` on a generated S3 Inventory (CSV gzip, local files)
-# of ROWS rows into a fresh SQLite state file; prints keys/s from the "manifest ingested" log
-# line, then stops the run (the work phase after it is not measured).
+# of ROWS rows into a fresh SQLite state file, with LISTERS ingesters (`--listers`: data files
+# read at once); prints keys/s from the "manifest ingested" log line, then stops the run (the
+# work phase after it is not measured). Then, on the state file of ROWS jobs: the wall time of
+# `status` and of `status --json`, and the wall time and peak RSS of `report` (all rows, CSV to
+# /dev/null), which must not grow with the row count.
 #
-#   scripts/bench-manifest.sh [ROWS] [FILES]     (1,000,000 rows in 10 files by default)
+#   scripts/bench-manifest.sh [ROWS] [FILES] [LISTERS]   (1,000,000 rows in 10 files, 1 lister)
 #
 # Needs the test bed (source .testbed/env) only for the bucket check and DescribeKey at start:
 # the manifest's keys do not exist. Peak RSS comes from /proc/PID/status (VmHWM).
@@ -11,6 +14,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 ROWS=${1:-1000000}
 FILES=${2:-10}
+LISTERS=${3:-1}
 BIN=${S3CSE_BIN:-$ROOT/target/release/s3cse}
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
@@ -40,6 +44,7 @@ PY
 LOG=$WORK/log
 S3CSE_LOG=info "$BIN" rekey "s3://$BUCKET/bench/" --manifest "$WORK/manifest.json" \
     --state "$WORK/state.db" --kms-key-id "$KEY" --concurrency 1 --log-format json \
+    --listers "$LISTERS" \
     >"$WORK/out" 2>"$LOG" &
 PID=$!
 PEAK=0
@@ -61,3 +66,10 @@ secs = (t(done) - t(start)).total_seconds()
 rows = done["fields"]["rows"]
 print(f"{rows} rows in {secs:.1f} s: {rows / secs:,.0f} keys/s; peak RSS {int(sys.argv[2]) // 1024} MiB")
 PY
+
+# Read-only commands on the state file of ROWS jobs.
+T0=$(date +%s.%N); "$BIN" status --state "$WORK/state.db" >/dev/null; T1=$(date +%s.%N)
+echo "status: $(echo "$T1 - $T0" | bc) s"
+T0=$(date +%s.%N); "$BIN" status --json --state "$WORK/state.db" >/dev/null; T1=$(date +%s.%N)
+echo "status --json: $(echo "$T1 - $T0" | bc) s"
+/usr/bin/time -f "report: %e s, peak RSS %M KiB" "$BIN" report --state "$WORK/state.db" >/dev/null

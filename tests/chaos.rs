@@ -177,10 +177,17 @@ async fn a_truncated_page_without_a_token_fails_the_run() {
         prefix: String::new(),
         shard: None,
     };
+    let ranges = store.ranges(&key).await.expect("ranges");
+    assert!(
+        ranges.len() == 1
+            && ranges[0].state != s3cse::store::WorkState::Done
+            && ranges[0].cursor.is_none(),
+        "the scan is left unfinished: {ranges:?}"
+    );
     assert_eq!(
         store.scan_checkpoint(&key).await.expect("checkpoint"),
-        Some((None, false)),
-        "the scan is left unfinished"
+        None,
+        "not marked finished"
     );
     store.close().await;
     // Straight to the test bed, the next run lists and migrates everything.

@@ -44,7 +44,9 @@ use super::{CliResult, Failure, parse_kv, print_out};
 /// `--shard I/N`, or `--shards N` with the index from `JOB_COMPLETION_INDEX` (Indexed Jobs).
 #[derive(Args, Debug, Clone, Default)]
 pub struct ShardArgs {
-    /// Only the keys of shard I of N (stable hash of the key), e.g. --shard 3/16.
+    /// Only the keys of shard I of N, e.g. --shard 3/16: a listing lists only the top-level
+    /// prefixes whose stable hash is I (and keeps the loose keys whose own hash is I); a
+    /// manifest keeps the rows whose key hashes to I.
     #[arg(long, value_name = "I/N", conflicts_with = "shards")]
     shard: Option<Shard>,
     /// N shards, this process's index from JOB_COMPLETION_INDEX (a Kubernetes Indexed Job).
@@ -208,6 +210,13 @@ pub struct ListArgs {
     #[arg(long, default_value_t = MAX_LIST_PAGE_SIZE, value_name = "N",
           value_parser = clap::value_parser!(i32).range(1..=i64::from(MAX_LIST_PAGE_SIZE)))]
     list_page_size: i32,
+    /// Key ranges listed at once by this process (or manifest data files read at once): an
+    /// idle lister splits the widest range another lister (here or in another process sharing
+    /// the state) holds, so the bucket is still listed about once. 1 keeps the single-lister
+    /// cost exactly: one request per page.
+    #[arg(long, default_value_t = 1, value_name = "N",
+          value_parser = clap::value_parser!(u16).range(1..=256))]
+    listers: u16,
 }
 
 #[derive(Args, Debug)]
@@ -352,6 +361,7 @@ pub async fn rekey(a: RekeyArgs, term: &Term) -> CliResult {
         bucket,
         prefix,
         list_page_size: a.list.list_page_size,
+        listers: usize::from(a.list.listers),
         manifest: a.manifest.map(|url| ManifestJob {
             url,
             batch: a.manifest_batch.max(1),
@@ -369,6 +379,8 @@ struct ScanTarget {
     bucket: String,
     prefix: String,
     list_page_size: i32,
+    /// `--listers`.
+    listers: usize,
     /// `--manifest`: ingest it instead of listing.
     manifest: Option<ManifestJob>,
 }
@@ -392,14 +404,11 @@ pub async fn scan(a: ScanArgs, term: &Term) -> CliResult {
     // checkpoint are committed together, so nothing is lost).
     let signals = tokio::spawn(wait_for_signal(trigger, SCAN_STOP_TIMEOUT));
     let s3_limit = RateLimit::per_second(a.s3_rps);
-    let listing = s3cse::rekey::scan::scan(
-        &client,
-        &store,
-        &key,
-        a.list.list_page_size,
-        &s3_limit,
-        &shutdown,
-    );
+    let list = s3cse::rekey::scan::ListConfig {
+        listers: usize::from(a.list.listers),
+        ..s3cse::rekey::scan::ListConfig::new(a.list.list_page_size)
+    };
+    let listing = s3cse::rekey::scan::scan(&client, &store, &key, &list, &s3_limit, &shutdown);
     let scanned = s3cse::rekey::unless_abandoned(&shutdown, listing).await;
     signals.abort();
     let Some(s) = scanned else {
@@ -414,11 +423,14 @@ pub async fn scan(a: ScanArgs, term: &Term) -> CliResult {
         return Ok(());
     }
     print_out(&format!(
-        "listed {} keys: {} new, {} changed, {} unchanged\n",
+        "listed {} keys: {} new, {} changed, {} unchanged ({} ListObjectsV2 requests, {} \
+         range splits)\n",
         count(s.listed),
         count(s.enqueued.inserted),
         count(s.enqueued.reset),
-        count(s.enqueued.unchanged)
+        count(s.enqueued.unchanged),
+        count(s.requests),
+        count(s.splits)
     ))
 }
 
@@ -595,9 +607,9 @@ async fn run(a: RunArgs, scan_target: Option<ScanTarget>, term: &Term) -> CliRes
     let conf = sdk_config().await;
     // Every S3 attempt counted where it happens, the SDK's own retries included.
     let s3 = count_s3_attempts(&a.aws.s3_client(&conf).await, metrics.clone());
-    let (bucket, prefix, list_page_size, manifest) = match scan_target {
-        Some(t) => (t.bucket, t.prefix, t.list_page_size, t.manifest),
-        None => (String::new(), String::new(), MAX_LIST_PAGE_SIZE, None),
+    let (bucket, prefix, list_page_size, listers, manifest) = match scan_target {
+        Some(t) => (t.bucket, t.prefix, t.list_page_size, t.listers, t.manifest),
+        None => (String::new(), String::new(), MAX_LIST_PAGE_SIZE, 1, None),
     };
     if do_scan {
         check_bucket(&s3, &bucket).await?;
@@ -643,6 +655,7 @@ async fn run(a: RunArgs, scan_target: Option<ScanTarget>, term: &Term) -> CliRes
         shard,
         manifest,
         list_page_size,
+        listers,
         context: context_of(&a.context),
         concurrency: a.concurrency.max(1),
         dry_run: a.dry_run,
@@ -932,6 +945,11 @@ async fn status_text(a: &StatusArgs) -> CliResult<String> {
         .await
         .context("reading the state file")
         .map_err(Failure::failed)?;
+    let work = store
+        .work_progress()
+        .await
+        .context("reading the state file")
+        .map_err(Failure::failed)?;
     store.close().await;
     let done = c.by_state.finished();
     let left = c.by_state.remaining();
@@ -986,6 +1004,14 @@ async fn status_text(a: &StatusArgs) -> CliResult<String> {
             "objects_per_second": rate,
             "eta_seconds": eta,
             "noncurrent_versions": versions_json(&versions),
+            "listing": {
+                "ranges": {"pending": work.ranges[0], "running": work.ranges[1], "done": work.ranges[2]},
+                "keys_listed": work.keys_listed,
+            },
+            "manifest": {
+                "files": {"pending": work.files[0], "running": work.files[1], "done": work.files[2]},
+                "rows": work.manifest_rows,
+            },
         });
         return Ok(format!("{v}\n"));
     }
@@ -1032,6 +1058,28 @@ async fn status_text(a: &StatusArgs) -> CliResult<String> {
         count(c.total.objects),
         bytes(c.total.bytes)
     );
+    if work.ranges.iter().any(|n| *n > 0) {
+        let [pending, running, done] = work.ranges;
+        let _ = writeln!(
+            out,
+            "listing: {} keys listed; key ranges: {} done, {} listing, {} waiting",
+            count(work.keys_listed),
+            count(done),
+            count(running),
+            count(pending)
+        );
+    }
+    if work.files.iter().any(|n| *n > 0) {
+        let [pending, running, done] = work.files;
+        let _ = writeln!(
+            out,
+            "manifest: {} rows read; data files: {} done, {} reading, {} waiting",
+            count(work.manifest_rows),
+            count(done),
+            count(running),
+            count(pending)
+        );
+    }
     for (title, lines) in &rows {
         let _ = writeln!(out, "{title}");
         for (k, t) in lines {

@@ -69,7 +69,7 @@ use tokio::task::{JoinHandle, JoinSet};
 pub mod attempts;
 
 pub use crate::store::Action;
-use crate::store::{JobState, StateCounts, VersionCount, VersionState};
+use crate::store::{JobState, StateCounts, VersionCount, VersionState, WorkProgress, WorkState};
 
 /// `Content-Type` of [`Metrics::encode`] (OpenMetrics 1.0 text).
 pub const OPENMETRICS_CONTENT_TYPE: &str =
@@ -324,6 +324,12 @@ struct StateLabel {
     state: JobState,
 }
 
+/// `state` of a listing range or manifest data file.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct WorkLabel {
+    state: &'static str,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ActionLabel {
     action: Action,
@@ -386,6 +392,12 @@ pub struct Metrics {
     last_success: Gauge<f64, std::sync::atomic::AtomicU64>,
     /// `rekey --noncurrent`: the noncurrent versions recorded in the job table.
     noncurrent: Family<VersionLabels, Gauge>,
+    /// Listing ranges and manifest data files by state, keys listed and manifest rows read
+    /// (the state file's, all listers and processes together: [`Metrics::set_work`]).
+    list_ranges: Family<WorkLabel, Gauge>,
+    listed_keys: Gauge,
+    manifest_files: Family<WorkLabel, Gauge>,
+    manifest_rows: Gauge,
 }
 
 impl Metrics {
@@ -423,6 +435,37 @@ impl Metrics {
                     state: state.as_str(),
                 }));
             }
+        }
+        let list_ranges = Family::<WorkLabel, Gauge>::default();
+        registry.register(
+            "s3cse_rekey_list_ranges",
+            "Key ranges of the listing pass, by state (pending, running, done)",
+            list_ranges.clone(),
+        );
+        let listed_keys = Gauge::default();
+        registry.register(
+            "s3cse_rekey_listed_keys",
+            "Keys enqueued by the listing pass so far (all listers)",
+            listed_keys.clone(),
+        );
+        let manifest_files = Family::<WorkLabel, Gauge>::default();
+        registry.register(
+            "s3cse_rekey_manifest_files",
+            "Manifest data files of the ingest pass, by state (pending, running, done)",
+            manifest_files.clone(),
+        );
+        let manifest_rows = Gauge::default();
+        registry.register(
+            "s3cse_rekey_manifest_rows",
+            "Manifest rows read by the ingest pass so far (all ingesters)",
+            manifest_rows.clone(),
+        );
+        for state in WorkState::ALL {
+            let label = WorkLabel {
+                state: state.as_str(),
+            };
+            drop(list_ranges.get_or_create(&label));
+            drop(manifest_files.get_or_create(&label));
         }
         let queue_bytes = Family::<StateLabel, Gauge>::default();
         registry.register(
@@ -553,7 +596,29 @@ impl Metrics {
             retries,
             last_success,
             noncurrent,
+            list_ranges,
+            listed_keys,
+            manifest_files,
+            manifest_rows,
         }
+    }
+
+    /// Sets the listing and manifest gauges from the state file's progress.
+    pub fn set_work(&self, p: &WorkProgress) {
+        for (state, (ranges, files)) in WorkState::ALL.into_iter().zip(p.ranges.iter().zip(p.files))
+        {
+            let label = WorkLabel {
+                state: state.as_str(),
+            };
+            self.list_ranges
+                .get_or_create(&label)
+                .set(saturating_i64(*ranges));
+            self.manifest_files
+                .get_or_create(&label)
+                .set(saturating_i64(files));
+        }
+        self.listed_keys.set(saturating_i64(p.keys_listed));
+        self.manifest_rows.set(saturating_i64(p.manifest_rows));
     }
 
     /// Sets the noncurrent-version gauges from the job table's counts (groups not counted

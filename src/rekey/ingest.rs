@@ -9,15 +9,18 @@
 //! compared with `manifest.json` before a row is read: a damaged file enqueues nothing), then
 //! read by one blocking thread: gzip decoded as a stream, line by line, in batches of
 //! `batch` rows handed over a channel of [`CHANNEL_BATCHES`] batches. So memory is a few
-//! batches; disk is one data file at a time.
+//! batches per ingester; disk is one data file per ingester.
 //!
-//! # Checkpoint
-//! Each batch is enqueued together with the checkpoint `FILE_INDEX:LINE` (the last line of the
-//! batch) in one transaction ([`JobStore::enqueue_page`], the scanner's own). The checkpoint
-//! lives in the `scans` table, in a row of its own ([`manifest_scan_key`]): a restarted run
-//! skips the files before `FILE_INDEX` and the lines up to `LINE`, and loses no row. A finished
-//! ingest is started over by the next run, as a finished listing is: rows already known are
-//! left alone unless their ETag changed.
+//! # Data files are work items
+//! Each data file is a row of the state file (`manifest_files`, [`JobStore::begin_manifest`])
+//! claimed with a lease by an ingester (`--listers` of them per process, any number of
+//! processes on one PostgreSQL queue), with its checkpoint `line`: each batch is enqueued
+//! together with the file's new line in one transaction ([`JobStore::commit_file_batch`],
+//! the scanner's upsert), so a restarted or taken-over file skips the lines up to it and loses
+//! no row, and a dead ingester's file lapses to another. A finished ingest is started over by
+//! the next run, as a finished listing is: rows already known are left alone unless their
+//! ETag changed. (An older state file's `FILE:LINE` checkpoint in `scans`,
+//! [`manifest_scan_key`], is where the first pass resumes.)
 //!
 //! # Rows left alone
 //! Rows of another bucket or outside the prefix (counted, logged with file and line), rows that
@@ -27,7 +30,8 @@
 
 use std::io::{BufRead, BufReader, Read, Seek};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use md5::{Digest, Md5};
 use tokio::io::AsyncWriteExt;
@@ -36,10 +40,10 @@ use tokio::sync::mpsc;
 use crate::client::S3Cse;
 use crate::logkey::log_key;
 use crate::manifest::{self, InventoryManifest, Row, RowError, Schema};
-use crate::store::{EnqueueStats, JobStore, ListedObject, ScanKey};
+use crate::store::{EnqueueStats, JobStore, ListedObject, ManifestFile, ScanKey};
 
 use super::limit::RateLimit;
-use super::scan::Shard;
+use super::scan::{Shard, release_dead_work, unix_millis, work_owner};
 use super::{RekeyError, Shutdown};
 
 /// Batches parsed ahead of the store: with `batch` rows each, the rows in memory at once.
@@ -137,86 +141,82 @@ pub fn manifest_scan_key(scan: &ScanKey, url: &str) -> ScanKey {
     }
 }
 
+/// How many data files are read at once (`--listers`), and their lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ingesters {
+    /// Ingesters in this process: data files read at once.
+    pub count: usize,
+    /// Lease of a claimed data file, renewed by every batch.
+    pub lease: Duration,
+}
+
+impl IngestSummary {
+    fn add(&mut self, b: &Batch, stats: EnqueueStats) {
+        self.rows += b.rows;
+        self.enqueued.inserted += stats.inserted;
+        self.enqueued.reset += stats.reset;
+        self.enqueued.unchanged += stats.unchanged;
+        self.outside += b.outside;
+        self.malformed += b.malformed;
+        self.skipped += b.skipped;
+        self.other_shards += b.other_shards;
+    }
+}
+
 /// Reads the manifest `job.url` into `store`: the objects of `scan.bucket` under `scan.prefix`
-/// (this shard's), resuming from the checkpoint. See the module doc.
+/// (this shard's), with `ingesters.count` ingesters, joining (or resuming) the ingest pass
+/// under way or starting a new one. Returns when every data file is read (also those of other
+/// processes: a lapsed one is taken over), or at a stop. See the module doc.
 pub async fn ingest(
     client: &S3Cse,
     store: &JobStore,
     scan: &ScanKey,
     job: &ManifestJob,
+    ingesters: &Ingesters,
     s3_limit: &RateLimit,
     shutdown: &Shutdown,
 ) -> Result<IngestSummary, RekeyError> {
-    let key = manifest_scan_key(scan, &job.url);
-    let (start_file, skip_lines) = match store.scan_checkpoint(&key).await? {
-        Some((Some(c), false)) => parse_checkpoint(&c).unwrap_or_else(|| {
-            tracing::warn!(checkpoint = %c, "unreadable manifest checkpoint: starting over");
-            (0, 0)
-        }),
-        Some((None, false)) => (0, 0),
-        Some((_, true)) | None => {
-            store.reset_scan(&key).await?;
-            (0, 0)
-        }
+    let started = unix_millis();
+    release_dead_work(store).await?;
+    // An older state file's checkpoint (`FILE:LINE` in `scans`) is where a new pass resumes.
+    let old = manifest_scan_key(scan, &job.url);
+    let resume = match store.scan_checkpoint(&old).await? {
+        Some((Some(c), false)) => parse_checkpoint(&c),
+        _ => None,
     };
     let at = Location::parse(&job.url)?;
     let (kind, files) = open_manifest(client, &at, &scan.bucket, s3_limit).await?;
-    if start_file > 0 || skip_lines > 0 {
-        tracing::info!(
-            file = start_file,
-            line = skip_lines,
-            "resuming manifest ingest"
-        );
+    let names: Vec<String> = files.iter().map(|f| f.at.name()).collect();
+    if !store
+        .begin_manifest(scan, &job.url, &names, resume, started, unix_millis())
+        .await?
+    {
+        tracing::info!(manifest = %job.url, "joining the manifest ingest under way");
+    } else if let Some((file, line)) = resume {
+        tracing::info!(file, line, "resuming manifest ingest");
     }
-    let shard = scan.shard.map(|(index, count)| Shard { index, count });
-    let mut summary = IngestSummary::default();
-    let mut logged = 0u64;
-    for (index, file) in files.iter().enumerate().skip(start_file) {
-        if shutdown.is_stopping() {
-            return Ok(summary);
-        }
-        let skip = if index == start_file { skip_lines } else { 0 };
-        let local = fetch(client, &file.at, file.md5.as_deref(), s3_limit).await?;
-        let (tx, mut rx) = mpsc::channel(CHANNEL_BATCHES);
-        let parser = Parser {
-            kind: kind.clone(),
-            bucket: scan.bucket.clone(),
-            prefix: scan.prefix.clone(),
-            shard,
-            name: file.at.name(),
-            gzip: file.gzip,
-            skip,
-            batch: job.batch.max(1),
-            logged,
-        };
-        let reader = tokio::task::spawn_blocking(move || parser.run(local, tx));
-        while let Some(b) = rx.recv().await {
-            if shutdown.is_stopping() {
-                break;
-            }
-            let stats = store
-                .enqueue_page(&key, &b.objects, &format!("{index}:{}", b.last_line))
-                .await?;
-            summary.rows += b.rows;
-            summary.enqueued.inserted += stats.inserted;
-            summary.enqueued.reset += stats.reset;
-            summary.enqueued.unchanged += stats.unchanged;
-            summary.outside += b.outside;
-            summary.malformed += b.malformed;
-            summary.skipped += b.skipped;
-            summary.other_shards += b.other_shards;
-        }
-        // Dropping the receiver first ends a parser blocked on a full channel.
-        drop(rx);
-        logged = reader
-            .await
-            .map_err(|e| RekeyError::Internal(format!("manifest reader: {e}")))?
-            .map_err(|e| RekeyError::Manifest(format!("{}: {e}", file.at.name())))?;
-        if shutdown.is_stopping() {
-            return Ok(summary);
-        }
+    let total = Mutex::new(IngestSummary::default());
+    let ingester = Ingester {
+        client,
+        store,
+        scan,
+        job,
+        kind: &kind,
+        files: &files,
+        lease: ingesters.lease,
+        s3_limit,
+        shutdown,
+        total: &total,
+    };
+    let runs = (0..ingesters.count.max(1)).map(|i| ingester.run(i));
+    futures::future::try_join_all(runs).await?;
+    let summary = total.lock().map(|t| *t).unwrap_or_default();
+    if !shutdown.is_stopping()
+        && store.manifest_remaining(scan, &job.url).await?.open == 0
+        && resume.is_some()
+    {
+        store.finish_scan(&old).await?;
     }
-    store.finish_scan(&key).await?;
     if summary.outside + summary.malformed > 0 {
         tracing::warn!(
             outside = summary.outside,
@@ -227,7 +227,147 @@ pub async fn ingest(
     Ok(summary)
 }
 
-/// `FILE:LINE`.
+/// What the ingesters of one manifest share.
+struct Ingester<'a> {
+    client: &'a S3Cse,
+    store: &'a JobStore,
+    scan: &'a ScanKey,
+    job: &'a ManifestJob,
+    kind: &'a Kind,
+    files: &'a [DataFile],
+    lease: Duration,
+    s3_limit: &'a RateLimit,
+    shutdown: &'a Shutdown,
+    total: &'a Mutex<IngestSummary>,
+}
+
+impl Ingester<'_> {
+    /// One ingester: claims data files and reads them; with nothing to claim, waits for the
+    /// others' files to end or lapse.
+    async fn run(&self, index: usize) -> Result<(), RekeyError> {
+        let owner = work_owner(&format!("i{index}"));
+        let result = self.run_as(&owner).await;
+        if self.shutdown.is_stopping() || result.is_err() {
+            self.store.release_work(&owner, unix_millis()).await?;
+        }
+        result
+    }
+
+    async fn run_as(&self, owner: &str) -> Result<(), RekeyError> {
+        let poll = (self.lease / 4).clamp(Duration::from_millis(100), Duration::from_secs(2));
+        let mut logged = 0u64;
+        loop {
+            if self.shutdown.is_stopping() {
+                return Ok(());
+            }
+            let claimed = self
+                .store
+                .claim_manifest_file(self.scan, &self.job.url, owner, self.lease, unix_millis())
+                .await?;
+            if let Some(file) = claimed {
+                logged = self.read_file(owner, &file, logged).await?;
+                continue;
+            }
+            if self
+                .store
+                .manifest_remaining(self.scan, &self.job.url)
+                .await?
+                .open
+                == 0
+            {
+                return Ok(());
+            }
+            tokio::select! {
+                () = tokio::time::sleep(poll) => {}
+                () = self.shutdown.stopped() => {}
+            }
+        }
+    }
+
+    /// Reads claimed data file `file` from its checkpoint to its end (or a stop, or its lease
+    /// lost); returns the rows logged so far.
+    async fn read_file(
+        &self,
+        owner: &str,
+        file: &ManifestFile,
+        logged: u64,
+    ) -> Result<u64, RekeyError> {
+        let Some(data) = self.files.get(file.file_index) else {
+            return Err(RekeyError::Manifest(format!(
+                "{}: data file {} is not in the manifest",
+                self.job.url, file.file_index
+            )));
+        };
+        let local = fetch(self.client, &data.at, data.md5.as_deref(), self.s3_limit).await?;
+        let (tx, mut rx) = mpsc::channel(CHANNEL_BATCHES);
+        let parser = Parser {
+            kind: self.kind.clone(),
+            bucket: self.scan.bucket.clone(),
+            prefix: self.scan.prefix.clone(),
+            shard: self.scan.shard.map(|(index, count)| Shard { index, count }),
+            name: data.at.name(),
+            gzip: data.gzip,
+            skip: file.line,
+            batch: self.job.batch.max(1),
+            logged,
+        };
+        let reader = tokio::task::spawn_blocking(move || parser.run(local, tx));
+        let mut line = file.line;
+        let mut held = true;
+        while let Some(b) = rx.recv().await {
+            if self.shutdown.is_stopping() {
+                break;
+            }
+            let stats = self
+                .store
+                .commit_file_batch(
+                    file.id,
+                    owner,
+                    &self.scan.bucket,
+                    &b.objects,
+                    b.last_line,
+                    b.rows,
+                    false,
+                    self.lease,
+                    unix_millis(),
+                )
+                .await?;
+            let Some(stats) = stats else {
+                tracing::warn!(file = %data.at.name(), "manifest file lost (its lease lapsed and another ingester took it over)");
+                held = false;
+                break;
+            };
+            line = b.last_line;
+            if let Ok(mut t) = self.total.lock() {
+                t.add(&b, stats);
+            }
+        }
+        // Dropping the receiver first ends a parser blocked on a full channel.
+        drop(rx);
+        let logged = reader
+            .await
+            .map_err(|e| RekeyError::Internal(format!("manifest reader: {e}")))?
+            .map_err(|e| RekeyError::Manifest(format!("{}: {e}", data.at.name())))?;
+        if held && !self.shutdown.is_stopping() {
+            self.store
+                .commit_file_batch(
+                    file.id,
+                    owner,
+                    &self.scan.bucket,
+                    &[],
+                    line,
+                    0,
+                    true,
+                    self.lease,
+                    unix_millis(),
+                )
+                .await?;
+        }
+        Ok(logged)
+    }
+}
+
+/// `FILE:LINE`, the checkpoint of an older state file.
 fn parse_checkpoint(c: &str) -> Option<(usize, u64)> {
     let (f, l) = c.split_once(':')?;
     Some((f.parse().ok()?, l.parse().ok()?))

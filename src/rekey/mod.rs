@@ -3,9 +3,10 @@
 //!
 //! # Layout
 //! - [`plan`]: pure classification, HEAD + envelope -> skip / rewrite / rewrap.
-//! - [`scan`]: ListObjectsV2 -> the job table, with a checkpoint and `--shard I/N`.
+//! - [`scan`]: ListObjectsV2 -> the job table, as claimable key ranges (`--listers`, split
+//!   among listers and processes), each with a checkpoint; `--shard I/N`.
 //! - [`ingest`]: `--manifest`, an S3 Inventory or Batch Operations manifest -> the job table,
-//!   with a checkpoint (instead of [`scan`]).
+//!   its data files claimable with a line checkpoint each (instead of [`scan`]).
 //! - [`report`]: the job table -> an S3 Batch Operations completion report in S3.
 //! - [`worker`]: the pool: the claim loop (leases, `--concurrency` tasks, graceful stop), retries,
 //!   deadlines, and the one store write that records each outcome.
@@ -106,6 +107,9 @@ pub struct RekeyConfig {
     pub manifest: Option<ingest::ManifestJob>,
     /// Keys per ListObjectsV2 page ([`scan::MAX_LIST_PAGE_SIZE`], S3's maximum, by default).
     pub list_page_size: i32,
+    /// Listers (and manifest ingesters) in this process (`--listers`): ranges listed, or
+    /// manifest data files read, at once.
+    pub listers: usize,
     /// User encryption context of the new envelopes (`aws:x-amz-cek-alg` is added).
     pub context: Context,
     /// Objects processed at once.
@@ -302,13 +306,20 @@ pub async fn run(config: RekeyConfig, shutdown: Shutdown) -> Result<RunSummary, 
         };
         let ingested = unless_abandoned(
             &shutdown,
-            ingest::ingest(
-                &config.client,
-                &config.store,
-                &key,
-                job,
-                &config.s3_limit,
-                &shutdown,
+            with_work_gauges(
+                &config,
+                ingest::ingest(
+                    &config.client,
+                    &config.store,
+                    &key,
+                    job,
+                    &ingest::Ingesters {
+                        count: config.listers,
+                        lease: config.lease,
+                    },
+                    &config.s3_limit,
+                    &shutdown,
+                ),
             ),
         )
         .await;
@@ -334,13 +345,20 @@ pub async fn run(config: RekeyConfig, shutdown: Shutdown) -> Result<RunSummary, 
         };
         let scanned = unless_abandoned(
             &shutdown,
-            scan::scan(
-                &config.client,
-                &config.store,
-                &key,
-                config.list_page_size,
-                &config.s3_limit,
-                &shutdown,
+            with_work_gauges(
+                &config,
+                scan::scan(
+                    &config.client,
+                    &config.store,
+                    &key,
+                    &scan::ListConfig {
+                        page_size: config.list_page_size,
+                        listers: config.listers,
+                        lease: config.lease,
+                    },
+                    &config.s3_limit,
+                    &shutdown,
+                ),
             ),
         )
         .await;
@@ -352,6 +370,8 @@ pub async fn run(config: RekeyConfig, shutdown: Shutdown) -> Result<RunSummary, 
             listed = s.listed,
             new = s.enqueued.inserted,
             changed = s.enqueued.reset,
+            requests = s.requests,
+            splits = s.splits,
             "scan done"
         );
         summary.scan = Some(s);
@@ -371,6 +391,30 @@ pub async fn run(config: RekeyConfig, shutdown: Shutdown) -> Result<RunSummary, 
     }
     summary.interrupted = shutdown.is_stopping();
     Ok(summary)
+}
+
+/// Runs a listing or ingest, refreshing the listing and manifest gauges from the state file
+/// every few seconds meanwhile (all listers' and processes' progress) and once at the end.
+async fn with_work_gauges<T>(
+    config: &RekeyConfig,
+    work: impl std::future::Future<Output = T>,
+) -> T {
+    let refresh = async {
+        loop {
+            if let Ok(p) = config.store.work_progress().await {
+                config.metrics.set_work(&p);
+            }
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
+    };
+    let r = tokio::select! {
+        r = work => r,
+        () = refresh => unreachable!("the gauge refresh loops forever"),
+    };
+    if let Ok(p) = config.store.work_progress().await {
+        config.metrics.set_work(&p);
+    }
+    r
 }
 
 /// The end of an abandoned run: this process's jobs back to the queue.
@@ -396,6 +440,8 @@ pub async fn release_own_leases(store: &JobStore) -> Result<u64, RekeyError> {
     let mut released = store.release_owner_prefix(&prefix).await?;
     tokio::time::sleep(Duration::from_millis(200)).await;
     released += store.release_owner_prefix(&prefix).await?;
+    // The listing ranges and manifest files this process held (not counted: not objects).
+    store.release_work(&prefix, scan::unix_millis()).await?;
     Ok(released)
 }
 

@@ -1,17 +1,46 @@
-//! The scanner: ListObjectsV2 pages -> the job table, resumable.
+//! The scanner: ListObjectsV2 pages -> the job table, as claimable key ranges, resumable.
 //!
-//! Each page is enqueued together with the scan checkpoint (the page's last key) in one
-//! transaction ([`JobStore::enqueue_page`]), so an interrupted scan resumes with
-//! `StartAfter = checkpoint` and loses no key. A finished scan is started over on the next run
-//! (the nightly case): the store resets only the objects whose ETag changed.
+//! # Ranges
+//! A listing pass is a set of key ranges in the state file (`list_ranges`, see
+//! [`crate::store::ListRange`]), claimed by listers with a lease like job rows. A lister lists
+//! its range page by page; each page is enqueued together with the range's cursor (the page's
+//! last key) in one transaction ([`JobStore::commit_range_page`]), so an interrupted listing
+//! resumes with `StartAfter = cursor` and loses no key, and a dead lister's range lapses and is
+//! taken over from its cursor by another.
+//!
+//! A lister with nothing to claim splits the widest range another lister holds
+//! ([`split_one`]): it probes for a key above the owner's cursor (ListObjectsV2 `StartAfter` =
+//! the cursor with one byte raised, one level deeper at a time, at most [`MAX_PROBES`]
+//! requests) and the page the probe returns becomes the first page of a new range
+//! `[first key, old end)`, committed with the old range's shortening in one transaction
+//! ([`JobStore::split_range`]); the owner drops keys at or above its new end on its next page.
+//! So N listers (`--listers`, or N processes on one PostgreSQL queue) list one bucket together,
+//! each key once, and the requests stay about one per page plus a few probes per split.
+//! One lister never splits: the single-process cost is the old one, one request per page.
+//!
+//! # Passes
+//! A pass whose ranges are all done is started over by the next run (the nightly re-scan):
+//! the store resets only the objects whose ETag changed.
+//!
+//! # Shards (`--shard I/N`)
+//! A sharded scan is seeded with one Delimiter listing of the prefix (`/`): the common prefixes
+//! it returns whose [`shard_of`] is this shard become ranges of their own (and split like any
+//! range), the keys directly under the prefix are kept when their own hash is this shard's. So
+//! each shard lists only its own top-level prefixes, plus the Delimiter listing (one request
+//! per 1,000 top-level entries). A flat namespace (all keys directly under the prefix) falls
+//! back to every shard listing it all and keeping its own keys, as before.
 
-use std::time::Instant;
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
 use crate::client::S3Cse;
 use crate::logkey::log_key;
-use crate::store::{EnqueueStats, JobStore, ListedObject, ScanKey};
+use crate::store::{
+    EnqueueStats, JobStore, ListRange, ListedObject, RangeSeed, ScanKey, SplitPage,
+};
 
 use super::limit::RateLimit;
 use super::{RekeyError, Shutdown};
@@ -57,13 +86,50 @@ pub fn shard_of(key: &str, count: u32) -> u32 {
     (u64::from_be_bytes(first) % u64::from(count.max(1))) as u32
 }
 
-/// What one scan did.
+/// What one scan did (this process's listers).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ScanSummary {
     /// Keys listed (all shards, before filtering).
     pub listed: u64,
     /// Keys handed to the store (this shard).
     pub enqueued: EnqueueStats,
+    /// ListObjectsV2 requests sent (pages and split probes).
+    pub requests: u64,
+    /// Ranges this process split off another lister's.
+    pub splits: u64,
+}
+
+impl ScanSummary {
+    fn add(&mut self, other: &ScanSummary) {
+        self.listed += other.listed;
+        self.enqueued.inserted += other.enqueued.inserted;
+        self.enqueued.reset += other.enqueued.reset;
+        self.enqueued.unchanged += other.enqueued.unchanged;
+        self.requests += other.requests;
+        self.splits += other.splits;
+    }
+}
+
+/// How a scan lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListConfig {
+    /// Keys per ListObjectsV2 page (`--list-page-size`).
+    pub page_size: i32,
+    /// Listers in this process (`--listers`): ranges listed at once.
+    pub listers: usize,
+    /// Lease of a claimed range, renewed by every page: a dead lister's lapses after it.
+    pub lease: Duration,
+}
+
+impl ListConfig {
+    /// One lister, S3's full pages, a 60 s lease.
+    pub fn new(page_size: i32) -> ListConfig {
+        ListConfig {
+            page_size,
+            listers: 1,
+            lease: Duration::from_secs(60),
+        }
+    }
 }
 
 /// ListObjectsV2's own page size, the default of `--list-page-size`. S3 returns at most this
@@ -75,8 +141,66 @@ pub const MAX_LIST_PAGE_SIZE: i32 = 1000;
 /// S3 ends such runs within a few pages; a proxy that drops one page answers the retry.
 const MAX_STALLED_PAGES: u32 = 100;
 
-/// Lists `bucket/prefix` (this shard only) into `store`, resuming from its checkpoint, in pages
-/// of at most `page_size` keys.
+/// Probe requests of one split attempt (each one byte position deeper): a range whose keys
+/// all share a longer run of bytes with its cursor is left to its owner.
+pub const MAX_PROBES: usize = 6;
+
+/// Probes that found nothing to split, per lister and scan: the requests a lister may waste on
+/// splits at the tail of a pass, when every range left is short (its keys all share a long
+/// run of bytes with its cursor). After it, the lister only takes over lapsed ranges.
+pub const FAILED_PROBE_BUDGET: u32 = 12;
+
+/// Ranges looked at when choosing one to split.
+const SPLIT_CANDIDATES: u32 = 1000;
+
+/// Unix milliseconds now: the times of the listing and manifest work items (bound as
+/// parameters, see `store/work.rs`).
+pub(crate) fn unix_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// A lease owner id unique to this process and call: `host:pid:start:tag`.
+pub(crate) fn work_owner(tag: &str) -> String {
+    let start = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!("{}{start}:{tag}", super::process_owner_prefix())
+}
+
+/// Hands back the ranges and manifest files of dead processes of this host (SIGKILLed, OOM):
+/// their leases would lapse anyway, this only saves the wait on a restart.
+pub(crate) async fn release_dead_work(store: &JobStore) -> Result<u64, RekeyError> {
+    let host = super::hostname();
+    let my_pid = std::process::id().to_string();
+    let mut released = 0;
+    for owner in store.work_owners().await? {
+        let mut parts = owner.split(':');
+        let (Some(h), Some(pid)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        if h != host || pid == my_pid || std::path::Path::new("/proc").join(pid).exists() {
+            continue;
+        }
+        released += store
+            .release_work(&format!("{h}:{pid}:"), unix_millis())
+            .await?;
+    }
+    if released > 0 {
+        tracing::info!(
+            released,
+            "released the listing work of a dead process on this host"
+        );
+    }
+    Ok(released)
+}
+
+/// Lists `bucket/prefix` (this shard only) into `store` with `list.listers` listers, joining
+/// (or resuming) the listing pass under way or starting a new one. Returns when every range of
+/// the pass is done (also those of other processes: a lapsed one is taken over), or at a stop.
 ///
 /// The listing goes on while a page says it is truncated, whatever it holds: an empty or short
 /// page is normal (the SDK paginators do the same). A truncated page without a continuation
@@ -86,76 +210,430 @@ pub async fn scan(
     client: &S3Cse,
     store: &JobStore,
     scan: &ScanKey,
-    page_size: i32,
+    list: &ListConfig,
     s3_limit: &RateLimit,
     shutdown: &Shutdown,
 ) -> Result<ScanSummary, RekeyError> {
-    let start_after = match store.scan_checkpoint(scan).await? {
-        Some((_, true)) | None => {
-            store.reset_scan(scan).await?;
-            None
+    let started = unix_millis();
+    release_dead_work(store).await?;
+    let seeds = seeds(store, scan).await?;
+    if store
+        .begin_listing(scan, &seeds, started, unix_millis())
+        .await?
+    {
+        if let Some(c) = seeds.first().and_then(|s| s.cursor.as_deref()) {
+            tracing::info!(bucket = %scan.bucket, start_after = %log_key(c), "resuming scan");
         }
-        Some((start_after, false)) => start_after,
-    };
-    if let Some(k) = &start_after {
-        tracing::info!(bucket = %scan.bucket, start_after = %log_key(k), "resuming scan");
+    } else {
+        tracing::info!(bucket = %scan.bucket, "joining the listing pass under way");
     }
     let shard = scan.shard.map(|(index, count)| Shard { index, count });
-    let mut summary = ScanSummary::default();
-    let mut token: Option<String> = None;
-    let mut stalled = 0u32;
-    loop {
-        if shutdown.is_stopping() {
-            return Ok(summary);
+    let total = Mutex::new(ScanSummary::default());
+    let lister = Lister {
+        client,
+        store,
+        scan,
+        shard,
+        list,
+        s3_limit,
+        shutdown,
+        total: &total,
+    };
+    let listers = list.listers.max(1);
+    let runs = (0..listers).map(|i| lister.run(i, listers > 1));
+    futures::future::try_join_all(runs).await?;
+    if !shutdown.is_stopping() && store.ranges_remaining(scan).await?.open == 0 {
+        // Also the old checkpoint row: an older state file's unfinished scan is not resumed
+        // again by the next pass.
+        store.finish_scan(scan).await?;
+    }
+    let summary = total.lock().map(|t| *t).unwrap_or_default();
+    Ok(summary)
+}
+
+/// The ranges a new pass starts with: the whole prefix (from an older state file's unfinished
+/// scan checkpoint, if any), or for a shard the Delimiter listing that finds its prefixes.
+async fn seeds(store: &JobStore, scan: &ScanKey) -> Result<Vec<RangeSeed>, RekeyError> {
+    if scan.shard.is_some() {
+        return Ok(vec![RangeSeed {
+            prefix: scan.prefix.clone(),
+            delimiter: Some("/".into()),
+            ..RangeSeed::default()
+        }]);
+    }
+    let cursor = match store.scan_checkpoint(scan).await? {
+        Some((cursor, false)) => cursor,
+        _ => None,
+    };
+    Ok(vec![RangeSeed {
+        prefix: scan.prefix.clone(),
+        cursor,
+        ..RangeSeed::default()
+    }])
+}
+
+/// What every lister of one scan shares.
+struct Lister<'a> {
+    client: &'a S3Cse,
+    store: &'a JobStore,
+    scan: &'a ScanKey,
+    shard: Option<Shard>,
+    list: &'a ListConfig,
+    s3_limit: &'a RateLimit,
+    shutdown: &'a Shutdown,
+    total: &'a Mutex<ScanSummary>,
+}
+
+/// One ListObjectsV2 page, as the listers use it.
+struct Page {
+    objects: Vec<ListedObject>,
+    /// Common prefixes (Delimiter listings).
+    prefixes: Vec<String>,
+    /// The greatest key or common prefix of the page.
+    last: Option<String>,
+    /// `None`: the listing ended.
+    next: Option<String>,
+}
+
+impl Lister<'_> {
+    /// One lister: claims ranges and lists them; with nothing to claim, splits another
+    /// lister's range (if `split`) or waits for the others' ranges to end or lapse.
+    async fn run(&self, index: usize, split: bool) -> Result<(), RekeyError> {
+        let owner = work_owner(&format!("l{index}"));
+        let result = self.run_as(&owner, split).await;
+        if self.shutdown.is_stopping() || result.is_err() {
+            // A graceful stop (or an error) hands the range back at once, not at lease expiry.
+            self.store.release_work(&owner, unix_millis()).await?;
         }
-        s3_limit.wait().await;
+        result
+    }
+
+    async fn run_as(&self, owner: &str, split: bool) -> Result<(), RekeyError> {
+        let mut unsplittable: HashSet<(i64, Option<String>)> = HashSet::new();
+        let mut budget = FAILED_PROBE_BUDGET;
+        // Short: an idle lister splits a range as soon as its owner has listed a first page.
+        let poll =
+            (self.list.lease / 8).clamp(Duration::from_millis(50), Duration::from_millis(250));
+        loop {
+            if self.shutdown.is_stopping() {
+                return Ok(());
+            }
+            let claimed = self
+                .store
+                .claim_range(self.scan, owner, self.list.lease, unix_millis())
+                .await?;
+            if let Some(range) = claimed {
+                self.list_range(owner, &range, None).await?;
+                continue;
+            }
+            if split
+                && budget > 0
+                && let Some((range, token)) = self
+                    .split_one(owner, &mut unsplittable, &mut budget)
+                    .await?
+            {
+                self.list_range(owner, &range, token).await?;
+                continue;
+            }
+            if self.store.ranges_remaining(self.scan).await?.open == 0 {
+                return Ok(());
+            }
+            // Other listers are at work: wait for their ranges to end, lapse, or grow
+            // splittable.
+            tokio::select! {
+                () = tokio::time::sleep(poll) => {}
+                () = self.shutdown.stopped() => {}
+            }
+        }
+    }
+
+    fn add(&self, s: ScanSummary) {
+        if let Ok(mut t) = self.total.lock() {
+            t.add(&s);
+        }
+    }
+
+    /// One ListObjectsV2 request of `range` (from `start_after`, or on with `token`).
+    async fn page(
+        &self,
+        range: &ListRange,
+        start_after: Option<&str>,
+        token: Option<&str>,
+    ) -> Result<Page, RekeyError> {
+        self.s3_limit.wait().await;
         let t = Instant::now();
-        let r = client
+        let r = self
+            .client
             .s3()
             .list_objects_v2()
-            .bucket(&scan.bucket)
-            .set_prefix((!scan.prefix.is_empty()).then(|| scan.prefix.clone()))
-            .max_keys(page_size.clamp(1, MAX_LIST_PAGE_SIZE))
+            .bucket(&self.scan.bucket)
+            .set_prefix((!range.prefix.is_empty()).then(|| range.prefix.clone()))
+            .set_delimiter(range.delimiter.clone())
+            .max_keys(self.list.page_size.clamp(1, MAX_LIST_PAGE_SIZE))
             .set_start_after(if token.is_none() {
-                start_after.clone()
+                start_after.map(str::to_owned)
             } else {
                 None
             })
-            .set_continuation_token(token.clone())
+            .set_continuation_token(token.map(str::to_owned))
             .send()
             .await;
-        let page = client.observe("ListObjectsV2", &scan.bucket, &scan.prefix, t, r)?;
-        let contents = page.contents();
-        summary.listed += contents.len() as u64;
-        if let Some(stats) = record_page(store, scan, shard, contents).await? {
-            summary.enqueued.inserted += stats.inserted;
-            summary.enqueued.reset += stats.reset;
-            summary.enqueued.unchanged += stats.unchanged;
-        }
+        let page = self
+            .client
+            .observe("ListObjectsV2", &self.scan.bucket, &range.prefix, t, r)?;
+        self.add(ScanSummary {
+            requests: 1,
+            listed: page.contents().len() as u64,
+            ..ScanSummary::default()
+        });
         let next = next_page(page.is_truncated(), page.next_continuation_token()).map_err(|e| {
-            RekeyError::Listing(format!("s3://{}/{}: {e}", scan.bucket, scan.prefix))
+            RekeyError::Listing(format!("s3://{}/{}: {e}", self.scan.bucket, range.prefix))
         })?;
-        let Some(next) = next else {
+        let delimited = range.delimiter.is_some();
+        let mut objects = listed_objects(page.contents());
+        let mut prefixes: Vec<String> = page
+            .common_prefixes()
+            .iter()
+            .filter_map(|p| p.prefix().map(str::to_owned))
+            .collect();
+        let last = objects
+            .last()
+            .map(|o| o.key.clone())
+            .into_iter()
+            .chain(prefixes.last().cloned())
+            .max();
+        if delimited && let Some(shard) = self.shard {
+            // The seeding listing of a shard: its keys and prefixes only.
+            objects.retain(|o| shard.contains(&o.key));
+            prefixes.retain(|p| shard.contains(p));
+        }
+        Ok(Page {
+            objects,
+            prefixes,
+            last,
+            next,
+        })
+    }
+
+    /// Lists `range` (claimed by `owner`) to its end, its lease lost, or a stop. `token`: the
+    /// continuation of a split probe's page.
+    async fn list_range(
+        &self,
+        owner: &str,
+        range: &ListRange,
+        mut token: Option<String>,
+    ) -> Result<(), RekeyError> {
+        let mut stalled = 0u32;
+        loop {
+            if self.shutdown.is_stopping() {
+                return Ok(());
+            }
+            let page = self
+                .page(range, range.cursor.as_deref(), token.as_deref())
+                .await?;
+            let complete = page.next.is_none();
+            let Some(last) = page.last.as_deref() else {
+                if complete {
+                    self.store
+                        .finish_range(range.id, owner, unix_millis())
+                        .await?;
+                    return Ok(());
+                }
+                stalled = if token == page.next { stalled + 1 } else { 0 };
+                if stalled >= MAX_STALLED_PAGES {
+                    return Err(RekeyError::Listing(format!(
+                        "s3://{}/{}: {stalled} empty pages in a row returned the same \
+                         continuation token",
+                        self.scan.bucket, range.prefix
+                    )));
+                }
+                tracing::debug!(bucket = %self.scan.bucket, "empty truncated listing page: listing on");
+                token = page.next;
+                continue;
+            };
+            stalled = 0;
+            let committed = self
+                .store
+                .commit_range_page(
+                    range.id,
+                    owner,
+                    &self.scan.bucket,
+                    &page.objects,
+                    &page.prefixes,
+                    last,
+                    complete,
+                    self.list.lease,
+                    unix_millis(),
+                )
+                .await?;
+            let Some((stats, done)) = committed else {
+                tracing::warn!(
+                    bucket = %self.scan.bucket,
+                    range = range.id,
+                    "listing range lost (its lease lapsed and another lister took it over)"
+                );
+                return Ok(());
+            };
+            self.add(ScanSummary {
+                enqueued: stats,
+                ..ScanSummary::default()
+            });
+            if done {
+                return Ok(());
+            }
+            token = page.next;
+        }
+    }
+
+    /// Splits the widest open range held by another lister: probes above its cursor and, when
+    /// a probe finds keys inside the range, makes its page the first of a new range leased to
+    /// `owner`. Returns that range (if not already done) and the probe's continuation token.
+    async fn split_one(
+        &self,
+        owner: &str,
+        unsplittable: &mut HashSet<(i64, Option<String>)>,
+        budget: &mut u32,
+    ) -> Result<Option<(ListRange, Option<String>)>, RekeyError> {
+        let candidates = self.store.open_ranges(self.scan, SPLIT_CANDIDATES).await?;
+        let widest = candidates
+            .into_iter()
+            .filter(|r| r.lease_owner.as_deref() != Some(owner))
+            .filter(|r| !unsplittable.contains(&(r.id, r.end_before.clone())))
+            .filter_map(|r| {
+                let lo = low_mark(&r)?.to_owned();
+                Some((width(&r.prefix, &lo, r.end_before.as_deref()), lo, r))
+            })
+            .max_by_key(|(w, ..)| *w);
+        let Some((_, lo, range)) = widest else {
+            return Ok(None);
+        };
+        for probe in probes(&range.prefix, &lo, range.end_before.as_deref()) {
+            if self.shutdown.is_stopping() || *budget == 0 {
+                return Ok(None);
+            }
+            let page = self.page(&range, Some(&probe), None).await?;
+            let Some(first) = page.objects.first().filter(|o| range.contains(&o.key)) else {
+                *budget -= 1;
+                continue;
+            };
+            let (Some(last), split_at) = (page.last.as_deref(), first.key.as_str()) else {
+                continue;
+            };
+            let split = SplitPage {
+                split_at,
+                objects: &page.objects,
+                last_key: last,
+                complete: page.next.is_none(),
+            };
+            let done = self
+                .store
+                .split_range(
+                    range.id,
+                    range.end_before.as_deref(),
+                    split,
+                    owner,
+                    self.list.lease,
+                    unix_millis(),
+                )
+                .await?;
+            // Refused: the owner passed the split point, or another split moved the end; the
+            // range is looked at again as it is now.
+            let Some((new, stats)) = done else {
+                return Ok(None);
+            };
+            tracing::debug!(
+                bucket = %self.scan.bucket,
+                range = range.id,
+                at = %log_key(split_at),
+                "listing range split"
+            );
+            self.add(ScanSummary {
+                enqueued: stats,
+                splits: 1,
+                ..ScanSummary::default()
+            });
+            let token = page.next;
+            return Ok((new.state == crate::store::WorkState::Running).then_some((new, token)));
+        }
+        unsplittable.insert((range.id, range.end_before.clone()));
+        Ok(None)
+    }
+}
+
+/// Where a range's unlisted keys start: its cursor, else its lower bound; `None` while
+/// nothing of it is listed (the owner's first page tells more than a guess).
+fn low_mark(r: &ListRange) -> Option<&str> {
+    let lo = match r.cursor.as_deref() {
+        Some(c) if c >= r.start_at.as_str() => c,
+        _ => r.start_at.as_str(),
+    };
+    (lo.len() > r.prefix.len() && lo.starts_with(r.prefix.as_str())).then_some(lo)
+}
+
+/// Key space between `lo` and `hi` (the end of `prefix` when `None`), from the eight bytes
+/// after `prefix`: only to choose the widest range, not a key count.
+fn width(prefix: &str, lo: &str, hi: Option<&str>) -> u64 {
+    let point = |s: &str| {
+        let rest = s.as_bytes().get(prefix.len()..).unwrap_or_default();
+        let mut b = [0u8; 8];
+        for (d, s) in b.iter_mut().zip(rest) {
+            *d = *s;
+        }
+        u64::from_be_bytes(b)
+    };
+    let hi = match hi {
+        Some(h) if h.starts_with(prefix) => point(h),
+        _ => u64::MAX,
+    };
+    hi.saturating_sub(point(lo))
+}
+
+/// The StartAfter keys of a split's probes, nearest the top first: `lo` cut after byte `d` of
+/// its part after `prefix`, that byte raised by one, for d = 0, 1, … (at most
+/// [`MAX_PROBES`]), each strictly inside `(lo, hi)`. A probe that returns a key inside the
+/// range splits it there: the owner keeps the keys sharing `lo`'s first d+1 bytes, the
+/// splitter takes the rest. Bytes are kept ASCII (a raised byte above 0x7E is skipped): a
+/// StartAfter must be valid UTF-8.
+fn probes(prefix: &str, lo: &str, hi: Option<&str>) -> Vec<String> {
+    let rest = lo.as_bytes().get(prefix.len()..).unwrap_or_default();
+    let mut out = Vec::new();
+    for d in 0..rest.len() {
+        let b = rest[d];
+        if !(0x20..0x7E).contains(&b) {
+            continue;
+        }
+        let mut probe = prefix.as_bytes().to_vec();
+        probe.extend_from_slice(&rest[..d]);
+        probe.push(b + 1);
+        let Ok(probe) = String::from_utf8(probe) else {
             break;
         };
-        stalled = if contents.is_empty() && token.as_deref() == Some(next.as_str()) {
-            stalled + 1
-        } else {
-            0
-        };
-        if stalled >= MAX_STALLED_PAGES {
-            return Err(RekeyError::Listing(format!(
-                "s3://{}/{}: {stalled} empty pages in a row returned the same continuation token",
-                scan.bucket, scan.prefix
-            )));
+        if probe.as_str() <= lo || hi.is_some_and(|h| probe.as_str() >= h) {
+            continue;
         }
-        if contents.is_empty() {
-            tracing::debug!(bucket = %scan.bucket, "empty truncated listing page: listing on");
+        out.push(probe);
+        if out.len() == MAX_PROBES {
+            break;
         }
-        token = Some(next);
     }
-    store.finish_scan(scan).await?;
-    Ok(summary)
+    out
+}
+
+/// A page's objects (`.instruction` objects too: a stale one, whose object has its own
+/// envelope now, still holds a content key under the legacy key).
+fn listed_objects(contents: &[aws_sdk_s3::types::Object]) -> Vec<ListedObject> {
+    contents
+        .iter()
+        .filter_map(|o| {
+            Some(ListedObject {
+                key: o.key()?.to_owned(),
+                etag: o.e_tag().unwrap_or_default().to_owned(),
+                size: o.size().unwrap_or(0).max(0) as u64,
+                last_modified: o.last_modified().map(|d| d.to_string()),
+                storage_class: o.storage_class().map(|s| s.as_str().to_owned()),
+            })
+        })
+        .collect()
 }
 
 /// After a page: `Ok(Some(token))` to list on, `Ok(None)` at the end of the listing, or an error
@@ -168,44 +646,9 @@ fn next_page(truncated: Option<bool>, token: Option<&str>) -> Result<Option<Stri
     }
 }
 
-/// Enqueues this shard's keys of one page (`.instruction` objects too) and moves the checkpoint
-/// to the page's last key, listed or filtered out alike, in one transaction. An empty page
-/// changes nothing (`None`): the checkpoint stays at the last key seen.
-async fn record_page(
-    store: &JobStore,
-    scan: &ScanKey,
-    shard: Option<Shard>,
-    contents: &[aws_sdk_s3::types::Object],
-) -> Result<Option<EnqueueStats>, RekeyError> {
-    let Some(last_key) = contents.last().and_then(|o| o.key()) else {
-        return Ok(None);
-    };
-    let objects: Vec<ListedObject> = contents
-        .iter()
-        .filter_map(|o| {
-            let key = o.key()?;
-            // `.instruction` objects are enqueued too: a stale one (its object has its own
-            // envelope now) still holds a content key under the legacy key.
-            if shard.is_some_and(|s| !s.contains(key)) {
-                return None;
-            }
-            Some(ListedObject {
-                key: key.to_owned(),
-                etag: o.e_tag().unwrap_or_default().to_owned(),
-                size: o.size().unwrap_or(0).max(0) as u64,
-                last_modified: o.last_modified().map(|d| d.to_string()),
-                storage_class: o.storage_class().map(|s| s.as_str().to_owned()),
-            })
-        })
-        .collect();
-    Ok(Some(store.enqueue_page(scan, &objects, last_key).await?))
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
-
-    use aws_sdk_s3::types::Object;
 
     use super::*;
 
@@ -224,64 +667,30 @@ mod tests {
         assert!(next_page(Some(true), Some("")).is_err());
     }
 
-    fn objects(keys: &[String]) -> Vec<Object> {
-        keys.iter()
-            .map(|k| Object::builder().key(k).e_tag("\"e\"").size(10).build())
-            .collect()
+    #[test]
+    fn probes_raise_one_byte_a_level_deeper_each_inside_the_range() {
+        assert_eq!(
+            probes("p/", "p/k0042", None),
+            ["p/l", "p/k1", "p/k01", "p/k005", "p/k0043"]
+        );
+        // Inside (lo, hi) only.
+        assert_eq!(
+            probes("p/", "p/k0042", Some("p/k01")),
+            ["p/k005", "p/k0043"]
+        );
+        // Non-ASCII and the top byte are skipped: a StartAfter must be UTF-8.
+        assert_eq!(probes("", "~a\u{e9}", None), ["~b"]);
+        assert!(probes("p/", "p/", None).is_empty());
+        assert_eq!(probes("", "abcdefghij", None).len(), MAX_PROBES);
     }
 
-    /// A page whose keys are all filtered out (another shard's) still
-    /// moves the checkpoint past them, so a resumed scan does not list them again; an empty
-    /// page leaves it where it was.
-    #[tokio::test]
-    async fn a_filtered_page_moves_the_checkpoint_and_an_empty_one_keeps_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = JobStore::open(&dir.path().join("jobs.db")).await.unwrap();
-        let shard = Shard { index: 0, count: 2 };
-        let key = ScanKey {
-            bucket: "bkt".into(),
-            prefix: "".into(),
-            shard: Some((0, 2)),
-        };
-        store.reset_scan(&key).await.unwrap();
-        let others: Vec<String> = (0..200)
-            .map(|i| format!("k{i:04}"))
-            .filter(|k| !shard.contains(k))
-            .take(5)
-            .collect();
-        let last = others.last().unwrap().clone();
-        let stats = record_page(&store, &key, Some(shard), &objects(&others))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(stats, EnqueueStats::default(), "nothing of this shard");
-        assert_eq!(
-            store.scan_checkpoint(&key).await.unwrap(),
-            Some((Some(last.clone()), false))
-        );
-        assert_eq!(
-            record_page(&store, &key, Some(shard), &[]).await.unwrap(),
-            None
-        );
-        assert_eq!(
-            store.scan_checkpoint(&key).await.unwrap(),
-            Some((Some(last.clone()), false))
-        );
-        // A page of this shard's keys is enqueued and moves it on.
-        let mine: Vec<String> = (0..200)
-            .map(|i| format!("zz{i:04}"))
-            .filter(|k| shard.contains(k))
-            .take(3)
-            .collect();
-        let stats = record_page(&store, &key, Some(shard), &objects(&mine))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(stats.inserted, 3);
-        assert_eq!(
-            store.scan_checkpoint(&key).await.unwrap(),
-            Some((mine.last().cloned(), false))
-        );
+    #[test]
+    fn width_orders_ranges_by_key_space_left() {
+        let open = width("p/", "p/a", None);
+        let bounded = width("p/", "p/a", Some("p/b"));
+        let late = width("p/", "p/y", None);
+        assert!(open > late && late > bounded && bounded > 0);
+        assert_eq!(width("", "b", Some("a")), 0);
     }
 
     #[test]

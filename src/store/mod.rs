@@ -42,8 +42,12 @@ use sqlx::{AssertSqlSafe, FromRow, Row};
 mod noncurrent;
 #[cfg(test)]
 mod tests;
+mod work;
 
 pub use self::noncurrent::{ListedVersion, NoncurrentVersion, VersionCount, VersionState};
+pub use self::work::{
+    ListRange, ManifestFile, RangeSeed, Remaining, SplitPage, WorkProgress, WorkState,
+};
 
 /// Connections in the pool. SQLite serializes writers anyway, so more connections only add
 /// lock contention; a few let `status`/report reads run beside the writers (WAL).
@@ -854,36 +858,7 @@ impl JobStore {
         last_key: &str,
     ) -> Result<EnqueueStats, StoreError> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        // Rows are appended with id = max(id) + 1 (no AUTOINCREMENT), and we hold the write
-        // lock, so a returned id above this mark is an insert and one at or below is a reset.
-        let mark: i64 = sqlx::query_scalar("SELECT coalesce(max(id), 0) FROM jobs")
-            .fetch_one(&mut *tx)
-            .await?;
-        let mut stats = EnqueueStats::default();
-        for chunk in objects.chunks(ENQUEUE_CHUNK) {
-            let mut query = sqlx::query(AssertSqlSafe(enqueue_sql(chunk.len())));
-            for o in chunk {
-                query = query
-                    .bind(&scan.bucket)
-                    .bind(&o.key)
-                    .bind(&o.etag)
-                    .bind(to_i64(o.size))
-                    .bind(&o.last_modified)
-                    .bind(&o.storage_class);
-            }
-            let ids: Vec<i64> = query
-                .map(|row: SqliteRow| row.get::<i64, _>(0))
-                .fetch_all(&mut *tx)
-                .await?;
-            for id in ids {
-                if id > mark {
-                    stats.inserted += 1;
-                } else {
-                    stats.reset += 1;
-                }
-            }
-        }
-        stats.unchanged = (objects.len() as u64).saturating_sub(stats.inserted + stats.reset);
+        let stats = enqueue_rows(&mut tx, &scan.bucket, objects).await?;
         sqlx::query(
             "INSERT INTO scans (bucket, prefix, shard, start_after, listed) VALUES (?, ?, ?, ?, ?) \
              ON CONFLICT (bucket, prefix, shard) DO UPDATE SET start_after = excluded.start_after, \
@@ -1294,6 +1269,49 @@ impl JobStore {
         .try_flatten()
         .boxed()
     }
+}
+
+/// Upserts listed `objects` of `bucket` into the job table inside the caller's write
+/// transaction (which must hold the write lock: `BEGIN IMMEDIATE`), and says what changed. The
+/// one enqueue path of the scan checkpoint ([`JobStore::enqueue_page`]) and of the claimable
+/// listing ranges and manifest files (`work.rs`), so each page and its checkpoint commit
+/// together.
+async fn enqueue_rows(
+    tx: &mut sqlx::SqliteConnection,
+    bucket: &str,
+    objects: &[ListedObject],
+) -> Result<EnqueueStats, StoreError> {
+    // Rows are appended with id = max(id) + 1 (no AUTOINCREMENT), and we hold the write
+    // lock, so a returned id above this mark is an insert and one at or below is a reset.
+    let mark: i64 = sqlx::query_scalar("SELECT coalesce(max(id), 0) FROM jobs")
+        .fetch_one(&mut *tx)
+        .await?;
+    let mut stats = EnqueueStats::default();
+    for chunk in objects.chunks(ENQUEUE_CHUNK) {
+        let mut query = sqlx::query(AssertSqlSafe(enqueue_sql(chunk.len())));
+        for o in chunk {
+            query = query
+                .bind(bucket)
+                .bind(&o.key)
+                .bind(&o.etag)
+                .bind(to_i64(o.size))
+                .bind(&o.last_modified)
+                .bind(&o.storage_class);
+        }
+        let ids: Vec<i64> = query
+            .map(|row: SqliteRow| row.get::<i64, _>(0))
+            .fetch_all(&mut *tx)
+            .await?;
+        for id in ids {
+            if id > mark {
+                stats.inserted += 1;
+            } else {
+                stats.reset += 1;
+            }
+        }
+    }
+    stats.unchanged = (objects.len() as u64).saturating_sub(stats.inserted + stats.reset);
+    Ok(stats)
 }
 
 /// The multi-row upsert for `rows` rows.

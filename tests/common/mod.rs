@@ -622,6 +622,7 @@ pub async fn rekey_config(
         shard: None,
         manifest: None,
         list_page_size: s3cse::rekey::scan::MAX_LIST_PAGE_SIZE,
+        listers: 1,
         context: s3cse::envelope::Context::new(),
         concurrency: 1,
         dry_run: false,

@@ -1,0 +1,1151 @@
+//! Listing ranges and manifest files as claimable work items (`migrations/0004_work.sql`).
+//!
+//! # Listing ranges
+//! ```text
+//!  begin_listing ──► pending ──claim_range──► running ──commit_range_page (last page)──► done
+//!                      ▲                        │  │
+//!                      └──── release_work ──────┘  └─ split_range: end_before = K, and a new
+//!                      └──── lease expiry ──►         range [K, old end) inserted `running`
+//! ```
+//! A range is the keys k under its `prefix` with `start_at <= k < end_before`, listed from its
+//! `cursor` (ListObjectsV2 StartAfter). Every page is enqueued together with the range's new
+//! cursor in one transaction ([`super::enqueue_rows`], the scanner's own upsert), after keys
+//! outside the range's bounds *as they are in that transaction* are dropped: so a split that
+//! commits between the owner's request and its commit still wins, and no key is enqueued by
+//! two ranges. The split itself is guarded by `cursor < K` (the owner has not passed K yet) and
+//! by the end the splitter read (no other split moved it since), so its page (the first page of
+//! the new range, listed from a midpoint below K) is enqueued exactly once too.
+//!
+//! # Manifest files
+//! One row per data file of a manifest with `line`, the lines already enqueued: claimed like a
+//! range, each batch enqueued with the new `line` in one transaction.
+//!
+//! # Portability
+//! The SQL is written to port to PostgreSQL as it is: `$n` placeholders, times bound from Rust
+//! (`now`, unix seconds), no SQLite-only syntax. For PostgreSQL: the claim subqueries take
+//! `FOR UPDATE SKIP LOCKED`, the transactions `SELECT ... FOR UPDATE` the item row first (here
+//! `BEGIN IMMEDIATE` serializes them), and key comparisons need `COLLATE "C"` (byte order, as
+//! S3 lists keys and SQLite's BINARY collation compares).
+
+use std::time::Duration;
+
+use sqlx::Row;
+use sqlx::sqlite::SqliteRow;
+
+use super::{EnqueueStats, JobStore, ListedObject, ScanKey, StoreError, enqueue_rows, to_i64};
+
+/// State of a listing range or manifest file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum WorkState {
+    /// Waiting for a lister (or ingester).
+    Pending,
+    /// Leased until `lease_until`.
+    Running,
+    /// Listed (or read) to its end.
+    Done,
+}
+
+impl WorkState {
+    /// All states, in display order.
+    pub const ALL: [WorkState; 3] = [WorkState::Pending, WorkState::Running, WorkState::Done];
+
+    /// The spelling stored in the database and used as a metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkState::Pending => "pending",
+            WorkState::Running => "running",
+            WorkState::Done => "done",
+        }
+    }
+
+    fn parse(s: &str) -> Result<WorkState, StoreError> {
+        WorkState::ALL
+            .into_iter()
+            .find(|w| w.as_str() == s)
+            .ok_or_else(|| StoreError::Corrupt {
+                column: "state",
+                value: s.to_owned(),
+            })
+    }
+}
+
+/// A range to start a listing pass with ([`JobStore::begin_listing`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RangeSeed {
+    /// ListObjectsV2 Prefix.
+    pub prefix: String,
+    /// `Some("/")`: a Delimiter listing (the seeding range of a sharded scan).
+    pub delimiter: Option<String>,
+    /// Inclusive lower bound (`""`: none).
+    pub start_at: String,
+    /// Exclusive upper bound.
+    pub end_before: Option<String>,
+    /// Where to list from (StartAfter), e.g. an older state file's scan checkpoint.
+    pub cursor: Option<String>,
+}
+
+/// One listing range as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListRange {
+    /// Row id.
+    pub id: i64,
+    /// ListObjectsV2 Prefix.
+    pub prefix: String,
+    /// `Some("/")` for a Delimiter listing.
+    pub delimiter: Option<String>,
+    /// Inclusive lower bound (`""`: none).
+    pub start_at: String,
+    /// Exclusive upper bound (`None`: the end of the prefix).
+    pub end_before: Option<String>,
+    /// The last key listed (StartAfter of the next page).
+    pub cursor: Option<String>,
+    /// Keys enqueued from this range.
+    pub listed: u64,
+    /// State.
+    pub state: WorkState,
+    /// Lister holding the lease.
+    pub lease_owner: Option<String>,
+    /// Lease expiry, unix seconds.
+    pub lease_until: Option<i64>,
+}
+
+impl ListRange {
+    /// Whether `key` belongs to this range (its bounds only; the prefix is the listing's).
+    pub fn contains(&self, key: &str) -> bool {
+        key >= self.start_at.as_str() && self.end_before.as_deref().is_none_or(|e| key < e)
+    }
+}
+
+/// A split of a running range ([`JobStore::split_range`]): the new range starts at `split_at`,
+/// the first key the splitter's sample page (listed from a midpoint below it) returned, and
+/// that page is the new range's first.
+#[derive(Debug, Clone, Copy)]
+pub struct SplitPage<'a> {
+    /// The first key of the page: the old range ends before it, the new one starts at it.
+    pub split_at: &'a str,
+    /// The page, in key order (keys at or above the range's end are dropped).
+    pub objects: &'a [ListedObject],
+    /// The page's last key: the new range's cursor.
+    pub last_key: &'a str,
+    /// The listing ended with this page (not truncated): the new range is done at once.
+    pub complete: bool,
+}
+
+/// One data file of a manifest, claimed by [`JobStore::claim_manifest_file`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestFile {
+    /// Row id.
+    pub id: i64,
+    /// Its position in the manifest.
+    pub file_index: usize,
+    /// The data file's URL or path.
+    pub name: String,
+    /// Lines already enqueued (resume after them).
+    pub line: u64,
+    /// Data rows read so far.
+    pub rows: u64,
+}
+
+/// Listing and ingest progress, for `status` and the metrics: over every scan in the file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WorkProgress {
+    /// Listing ranges by state (pending, running, done).
+    pub ranges: [u64; 3],
+    /// Keys enqueued by the listing ranges.
+    pub keys_listed: u64,
+    /// Manifest data files by state.
+    pub files: [u64; 3],
+    /// Manifest rows read.
+    pub manifest_rows: u64,
+}
+
+/// What is left of a listing or ingest pass, for a process with nothing to claim.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Remaining {
+    /// Items not done.
+    pub open: u64,
+    /// The earliest lease expiry among the running items (when one may be taken over).
+    pub next_expiry: Option<i64>,
+}
+
+const RANGE_COLUMNS: &str = "id, prefix, delimiter, start_at, end_before, cursor, listed, state, \
+                             lease_owner, lease_until";
+
+const FILE_COLUMNS: &str = "id, file_index, name, line, rows";
+
+fn range_row(row: &SqliteRow) -> Result<ListRange, StoreError> {
+    Ok(ListRange {
+        id: row.try_get("id")?,
+        prefix: row.try_get("prefix")?,
+        delimiter: row.try_get("delimiter")?,
+        start_at: row.try_get("start_at")?,
+        end_before: row.try_get("end_before")?,
+        cursor: row.try_get("cursor")?,
+        listed: super::to_u64(row.try_get("listed")?),
+        state: WorkState::parse(&row.try_get::<String, _>("state")?)?,
+        lease_owner: row.try_get("lease_owner")?,
+        lease_until: row.try_get("lease_until")?,
+    })
+}
+
+fn file_row(row: &SqliteRow) -> Result<ManifestFile, StoreError> {
+    Ok(ManifestFile {
+        id: row.try_get("id")?,
+        file_index: usize::try_from(row.try_get::<i64, _>("file_index")?).unwrap_or(0),
+        name: row.try_get("name")?,
+        line: super::to_u64(row.try_get("line")?),
+        rows: super::to_u64(row.try_get("rows")?),
+    })
+}
+
+/// Times in these tables are unix **milliseconds**: a pass finished by a peer during this run
+/// is told from one finished before it by comparing with the run's start, and runs (tests,
+/// a quick re-run) can be less than a second apart.
+fn lease_until(now: i64, lease: Duration) -> i64 {
+    now.saturating_add(i64::try_from(lease.as_millis().max(1000)).unwrap_or(i64::MAX))
+}
+
+/// The objects of a page inside `[start_at, end_before)`.
+fn within<'a>(
+    objects: &'a [ListedObject],
+    start_at: &str,
+    end_before: Option<&str>,
+) -> Vec<&'a ListedObject> {
+    objects
+        .iter()
+        .filter(|o| o.key.as_str() >= start_at && end_before.is_none_or(|e| o.key.as_str() < e))
+        .collect()
+}
+
+impl JobStore {
+    /// Starts a listing pass of `scan` with `seeds`, unless one is under way: with no range
+    /// yet, or every range done before `run_started` (the last pass finished in an earlier
+    /// run: the nightly re-scan), the old ranges are deleted and `seeds` inserted `pending`,
+    /// and `true` is returned; otherwise the pass under way (or one a peer finished during
+    /// this run) is joined as it is, and `false`. Times in unix milliseconds.
+    pub async fn begin_listing(
+        &self,
+        scan: &ScanKey,
+        seeds: &[RangeSeed],
+        run_started: i64,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let (open, last): (i64, Option<i64>) = sqlx::query_as(
+            "SELECT count(CASE WHEN state <> 'done' THEN 1 END), max(updated_at) \
+             FROM list_ranges WHERE bucket = $1 AND scan_prefix = $2 AND shard = $3",
+        )
+        .bind(&scan.bucket)
+        .bind(&scan.prefix)
+        .bind(scan.shard_text())
+        .fetch_one(&mut *tx)
+        .await?;
+        if open > 0 || last.is_some_and(|t| t > run_started) {
+            tx.commit().await?;
+            return Ok(false);
+        }
+        sqlx::query(
+            "DELETE FROM list_ranges WHERE bucket = $1 AND scan_prefix = $2 AND shard = $3",
+        )
+        .bind(&scan.bucket)
+        .bind(&scan.prefix)
+        .bind(scan.shard_text())
+        .execute(&mut *tx)
+        .await?;
+        for s in seeds {
+            sqlx::query(
+                "INSERT INTO list_ranges (bucket, scan_prefix, shard, prefix, delimiter, start_at, \
+                 end_before, cursor, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)",
+            )
+            .bind(&scan.bucket)
+            .bind(&scan.prefix)
+            .bind(scan.shard_text())
+            .bind(&s.prefix)
+            .bind(&s.delimiter)
+            .bind(&s.start_at)
+            .bind(&s.end_before)
+            .bind(&s.cursor)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Leases one range of `scan` to `owner`: a pending one, or a running one whose lease
+    /// expired (its lister died), lowest id first. One auto-committed statement.
+    pub async fn claim_range(
+        &self,
+        scan: &ScanKey,
+        owner: &str,
+        lease: Duration,
+        now: i64,
+    ) -> Result<Option<ListRange>, StoreError> {
+        let sql = format!(
+            "UPDATE list_ranges SET state = 'running', lease_owner = $1, lease_until = $2, \
+             updated_at = $3 \
+             WHERE id = (SELECT id FROM list_ranges WHERE bucket = $4 AND scan_prefix = $5 \
+                         AND shard = $6 AND (state = 'pending' \
+                         OR (state = 'running' AND lease_until < $3)) \
+                         ORDER BY id LIMIT 1) \
+             RETURNING {RANGE_COLUMNS}"
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(owner)
+            .bind(lease_until(now, lease))
+            .bind(now)
+            .bind(&scan.bucket)
+            .bind(&scan.prefix)
+            .bind(scan.shard_text())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(range_row).transpose()
+    }
+
+    /// The ranges of `scan` not done that a split may shorten (no Delimiter listing), at most
+    /// `limit`, lowest id first.
+    pub async fn open_ranges(
+        &self,
+        scan: &ScanKey,
+        limit: u32,
+    ) -> Result<Vec<ListRange>, StoreError> {
+        let sql = format!(
+            "SELECT {RANGE_COLUMNS} FROM list_ranges WHERE bucket = $1 AND scan_prefix = $2 \
+             AND shard = $3 AND state <> 'done' AND delimiter IS NULL ORDER BY id LIMIT $4"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&scan.bucket)
+            .bind(&scan.prefix)
+            .bind(scan.shard_text())
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(range_row).collect()
+    }
+
+    /// Every range of `scan`, in id order (tests, diagnostics).
+    pub async fn ranges(&self, scan: &ScanKey) -> Result<Vec<ListRange>, StoreError> {
+        let sql = format!(
+            "SELECT {RANGE_COLUMNS} FROM list_ranges WHERE bucket = $1 AND scan_prefix = $2 \
+             AND shard = $3 ORDER BY id"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&scan.bucket)
+            .bind(&scan.prefix)
+            .bind(scan.shard_text())
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(range_row).collect()
+    }
+
+    /// What is left of the listing pass of `scan`.
+    pub async fn ranges_remaining(&self, scan: &ScanKey) -> Result<Remaining, StoreError> {
+        let (open, next): (i64, Option<i64>) = sqlx::query_as(
+            "SELECT count(*), min(CASE WHEN state = 'running' THEN lease_until END) \
+             FROM list_ranges WHERE bucket = $1 AND scan_prefix = $2 AND shard = $3 \
+             AND state <> 'done'",
+        )
+        .bind(&scan.bucket)
+        .bind(&scan.prefix)
+        .bind(scan.shard_text())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(Remaining {
+            open: super::to_u64(open),
+            next_expiry: next,
+        })
+    }
+
+    /// Enqueues one page of range `range_id` held by `owner` and moves its cursor to
+    /// `last_key`, in one transaction; the lease is renewed. The page's keys outside the
+    /// range's bounds as they are now (a split may have shortened it) are dropped. `prefixes`
+    /// (a Delimiter listing's common prefixes, this shard's) become pending ranges of their own.
+    /// The range is done when `complete` (the listing ended) or `last_key` reached its end.
+    ///
+    /// `None`: `owner` no longer holds the range (its lease lapsed and another lister took it
+    /// over): nothing was written, the lister stops listing it. Otherwise the enqueue stats and
+    /// whether the range is now done.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn commit_range_page(
+        &self,
+        range_id: i64,
+        owner: &str,
+        bucket: &str,
+        objects: &[ListedObject],
+        prefixes: &[String],
+        last_key: &str,
+        complete: bool,
+        lease: Duration,
+        now: i64,
+    ) -> Result<Option<(EnqueueStats, bool)>, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let sql = format!(
+            "SELECT {RANGE_COLUMNS}, scan_prefix, shard FROM list_ranges \
+             WHERE id = $1 AND lease_owner = $2 AND state = 'running'"
+        );
+        let Some(row) = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(range_id)
+            .bind(owner)
+            .fetch_optional(&mut *tx)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let range = range_row(&row)?;
+        let scan_prefix: String = row.try_get("scan_prefix")?;
+        let shard: String = row.try_get("shard")?;
+        let kept: Vec<ListedObject> = within(objects, &range.start_at, range.end_before.as_deref())
+            .into_iter()
+            .cloned()
+            .collect();
+        let stats = enqueue_rows(&mut tx, bucket, &kept).await?;
+        for p in prefixes {
+            sqlx::query(
+                "INSERT INTO list_ranges (bucket, scan_prefix, shard, prefix, created_at, \
+                 updated_at) VALUES ($1, $2, $3, $4, $5, $5) \
+                 ON CONFLICT (bucket, scan_prefix, shard, prefix, start_at) DO NOTHING",
+            )
+            .bind(bucket)
+            .bind(&scan_prefix)
+            .bind(&shard)
+            .bind(p)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let done = complete || range.end_before.as_deref().is_some_and(|e| last_key >= e);
+        sqlx::query(
+            "UPDATE list_ranges SET cursor = $1, listed = listed + $2, lease_until = $3, \
+             updated_at = $4, state = $5, \
+             lease_owner = CASE WHEN $6 THEN NULL ELSE lease_owner END \
+             WHERE id = $7",
+        )
+        .bind(last_key)
+        .bind(kept.len() as i64)
+        .bind(lease_until(now, lease))
+        .bind(now)
+        .bind(if done { "done" } else { "running" })
+        .bind(done)
+        .bind(range_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some((stats, done)))
+    }
+
+    /// Marks range `range_id` done without a page (an empty listing), if `owner` holds it.
+    pub async fn finish_range(
+        &self,
+        range_id: i64,
+        owner: &str,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE list_ranges SET state = 'done', lease_owner = NULL, updated_at = $1 \
+             WHERE id = $2 AND lease_owner = $3 AND state = 'running'",
+        )
+        .bind(now)
+        .bind(range_id)
+        .bind(owner)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Splits range `range_id` at `page.split_at` in one transaction: the range now ends
+    /// before it, and a new range `[split_at, old end)` is inserted, leased to `owner`, with
+    /// `page` as its first page (enqueued, its cursor at `page.last_key`; done at once if the
+    /// page completes it).
+    ///
+    /// Refused (`None`, nothing written) unless the range is not done, is no Delimiter
+    /// listing, its end is still `expected_end` (no other split since the splitter read it),
+    /// `split_at` lies strictly inside it and the range's cursor is below `split_at` (its
+    /// owner has not enqueued keys from there yet).
+    pub async fn split_range(
+        &self,
+        range_id: i64,
+        expected_end: Option<&str>,
+        page: SplitPage<'_>,
+        owner: &str,
+        lease: Duration,
+        now: i64,
+    ) -> Result<Option<(ListRange, EnqueueStats)>, StoreError> {
+        if expected_end.is_some_and(|e| page.split_at >= e) {
+            return Ok(None);
+        }
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let sql = format!(
+            "UPDATE list_ranges SET end_before = $1, updated_at = $2 \
+             WHERE id = $3 AND state <> 'done' AND delimiter IS NULL AND start_at < $1 \
+             AND (cursor IS NULL OR cursor < $1) \
+             AND (end_before = $4 OR (end_before IS NULL AND $4 IS NULL)) \
+             RETURNING {RANGE_COLUMNS}, scan_prefix, shard"
+        );
+        let Some(row) = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(page.split_at)
+            .bind(now)
+            .bind(range_id)
+            .bind(expected_end)
+            .fetch_optional(&mut *tx)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let old = range_row(&row)?;
+        let scan_prefix: String = row.try_get("scan_prefix")?;
+        let shard: String = row.try_get("shard")?;
+        let kept: Vec<ListedObject> = within(page.objects, page.split_at, expected_end)
+            .into_iter()
+            .cloned()
+            .collect();
+        let bucket: String = sqlx::query_scalar("SELECT bucket FROM list_ranges WHERE id = $1")
+            .bind(range_id)
+            .fetch_one(&mut *tx)
+            .await?;
+        let stats = enqueue_rows(&mut tx, &bucket, &kept).await?;
+        let done = page.complete || expected_end.is_some_and(|e| page.last_key >= e);
+        let (state, lease_owner, until) = if done {
+            ("done", None, None)
+        } else {
+            ("running", Some(owner), Some(lease_until(now, lease)))
+        };
+        let sql = format!(
+            "INSERT INTO list_ranges (bucket, scan_prefix, shard, prefix, start_at, end_before, \
+             cursor, listed, state, lease_owner, lease_until, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12) \
+             RETURNING {RANGE_COLUMNS}"
+        );
+        let new = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&bucket)
+            .bind(&scan_prefix)
+            .bind(&shard)
+            .bind(&old.prefix)
+            .bind(page.split_at)
+            .bind(expected_end)
+            .bind(page.last_key)
+            .bind(kept.len() as i64)
+            .bind(state)
+            .bind(lease_owner)
+            .bind(until)
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await?;
+        let new = range_row(&new)?;
+        tx.commit().await?;
+        Ok(Some((new, stats)))
+    }
+
+    /// Hands every running range and manifest file leased by an owner starting with
+    /// `owner_prefix` (a process's `host:pid:`) back as `pending`: a stop, or the leftovers of
+    /// a dead process of this host. Returns how many.
+    pub async fn release_work(&self, owner_prefix: &str, now: i64) -> Result<u64, StoreError> {
+        if owner_prefix.is_empty() {
+            return Ok(0);
+        }
+        let mut released = 0;
+        for table in ["list_ranges", "manifest_files"] {
+            let sql = format!(
+                "UPDATE {table} SET state = 'pending', lease_owner = NULL, lease_until = NULL, \
+                 updated_at = $2 WHERE state = 'running' \
+                 AND substr(lease_owner, 1, length($1)) = $1"
+            );
+            released += sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(owner_prefix)
+                .bind(now)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+        }
+        Ok(released)
+    }
+
+    /// The distinct lease owners of running ranges and manifest files (to find a dead
+    /// process's on this host).
+    pub async fn work_owners(&self) -> Result<Vec<String>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT DISTINCT lease_owner FROM list_ranges WHERE state = 'running' \
+             AND lease_owner IS NOT NULL \
+             UNION SELECT DISTINCT lease_owner FROM manifest_files WHERE state = 'running' \
+             AND lease_owner IS NOT NULL",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Listing and ingest progress over every scan in the file.
+    pub async fn work_progress(&self) -> Result<WorkProgress, StoreError> {
+        let mut p = WorkProgress::default();
+        let ranges: Vec<(String, i64, i64)> = sqlx::query_as(
+            "SELECT state, count(*), coalesce(sum(listed), 0) FROM list_ranges GROUP BY state",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        for (state, n, listed) in ranges {
+            p.ranges[WorkState::parse(&state)? as usize] = super::to_u64(n);
+            p.keys_listed += super::to_u64(listed);
+        }
+        let files: Vec<(String, i64, i64)> = sqlx::query_as(
+            "SELECT state, count(*), coalesce(sum(rows), 0) FROM manifest_files GROUP BY state",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        for (state, n, rows) in files {
+            p.files[WorkState::parse(&state)? as usize] = super::to_u64(n);
+            p.manifest_rows += super::to_u64(rows);
+        }
+        Ok(p)
+    }
+
+    /// Starts an ingest pass of manifest `manifest` (its data files `names`, in order) into
+    /// `scan`, unless one is under way or a peer finished one during this run: as
+    /// [`begin_listing`](Self::begin_listing). `resume`
+    /// (an older state file's `FILE:LINE` checkpoint) marks the files before FILE done and
+    /// FILE read up to LINE. A pass under way whose file list differs (the manifest was
+    /// rewritten in place) is started over too.
+    pub async fn begin_manifest(
+        &self,
+        scan: &ScanKey,
+        manifest: &str,
+        names: &[String],
+        resume: Option<(usize, u64)>,
+        run_started: i64,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let rows: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT name, state, updated_at FROM manifest_files WHERE bucket = $1 \
+             AND scan_prefix = $2 AND shard = $3 AND manifest = $4 ORDER BY file_index",
+        )
+        .bind(&scan.bucket)
+        .bind(&scan.prefix)
+        .bind(scan.shard_text())
+        .bind(manifest)
+        .fetch_all(&mut *tx)
+        .await?;
+        let same_files =
+            rows.len() == names.len() && rows.iter().zip(names).all(|(r, n)| r.0 == *n);
+        let open = rows.iter().any(|(_, state, _)| state != "done");
+        let finished_in_this_run = rows.iter().any(|(.., t)| *t > run_started);
+        if same_files && (open || finished_in_this_run) {
+            tx.commit().await?;
+            return Ok(false);
+        }
+        sqlx::query(
+            "DELETE FROM manifest_files WHERE bucket = $1 AND scan_prefix = $2 AND shard = $3 \
+             AND manifest = $4",
+        )
+        .bind(&scan.bucket)
+        .bind(&scan.prefix)
+        .bind(scan.shard_text())
+        .bind(manifest)
+        .execute(&mut *tx)
+        .await?;
+        for (i, name) in names.iter().enumerate() {
+            let (state, line) = match resume {
+                Some((f, _)) if i < f => ("done", 0),
+                Some((f, l)) if i == f => ("pending", l),
+                _ => ("pending", 0),
+            };
+            sqlx::query(
+                "INSERT INTO manifest_files (bucket, scan_prefix, shard, manifest, file_index, \
+                 name, line, state, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)",
+            )
+            .bind(&scan.bucket)
+            .bind(&scan.prefix)
+            .bind(scan.shard_text())
+            .bind(manifest)
+            .bind(i as i64)
+            .bind(name)
+            .bind(to_i64(line))
+            .bind(state)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Leases one data file of `manifest` to `owner`: pending, or running with an expired
+    /// lease, lowest index first.
+    pub async fn claim_manifest_file(
+        &self,
+        scan: &ScanKey,
+        manifest: &str,
+        owner: &str,
+        lease: Duration,
+        now: i64,
+    ) -> Result<Option<ManifestFile>, StoreError> {
+        let sql = format!(
+            "UPDATE manifest_files SET state = 'running', lease_owner = $1, lease_until = $2, \
+             updated_at = $3 \
+             WHERE id = (SELECT id FROM manifest_files WHERE bucket = $4 AND scan_prefix = $5 \
+                         AND shard = $6 AND manifest = $7 AND (state = 'pending' \
+                         OR (state = 'running' AND lease_until < $3)) \
+                         ORDER BY file_index LIMIT 1) \
+             RETURNING {FILE_COLUMNS}"
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(owner)
+            .bind(lease_until(now, lease))
+            .bind(now)
+            .bind(&scan.bucket)
+            .bind(&scan.prefix)
+            .bind(scan.shard_text())
+            .bind(manifest)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(file_row).transpose()
+    }
+
+    /// What is left of the ingest pass of `manifest`.
+    pub async fn manifest_remaining(
+        &self,
+        scan: &ScanKey,
+        manifest: &str,
+    ) -> Result<Remaining, StoreError> {
+        let (open, next): (i64, Option<i64>) = sqlx::query_as(
+            "SELECT count(*), min(CASE WHEN state = 'running' THEN lease_until END) \
+             FROM manifest_files WHERE bucket = $1 AND scan_prefix = $2 AND shard = $3 \
+             AND manifest = $4 AND state <> 'done'",
+        )
+        .bind(&scan.bucket)
+        .bind(&scan.prefix)
+        .bind(scan.shard_text())
+        .bind(manifest)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(Remaining {
+            open: super::to_u64(open),
+            next_expiry: next,
+        })
+    }
+
+    /// Enqueues one batch of data file `file_id` held by `owner` (the rows up to and including
+    /// line `last_line`, `rows` data rows of them) and moves its checkpoint, in one
+    /// transaction; renews the lease; `done` marks the file read to its end. `None`: `owner`
+    /// no longer holds the file, nothing was written.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn commit_file_batch(
+        &self,
+        file_id: i64,
+        owner: &str,
+        bucket: &str,
+        objects: &[ListedObject],
+        last_line: u64,
+        rows: u64,
+        done: bool,
+        lease: Duration,
+        now: i64,
+    ) -> Result<Option<EnqueueStats>, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let held = sqlx::query(
+            "UPDATE manifest_files SET line = $1, rows = rows + $2, lease_until = $3, \
+             updated_at = $4, state = $5, \
+             lease_owner = CASE WHEN $6 THEN NULL ELSE lease_owner END \
+             WHERE id = $7 AND lease_owner = $8 AND state = 'running'",
+        )
+        .bind(to_i64(last_line))
+        .bind(to_i64(rows))
+        .bind(lease_until(now, lease))
+        .bind(now)
+        .bind(if done { "done" } else { "running" })
+        .bind(done)
+        .bind(file_id)
+        .bind(owner)
+        .execute(&mut *tx)
+        .await?;
+        if held.rows_affected() != 1 {
+            return Ok(None);
+        }
+        let stats = enqueue_rows(&mut tx, bucket, objects).await?;
+        tx.commit().await?;
+        Ok(Some(stats))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    const LEASE: Duration = Duration::from_secs(1);
+
+    async fn store() -> (tempfile::TempDir, JobStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = JobStore::open(&dir.path().join("jobs.db")).await.unwrap();
+        (dir, store)
+    }
+
+    fn scan() -> ScanKey {
+        ScanKey {
+            bucket: "bkt".into(),
+            prefix: "".into(),
+            shard: None,
+        }
+    }
+
+    fn objs(keys: &[&str]) -> Vec<ListedObject> {
+        keys.iter()
+            .map(|k| ListedObject {
+                key: (*k).into(),
+                etag: "\"e\"".into(),
+                size: 1,
+                last_modified: None,
+                storage_class: None,
+            })
+            .collect()
+    }
+
+    async fn job_keys(store: &JobStore) -> Vec<String> {
+        sqlx::query_scalar("SELECT key FROM jobs ORDER BY key")
+            .fetch_all(&store.pool)
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_pass_is_joined_while_open_and_started_over_once_done() {
+        let (_d, store) = store().await;
+        let seed = [RangeSeed::default()];
+        assert!(store.begin_listing(&scan(), &seed, 100, 100).await.unwrap());
+        assert!(!store.begin_listing(&scan(), &seed, 0, 101).await.unwrap());
+        let r = store
+            .claim_range(&scan(), "a", LEASE, 102)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            store
+                .claim_range(&scan(), "b", LEASE, 103)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        // The lease lapses: another lister takes the range over, from its cursor.
+        let (_, done) = store
+            .commit_range_page(
+                r.id,
+                "a",
+                "bkt",
+                &objs(&["a", "b"]),
+                &[],
+                "b",
+                false,
+                LEASE,
+                104,
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!done);
+        let r2 = store
+            .claim_range(&scan(), "b", LEASE, 5000)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((r2.id, r2.cursor.as_deref()), (r.id, Some("b")));
+        // The old owner's late page is refused: nothing written.
+        assert!(
+            store
+                .commit_range_page(
+                    r.id,
+                    "a",
+                    "bkt",
+                    &objs(&["c"]),
+                    &[],
+                    "c",
+                    false,
+                    LEASE,
+                    1001
+                )
+                .await
+                .unwrap()
+                .is_none()
+        );
+        store
+            .commit_range_page(r.id, "b", "bkt", &objs(&["c"]), &[], "c", true, LEASE, 5002)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(job_keys(&store).await, ["a", "b", "c"]);
+        assert_eq!(store.ranges_remaining(&scan()).await.unwrap().open, 0);
+        // A process of this run that started late (at 5000, before the pass ended) joins the
+        // finished pass instead of listing again.
+        assert!(
+            !store
+                .begin_listing(&scan(), &seed, 5000, 5003)
+                .await
+                .unwrap()
+        );
+        // The next run starts a new pass from the beginning.
+        assert!(
+            store
+                .begin_listing(&scan(), &seed, 6000, 6000)
+                .await
+                .unwrap()
+        );
+        let r3 = store
+            .claim_range(&scan(), "c", LEASE, 6001)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(r3.cursor, None);
+        let p = store.work_progress().await.unwrap();
+        assert_eq!(p.ranges, [0, 1, 0]);
+    }
+
+    #[tokio::test]
+    async fn a_split_hands_the_upper_keys_to_the_splitter_and_the_owner_drops_them() {
+        let (_d, store) = store().await;
+        store
+            .begin_listing(&scan(), &[RangeSeed::default()], 1, 1)
+            .await
+            .unwrap();
+        let r = store
+            .claim_range(&scan(), "a", LEASE, 2)
+            .await
+            .unwrap()
+            .unwrap();
+        store
+            .commit_range_page(
+                r.id,
+                "a",
+                "bkt",
+                &objs(&["a1", "a2"]),
+                &[],
+                "a2",
+                false,
+                LEASE,
+                3,
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        // The splitter sampled from midpoint "m": its page starts at "m1".
+        let page = objs(&["m1", "m2"]);
+        let (new, stats) = store
+            .split_range(
+                r.id,
+                None,
+                SplitPage {
+                    split_at: "m1",
+                    objects: &page,
+                    last_key: "m2",
+                    complete: false,
+                },
+                "b",
+                LEASE,
+                4,
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(stats.inserted, 2);
+        assert_eq!(
+            (new.start_at.as_str(), new.end_before.as_deref()),
+            ("m1", None)
+        );
+        assert_eq!(new.state, WorkState::Running);
+        // A second split with the stale end is refused; one below the owner's cursor too.
+        let p2 = objs(&["a0"]);
+        assert!(
+            store
+                .split_range(
+                    r.id,
+                    Some("zz"),
+                    SplitPage {
+                        split_at: "c",
+                        objects: &p2,
+                        last_key: "c",
+                        complete: false
+                    },
+                    "c",
+                    LEASE,
+                    5
+                )
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            store
+                .split_range(
+                    r.id,
+                    Some("m1"),
+                    SplitPage {
+                        split_at: "a1",
+                        objects: &p2,
+                        last_key: "a1",
+                        complete: false
+                    },
+                    "c",
+                    LEASE,
+                    5
+                )
+                .await
+                .unwrap()
+                .is_none()
+        );
+        // The owner's next page runs past the split: keys >= m1 are dropped, the range is done.
+        let (stats, done) = store
+            .commit_range_page(
+                r.id,
+                "a",
+                "bkt",
+                &objs(&["b1", "m1", "m2", "m3"]),
+                &[],
+                "m3",
+                false,
+                LEASE,
+                6,
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(done);
+        assert_eq!((stats.inserted, stats.unchanged), (1, 0));
+        store
+            .commit_range_page(
+                new.id,
+                "b",
+                "bkt",
+                &objs(&["m3", "z"]),
+                &[],
+                "z",
+                true,
+                LEASE,
+                7,
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            job_keys(&store).await,
+            ["a1", "a2", "b1", "m1", "m2", "m3", "z"]
+        );
+        let p = store.work_progress().await.unwrap();
+        assert_eq!((p.ranges, p.keys_listed), ([0, 0, 2], 7));
+    }
+
+    #[tokio::test]
+    async fn delimiter_pages_seed_prefix_ranges_once() {
+        let (_d, store) = store().await;
+        let seed = RangeSeed {
+            delimiter: Some("/".into()),
+            ..RangeSeed::default()
+        };
+        store.begin_listing(&scan(), &[seed], 1, 1).await.unwrap();
+        let r = store
+            .claim_range(&scan(), "a", LEASE, 2)
+            .await
+            .unwrap()
+            .unwrap();
+        let prefixes = ["a/".to_owned(), "b/".to_owned()];
+        store
+            .commit_range_page(
+                r.id,
+                "a",
+                "bkt",
+                &objs(&["loose"]),
+                &prefixes,
+                "b/",
+                false,
+                LEASE,
+                3,
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        // A resumed Delimiter listing hands "b/" back again: no second range.
+        store
+            .commit_range_page(r.id, "a", "bkt", &[], &prefixes[1..], "b/", true, LEASE, 4)
+            .await
+            .unwrap()
+            .unwrap();
+        let ranges = store.ranges(&scan()).await.unwrap();
+        let prefixes: Vec<_> = ranges.iter().map(|r| r.prefix.as_str()).collect();
+        assert_eq!(prefixes, ["", "a/", "b/"]);
+        assert_eq!(store.open_ranges(&scan(), 10).await.unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn manifest_files_are_claimed_once_and_resume_from_their_line() {
+        let (_d, store) = store().await;
+        let names = ["f0".to_owned(), "f1".to_owned()];
+        assert!(
+            store
+                .begin_manifest(&scan(), "m", &names, Some((1, 7)), 1, 1)
+                .await
+                .unwrap()
+        );
+        let f = store
+            .claim_manifest_file(&scan(), "m", "a", LEASE, 2)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((f.file_index, f.line), (1, 7));
+        assert!(
+            store
+                .claim_manifest_file(&scan(), "m", "b", LEASE, 3)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        store
+            .commit_file_batch(f.id, "a", "bkt", &objs(&["x"]), 9, 2, false, LEASE, 4)
+            .await
+            .unwrap()
+            .unwrap();
+        let f2 = store
+            .claim_manifest_file(&scan(), "m", "b", LEASE, 3000)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((f2.id, f2.line, f2.rows), (f.id, 9, 2));
+        assert!(
+            store
+                .commit_file_batch(f.id, "a", "bkt", &objs(&["y"]), 10, 1, true, LEASE, 3001)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            !store
+                .begin_manifest(&scan(), "m", &names, None, 0, 3002)
+                .await
+                .unwrap()
+        );
+        store
+            .commit_file_batch(f.id, "b", "bkt", &objs(&["y"]), 10, 1, true, LEASE, 3003)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            store.manifest_remaining(&scan(), "m").await.unwrap().open,
+            0
+        );
+        assert_eq!(job_keys(&store).await, ["x", "y"]);
+        // Done: the next run starts over; a different file list starts over at once.
+        assert!(
+            store
+                .begin_manifest(&scan(), "m", &names, None, 4000, 4000)
+                .await
+                .unwrap()
+        );
+        assert!(
+            store
+                .begin_manifest(&scan(), "m", &names[..1], None, 4001, 4001)
+                .await
+                .unwrap()
+        );
+        assert_eq!(
+            store.manifest_remaining(&scan(), "m").await.unwrap().open,
+            1
+        );
+    }
+}
