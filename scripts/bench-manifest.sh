@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Manifest ingest rate: `rekey --manifest` on a generated S3 Inventory (CSV gzip, local files)
-# of ROWS rows into a fresh SQLite state file; prints keys/s from the "manifest ingested" log
-# line, then stops the run (the work phase after it is not measured).
+# of ROWS rows into a fresh SQLite state file (or BENCH_STATE, e.g. a fresh postgres:// database);
+# prints keys/s from the "manifest ingested" log line, then stops the run (the work phase after it
+# is not measured).
 #
 #   scripts/bench-manifest.sh [ROWS] [FILES]     (1,000,000 rows in 10 files by default)
+#   BENCH_STATE=postgres://postgres@127.0.0.1:PORT/empty_db scripts/bench-manifest.sh
 #
 # Needs the test bed (source .testbed/env) only for the bucket check and DescribeKey at start:
 # the manifest's keys do not exist. Peak RSS comes from /proc/PID/status (VmHWM).
@@ -39,7 +41,7 @@ PY
 
 LOG=$WORK/log
 S3CSE_LOG=info "$BIN" rekey "s3://$BUCKET/bench/" --manifest "$WORK/manifest.json" \
-    --state "$WORK/state.db" --kms-key-id "$KEY" --concurrency 1 --log-format json \
+    --state "${BENCH_STATE:-$WORK/state.db}" --kms-key-id "$KEY" --concurrency 1 --log-format json \
     >"$WORK/out" 2>"$LOG" &
 PID=$!
 PEAK=0
