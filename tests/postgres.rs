@@ -106,6 +106,17 @@ async fn pg_count(url: &str, sql: &str) -> i64 {
         .expect(sql)
 }
 
+/// [`pg_count`] while a process may still be creating the tables: 0 until they exist.
+async fn pg_poll(url: &str, sql: &str) -> i64 {
+    let Ok(mut conn) = sqlx::PgConnection::connect(url).await else {
+        return 0;
+    };
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+        .fetch_one(&mut conn)
+        .await
+        .unwrap_or(0)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn three_processes_share_one_queue_and_migrate_each_object_once() {
     let Some(b) = bed("pg-three").await else {
@@ -183,7 +194,7 @@ async fn a_killed_process_leases_lapse_and_the_others_finish_its_work() {
     // Kill it once it holds leases and has finished something (it does the listing first).
     let t = Instant::now();
     loop {
-        let held = pg_count(
+        let held = pg_poll(
             &state,
             &format!(
                 "SELECT count(*) FROM jobs WHERE state = 'running' \
@@ -191,42 +202,59 @@ async fn a_killed_process_leases_lapse_and_the_others_finish_its_work() {
             ),
         )
         .await;
-        let done = pg_count(&state, "SELECT count(*) FROM jobs WHERE state = 'done'").await;
+        let done = pg_poll(&state, "SELECT count(*) FROM jobs WHERE state = 'done'").await;
         if held > 0 && done > 0 {
             break;
         }
-        assert!(t.elapsed() < Duration::from_secs(60), "victim never got going");
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "victim never got going"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let others: Vec<Child> = (0..2).map(|_| spawn(&rekey_args(&b, &state, &extra))).collect();
+    let others: Vec<Child> = (0..2)
+        .map(|_| spawn(&rekey_args(&b, &state, &extra)))
+        .collect();
     victim.kill().expect("SIGKILL");
     let _ = victim.wait();
-    let orphaned = pg_count(
-        &state,
-        &format!(
-            "SELECT count(*) FROM jobs WHERE state = 'running' \
-             AND lease_owner LIKE '%:{victim_pid}:%'"
-        ),
-    )
-    .await;
+    // The rows the victim held when it died.
+    let orphaned: Vec<i64> = {
+        let mut conn = sqlx::PgConnection::connect(&state).await.expect("connect");
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT id FROM jobs WHERE state = 'running' AND lease_owner LIKE '%:{victim_pid}:%'"
+        )))
+        .fetch_all(&mut conn)
+        .await
+        .expect("orphaned rows")
+    };
     for c in others {
         let o = wait(c);
         assert_eq!(o.status.code(), Some(0), "{}", show(&o));
     }
     assert_all_migrated(&b, &inputs).await;
     let after = b.etags().await;
-    assert!(before.keys().all(|k| before[k] != after[k]), "all rewritten");
+    assert!(
+        before.keys().all(|k| before[k] != after[k]),
+        "all rewritten"
+    );
     let st = status(&state);
     assert_eq!(st["by_state"]["done"]["objects"], 45, "{st}");
-    // The victim's leased rows were claimed again by the survivors, after their leases lapsed
-    // (the survivors started after the kill could also release them as a dead local
-    // process's: either way, someone else finished them).
-    if orphaned > 0 {
-        assert!(
-            pg_count(&state, "SELECT count(*) FROM jobs WHERE attempts > 1").await >= 1,
-            "the victim's objects were claimed again"
-        );
-    }
+    // The rows the victim held were finished by the others (after their leases lapsed, or
+    // released at a survivor's start as a dead local process's).
+    assert!(!orphaned.is_empty(), "the victim held leases when it died");
+    let ids: Vec<String> = orphaned.iter().map(i64::to_string).collect();
+    assert_eq!(
+        pg_count(
+            &state,
+            &format!(
+                "SELECT count(*) FROM jobs WHERE state = 'done' AND id IN ({})",
+                ids.join(",")
+            )
+        )
+        .await,
+        orphaned.len() as i64,
+        "the victim's objects were finished by the others"
+    );
     assert_eq!(
         pg_count(
             &state,
@@ -254,7 +282,7 @@ async fn a_lapsed_lease_is_picked_up_by_a_process_already_running() {
     let victim_pid = victim.id();
     let t = Instant::now();
     loop {
-        let held = pg_count(
+        let held = pg_poll(
             &state,
             &format!(
                 "SELECT count(*) FROM jobs WHERE state = 'running' \
@@ -265,14 +293,17 @@ async fn a_lapsed_lease_is_picked_up_by_a_process_already_running() {
         if held > 0 {
             break;
         }
-        assert!(t.elapsed() < Duration::from_secs(60), "victim never got going");
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "victim never got going"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let survivor = spawn(&rekey_args(&b, &state, &extra));
     // Let the survivor start (and pass its start-up release) before the kill.
     let t = Instant::now();
     loop {
-        let theirs = pg_count(
+        let theirs = pg_poll(
             &state,
             &format!(
                 "SELECT count(*) FROM jobs WHERE lease_owner IS NOT NULL \
@@ -283,7 +314,10 @@ async fn a_lapsed_lease_is_picked_up_by_a_process_already_running() {
         if theirs > 0 {
             break;
         }
-        assert!(t.elapsed() < Duration::from_secs(60), "survivor never got going");
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "survivor never got going"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     victim.kill().expect("SIGKILL");
@@ -319,7 +353,10 @@ async fn an_unreachable_database_is_exit_2_before_any_s3_write_and_keeps_its_pas
     assert_eq!(o.status.code(), Some(2), "{}", show(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
-    assert!(!err.contains("hunter2"), "the password is never printed: {err}");
+    assert!(
+        !err.contains("hunter2"),
+        "the password is never printed: {err}"
+    );
     assert_eq!(b.etags().await, before, "no S3 write");
     // The read-only commands too.
     for cmd in ["status", "report"] {

@@ -33,7 +33,8 @@ use s3cse::rekey::report::{DEFAULT_MAX_FILE_BYTES, batch_ops_fields, csv_field};
 use s3cse::rekey::scan::MAX_LIST_PAGE_SIZE;
 use s3cse::rekey::{RekeyConfig, RunSummary, Shard, Shutdown};
 use s3cse::store::{
-    Action, JobState, JobStore, LiveProcesses, ScanKey, StateLocation, StateLock, Tally, VersionCount, VersionState,
+    Action, JobState, JobStore, LiveProcesses, ScanKey, StateLocation, StateLock, Tally,
+    VersionCount, VersionState,
 };
 
 use super::aws::{AwsArgs, parse_s3_url, sdk_config};
@@ -79,7 +80,12 @@ pub struct RunArgs {
     /// postgres://USER@HOST[:PORT]/DB shared by any number of processes (password from the
     /// URL or PGPASSWORD; TLS per ?sslmode=). With PostgreSQL, --kms-rps and --s3-rps are for
     /// all processes together.
-    #[arg(long, value_name = "FILE|URL", env = "S3CSE_STATE", hide_env_values = true)]
+    #[arg(
+        long,
+        value_name = "FILE|URL",
+        env = "S3CSE_STATE",
+        hide_env_values = true
+    )]
     state: StateLocation,
     #[command(flatten)]
     keys: KeyArgs,
@@ -240,7 +246,12 @@ pub struct ScanArgs {
     /// What to list: s3://BUCKET[/PREFIX].
     url: String,
     /// The job table: a SQLite file (created if missing) or a postgres:// URL.
-    #[arg(long, value_name = "FILE|URL", env = "S3CSE_STATE", hide_env_values = true)]
+    #[arg(
+        long,
+        value_name = "FILE|URL",
+        env = "S3CSE_STATE",
+        hide_env_values = true
+    )]
     state: StateLocation,
     #[command(flatten)]
     shard: ShardArgs,
@@ -256,7 +267,12 @@ pub struct ScanArgs {
 #[derive(Args, Debug)]
 pub struct StatusArgs {
     /// The job table: a SQLite file or a postgres:// URL.
-    #[arg(long, value_name = "FILE|URL", env = "S3CSE_STATE", hide_env_values = true)]
+    #[arg(
+        long,
+        value_name = "FILE|URL",
+        env = "S3CSE_STATE",
+        hide_env_values = true
+    )]
     state: StateLocation,
     /// Print JSON (exact numbers: bytes, objects/s, seconds).
     #[arg(long)]
@@ -276,7 +292,12 @@ pub enum ReportFormat {
 #[derive(Args, Debug)]
 pub struct ReportArgs {
     /// The job table: a SQLite file or a postgres:// URL.
-    #[arg(long, value_name = "FILE|URL", env = "S3CSE_STATE", hide_env_values = true)]
+    #[arg(
+        long,
+        value_name = "FILE|URL",
+        env = "S3CSE_STATE",
+        hide_env_values = true
+    )]
     state: StateLocation,
     #[arg(long, value_enum, default_value = "csv")]
     format: ReportFormat,
@@ -364,7 +385,10 @@ async fn share_limits(
     for l in limits {
         l.set_share(n);
     }
-    tracing::info!(processes = n, "rate limits shared by the processes of the run");
+    tracing::info!(
+        processes = n,
+        "rate limits shared by the processes of the run"
+    );
     let limits = limits.to_vec();
     let task = tokio::spawn(async move {
         let mut last = n;
@@ -376,7 +400,10 @@ async fn share_limits(
                         l.set_share(n);
                     }
                     if n != last {
-                        tracing::info!(processes = n, "rate limits shared by the processes of the run");
+                        tracing::info!(
+                            processes = n,
+                            "rate limits shared by the processes of the run"
+                        );
                         last = n;
                     }
                 }

@@ -103,7 +103,11 @@ mod tests {
         for _ in 0..50 {
             l.wait().await;
         }
-        assert!(start.elapsed() >= Duration::from_millis(950), "{:?}", start.elapsed());
+        assert!(
+            start.elapsed() >= Duration::from_millis(950),
+            "{:?}",
+            start.elapsed()
+        );
         assert_eq!(RateLimit::per_second(None).share(), None);
     }
 }

@@ -56,11 +56,11 @@ use std::time::Duration;
 use futures::Stream;
 use futures::stream::{self, StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
+use sqlx::postgres::{PgPool, PgRow};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
-use sqlx::postgres::{PgPool, PgRow};
 use sqlx::{AssertSqlSafe, FromRow, Row};
 
 mod noncurrent;
@@ -968,9 +968,7 @@ impl JobStore {
     ) -> Result<EnqueueStats, StoreError> {
         match &self.backend {
             Backend::Sqlite(pool) => enqueue_page_sqlite(pool, scan, objects, last_key).await,
-            Backend::Postgres(pool) => {
-                postgres::enqueue_page(pool, scan, objects, last_key).await
-            }
+            Backend::Postgres(pool) => postgres::enqueue_page(pool, scan, objects, last_key).await,
         }
     }
 
@@ -1226,22 +1224,18 @@ impl JobStore {
             return Ok(0);
         }
         let done = match &self.backend {
-            Backend::Sqlite(pool) => {
-                sqlx::query(RELEASE_SQLITE)
-                    .bind(id_list(ids))
-                    .bind(owner)
-                    .execute(pool)
-                    .await?
-                    .rows_affected()
-            }
-            Backend::Postgres(pool) => {
-                sqlx::query(RELEASE_PG)
-                    .bind(ids)
-                    .bind(owner)
-                    .execute(pool)
-                    .await?
-                    .rows_affected()
-            }
+            Backend::Sqlite(pool) => sqlx::query(RELEASE_SQLITE)
+                .bind(id_list(ids))
+                .bind(owner)
+                .execute(pool)
+                .await?
+                .rows_affected(),
+            Backend::Postgres(pool) => sqlx::query(RELEASE_PG)
+                .bind(ids)
+                .bind(owner)
+                .execute(pool)
+                .await?
+                .rows_affected(),
         };
         Ok(done)
     }
@@ -1414,7 +1408,6 @@ impl JobStore {
     }
 }
 
-
 /// SQLite's [`JobStore::enqueue_page`]: one `BEGIN IMMEDIATE` transaction.
 async fn enqueue_page_sqlite(
     pool: &SqlitePool,
@@ -1454,13 +1447,13 @@ async fn enqueue_page_sqlite(
     }
     stats.unchanged = (objects.len() as u64).saturating_sub(stats.inserted + stats.reset);
     sqlx::query(CHECKPOINT_SQL)
-    .bind(&scan.bucket)
-    .bind(&scan.prefix)
-    .bind(scan.shard_text())
-    .bind(last_key)
-    .bind(objects.len() as i64)
-    .execute(&mut *tx)
-    .await?;
+        .bind(&scan.bucket)
+        .bind(&scan.prefix)
+        .bind(scan.shard_text())
+        .bind(last_key)
+        .bind(objects.len() as i64)
+        .execute(&mut *tx)
+        .await?;
     tx.commit().await?;
     Ok(stats)
 }
@@ -1562,7 +1555,6 @@ macro_rules! impl_from_rows {
                 })
             }
         }
-
     };
 }
 impl_from_rows!(SqliteRow);

@@ -231,8 +231,7 @@ impl JobStore {
 
     /// Versions and bytes per (class, detail, state), for `status` and the metric.
     pub async fn version_counts(&self) -> Result<Vec<VersionCount>, StoreError> {
-        let rows: Vec<(String, Option<String>, String, i64, i64)> =
-            on_pool!(self, pool => sqlx::query_as(
+        let rows: Vec<(String, Option<String>, String, i64, i64)> = on_pool!(self, pool => sqlx::query_as(
                 "SELECT class, detail, state, count(*), CAST(sum(size) AS BIGINT) \
                  FROM noncurrent_versions GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
             )
@@ -259,14 +258,16 @@ impl JobStore {
     ) -> Result<Vec<NoncurrentVersion>, StoreError> {
         let sql =
             format!("SELECT {COLUMNS} FROM noncurrent_versions WHERE id > $1 ORDER BY id LIMIT $2");
-        Ok(on_pool!(self, pool => sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+        Ok(
+            on_pool!(self, pool => sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
             .bind(after_id)
             .bind(i64::from(limit))
             .fetch_all(pool)
             .await?
             .iter()
             .map(NoncurrentVersion::from_row)
-            .collect::<Result<_, _>>()?))
+            .collect::<Result<_, _>>()?),
+        )
     }
 }
 

@@ -121,7 +121,9 @@ impl fmt::Debug for StateLocation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             StateLocation::Sqlite(p) => f.debug_tuple("Sqlite").field(p).finish(),
-            StateLocation::Postgres(_) => f.debug_tuple("Postgres").field(&self.to_string()).finish(),
+            StateLocation::Postgres(_) => {
+                f.debug_tuple("Postgres").field(&self.to_string()).finish()
+            }
         }
     }
 }
@@ -148,10 +150,9 @@ async fn connect(url: &str, opts: PgConnectOptions) -> Result<PgPool, StoreError
 
 /// The newest migration applied (`None` without a migrations table).
 async fn applied_schema_version(pool: &PgPool) -> Result<Option<i64>, sqlx::Error> {
-    let has_table: bool =
-        sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
-            .fetch_one(pool)
-            .await?;
+    let has_table: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+        .fetch_one(pool)
+        .await?;
     if !has_table {
         return Ok(None);
     }
@@ -171,9 +172,7 @@ impl JobStore {
     }
 
     /// [`open_read_only`](Self::open_read_only) or [`open_postgres_read_only`](Self::open_postgres_read_only).
-    pub async fn open_location_read_only(
-        location: &StateLocation,
-    ) -> Result<JobStore, StoreError> {
+    pub async fn open_location_read_only(location: &StateLocation) -> Result<JobStore, StoreError> {
         match location {
             StateLocation::Sqlite(path) => JobStore::open_read_only(path).await,
             StateLocation::Postgres(url) => JobStore::open_postgres_read_only(url).await,
@@ -404,7 +403,10 @@ mod tests {
             StateLocation::Sqlite(PathBuf::from("state/jobs.db"))
         );
         let loc = StateLocation::parse("postgres://u:s3cret@db:5433/x?sslmode=require");
-        assert_eq!(loc.to_string(), "postgres://u:***@db:5433/x?sslmode=require");
+        assert_eq!(
+            loc.to_string(),
+            "postgres://u:***@db:5433/x?sslmode=require"
+        );
         assert!(!format!("{loc:?}").contains("s3cret"));
         assert_eq!(
             redact("postgres://db/x?user=u&password=s3cret"),

@@ -47,7 +47,11 @@ async fn pg_store() -> Option<JobStore> {
         .await
         .unwrap();
     let base = admin.rsplit_once('/').unwrap().0;
-    Some(JobStore::open_postgres(&format!("{base}/{name}")).await.unwrap())
+    Some(
+        JobStore::open_postgres(&format!("{base}/{name}"))
+            .await
+            .unwrap(),
+    )
 }
 
 /// `both_backends! { #[tokio::test] async fn name(store) { ... } }`: the test runs as
@@ -168,7 +172,10 @@ async fn claim_uses_the_partial_indexes() {
         .enqueue_page(&scan(), &page(100, "\"e\""), "k000099")
         .await
         .unwrap();
-    sqlx::query("ANALYZE").execute(store.sqlite()).await.unwrap();
+    sqlx::query("ANALYZE")
+        .execute(store.sqlite())
+        .await
+        .unwrap();
     let sql = format!("EXPLAIN QUERY PLAN {}", claim_sql(10));
     let plan: Vec<String> = sqlx::query(AssertSqlSafe(sql))
         .bind("w")

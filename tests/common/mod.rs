@@ -684,6 +684,9 @@ pub async fn pg_database(tag: &str) -> Option<String> {
         .execute(&mut conn)
         .await
         .expect("create database");
-    let base = admin.rsplit_once('/').expect("a database in S3CSE_TEST_PG_URL").0;
+    let base = admin
+        .rsplit_once('/')
+        .expect("a database in S3CSE_TEST_PG_URL")
+        .0;
     Some(format!("{base}/{name}"))
 }
