@@ -487,3 +487,64 @@ async fn the_kms_budget_is_shared_by_the_processes_of_a_run() {
     let st = status(&state);
     assert_eq!(st["by_state"]["done"]["objects"], 8, "{st}");
 }
+
+/// How far the shared budget drifts (BENCHMARKS.md, "Shared queue"; `scripts/bench-budget.sh`):
+/// 90 objects at `--kms-rps 10` (one GenerateDataKey each), by one process, then by three
+/// sharing the budget (each a bucket and database of its own, same run). Prints the effective
+/// GenerateDataKey rate of each: a shared budget keeps the three near the one.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "measurement; scripts/bench-budget.sh"]
+async fn budget_drift() {
+    const N: usize = 90;
+    for procs in [1usize, 3] {
+        let Some(b) = bed("pg-drift").await else {
+            return;
+        };
+        let Some(state) = pg_database("pg_drift").await else {
+            return;
+        };
+        seed(&b, N, 200).await;
+        let textfiles: Vec<String> = (0..procs)
+            .map(|i| b.path(&format!("p{i}.prom")).display().to_string())
+            .collect();
+        let t = Instant::now();
+        let children: Vec<Child> = textfiles
+            .iter()
+            .map(|tf| {
+                spawn(&rekey_args(
+                    &b,
+                    &state,
+                    &[
+                        "--kms-rps",
+                        "10",
+                        "--concurrency",
+                        "8",
+                        "--metrics-textfile",
+                        tf,
+                    ],
+                ))
+            })
+            .collect();
+        for c in children {
+            let o = wait(c);
+            assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+        }
+        let secs = t.elapsed().as_secs_f64();
+        let gdk: f64 = textfiles
+            .iter()
+            .map(|tf| {
+                metric(
+                    &std::fs::read_to_string(tf).expect("textfile"),
+                    "s3cse_kms_requests_total",
+                    &[("operation", "GenerateDataKey")],
+                )
+            })
+            .sum();
+        assert_eq!(gdk, N as f64);
+        println!(
+            "budget: {procs} process(es), --kms-rps 10: {gdk} GenerateDataKey in {secs:.1} s \
+             (start to last exit) = {:.1}/s",
+            gdk / secs
+        );
+    }
+}

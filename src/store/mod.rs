@@ -12,9 +12,10 @@
 //!   same on both; integers are BIGINT there and every integer is decoded as `i64`;
 //! * `sum()` is wrapped in `CAST(... AS BIGINT)` (PostgreSQL's `sum(bigint)` is numeric);
 //!   `max(a, b)` becomes `CASE` (PostgreSQL has `greatest`, SQLite does not).
+//!
 //! What differs: id lists (`json_each(?)` vs `= ANY($1)`), the claim (SQLite's `INDEXED BY`
 //! vs PostgreSQL's `FOR UPDATE SKIP LOCKED`), the enqueue (SQLite counts inserts under its
-//! write lock, PostgreSQL reads `xmax = 0`), and opening (quick_check, WAL, the file lock).
+//! write lock, PostgreSQL binds arrays and reads `xmax = 0`), and opening (quick_check, WAL, the file lock).
 //!
 //! Porting a SQLite-only method: write its SQL with `$N` placeholders and `unixepoch()`, decode
 //! integers as `i64`, wrap the body in `on_pool!(self, pool => ...)` (both arms must have one
@@ -90,16 +91,6 @@ const ENQUEUE_PARAMS_PER_ROW: usize = 6;
 /// Rows per upsert statement: a ListObjectsV2 page (at most 1000 keys) fits in one statement.
 const ENQUEUE_CHUNK: usize = {
     let by_limit = MAX_PARAMS / ENQUEUE_PARAMS_PER_ROW;
-    if by_limit < 1000 { by_limit } else { 1000 }
-};
-
-/// PostgreSQL's bound-parameter limit per statement (the protocol's 16-bit count).
-const PG_MAX_PARAMS: usize = 65_535;
-
-/// Rows per upsert statement on PostgreSQL: a listing page, or a manifest batch in
-/// statements of this many rows.
-const PG_ENQUEUE_CHUNK: usize = {
-    let by_limit = PG_MAX_PARAMS / ENQUEUE_PARAMS_PER_ROW;
     if by_limit < 1000 { by_limit } else { 1000 }
 };
 

@@ -6,6 +6,7 @@
 //! rows another claim holds (`FOR UPDATE SKIP LOCKED`), leases are on the database clock
 //! (`unixepoch()` is `now()`, see `migrations/postgres/0001_jobs.sql`).
 
+use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -15,8 +16,8 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRo
 use sqlx::{AssertSqlSafe, Connection, Row};
 
 use super::{
-    Backend, ENQUEUE_HEAD, ENQUEUE_PARAMS_PER_ROW, ENQUEUE_TAIL_COMMON, EnqueueStats, JobStore,
-    ListedObject, PG_ENQUEUE_CHUNK, ScanKey, StoreError, our_schema_version, to_i64,
+    Backend, ENQUEUE_TAIL_COMMON, EnqueueStats, JobStore, ListedObject, ScanKey, StoreError,
+    our_schema_version, to_i64,
 };
 
 /// Connections per process: the workers' claims, lease renewals and outcome writes run
@@ -28,6 +29,9 @@ const PG_POOL_SIZE: u32 = 8;
 /// How long opening waits for the database: an unreachable one fails the command (exit 2)
 /// within this, before any S3 write.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Rows per upsert statement: a listing page, or a manifest batch (10,000 by default) in one.
+const PG_ENQUEUE_CHUNK: usize = 10_000;
 
 /// Times an enqueue transaction is tried again after a deadlock or serialization failure (two
 /// scanners upserting the same keys in different orders, e.g. two manifests naming them).
@@ -243,30 +247,17 @@ pub(super) fn claim_sql(n: u32) -> String {
     )
 }
 
-/// The multi-row upsert of `rows` rows with numbered placeholders (PostgreSQL has no `?`).
-fn enqueue_sql(rows: usize) -> String {
-    let mut sql = String::with_capacity(ENQUEUE_HEAD.len() + rows * 40 + 300);
-    sql.push_str(ENQUEUE_HEAD);
-    for i in 0..rows {
-        if i > 0 {
-            sql.push(',');
-        }
-        let b = i * ENQUEUE_PARAMS_PER_ROW;
-        sql.push_str(&format!(
-            "(${}, ${}, ${}, ${}, ${}, ${})",
-            b + 1,
-            b + 2,
-            b + 3,
-            b + 4,
-            b + 5,
-            b + 6
-        ));
-    }
-    sql.push_str(ENQUEUE_TAIL_COMMON);
+/// The upsert of one chunk: the rows as six arrays (`UNNEST`), so a statement has six bound
+/// parameters whatever its row count (PostgreSQL's limit is 65,535 per statement) and sqlx
+/// encodes six arrays instead of six values per row (BENCHMARKS.md, "Shared queue").
+fn enqueue_sql() -> String {
+    format!(
+        "INSERT INTO jobs (bucket, key, etag, size, last_modified, storage_class) \
+         SELECT $1::text, * FROM UNNEST($2::text[], $3::text[], $4::int8[], $5::text[], \
+         $6::text[]){ENQUEUE_TAIL_COMMON} RETURNING (xmax = 0)"
+    )
     // `xmax = 0`: the row version was made by an insert, not by the update of a known key
     // (SQLite tells them apart by id under its write lock; here writers run side by side).
-    sql.push_str(" RETURNING (xmax = 0)");
-    sql
 }
 
 /// [`JobStore::enqueue_page`] on PostgreSQL: one transaction, tried again on a deadlock (two
@@ -302,17 +293,34 @@ async fn enqueue_once(
     let mut tx = pool.begin().await?;
     let mut stats = EnqueueStats::default();
     for chunk in objects.chunks(PG_ENQUEUE_CHUNK) {
-        let mut query = sqlx::query(AssertSqlSafe(enqueue_sql(chunk.len())));
-        for o in chunk {
-            query = query
-                .bind(&scan.bucket)
-                .bind(&o.key)
-                .bind(&o.etag)
-                .bind(to_i64(o.size))
-                .bind(&o.last_modified)
-                .bind(&o.storage_class);
+        // One statement may not upsert a key twice ("ON CONFLICT DO UPDATE command cannot
+        // affect row a second time"): a manifest can name a key twice. The last row wins, as
+        // it would on SQLite, which applies the rows one by one.
+        let mut last: HashMap<&str, usize> = HashMap::with_capacity(chunk.len());
+        for (i, o) in chunk.iter().enumerate() {
+            last.insert(o.key.as_str(), i);
         }
-        let inserted: Vec<bool> = query
+        let rows = chunk
+            .iter()
+            .enumerate()
+            .filter(|(i, o)| last.get(o.key.as_str()) == Some(i))
+            .map(|(_, o)| o);
+        let (mut keys, mut etags, mut sizes, mut modified, mut classes) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for o in rows {
+            keys.push(o.key.as_str());
+            etags.push(o.etag.as_str());
+            sizes.push(to_i64(o.size));
+            modified.push(o.last_modified.as_deref());
+            classes.push(o.storage_class.as_deref());
+        }
+        let inserted: Vec<bool> = sqlx::query(AssertSqlSafe(enqueue_sql()))
+            .bind(&scan.bucket)
+            .bind(keys)
+            .bind(etags)
+            .bind(sizes)
+            .bind(modified)
+            .bind(classes)
             .map(|row: PgRow| row.get::<bool, _>(0))
             .fetch_all(&mut *tx)
             .await?;

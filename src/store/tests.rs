@@ -79,6 +79,19 @@ macro_rules! both_backends {
     };
 }
 
+both_backends! {
+#[tokio::test]
+async fn a_key_twice_in_one_page_is_one_row_and_the_last_wins(store) {
+    // A manifest may name a key twice; PostgreSQL refuses to upsert a row twice in one
+    // statement, SQLite applies the rows in turn.
+    let rows = [obj("k", "\"e1\"", 1), obj("k", "\"e2\"", 2), obj("m", "\"e\"", 3)];
+    store.enqueue_page(&scan(), &rows, "m").await.unwrap();
+    let k = by_key(&store, "k").await;
+    assert_eq!((k.etag.as_str(), k.size), ("\"e2\"", 2));
+    assert_eq!(store.state_counts().await.unwrap().pending.objects, 2);
+}
+}
+
 /// Runs `sql` with `id` bound as `$1`, on either backend.
 async fn exec(store: &JobStore, sql: &'static str, id: i64) {
     on_pool!(store, pool => sqlx::query(sql).bind(id).execute(pool).await.map(|_| ())).unwrap();
