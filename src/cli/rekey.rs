@@ -383,7 +383,7 @@ async fn share_limits(
         .context("counting the processes of the run")
         .map_err(Failure::usage)?;
     for l in limits {
-        l.set_share(n);
+        l.join_share(n);
     }
     tracing::info!(
         processes = n,

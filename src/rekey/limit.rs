@@ -13,7 +13,7 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
 /// How often a process re-counts the live processes of a shared run: how long a joining or
 /// leaving process can leave the others on the old share (the drift, README "Many processes").
-pub const SHARE_REFRESH: Duration = Duration::from_secs(2);
+pub const SHARE_REFRESH: Duration = Duration::from_secs(1);
 
 /// A shared rate limit; `None` inside means unlimited.
 #[derive(Clone, Default)]
@@ -52,14 +52,29 @@ impl RateLimit {
     /// This process is one of `processes` sharing the limit: from now on it takes `1/processes`
     /// of it. A no-op when unlimited or unchanged.
     pub fn set_share(&self, processes: u32) {
+        self.share_among(processes, false);
+    }
+
+    /// The first [`set_share`](Self::set_share) of a process joining a shared run: its bucket
+    /// starts empty, so processes starting together do not each burst a second's worth.
+    pub fn join_share(&self, processes: u32) {
+        self.share_among(processes, true);
+    }
+
+    fn share_among(&self, processes: u32, joining: bool) {
         let Some(shared) = &self.0 else { return };
         let processes = processes.max(1);
         let mut current = shared
             .current
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if current.0 != processes {
-            *current = (processes, limiter(shared.total, processes));
+        if joining || current.0 != processes {
+            // A new bucket starts empty: a change of share must not hand out a fresh burst
+            // (every process of a run starting together would otherwise burst at once).
+            let l = limiter(shared.total, processes);
+            let burst = NonZeroU32::new(shared.total.get() / processes).unwrap_or(NonZeroU32::MIN);
+            let _ = l.check_n(burst);
+            *current = (processes, l);
         }
     }
 
@@ -98,13 +113,13 @@ mod tests {
         assert_eq!(l.share(), Some(100.0));
         l.set_share(4);
         assert_eq!(l.share(), Some(25.0));
-        // 25 a second, bursts of 25: 50 tokens take at least a second.
+        // 25 a second, and no fresh burst at the change: 25 tokens take about a second.
         let start = std::time::Instant::now();
-        for _ in 0..50 {
+        for _ in 0..25 {
             l.wait().await;
         }
         assert!(
-            start.elapsed() >= Duration::from_millis(950),
+            start.elapsed() >= Duration::from_millis(900),
             "{:?}",
             start.elapsed()
         );
