@@ -1,4 +1,4 @@
-//! Build script: `sqlx::migrate!()` embeds `migrations/*.sql` at compile time, so cargo must
+//! Build script: `sqlx::migrate!()` embeds `migrations/{sqlite,postgres}/*.sql` at compile time, so cargo must
 //! rebuild the crate when a migration is added or edited (INFRA.md §5).
 
 fn main() {

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Manifest ingest rate: `rekey --manifest` on a generated S3 Inventory (CSV gzip, local files)
-# of ROWS rows into a fresh SQLite state file, with LISTERS ingesters (`--listers`: data files
-# read at once); prints keys/s from the "manifest ingested" log line, then stops the run (the
-# work phase after it is not measured). Then, on the state file of ROWS jobs: the wall time of
-# `status` and of `status --json`, and the wall time and peak RSS of `report` (all rows, CSV to
-# /dev/null), which must not grow with the row count.
+# of ROWS rows into a fresh SQLite state file (or BENCH_STATE, e.g. a fresh postgres:// database),
+# with LISTERS ingesters (`--listers`: data files read at once); prints keys/s from the "manifest
+# ingested" log line, then stops the run (the work phase after it is not measured). Then, on the
+# state of ROWS jobs: the wall time of `status` and of `status --json`, and the wall time and
+# peak RSS of `report` (all rows, CSV to /dev/null), which must not grow with the row count.
 #
 #   scripts/bench-manifest.sh [ROWS] [FILES] [LISTERS]   (1,000,000 rows in 10 files, 1 lister)
+#   BENCH_STATE=postgres://postgres@127.0.0.1:PORT/empty_db scripts/bench-manifest.sh
 #
 # Needs the test bed (source .testbed/env) only for the bucket check and DescribeKey at start:
 # the manifest's keys do not exist. Peak RSS comes from /proc/PID/status (VmHWM).
@@ -43,7 +44,7 @@ PY
 
 LOG=$WORK/log
 S3CSE_LOG=info "$BIN" rekey "s3://$BUCKET/bench/" --manifest "$WORK/manifest.json" \
-    --state "$WORK/state.db" --kms-key-id "$KEY" --concurrency 1 --log-format json \
+    --state "${BENCH_STATE:-$WORK/state.db}" --kms-key-id "$KEY" --concurrency 1 --log-format json \
     --listers "$LISTERS" \
     >"$WORK/out" 2>"$LOG" &
 PID=$!
@@ -68,8 +69,8 @@ print(f"{rows} rows in {secs:.1f} s: {rows / secs:,.0f} keys/s; peak RSS {int(sy
 PY
 
 # Read-only commands on the state file of ROWS jobs.
-T0=$(date +%s.%N); "$BIN" status --state "$WORK/state.db" >/dev/null; T1=$(date +%s.%N)
+T0=$(date +%s.%N); "$BIN" status --state "${BENCH_STATE:-$WORK/state.db}" >/dev/null; T1=$(date +%s.%N)
 echo "status: $(echo "$T1 - $T0" | bc) s"
-T0=$(date +%s.%N); "$BIN" status --json --state "$WORK/state.db" >/dev/null; T1=$(date +%s.%N)
+T0=$(date +%s.%N); "$BIN" status --json --state "${BENCH_STATE:-$WORK/state.db}" >/dev/null; T1=$(date +%s.%N)
 echo "status --json: $(echo "$T1 - $T0" | bc) s"
-/usr/bin/time -f "report: %e s, peak RSS %M KiB" "$BIN" report --state "$WORK/state.db" >/dev/null
+/usr/bin/time -f "report: %e s, peak RSS %M KiB" "$BIN" report --state "${BENCH_STATE:-$WORK/state.db}" >/dev/null

@@ -11,7 +11,7 @@
 #   5. pytest tests/chart (if that directory exists), with S3CSE_BIN set to the built binary and
 #      S3CSE_METRICS_SCRAPE to the scrape the Rust tests saved (if they did)
 #   6. tests/peers/smoke.sh (the peer scripts against the test bed)
-#   7. scripts/testbed.sh down, on exit, if this run started the test bed
+#   7. scripts/testbed.sh down, on exit, if this run started the test bed (PostgreSQL included)
 #
 # Every step runs even if an earlier one failed; exit status is non-zero if any failed. The last
 # line is "s3cse: N passed, N failed": tests counted from cargo's, pytest's and the smoke script's
@@ -76,9 +76,23 @@ if ! command -v prometheus >/dev/null || ! command -v prometheus-pushgateway >/d
     echo "test.sh: prometheus/prometheus-pushgateway missing and apt-get unusable; their tests will fail" >&2
   fi
 fi
+# tests/postgres.rs and the store's PostgreSQL tests need PostgreSQL 15's server binaries.
+if [ ! -x /usr/lib/postgresql/15/bin/postgres ]; then
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    echo "test.sh: installing postgresql-15 with apt-get"
+    { DEBIAN_FRONTEND=noninteractive apt-get update -qq \
+      && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15; } \
+      >"$LOGS/apt-postgresql.log" 2>&1 || echo "test.sh: apt-get failed, see $LOGS/apt-postgresql.log" >&2
+  else
+    echo "test.sh: PostgreSQL 15 missing and apt-get unusable; the PostgreSQL tests will fail" >&2
+  fi
+fi
 if bash scripts/testbed.sh running; then
+  # `up` reuses every server running and starts only what the bed lacks (e.g. PostgreSQL, on
+  # a bed started by an older script); the bed stays up after the run.
   echo "test.sh: test bed already running; reusing it and leaving it up"
-  TESTBED_UP_PID=""
+  bash scripts/testbed.sh up >"$LOGS/testbed-up.log" 2>&1 &
+  TESTBED_UP_PID=$!
 else
   started_testbed=1
   bash scripts/testbed.sh up >"$LOGS/testbed-up.log" 2>&1 &

@@ -17,6 +17,11 @@
 #        (scripts/test.sh installs them): Prometheus scrapes the Pushgateway and every target
 #        listed in $TESTBED_DIR/prometheus/targets/*.json (file_sd, 1 s interval), so a test
 #        makes Prometheus scrape a `--metrics-addr` by writing a file there.
+#   PostgreSQL 15 (Debian's /usr/lib/postgresql/15/bin; installed with apt where missing), for
+#        the shared job store (`--state postgres://...`): a throwaway cluster (initdb, trust
+#        auth, loopback only) in $TESTBED_DIR/postgres, as user `postgres` when run as root
+#        (initdb refuses root). Tests create a database each (S3CSE_TEST_PG_URL names the
+#        server's `postgres` database; tests/common/mod.rs `pg_database`).
 # Env: TESTBED_DIR (default .testbed) holds one bed's state, logs, pids, ports and env file: two
 # directories, two independent beds (`TESTBED_DIR=/tmp/bed2 scripts/testbed.sh up`).
 # Venvs (.venv/NAME, pinned by scripts/requirements-NAME.txt; reinstalled only when that file or
@@ -34,7 +39,8 @@ HOST=127.0.0.1
 # Every port the bed listens on (weed mini's checked with `ss -ltnp`: with the flags below it
 # opens these and nothing else). Set by load_ports.
 PORT_NAMES=(S3 S3_GRPC MASTER MASTER_GRPC VOLUME VOLUME_GRPC FILER FILER_GRPC ADMIN ADMIN_GRPC KMS
-  PROMETHEUS PUSHGATEWAY)
+  PROMETHEUS PUSHGATEWAY PG)
+PG_BIN="${S3CSE_PG_BIN:-/usr/lib/postgresql/15/bin}"
 ACCESS_KEY=s3cse-test
 SECRET_KEY=s3cse-test-secret
 VENV_NAMES=(testbed aioboto3 awsclient)
@@ -135,8 +141,32 @@ load_ports() {
     python3 -c 'import socket as s; a=s.socket(); a.bind(("127.0.0.1",0)); b=s.socket(); b.bind(("127.0.0.1",0)); print(f"PROMETHEUS_PORT={a.getsockname()[1]}\nPUSHGATEWAY_PORT={b.getsockname()[1]}")' >> "$TB/ports"
   fi
   [ -s "$TB/ports" ] || pick_ports
+  # A bed started before PostgreSQL joined it: one more free port, the others kept.
+  if ! grep -q '^PG_PORT=' "$TB/ports"; then
+    python3 -c 'import socket as s; a=s.socket(); a.bind(("127.0.0.1",0)); print(f"PG_PORT={a.getsockname()[1]}")' >> "$TB/ports"
+  fi
   # shellcheck disable=SC1091
   . "$TB/ports"
+}
+
+have_postgres() { [ -x "$PG_BIN/postgres" ] && [ -x "$PG_BIN/initdb" ]; }
+
+# Debian's PostgreSQL 15 server binaries, installed with apt where missing (as Prometheus is
+# by scripts/test.sh).
+ensure_postgres() {
+  have_postgres && return 0
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    log "PostgreSQL 15 not found in $PG_BIN; installing postgresql-15 with apt-get"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15 >/dev/null \
+      || log "apt-get install postgresql-15 failed: the PostgreSQL tests will be skipped"
+  else
+    log "PostgreSQL 15 not found in $PG_BIN (apt-get install postgresql-15): PostgreSQL tests skipped"
+  fi
+}
+
+# Runs a PostgreSQL program as the cluster's owner: `postgres` when we are root.
+as_pg_owner() {
+  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
 }
 
 have_prometheus() { command -v prometheus >/dev/null && command -v prometheus-pushgateway >/dev/null; }
@@ -162,6 +192,12 @@ export S3CSE_PY_TESTBED=$VENVS/testbed/bin/python
 export S3CSE_PEERS_DIR=$ROOT/tests/peers
 export S3CSE_TESTBED_DIR=$TB
 EOF
+  if have_postgres; then
+    cat >> "$TB/env.tmp" <<EOF
+# A PostgreSQL server for the shared job store; tests create a database each.
+export S3CSE_TEST_PG_URL=postgres://postgres@$HOST:$PG_PORT/postgres
+EOF
+  fi
   if have_prometheus; then
     cat >> "$TB/env.tmp" <<EOF
 # Prometheus scrapes every target listed in a *.json file of S3CSE_PROMETHEUS_TARGETS (file_sd).
@@ -188,6 +224,13 @@ weed_pid() { running_pid weed "$VENVS/testbed/bin/weed mini"; }
 moto_pid() { running_pid moto "moto_server"; }
 prometheus_pid() { running_pid prometheus "prometheus --config.file=$TB/"; }
 pushgateway_pid() { running_pid pushgateway "prometheus-pushgateway"; }
+postgres_pid() { # the postmaster's pid, from its own pid file
+  local pid
+  pid="$(head -n 1 "$TB/postgres/data/postmaster.pid" 2>/dev/null)" || return 1
+  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
+  tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$TB/postgres/data" || return 1
+  echo "$pid"
+}
 
 port_in_use() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
 
@@ -274,6 +317,47 @@ EOF
   log "started Prometheus (pid $!) on $HOST:$PROMETHEUS_PORT"
 }
 
+start_postgres() {
+  local pid
+  have_postgres || return 0
+  if pid="$(postgres_pid)"; then log "PostgreSQL already running (pid $pid)"; return 0; fi
+  check_ports_free PostgreSQL "$PG_PORT"
+  # A fresh cluster on every cold start: test databases are throwaway.
+  rm -rf "$TB/postgres"
+  mkdir -p "$TB/postgres" "$TB/logs"
+  [ "$(id -u)" = 0 ] && chown postgres "$TB/postgres"
+  as_pg_owner "$PG_BIN/initdb" -D "$TB/postgres/data" -U postgres --auth=trust \
+    --encoding=UTF8 --locale=C.UTF-8 >"$TB/logs/postgres-initdb.log" 2>&1 \
+    || { tail -n 20 "$TB/logs/postgres-initdb.log" >&2; die "initdb failed"; }
+  # Loopback TCP only, no Unix socket outside the bed; fsync off: a test cluster is thrown
+  # away, durability across power loss is not what the tests check (a SIGKILLed client is).
+  cat >> "$TB/postgres/data/postgresql.conf" <<EOF
+listen_addresses = '$HOST'
+port = $PG_PORT
+unix_socket_directories = '$TB/postgres'
+max_connections = 300
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+EOF
+  : > "$TB/logs/postgres.log"
+  [ "$(id -u)" = 0 ] && chown postgres "$TB/logs/postgres.log"
+  as_pg_owner setsid nohup "$PG_BIN/postgres" -D "$TB/postgres/data" \
+    >>"$TB/logs/postgres.log" 2>&1 </dev/null &
+  log "started PostgreSQL on $HOST:$PG_PORT"
+}
+
+# Waits until PostgreSQL accepts connections (if this bed runs it).
+wait_postgres() {
+  have_postgres || return 0
+  local i
+  for i in $(seq 1 $((READY_TIMEOUT * 5))); do
+    "$PG_BIN/pg_isready" -q -h "$HOST" -p "$PG_PORT" && return 0
+    sleep 0.2
+  done
+  return 1
+}
+
 # Waits until Prometheus and the Pushgateway answer (if this bed runs them).
 wait_prometheus() {
   have_prometheus || return 0
@@ -318,9 +402,10 @@ stop_all() { # name:pid ...  SIGTERM to all at once, SIGKILL whatever is left af
 cmd_up() {
   local t0=$SECONDS
   ensure_venvs
+  ensure_postgres
   # A cold start picks new free ports; a bed already (partly) running keeps its own.
   if ! weed_pid >/dev/null && ! moto_pid >/dev/null && ! prometheus_pid >/dev/null \
-    && ! pushgateway_pid >/dev/null; then
+    && ! pushgateway_pid >/dev/null && ! postgres_pid >/dev/null; then
     pick_ports
   fi
   load_ports
@@ -328,18 +413,20 @@ cmd_up() {
   start_weed
   start_moto
   start_prometheus
+  start_postgres
   # shellcheck disable=SC1091
   if ! (. "$TB/env" && "$S3CSE_PY_TESTBED" "$ROOT/scripts/testbed_probe.py" wait "$READY_TIMEOUT") \
-    || ! wait_prometheus; then
+    || ! wait_prometheus || ! wait_postgres; then
     local f
-    for f in weed moto prometheus pushgateway; do
+    for f in weed moto prometheus pushgateway postgres; do
       [ -f "$TB/logs/$f.log" ] || continue
       log "last lines of $TB/logs/$f.log:"; tail -n 15 "$TB/logs/$f.log" >&2 || true
     done
     die "test bed did not become ready (run scripts/testbed.sh down to clean up)"
   fi
   local extra=""
-  have_prometheus && extra=", Prometheus http://$HOST:$PROMETHEUS_PORT, Pushgateway http://$HOST:$PUSHGATEWAY_PORT"
+  have_postgres && extra=", PostgreSQL $HOST:$PG_PORT"
+  have_prometheus && extra="$extra, Prometheus http://$HOST:$PROMETHEUS_PORT, Pushgateway http://$HOST:$PUSHGATEWAY_PORT"
   log "up in $((SECONDS - t0))s: S3 http://$HOST:$S3_PORT, KMS http://$HOST:$KMS_PORT$extra; env: $TB/env"
 }
 
@@ -349,9 +436,15 @@ cmd_down() {
   if pid="$(moto_pid)"; then procs+=("moto:$pid"); else log "moto not running"; fi
   if pid="$(prometheus_pid)"; then procs+=("Prometheus:$pid"); fi
   if pid="$(pushgateway_pid)"; then procs+=("Pushgateway:$pid"); fi
+  # PostgreSQL's SIGTERM waits for its clients to leave: a fast shutdown (SIGINT) instead.
+  if pid="$(postgres_pid)"; then
+    as_pg_owner "$PG_BIN/pg_ctl" -D "$TB/postgres/data" -m fast -w -t 20 stop >/dev/null 2>&1 \
+      || procs+=("PostgreSQL:$pid")
+    log "stopped PostgreSQL (pid $pid)"
+  fi
   [ "${#procs[@]}" -eq 0 ] || stop_all "${procs[@]}"
   rm -f "$TB/weed.pid" "$TB/moto.pid" "$TB/prometheus.pid" "$TB/pushgateway.pid" "$TB/ports"
-  rm -rf "$TB/seaweed" "$TB/prometheus"
+  rm -rf "$TB/seaweed" "$TB/prometheus" "$TB/postgres"
 }
 
 cmd_status() {
@@ -363,6 +456,7 @@ cmd_status() {
   else log "moto not running"; ok=0; fi
   if pid="$(prometheus_pid)"; then log "Prometheus running (pid $pid), http://$HOST:$PROMETHEUS_PORT"; fi
   if pid="$(pushgateway_pid)"; then log "Pushgateway running (pid $pid), http://$HOST:$PUSHGATEWAY_PORT"; fi
+  if pid="$(postgres_pid)"; then log "PostgreSQL running (pid $pid), $HOST:$PG_PORT"; fi
   [ "$ok" = 1 ] || return 1
   write_env
   # shellcheck disable=SC1091

@@ -17,7 +17,8 @@
 //! - [`codec`]: decrypt/encrypt whole object streams: envelope + keyring + content, with the policy
 //!   that keeps legacy formats opt-in.
 //! - [`client`]: `S3Cse`, get/put/inspect over aws-sdk-s3 (aioboto3's `S3CSE`, in Rust).
-//! - [`store`]: the rekey job table over sqlx/SQLite; schema in `migrations/`.
+//! - [`store`]: the rekey job table over sqlx: SQLite, or PostgreSQL shared by many processes;
+//!   schemas in `migrations/{sqlite,postgres}/`.
 //! - [`metrics`]: a `Metrics` struct owning its Prometheus registry.
 //! - [`rekey`]: scanner, classifier and worker pool of `s3cse rekey`.
 //! - [`logkey`]: S3 keys escaped for text logs (a key may hold a newline).

@@ -26,14 +26,15 @@ use s3cse::metrics::{self, Metrics};
 use s3cse::rekey::copy::{COPY_PART_SIZE, MAX_COPY_SIZE};
 use s3cse::rekey::ingest::ManifestJob;
 use s3cse::rekey::kms::{RekeyKms, describe_key, without_sdk_retries};
-use s3cse::rekey::limit::RateLimit;
+use s3cse::rekey::limit::{RateLimit, SHARE_REFRESH};
 use s3cse::rekey::noncurrent::{self, NoncurrentMode, NoncurrentSummary};
 use s3cse::rekey::owner::KeyOwner;
 use s3cse::rekey::report::{DEFAULT_MAX_FILE_BYTES, batch_ops_fields, csv_field};
 use s3cse::rekey::scan::MAX_LIST_PAGE_SIZE;
 use s3cse::rekey::{RekeyConfig, RunSummary, Shard, Shutdown};
 use s3cse::store::{
-    Action, JobState, JobStore, ScanKey, StateLock, Tally, VersionCount, VersionState,
+    Action, JobState, JobStore, LiveProcesses, ScanKey, StateLocation, StateLock, Tally,
+    VersionCount, VersionState,
 };
 
 use super::aws::{AwsArgs, parse_s3_url, sdk_config};
@@ -77,9 +78,17 @@ impl ShardArgs {
 /// Options shared by `rekey` and `work`.
 #[derive(Args, Debug, Clone)]
 pub struct RunArgs {
-    /// The job table (SQLite; created if missing). Keep it on a local disk.
-    #[arg(long, value_name = "FILE")]
-    state: PathBuf,
+    /// The job table: a SQLite file (created if missing; keep it on a local disk), or
+    /// postgres://USER@HOST[:PORT]/DB shared by any number of processes (password from the
+    /// URL or PGPASSWORD; TLS per ?sslmode=). With PostgreSQL, --kms-rps and --s3-rps are for
+    /// all processes together.
+    #[arg(
+        long,
+        value_name = "FILE|URL",
+        env = "S3CSE_STATE",
+        hide_env_values = true
+    )]
+    state: StateLocation,
     #[command(flatten)]
     keys: KeyArgs,
     /// Encryption context of the new envelopes, k=v, repeatable (aws:x-amz-cek-alg is added).
@@ -248,9 +257,14 @@ pub struct WorkArgs {
 pub struct ScanArgs {
     /// What to list: s3://BUCKET[/PREFIX].
     url: String,
-    /// The job table (SQLite; created if missing).
-    #[arg(long, value_name = "FILE")]
-    state: PathBuf,
+    /// The job table: a SQLite file (created if missing) or a postgres:// URL.
+    #[arg(
+        long,
+        value_name = "FILE|URL",
+        env = "S3CSE_STATE",
+        hide_env_values = true
+    )]
+    state: StateLocation,
     #[command(flatten)]
     shard: ShardArgs,
     #[command(flatten)]
@@ -264,9 +278,14 @@ pub struct ScanArgs {
 
 #[derive(Args, Debug)]
 pub struct StatusArgs {
-    /// The job table.
-    #[arg(long, value_name = "FILE")]
-    state: PathBuf,
+    /// The job table: a SQLite file or a postgres:// URL.
+    #[arg(
+        long,
+        value_name = "FILE|URL",
+        env = "S3CSE_STATE",
+        hide_env_values = true
+    )]
+    state: StateLocation,
     /// Print JSON (exact numbers: bytes, objects/s, seconds).
     #[arg(long)]
     json: bool,
@@ -284,9 +303,14 @@ pub enum ReportFormat {
 
 #[derive(Args, Debug)]
 pub struct ReportArgs {
-    /// The job table.
-    #[arg(long, value_name = "FILE")]
-    state: PathBuf,
+    /// The job table: a SQLite file or a postgres:// URL.
+    #[arg(
+        long,
+        value_name = "FILE|URL",
+        env = "S3CSE_STATE",
+        hide_env_values = true
+    )]
+    state: StateLocation,
     #[arg(long, value_enum, default_value = "csv")]
     format: ReportFormat,
     /// Only jobs in this state: pending, running, done, failed, conflict.
@@ -314,30 +338,103 @@ pub struct ReportArgs {
 
 /// The state file for `status` and `report`: read only, never migrated (a file of another
 /// schema version is refused, see [`JobStore::open_read_only`]).
-async fn open_store_read_only(path: &Path) -> CliResult<JobStore> {
-    if !path.exists() {
+async fn open_store_read_only(location: &StateLocation) -> CliResult<JobStore> {
+    if let Some(path) = location.path()
+        && !path.exists()
+    {
         return Err(Failure::usage(anyhow!(
             "no state file at {}",
             path.display()
         )));
     }
-    JobStore::open_read_only(path)
+    JobStore::open_location_read_only(location)
         .await
-        .with_context(|| format!("reading the state file {}", path.display()))
+        .with_context(|| format!("reading the state {location}"))
         .map_err(Failure::usage)
 }
 
-/// The state file for `scan`, `work` and `rekey`, with its writer lock: keep the lock for as
-/// long as the store is used (one writer process per state file, see [`StateLock`]).
-async fn open_store(path: &Path) -> CliResult<(JobStore, StateLock)> {
-    let lock = StateLock::acquire(path)
-        .with_context(|| format!("opening the state file {}", path.display()))
-        .map_err(Failure::usage)?;
-    let store = JobStore::open(path)
+/// The state for `scan`, `work` and `rekey`. A file comes with its writer lock: keep the lock
+/// for as long as the store is used (one writer process per state file, see [`StateLock`]).
+/// PostgreSQL has none (any number of processes share it). An unreachable database fails
+/// here, exit 2, before any S3 write.
+async fn open_store(location: &StateLocation) -> CliResult<(JobStore, Option<StateLock>)> {
+    let lock = match location.path() {
+        Some(path) => Some(
+            StateLock::acquire(path)
+                .with_context(|| format!("opening the state file {}", path.display()))
+                .map_err(Failure::usage)?,
+        ),
+        None => None,
+    };
+    let store = JobStore::open_location(location)
         .await
-        .with_context(|| format!("opening the state file {}", path.display()))
+        .with_context(|| format!("opening the state {location}"))
         .map_err(Failure::usage)?;
     Ok((store, lock))
+}
+
+/// With a PostgreSQL state, `limits` are for all the processes of the run together: this
+/// process joins the run's live processes and, every [`SHARE_REFRESH`], takes `1/N` of each
+/// limit. Dropping the returned guard stops that (and leaves the run: the connection closes).
+async fn share_limits(
+    store: &JobStore,
+    location: &StateLocation,
+    limits: &[RateLimit],
+) -> CliResult<Option<AbortOnDrop>> {
+    let Some(mut live) = LiveProcesses::join(store, location)
+        .await
+        .with_context(|| format!("joining the run at {location}"))
+        .map_err(Failure::usage)?
+    else {
+        return Ok(None);
+    };
+    // The first share before any request.
+    let n = live
+        .count()
+        .await
+        .context("counting the processes of the run")
+        .map_err(Failure::usage)?;
+    for l in limits {
+        l.join_share(n);
+    }
+    tracing::info!(
+        processes = n,
+        "rate limits shared by the processes of the run"
+    );
+    let limits = limits.to_vec();
+    let task = tokio::spawn(async move {
+        let mut last = n;
+        loop {
+            tokio::time::sleep(SHARE_REFRESH).await;
+            match live.count().await {
+                Ok(n) => {
+                    for l in &limits {
+                        l.set_share(n);
+                    }
+                    if n != last {
+                        tracing::info!(
+                            processes = n,
+                            "rate limits shared by the processes of the run"
+                        );
+                        last = n;
+                    }
+                }
+                // Keep the last share: the database is back by the next refresh, or the
+                // workers fail on it anyway.
+                Err(e) => tracing::warn!(error = %e, "cannot count the processes of the run"),
+            }
+        }
+    });
+    Ok(Some(AbortOnDrop(task)))
+}
+
+/// Aborts a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Fails with exit 2 if the bucket is missing or not accessible.
@@ -394,6 +491,8 @@ pub async fn scan(a: ScanArgs, term: &Term) -> CliResult {
     check_bucket(&s3, &bucket).await?;
     let (store, _lock) = open_store(&a.state).await?;
     let client = S3Cse::new(s3, s3cse::keyring::Keyring::new());
+    let s3_limit = RateLimit::per_second(a.s3_rps);
+    let _share = share_limits(&store, &a.state, std::slice::from_ref(&s3_limit)).await?;
     let key = ScanKey {
         bucket,
         prefix,
@@ -403,7 +502,6 @@ pub async fn scan(a: ScanArgs, term: &Term) -> CliResult {
     // A scan stops between two pages; a second signal drops the page in flight (a page and its
     // checkpoint are committed together, so nothing is lost).
     let signals = tokio::spawn(wait_for_signal(trigger, SCAN_STOP_TIMEOUT));
-    let s3_limit = RateLimit::per_second(a.s3_rps);
     let list = s3cse::rekey::scan::ListConfig {
         listers: usize::from(a.list.listers),
         ..s3cse::rekey::scan::ListConfig::new(a.list.list_page_size)
@@ -594,10 +692,12 @@ async fn run(a: RunArgs, scan_target: Option<ScanTarget>, term: &Term) -> CliRes
     tracing::info!(key_id = %target.key_id, arn = %target.arn, "target KMS key");
     let policy = source_policy(&a, &kms_sdk, &target.arn, &metrics).await?;
     tracing::info!(%policy, "source KMS keys");
+    let kms_limit = RateLimit::per_second(a.kms_rps);
+    let s3_limit = RateLimit::per_second(a.s3_rps);
     // RekeyKms retries KMS itself; the SDK's retries would multiply with its own.
     let kms: Arc<dyn KmsClient> = Arc::new(RekeyKms::new(
         Arc::new(AwsKms::new(without_sdk_retries(&kms_sdk)).with_source_policy(policy)),
-        RateLimit::per_second(a.kms_rps),
+        kms_limit.clone(),
         metrics.clone(),
     ));
     let keyring = keyring.with_kms(KmsKeyring::any_key(
@@ -615,6 +715,7 @@ async fn run(a: RunArgs, scan_target: Option<ScanTarget>, term: &Term) -> CliRes
         check_bucket(&s3, &bucket).await?;
     }
     let (store, _lock) = open_store(&a.state).await?;
+    let _share = share_limits(&store, &a.state, &[kms_limit, s3_limit.clone()]).await?;
     if a.retry_failed && !a.dry_run {
         let n = store
             .retry_failed(true)
@@ -676,7 +777,7 @@ async fn run(a: RunArgs, scan_target: Option<ScanTarget>, term: &Term) -> CliRes
         target,
         store: store.clone(),
         metrics: metrics.clone(),
-        s3_limit: RateLimit::per_second(a.s3_rps),
+        s3_limit: s3_limit.clone(),
         copy_part_threshold: a.copy_part_threshold,
         copy_part_size: a.copy_part_size,
     };
@@ -770,7 +871,7 @@ async fn run(a: RunArgs, scan_target: Option<ScanTarget>, term: &Term) -> CliRes
         return Err(Failure::failed(anyhow!(
             "stopped: {released} object(s) in flight abandoned and queued again for the next \
              run; see `s3cse status --state {}`",
-            a.state.display()
+            a.state
         )));
     }
     if code != 0 {
@@ -783,7 +884,7 @@ async fn run(a: RunArgs, scan_target: Option<ScanTarget>, term: &Term) -> CliRes
             } else {
                 ""
             },
-            a.state.display()
+            a.state
         )));
     }
     Ok(())

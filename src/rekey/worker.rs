@@ -170,6 +170,10 @@ pub async fn work(config: &RekeyConfig, shutdown: &Shutdown) -> Result<WorkSumma
     Ok(summary)
 }
 
+/// How often a process with nothing left to claim looks again while other processes sharing
+/// the queue still hold rows (their leases may lapse).
+const SHARED_POLL: Duration = Duration::from_secs(1);
+
 /// What a task hands back: its job id and how recording its outcome went (`Err` of the outer
 /// result: the task panicked).
 type TaskResult = (i64, Result<Result<(), RekeyError>, String>);
@@ -206,6 +210,23 @@ async fn claim_loop(
         };
         if jobs.is_empty() {
             if tasks.is_empty() {
+                // A shared queue (PostgreSQL): other processes may still hold rows, and one of
+                // them may die; its rows come back when their leases lapse. Stay until no row
+                // is left unfinished, so the run ends with its last object, not with the
+                // first process to run dry.
+                if store.is_shared() {
+                    match store.has_unfinished().await {
+                        Ok(true) => {
+                            tokio::select! {
+                                _ = tokio::time::sleep((lease / 3).min(SHARED_POLL)) => {}
+                                _ = shutdown.stopped() => {}
+                            }
+                            continue;
+                        }
+                        Ok(false) => {}
+                        Err(e) => first_error = Some(e.into()),
+                    }
+                }
                 break;
             }
             tokio::select! {

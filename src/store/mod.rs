@@ -1,4 +1,28 @@
-//! The job table of `s3cse rekey`: SQLite through sqlx, schema in `../../migrations`.
+//! The job table of `s3cse rekey` through sqlx: SQLite (one process, a local file) or
+//! PostgreSQL (any number of processes on any number of machines sharing one queue). Schemas
+//! in `../../migrations/{sqlite,postgres}`, same tables, same versions.
+//!
+//! # Two backends
+//! [`JobStore`] holds a [`Backend`]: `Sqlite(SqlitePool)` or `Postgres(PgPool)`. Each method
+//! either runs one statement on both, through [`on_pool!`] (the body is compiled once per
+//! pool type), or matches on the backend where the SQL differs, the two statements kept side
+//! by side as `..._SQLITE` / `..._PG` consts. What makes most SQL portable:
+//! * placeholders are `$1`, `$2`, ... (SQLite reads `$N` as parameter N, as PostgreSQL does);
+//! * PostgreSQL's migration defines `unixepoch()` (on the database clock), so time reads the
+//!   same on both; integers are BIGINT there and every integer is decoded as `i64`;
+//! * `sum()` is wrapped in `CAST(... AS BIGINT)` (PostgreSQL's `sum(bigint)` is numeric);
+//!   `max(a, b)` becomes `CASE` (PostgreSQL has `greatest`, SQLite does not).
+//!
+//! What differs: id lists (`json_each(?)` vs `= ANY($1)`), the claim (SQLite's `INDEXED BY`
+//! vs PostgreSQL's `FOR UPDATE SKIP LOCKED`), the enqueue (SQLite counts inserts under its
+//! write lock, PostgreSQL binds arrays and reads `xmax = 0`), and opening (quick_check, WAL, the file lock).
+//!
+//! Porting a SQLite-only method: write its SQL with `$N` placeholders and `unixepoch()`, decode
+//! integers as `i64`, wrap the body in `on_pool!(self, pool => ...)` (both arms must have one
+//! type: map an `execute` result to `rows_affected()` inside the macro; rows decode through
+//! the `FromRow` impls generated for both row types by `impl_from_rows!`), and add the
+//! table to both migration directories with the same version number. Only where that does
+//! not work, `match &self.backend` with two statements side by side.
 //!
 //! # Life of a job
 //! ```text
@@ -33,6 +57,7 @@ use std::time::Duration;
 use futures::Stream;
 use futures::stream::{self, StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
+use sqlx::postgres::{PgPool, PgRow};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
@@ -40,6 +65,7 @@ use sqlx::sqlite::{
 use sqlx::{AssertSqlSafe, FromRow, Row};
 
 mod noncurrent;
+mod postgres;
 #[cfg(test)]
 mod tests;
 mod work;
@@ -48,6 +74,7 @@ pub use self::noncurrent::{ListedVersion, NoncurrentVersion, VersionCount, Versi
 pub use self::work::{
     ListRange, ManifestFile, RangeSeed, Remaining, SplitPage, WorkProgress, WorkState,
 };
+pub use self::postgres::{LiveProcesses, StateLocation};
 
 /// Connections in the pool. SQLite serializes writers anyway, so more connections only add
 /// lock contention; a few let `status`/report reads run beside the writers (WAL).
@@ -84,6 +111,15 @@ pub enum StoreError {
         /// The file we tried to open.
         path: PathBuf,
         /// What SQLite said.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// The PostgreSQL database could not be reached or refused us.
+    #[error("cannot connect to the job database {target}: {source}")]
+    Connect {
+        /// The database, its password left out.
+        target: String,
+        /// What sqlx said.
         #[source]
         source: sqlx::Error,
     },
@@ -158,7 +194,7 @@ fn schema_message(found: Option<i64>, ours: i64) -> String {
 
 /// The newest migration of this version.
 fn our_schema_version() -> i64 {
-    sqlx::migrate!()
+    sqlx::migrate!("migrations/sqlite")
         .iter()
         .map(|m| m.version)
         .max()
@@ -167,6 +203,7 @@ fn our_schema_version() -> i64 {
 
 /// The newest migration applied to the database (`None` without a migrations table).
 async fn applied_schema_version(pool: &SqlitePool) -> Result<Option<i64>, sqlx::Error> {
+    // PostgreSQL's twin: `postgres::applied_schema_version`.
     let has_table: bool = sqlx::query_scalar(
         "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
     )
@@ -671,8 +708,29 @@ impl StateLock {
 /// The job store. Cheap to clone (the pool is reference counted); share one per process.
 #[derive(Debug, Clone)]
 pub struct JobStore {
-    pool: SqlitePool,
+    backend: Backend,
 }
+
+/// Where the jobs live; see "Two backends" in the module doc.
+#[derive(Debug, Clone)]
+enum Backend {
+    /// One writer process per file ([`StateLock`]).
+    Sqlite(SqlitePool),
+    /// Any number of processes; rows are claimed with `FOR UPDATE SKIP LOCKED`.
+    Postgres(PgPool),
+}
+
+/// `on_pool!(store, pool => body)`: runs `body` with `pool` bound to the store's pool, once
+/// per backend (the body is type-checked against both): for SQL that reads the same on both.
+macro_rules! on_pool {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match &$store.backend {
+            $crate::store::Backend::Sqlite($pool) => $body,
+            $crate::store::Backend::Postgres($pool) => $body,
+        }
+    };
+}
+pub(crate) use on_pool;
 
 /// Columns of a [`Job`], in `FromRow` order.
 macro_rules! job_columns {
@@ -683,6 +741,7 @@ macro_rules! job_columns {
          previous_version_id, plaintext_sha256, created_at, updated_at, finished_at, intent"
     };
 }
+pub(crate) use job_columns;
 
 /// The claim (INFRA.md §5): one auto-committed statement, so two workers can never both take a
 /// row. The candidates are the first `?3` pending rows (partial index `jobs_pending`, id order)
@@ -716,7 +775,7 @@ fn claim_sql(n: u32) -> String {
 /// Batch Operations manifest row says none) is no change.
 const ENQUEUE_HEAD: &str =
     "INSERT INTO jobs (bucket, key, etag, size, last_modified, storage_class) VALUES ";
-const ENQUEUE_TAIL: &str = " ON CONFLICT (bucket, key) DO UPDATE SET \
+const ENQUEUE_TAIL_COMMON: &str = " ON CONFLICT (bucket, key) DO UPDATE SET \
      etag = excluded.etag, size = excluded.size, last_modified = excluded.last_modified, \
      storage_class = excluded.storage_class, state = 'pending', version_id = NULL, \
      source_format = NULL, action = NULL, skip_reason = NULL, attempts = 0, last_error = NULL, \
@@ -724,21 +783,48 @@ const ENQUEUE_TAIL: &str = " ON CONFLICT (bucket, key) DO UPDATE SET \
      result_etag = NULL, result_version_id = NULL, previous_version_id = NULL, \
      plaintext_sha256 = NULL, updated_at = unixepoch(), finished_at = NULL \
      WHERE jobs.state <> 'running' AND jobs.etag <> excluded.etag AND excluded.etag <> '' \
-     AND (jobs.result_etag IS NULL OR jobs.result_etag <> excluded.etag) \
-     RETURNING id";
+     AND (jobs.result_etag IS NULL OR jobs.result_etag <> excluded.etag)";
+/// SQLite's returns the ids (inserts are above the mark taken under the write lock).
+const ENQUEUE_TAIL_SQLITE: &str = " RETURNING id";
 
-/// Report rows in id order after `?1`, at most `?2` (keyset paging).
+/// Moves a scan's checkpoint (both backends). On PostgreSQL two scanners of one listing may
+/// write it in turn: every value written is a point up to which that scanner enqueued every key
+/// (it started from an earlier such point), so whichever is last is a safe place to resume.
+const CHECKPOINT_SQL: &str = "INSERT INTO scans (bucket, prefix, shard, start_after, listed) \
+     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (bucket, prefix, shard) DO UPDATE SET \
+     start_after = excluded.start_after, listed = scans.listed + excluded.listed, \
+     updated_at = unixepoch()";
+
+/// [`JobStore::renew_lease`]: the ids as one JSON array on SQLite, an `int8[]` on PostgreSQL.
+const RENEW_SQLITE: &str = "UPDATE jobs SET lease_until = unixepoch() + $1, \
+     updated_at = unixepoch() WHERE id IN (SELECT value FROM json_each($2)) \
+     AND lease_owner = $3 AND state = 'running' RETURNING id";
+const RENEW_PG: &str = "UPDATE jobs SET lease_until = unixepoch() + $1, \
+     updated_at = unixepoch() WHERE id = ANY($2) \
+     AND lease_owner = $3 AND state = 'running' RETURNING id";
+
+/// [`JobStore::release`], likewise.
+const RELEASE_SQLITE: &str = "UPDATE jobs SET state = 'pending', \
+     attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END, \
+     lease_owner = NULL, lease_until = NULL, updated_at = unixepoch() \
+     WHERE id IN (SELECT value FROM json_each($1)) AND lease_owner = $2 AND state = 'running'";
+const RELEASE_PG: &str = "UPDATE jobs SET state = 'pending', \
+     attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END, \
+     lease_owner = NULL, lease_until = NULL, updated_at = unixepoch() \
+     WHERE id = ANY($1) AND lease_owner = $2 AND state = 'running'";
+
+/// Report rows in id order after `$1`, at most `$2` (keyset paging).
 macro_rules! report_select {
     () => {
         "SELECT id, bucket, key, coalesce(version_id, previous_version_id), state, error_code, \
          http_status, last_error, source_format, action, skip_reason FROM jobs "
     };
 }
-const REPORT_SQL: &str = concat!(report_select!(), "WHERE id > ?1 ORDER BY id LIMIT ?2");
-/// The same, only rows in state `?3`; walks the `jobs_state` index.
+const REPORT_SQL: &str = concat!(report_select!(), "WHERE id > $1 ORDER BY id LIMIT $2");
+/// The same, only rows in state `$3`; walks the `jobs_state` index.
 const REPORT_BY_STATE_SQL: &str = concat!(
     report_select!(),
-    "WHERE state = ?3 AND id > ?1 ORDER BY id LIMIT ?2"
+    "WHERE state = $3 AND id > $1 ORDER BY id LIMIT $2"
 );
 
 impl JobStore {
@@ -797,8 +883,10 @@ impl JobStore {
             }
             _ => {}
         }
-        sqlx::migrate!().run(&pool).await?;
-        Ok(JobStore { pool })
+        sqlx::migrate!("migrations/sqlite").run(&pool).await?;
+        Ok(JobStore {
+            backend: Backend::Sqlite(pool),
+        })
     }
 
     /// Opens an existing job database for reading only (`status`, `report`): nothing is
@@ -833,7 +921,9 @@ impl JobStore {
                 ours,
             });
         }
-        Ok(JobStore { pool })
+        Ok(JobStore {
+            backend: Backend::Sqlite(pool),
+        })
     }
 
     fn options(path: &Path) -> SqliteConnectOptions {
@@ -845,7 +935,49 @@ impl JobStore {
 
     /// Closes the pool, waiting for connections in use to come back (checkpoints the WAL).
     pub async fn close(&self) {
-        self.pool.close().await;
+        on_pool!(self, pool => pool.close().await)
+    }
+
+    /// The SQLite pool, for tests that look under the hood.
+    #[cfg(test)]
+    fn sqlite(&self) -> &SqlitePool {
+        match &self.backend {
+            Backend::Sqlite(pool) => pool,
+            Backend::Postgres(_) => panic!("a SQLite test on a PostgreSQL store"),
+        }
+    }
+
+    /// The statement that starts a write transaction: SQLite takes the write lock up front
+    /// (`BEGIN IMMEDIATE`, see "Concurrency"); PostgreSQL locks rows as they are touched.
+    fn begin_write_sql(&self) -> &'static str {
+        match &self.backend {
+            Backend::Sqlite(_) => "BEGIN IMMEDIATE",
+            Backend::Postgres(_) => "BEGIN",
+        }
+    }
+
+    /// Suffix of a `SELECT` whose row the transaction will update: `FOR UPDATE` on
+    /// PostgreSQL; nothing on SQLite, whose `BEGIN IMMEDIATE` already excludes other writers.
+    fn row_lock(&self) -> &'static str {
+        match &self.backend {
+            Backend::Sqlite(_) => "",
+            Backend::Postgres(_) => " FOR UPDATE",
+        }
+    }
+
+    /// Suffix of a claim's candidate `SELECT`: `FOR UPDATE SKIP LOCKED` on PostgreSQL, so two
+    /// claims never take one row (a plain subquery is not re-evaluated after a lock wait);
+    /// nothing on SQLite (one writer at a time).
+    fn skip_locked(&self) -> &'static str {
+        match &self.backend {
+            Backend::Sqlite(_) => "",
+            Backend::Postgres(_) => " FOR UPDATE SKIP LOCKED",
+        }
+    }
+
+    /// Whether many processes may share this store (PostgreSQL).
+    pub fn is_shared(&self) -> bool {
+        matches!(self.backend, Backend::Postgres(_))
     }
 
     /// Enqueues one listing page and moves the scan checkpoint to `last_key`, in one
@@ -857,40 +989,28 @@ impl JobStore {
         objects: &[ListedObject],
         last_key: &str,
     ) -> Result<EnqueueStats, StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let stats = enqueue_rows(&mut tx, &scan.bucket, objects).await?;
-        sqlx::query(
-            "INSERT INTO scans (bucket, prefix, shard, start_after, listed) VALUES (?, ?, ?, ?, ?) \
-             ON CONFLICT (bucket, prefix, shard) DO UPDATE SET start_after = excluded.start_after, \
-             listed = listed + excluded.listed, updated_at = unixepoch()",
-        )
-        .bind(&scan.bucket)
-        .bind(&scan.prefix)
-        .bind(scan.shard_text())
-        .bind(last_key)
-        .bind(objects.len() as i64)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(stats)
+        match &self.backend {
+            Backend::Sqlite(pool) => enqueue_page_sqlite(pool, scan, objects, last_key).await,
+            Backend::Postgres(pool) => postgres::enqueue_page(pool, scan, objects, last_key).await,
+        }
     }
 
     /// Marks the scan complete (the listing reached its end).
     pub async fn finish_scan(&self, scan: &ScanKey) -> Result<(), StoreError> {
-        sqlx::query(
+        on_pool!(self, pool => sqlx::query(
             "INSERT INTO scans (bucket, prefix, shard, finished_at) \
-             VALUES (?, ?, ?, unixepoch()) \
+             VALUES ($1, $2, $3, unixepoch()) \
              ON CONFLICT (bucket, prefix, shard) DO UPDATE SET finished_at = unixepoch(), \
              updated_at = unixepoch()",
         )
         .bind(&scan.bucket)
         .bind(&scan.prefix)
         .bind(scan.shard_text())
-        .execute(&self.pool)
-        .await?;
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected()))?;
         Ok(())
     }
-
     /// `Some((start_after, finished))` for a scan seen before: resume listing after
     /// `start_after` (`None`: no page was enqueued yet), or, if `finished`, the last scan
     /// completed and a new one should [`reset_scan`](Self::reset_scan) first.
@@ -898,15 +1018,15 @@ impl JobStore {
         &self,
         scan: &ScanKey,
     ) -> Result<Option<(Option<String>, bool)>, StoreError> {
-        let row: Option<(Option<String>, Option<i64>)> = sqlx::query_as(
+        let row: Option<(Option<String>, Option<i64>)> = on_pool!(self, pool => sqlx::query_as(
             "SELECT start_after, finished_at FROM scans \
-             WHERE bucket = ? AND prefix = ? AND shard = ?",
+             WHERE bucket = $1 AND prefix = $2 AND shard = $3",
         )
         .bind(&scan.bucket)
         .bind(&scan.prefix)
         .bind(scan.shard_text())
-        .fetch_optional(&self.pool)
-        .await?;
+        .fetch_optional(pool)
+        .await)?;
         Ok(row.map(|(start_after, finished_at)| (start_after, finished_at.is_some())))
     }
 
@@ -914,16 +1034,17 @@ impl JobStore {
     /// was scanned before, e.g. the nightly run). Job rows are kept: the next pass resets
     /// only the objects that changed.
     pub async fn reset_scan(&self, scan: &ScanKey) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO scans (bucket, prefix, shard) VALUES (?, ?, ?) \
+        on_pool!(self, pool => sqlx::query(
+            "INSERT INTO scans (bucket, prefix, shard) VALUES ($1, $2, $3) \
              ON CONFLICT (bucket, prefix, shard) DO UPDATE SET start_after = NULL, listed = 0, \
              started_at = unixepoch(), updated_at = unixepoch(), finished_at = NULL",
         )
         .bind(&scan.bucket)
         .bind(&scan.prefix)
         .bind(scan.shard_text())
-        .execute(&self.pool)
-        .await?;
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected()))?;
         Ok(())
     }
 
@@ -935,15 +1056,24 @@ impl JobStore {
         n: u32,
         lease: Duration,
     ) -> Result<Vec<Job>, StoreError> {
-        let rows = sqlx::query(AssertSqlSafe(claim_sql(n)))
-            .bind(owner)
-            .bind(lease_secs(lease))
-            .fetch_all(&self.pool)
-            .await?;
-        let mut jobs = rows
-            .iter()
-            .map(Job::from_row)
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut jobs = match &self.backend {
+            Backend::Sqlite(pool) => sqlx::query(AssertSqlSafe(claim_sql(n)))
+                .bind(owner)
+                .bind(lease_secs(lease))
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(Job::from_row)
+                .collect::<Result<Vec<_>, _>>()?,
+            Backend::Postgres(pool) => sqlx::query(AssertSqlSafe(postgres::claim_sql(n)))
+                .bind(owner)
+                .bind(lease_secs(lease))
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(Job::from_row)
+                .collect::<Result<Vec<_>, _>>()?,
+        };
         jobs.sort_unstable_by_key(|j| j.id);
         Ok(jobs)
     }
@@ -959,16 +1089,24 @@ impl JobStore {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let mut renewed: Vec<i64> = sqlx::query_scalar(
-            "UPDATE jobs SET lease_until = unixepoch() + ?1, updated_at = unixepoch() \
-             WHERE id IN (SELECT value FROM json_each(?2)) AND lease_owner = ?3 \
-             AND state = 'running' RETURNING id",
-        )
-        .bind(lease_secs(lease))
-        .bind(id_list(ids))
-        .bind(owner)
-        .fetch_all(&self.pool)
-        .await?;
+        let mut renewed: Vec<i64> = match &self.backend {
+            Backend::Sqlite(pool) => {
+                sqlx::query_scalar(RENEW_SQLITE)
+                    .bind(lease_secs(lease))
+                    .bind(id_list(ids))
+                    .bind(owner)
+                    .fetch_all(pool)
+                    .await?
+            }
+            Backend::Postgres(pool) => {
+                sqlx::query_scalar(RENEW_PG)
+                    .bind(lease_secs(lease))
+                    .bind(ids)
+                    .bind(owner)
+                    .fetch_all(pool)
+                    .await?
+            }
+        };
         renewed.sort_unstable();
         Ok(renewed)
     }
@@ -984,14 +1122,14 @@ impl JobStore {
         if !outcome.state.is_final() {
             return Err(StoreError::NotFinal(outcome.state));
         }
-        let done = sqlx::query(
-            "UPDATE jobs SET state = ?1, source_format = ?2, action = ?3, skip_reason = ?4, \
-             result_etag = ?5, result_version_id = ?6, previous_version_id = ?7, \
-             version_id = coalesce(?7, version_id), plaintext_sha256 = ?8, error_code = ?9, \
-             http_status = ?10, last_error = ?11, lease_owner = NULL, lease_until = NULL, \
-             intent = CASE WHEN ?14 THEN intent END, updated_at = unixepoch(), \
+        let done = on_pool!(self, pool => sqlx::query(
+            "UPDATE jobs SET state = $1, source_format = $2, action = $3, skip_reason = $4, \
+             result_etag = $5, result_version_id = $6, previous_version_id = $7, \
+             version_id = coalesce($7, version_id), plaintext_sha256 = $8, error_code = $9, \
+             http_status = $10, last_error = $11, lease_owner = NULL, lease_until = NULL, \
+             intent = CASE WHEN $14 THEN intent END, updated_at = unixepoch(), \
              finished_at = unixepoch() \
-             WHERE id = ?12 AND lease_owner = ?13 AND state = 'running'",
+             WHERE id = $12 AND lease_owner = $13 AND state = 'running'",
         )
         .bind(outcome.state.as_str())
         .bind(&outcome.source_format)
@@ -1002,14 +1140,15 @@ impl JobStore {
         .bind(&outcome.previous_version_id)
         .bind(&outcome.plaintext_sha256)
         .bind(&outcome.error_code)
-        .bind(outcome.http_status)
+        .bind(outcome.http_status.map(i64::from))
         .bind(&outcome.last_error)
         .bind(id)
         .bind(owner)
         .bind(outcome.keep_intent)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected()))?;
+        Ok(done == 1)
     }
 
     /// Records what `owner` is about to write over job `id`'s object ([`Intent`]), before the
@@ -1023,29 +1162,31 @@ impl JobStore {
         intent: &Intent,
     ) -> Result<bool, StoreError> {
         let json = serde_json::to_string(intent).map_err(|e| StoreError::Encode(e.to_string()))?;
-        let done = sqlx::query(
-            "UPDATE jobs SET intent = ?1, updated_at = unixepoch() \
-             WHERE id = ?2 AND lease_owner = ?3 AND state = 'running'",
+        let done = on_pool!(self, pool => sqlx::query(
+            "UPDATE jobs SET intent = $1, updated_at = unixepoch() \
+             WHERE id = $2 AND lease_owner = $3 AND state = 'running'",
         )
-        .bind(json)
+        .bind(&json)
         .bind(id)
         .bind(owner)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected()))?;
+        Ok(done == 1)
     }
 
     /// Forgets `owner`'s intent on job `id`: its write was refused (the object changed first),
     /// so nothing of it is to be recovered.
     pub async fn clear_intent(&self, id: i64, owner: &str) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE jobs SET intent = NULL WHERE id = ?1 AND lease_owner = ?2 \
+        on_pool!(self, pool => sqlx::query(
+            "UPDATE jobs SET intent = NULL WHERE id = $1 AND lease_owner = $2 \
              AND state = 'running'",
         )
         .bind(id)
         .bind(owner)
-        .execute(&self.pool)
-        .await?;
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected()))?;
         Ok(())
     }
 
@@ -1054,9 +1195,9 @@ impl JobStore {
     /// and `report` show the plan. A real run overwrites it. Returns `false` if the job is no
     /// longer pending.
     pub async fn record_plan(&self, id: i64, plan: &Outcome) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "UPDATE jobs SET source_format = ?1, action = ?2, skip_reason = ?3, error_code = ?4, \
-             last_error = ?5, updated_at = unixepoch() WHERE id = ?6 AND state = 'pending'",
+        let done = on_pool!(self, pool => sqlx::query(
+            "UPDATE jobs SET source_format = $1, action = $2, skip_reason = $3, error_code = $4, \
+             last_error = $5, updated_at = unixepoch() WHERE id = $6 AND state = 'pending'",
         )
         .bind(&plan.source_format)
         .bind(plan.action.map(Action::as_str))
@@ -1064,9 +1205,10 @@ impl JobStore {
         .bind(&plan.error_code)
         .bind(&plan.last_error)
         .bind(id)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected()))?;
+        Ok(done == 1)
     }
 
     /// Puts job `id` back to `pending` after a conflict (the conditional write got 412: the
@@ -1081,20 +1223,21 @@ impl JobStore {
         new_size: Option<u64>,
         error: &str,
     ) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "UPDATE jobs SET state = 'pending', etag = coalesce(?1, etag), \
-             size = coalesce(?2, size), conflicts = conflicts + 1, last_error = ?3, \
+        let done = on_pool!(self, pool => sqlx::query(
+            "UPDATE jobs SET state = 'pending', etag = coalesce($1, etag), \
+             size = coalesce($2, size), conflicts = conflicts + 1, last_error = $3, \
              lease_owner = NULL, lease_until = NULL, updated_at = unixepoch() \
-             WHERE id = ?4 AND lease_owner = ?5 AND state = 'running'",
+             WHERE id = $4 AND lease_owner = $5 AND state = 'running'",
         )
         .bind(new_etag)
         .bind(new_size.map(to_i64))
         .bind(error)
         .bind(id)
         .bind(owner)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected()))?;
+        Ok(done == 1)
     }
 
     /// Graceful stop: hands `owner`'s running jobs among `ids` back as `pending` and gives
@@ -1103,17 +1246,21 @@ impl JobStore {
         if ids.is_empty() {
             return Ok(0);
         }
-        let done = sqlx::query(
-            "UPDATE jobs SET state = 'pending', attempts = max(attempts - 1, 0), \
-             lease_owner = NULL, lease_until = NULL, updated_at = unixepoch() \
-             WHERE id IN (SELECT value FROM json_each(?1)) AND lease_owner = ?2 \
-             AND state = 'running'",
-        )
-        .bind(id_list(ids))
-        .bind(owner)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected())
+        let done = match &self.backend {
+            Backend::Sqlite(pool) => sqlx::query(RELEASE_SQLITE)
+                .bind(id_list(ids))
+                .bind(owner)
+                .execute(pool)
+                .await?
+                .rows_affected(),
+            Backend::Postgres(pool) => sqlx::query(RELEASE_PG)
+                .bind(ids)
+                .bind(owner)
+                .execute(pool)
+                .await?
+                .rows_affected(),
+        };
+        Ok(done)
     }
 
     /// Abandoned stop: hands every running job whose lease owner starts with `owner_prefix` (a
@@ -1124,50 +1271,64 @@ impl JobStore {
         if owner_prefix.is_empty() {
             return Ok(0);
         }
-        let done = sqlx::query(
-            "UPDATE jobs SET state = 'pending', attempts = max(attempts - 1, 0), \
+        let done = on_pool!(self, pool => sqlx::query(
+            "UPDATE jobs SET state = 'pending', \
+             attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END, \
              lease_owner = NULL, lease_until = NULL, updated_at = unixepoch() \
-             WHERE state = 'running' AND substr(lease_owner, 1, length(?1)) = ?1",
+             WHERE state = 'running' AND substr(lease_owner, 1, length($1)) = $1",
         )
         .bind(owner_prefix)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected())
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected()))?;
+        Ok(done)
     }
 
     /// Puts every `failed` (and, if `conflicts` is set, `conflict`) job back to `pending` with
     /// its attempts reset, for `rekey --retry-failed`. Returns how many.
     pub async fn retry_failed(&self, conflicts: bool) -> Result<u64, StoreError> {
-        let done = sqlx::query(
+        let done = on_pool!(self, pool => sqlx::query(
             "UPDATE jobs SET state = 'pending', attempts = 0, lease_owner = NULL, \
              lease_until = NULL, updated_at = unixepoch(), finished_at = NULL \
-             WHERE state = 'failed' OR (?1 AND state = 'conflict')",
+             WHERE state = 'failed' OR ($1 AND state = 'conflict')",
         )
         .bind(conflicts)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected())
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected()))?;
+        Ok(done)
     }
 
     /// One job by id.
     pub async fn job(&self, id: i64) -> Result<Option<Job>, StoreError> {
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            job_columns!(),
-            " FROM jobs WHERE id = ?"
-        ))
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.as_ref().map(Job::from_row).transpose()?)
+        const SQL: &str = concat!("SELECT ", job_columns!(), " FROM jobs WHERE id = $1");
+        Ok(on_pool!(self, pool => sqlx::query(SQL)
+            .bind(id)
+            .fetch_optional(pool)
+            .await?
+            .as_ref()
+            .map(Job::from_row)
+            .transpose()?))
+    }
+
+    /// Whether any row is pending or running: two index probes (the claim's partial
+    /// indexes), whatever the table's size.
+    pub async fn has_unfinished(&self) -> Result<bool, StoreError> {
+        Ok(on_pool!(self, pool => sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM jobs WHERE state = 'pending') \
+             OR EXISTS (SELECT 1 FROM jobs WHERE state = 'running')",
+        )
+        .fetch_one(pool)
+        .await)?)
     }
 
     /// Objects and bytes per state only (for the queue gauges).
     pub async fn state_counts(&self) -> Result<StateCounts, StoreError> {
-        let rows: Vec<(String, i64, i64)> =
-            sqlx::query_as("SELECT state, count(*), sum(size) FROM jobs GROUP BY state")
-                .fetch_all(&self.pool)
-                .await?;
+        let rows: Vec<(String, i64, i64)> = on_pool!(self, pool => sqlx::query_as(
+            "SELECT state, count(*), CAST(sum(size) AS BIGINT) FROM jobs GROUP BY state",
+        )
+        .fetch_all(pool)
+        .await)?;
         let mut counts = StateCounts::default();
         for (state, objects, bytes) in rows {
             let state = parse_state(&state)?;
@@ -1188,12 +1349,13 @@ impl JobStore {
             Option<i64>,
             Option<i64>,
         );
-        let rows: Vec<Group> = sqlx::query_as(
-            "SELECT state, source_format, action, skip_reason, count(*), sum(size), \
-             min(finished_at), max(finished_at) FROM jobs GROUP BY 1, 2, 3, 4",
+        let rows: Vec<Group> = on_pool!(self, pool => sqlx::query_as(
+            "SELECT state, source_format, action, skip_reason, count(*), \
+             CAST(sum(size) AS BIGINT), min(finished_at), max(finished_at) \
+             FROM jobs GROUP BY 1, 2, 3, 4",
         )
-        .fetch_all(&self.pool)
-        .await?;
+        .fetch_all(pool)
+        .await)?;
         let mut counts = Counts::default();
         for (state, format, action, skip_reason, objects, bytes, first, last) in rows {
             let t = tally(objects, bytes);
@@ -1226,24 +1388,22 @@ impl JobStore {
         after_id: i64,
         limit: u32,
     ) -> Result<Vec<ReportRow>, StoreError> {
-        let rows = match filter {
-            None => {
-                sqlx::query(REPORT_SQL)
-                    .bind(after_id)
-                    .bind(i64::from(limit))
-                    .fetch_all(&self.pool)
-                    .await?
-            }
-            Some(state) => {
-                sqlx::query(REPORT_BY_STATE_SQL)
-                    .bind(after_id)
-                    .bind(i64::from(limit))
-                    .bind(state.as_str())
-                    .fetch_all(&self.pool)
-                    .await?
-            }
+        let (sql, state) = match filter {
+            None => (REPORT_SQL, None),
+            Some(state) => (REPORT_BY_STATE_SQL, Some(state.as_str())),
         };
-        rows.iter().map(report_row).collect()
+        on_pool!(self, pool => {
+            let mut q = sqlx::query(sql).bind(after_id).bind(i64::from(limit));
+            if let Some(state) = state {
+                q = q.bind(state);
+            }
+            Ok(q
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(ReportRow::from_row)
+                .collect::<Result<_, _>>()?)
+        })
     }
 
     /// All report rows (optionally only state `filter`) as a stream, fetched
@@ -1269,6 +1429,58 @@ impl JobStore {
         .try_flatten()
         .boxed()
     }
+}
+
+/// The enqueue inside a caller's write transaction, on either backend's connection (the
+/// scan checkpoint, and the listing ranges and manifest files of `work.rs`).
+pub(crate) trait EnqueueInto {
+    async fn enqueue_into(
+        &mut self,
+        bucket: &str,
+        objects: &[ListedObject],
+    ) -> Result<EnqueueStats, StoreError>;
+}
+
+impl EnqueueInto for sqlx::SqliteConnection {
+    async fn enqueue_into(
+        &mut self,
+        bucket: &str,
+        objects: &[ListedObject],
+    ) -> Result<EnqueueStats, StoreError> {
+        enqueue_rows(self, bucket, objects).await
+    }
+}
+
+impl EnqueueInto for sqlx::PgConnection {
+    async fn enqueue_into(
+        &mut self,
+        bucket: &str,
+        objects: &[ListedObject],
+    ) -> Result<EnqueueStats, StoreError> {
+        postgres::enqueue_rows(self, bucket, objects).await
+    }
+}
+
+/// SQLite's [`JobStore::enqueue_page`]: one `BEGIN IMMEDIATE` transaction, the page and the
+/// scan checkpoint together.
+async fn enqueue_page_sqlite(
+    pool: &SqlitePool,
+    scan: &ScanKey,
+    objects: &[ListedObject],
+    last_key: &str,
+) -> Result<EnqueueStats, StoreError> {
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    let stats = enqueue_rows(&mut tx, &scan.bucket, objects).await?;
+    sqlx::query(CHECKPOINT_SQL)
+        .bind(&scan.bucket)
+        .bind(&scan.prefix)
+        .bind(scan.shard_text())
+        .bind(last_key)
+        .bind(objects.len() as i64)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(stats)
 }
 
 /// Upserts listed `objects` of `bucket` into the job table inside the caller's write
@@ -1317,8 +1529,9 @@ async fn enqueue_rows(
 /// The multi-row upsert for `rows` rows.
 fn enqueue_sql(rows: usize) -> String {
     const ROW: &str = "(?, ?, ?, ?, ?, ?)";
-    let mut sql =
-        String::with_capacity(ENQUEUE_HEAD.len() + rows * (ROW.len() + 1) + ENQUEUE_TAIL.len());
+    let mut sql = String::with_capacity(
+        ENQUEUE_HEAD.len() + rows * (ROW.len() + 1) + ENQUEUE_TAIL_COMMON.len() + 16,
+    );
     sql.push_str(ENQUEUE_HEAD);
     for i in 0..rows {
         if i > 0 {
@@ -1326,49 +1539,94 @@ fn enqueue_sql(rows: usize) -> String {
         }
         sql.push_str(ROW);
     }
-    sql.push_str(ENQUEUE_TAIL);
+    sql.push_str(ENQUEUE_TAIL_COMMON);
+    sql.push_str(ENQUEUE_TAIL_SQLITE);
     sql
 }
 
-impl<'r> FromRow<'r, SqliteRow> for Job {
-    fn from_row(row: &'r SqliteRow) -> Result<Self, sqlx::Error> {
-        let state: String = row.try_get("state")?;
-        let action: Option<String> = row.try_get("action")?;
-        Ok(Job {
-            id: row.try_get("id")?,
-            bucket: row.try_get("bucket")?,
-            key: row.try_get("key")?,
-            version_id: row.try_get("version_id")?,
-            etag: row.try_get("etag")?,
-            size: to_u64(row.try_get("size")?),
-            last_modified: row.try_get("last_modified")?,
-            storage_class: row.try_get("storage_class")?,
-            state: decode("state", &state)?,
-            source_format: row.try_get("source_format")?,
-            action: action.as_deref().map(|a| decode("action", a)).transpose()?,
-            skip_reason: row.try_get("skip_reason")?,
-            attempts: row.try_get("attempts")?,
-            conflicts: row.try_get("conflicts")?,
-            last_error: row.try_get("last_error")?,
-            error_code: row.try_get("error_code")?,
-            http_status: row.try_get("http_status")?,
-            lease_owner: row.try_get("lease_owner")?,
-            lease_until: row.try_get("lease_until")?,
-            result_etag: row.try_get("result_etag")?,
-            result_version_id: row.try_get("result_version_id")?,
-            previous_version_id: row.try_get("previous_version_id")?,
-            intent: {
-                let json: Option<String> = row.try_get("intent")?;
-                // An unreadable intent is as good as none: it only helps recovery.
-                json.and_then(|j| serde_json::from_str(&j).ok())
-            },
-            plaintext_sha256: row.try_get("plaintext_sha256")?,
-            created_at: row.try_get("created_at")?,
-            updated_at: row.try_get("updated_at")?,
-            finished_at: row.try_get("finished_at")?,
-        })
-    }
+/// The `FromRow` impls of the rows the store reads, for both backends' row types (one body:
+/// every column decodes the same way on both, integers as `i64`).
+macro_rules! impl_from_rows {
+    ($row:ty) => {
+        impl<'r> FromRow<'r, $row> for Job {
+            fn from_row(row: &'r $row) -> Result<Self, sqlx::Error> {
+                let state: String = row.try_get("state")?;
+                let action: Option<String> = row.try_get("action")?;
+                Ok(Job {
+                    id: row.try_get("id")?,
+                    bucket: row.try_get("bucket")?,
+                    key: row.try_get("key")?,
+                    version_id: row.try_get("version_id")?,
+                    etag: row.try_get("etag")?,
+                    size: to_u64(row.try_get("size")?),
+                    last_modified: row.try_get("last_modified")?,
+                    storage_class: row.try_get("storage_class")?,
+                    state: decode("state", &state)?,
+                    source_format: row.try_get("source_format")?,
+                    action: action.as_deref().map(|a| decode("action", a)).transpose()?,
+                    skip_reason: row.try_get("skip_reason")?,
+                    attempts: to_u32(row.try_get("attempts")?),
+                    conflicts: to_u32(row.try_get("conflicts")?),
+                    last_error: row.try_get("last_error")?,
+                    error_code: row.try_get("error_code")?,
+                    http_status: row.try_get::<Option<i64>, _>("http_status")?.map(to_u16),
+                    lease_owner: row.try_get("lease_owner")?,
+                    lease_until: row.try_get("lease_until")?,
+                    result_etag: row.try_get("result_etag")?,
+                    result_version_id: row.try_get("result_version_id")?,
+                    previous_version_id: row.try_get("previous_version_id")?,
+                    intent: {
+                        let json: Option<String> = row.try_get("intent")?;
+                        // An unreadable intent is as good as none: it only helps recovery.
+                        json.and_then(|j| serde_json::from_str(&j).ok())
+                    },
+                    plaintext_sha256: row.try_get("plaintext_sha256")?,
+                    created_at: row.try_get("created_at")?,
+                    updated_at: row.try_get("updated_at")?,
+                    finished_at: row.try_get("finished_at")?,
+                })
+            }
+        }
+
+        impl<'r> FromRow<'r, $row> for ReportRow {
+            fn from_row(row: &'r $row) -> Result<Self, sqlx::Error> {
+                let state: JobState = decode("state", &row.try_get::<String, _>(4)?)?;
+                let action = row
+                    .try_get::<Option<String>, _>(9)?
+                    .map(|a| decode::<Action>("action", &a))
+                    .transpose()?;
+                let last_error: Option<String> = row.try_get(7)?;
+                let skip_reason: Option<String> = row.try_get(10)?;
+                let task_status = match state {
+                    JobState::Done => "succeeded",
+                    JobState::Failed | JobState::Conflict => "failed",
+                    JobState::Pending | JobState::Running => "pending",
+                };
+                let result_message = match (state, action, skip_reason, last_error) {
+                    (JobState::Done, Some(a), Some(reason), _) => format!("{a}: {reason}"),
+                    (JobState::Done, Some(a), None, _) => a.to_string(),
+                    (_, _, _, Some(err)) => err,
+                    (state, ..) => state.to_string(),
+                };
+                Ok(ReportRow {
+                    id: row.try_get(0)?,
+                    bucket: row.try_get(1)?,
+                    key: row.try_get(2)?,
+                    version_id: row.try_get(3)?,
+                    task_status,
+                    error_code: row.try_get(5)?,
+                    http_status: row.try_get::<Option<i64>, _>(6)?.map(to_u16),
+                    result_message,
+                    source_format: row.try_get(8)?,
+                    action,
+                    state,
+                })
+            }
+        }
+    };
 }
+impl_from_rows!(SqliteRow);
+impl_from_rows!(PgRow);
 
 /// Decodes an enum column inside `FromRow` (whose error type is `sqlx::Error`).
 fn decode<T: FromStr<Err = ParseError>>(column: &str, value: &str) -> Result<T, sqlx::Error> {
@@ -1378,40 +1636,6 @@ fn decode<T: FromStr<Err = ParseError>>(column: &str, value: &str) -> Result<T, 
             index: column.to_owned(),
             source: Box::new(e),
         })
-}
-
-fn report_row(row: &SqliteRow) -> Result<ReportRow, StoreError> {
-    let state = parse_state(&row.try_get::<String, _>(4)?)?;
-    let action = row
-        .try_get::<Option<String>, _>(9)?
-        .map(|a| parse_action(&a))
-        .transpose()?;
-    let last_error: Option<String> = row.try_get(7)?;
-    let skip_reason: Option<String> = row.try_get(10)?;
-    let task_status = match state {
-        JobState::Done => "succeeded",
-        JobState::Failed | JobState::Conflict => "failed",
-        JobState::Pending | JobState::Running => "pending",
-    };
-    let result_message = match (state, action, skip_reason, last_error) {
-        (JobState::Done, Some(a), Some(reason), _) => format!("{a}: {reason}"),
-        (JobState::Done, Some(a), None, _) => a.to_string(),
-        (_, _, _, Some(err)) => err,
-        (state, ..) => state.to_string(),
-    };
-    Ok(ReportRow {
-        id: row.try_get(0)?,
-        bucket: row.try_get(1)?,
-        key: row.try_get(2)?,
-        version_id: row.try_get(3)?,
-        task_status,
-        error_code: row.try_get(5)?,
-        http_status: row.try_get(6)?,
-        result_message,
-        source_format: row.try_get(8)?,
-        action,
-        state,
-    })
 }
 
 fn parse_state(s: &str) -> Result<JobState, StoreError> {
@@ -1431,6 +1655,16 @@ fn parse_action(s: &str) -> Result<Action, StoreError> {
 /// SQLite integers are i64; sizes and counts are never negative (CHECK constraints).
 fn to_u64(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
+}
+
+/// Counters are small and never negative (CHECK constraints); saturate on nonsense.
+fn to_u32(v: i64) -> u32 {
+    u32::try_from(v.max(0)).unwrap_or(u32::MAX)
+}
+
+/// HTTP statuses as stored; an impossible one reads as 0.
+fn to_u16(v: i64) -> u16 {
+    u16::try_from(v).unwrap_or(0)
 }
 
 /// Object sizes fit in i64 (S3's limit is 5 TiB); saturate rather than fail on nonsense.

@@ -3,10 +3,11 @@
 //! key, a key has any number of old versions, and the delete pass walks them per object.
 
 use serde::Serialize;
-use sqlx::Row;
+use sqlx::postgres::PgRow;
 use sqlx::sqlite::SqliteRow;
+use sqlx::{FromRow, Row};
 
-use super::{JobStore, StoreError, to_i64, to_u64};
+use super::{Backend, JobStore, StoreError, on_pool, to_i64, to_u64};
 
 /// What became of a noncurrent version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -110,15 +111,17 @@ impl JobStore {
     /// Records a noncurrent version seen by a listing (an upsert): its verdict is refreshed and,
     /// unless it was deleted or is being deleted, it is `listed` again, its note cleared.
     pub async fn record_version(&self, bucket: &str, v: &ListedVersion) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO noncurrent_versions (bucket, key, version_id, object_key, size, \
-             last_modified, class, detail, wrapping_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) \
+        on_pool!(self, pool => sqlx::query(
+            "INSERT INTO noncurrent_versions AS v (bucket, key, version_id, object_key, size, \
+             last_modified, class, detail, wrapping_key) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
              ON CONFLICT (bucket, key, version_id) DO UPDATE SET size = excluded.size, \
              last_modified = excluded.last_modified, class = excluded.class, \
              detail = excluded.detail, wrapping_key = excluded.wrapping_key, \
              listed_at = unixepoch(), updated_at = unixepoch(), \
-             state = CASE WHEN state IN ('deleting', 'deleted') THEN state ELSE 'listed' END, \
-             note = CASE WHEN state IN ('deleting', 'deleted') THEN note ELSE NULL END",
+             state = CASE WHEN v.state IN ('deleting', 'deleted') THEN v.state \
+             ELSE 'listed' END, \
+             note = CASE WHEN v.state IN ('deleting', 'deleted') THEN v.note ELSE NULL END",
         )
         .bind(bucket)
         .bind(&v.key)
@@ -129,8 +132,9 @@ impl JobStore {
         .bind(&v.class)
         .bind(&v.detail)
         .bind(&v.wrapping_key)
-        .execute(&self.pool)
-        .await?;
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected()))?;
         Ok(())
     }
 
@@ -143,17 +147,18 @@ impl JobStore {
         prefix: &str,
         listed_since: i64,
     ) -> Result<u64, StoreError> {
-        let r = sqlx::query(
-            "DELETE FROM noncurrent_versions WHERE bucket = ?1 \
-             AND substr(key, 1, length(?2)) = ?2 AND listed_at < ?3 \
+        let r = on_pool!(self, pool => sqlx::query(
+            "DELETE FROM noncurrent_versions WHERE bucket = $1 \
+             AND substr(key, 1, length($2)) = $2 AND listed_at < $3 \
              AND state IN ('listed', 'kept')",
         )
         .bind(bucket)
         .bind(prefix)
         .bind(listed_since)
-        .execute(&self.pool)
-        .await?;
-        Ok(r.rows_affected())
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected()))?;
+        Ok(r)
     }
 
     /// Up to `limit` data objects of `bucket` after `after`, in key order, with versions not
@@ -164,16 +169,23 @@ impl JobStore {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<String>, StoreError> {
-        Ok(sqlx::query_scalar(
-            "SELECT DISTINCT object_key FROM noncurrent_versions INDEXED BY noncurrent_open \
-             WHERE bucket = ?1 AND state <> 'deleted' AND (?2 IS NULL OR object_key > ?2) \
-             ORDER BY object_key LIMIT ?3",
-        )
-        .bind(bucket)
-        .bind(after)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?)
+        // SQLite is pinned to the partial index (`INDEXED BY`); PostgreSQL has no such hint.
+        const SQLITE: &str = "SELECT DISTINCT object_key FROM noncurrent_versions \
+             INDEXED BY noncurrent_open WHERE bucket = $1 AND state <> 'deleted' \
+             AND ($2 IS NULL OR object_key > $2) ORDER BY object_key LIMIT $3";
+        const PG: &str = "SELECT DISTINCT object_key FROM noncurrent_versions \
+             WHERE bucket = $1 AND state <> 'deleted' \
+             AND ($2::text IS NULL OR object_key > $2) ORDER BY object_key LIMIT $3";
+        let sql = match self.backend {
+            Backend::Sqlite(_) => SQLITE,
+            Backend::Postgres(_) => PG,
+        };
+        Ok(on_pool!(self, pool => sqlx::query_scalar(sql)
+            .bind(bucket)
+            .bind(after)
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await)?)
     }
 
     /// The versions of `object_key` (its own and its `.instruction`'s) not yet deleted.
@@ -182,15 +194,18 @@ impl JobStore {
         bucket: &str,
         object_key: &str,
     ) -> Result<Vec<NoncurrentVersion>, StoreError> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM noncurrent_versions WHERE bucket = ?1 AND object_key = ?2 \
+        let sql = format!(
+            "SELECT {COLUMNS} FROM noncurrent_versions WHERE bucket = $1 AND object_key = $2 \
              AND state <> 'deleted' ORDER BY key, id"
-        )))
-        .bind(bucket)
-        .bind(object_key)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(version_row).collect()
+        );
+        Ok(on_pool!(self, pool => sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(bucket)
+            .bind(object_key)
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(NoncurrentVersion::from_row)
+            .collect::<Result<_, _>>()?))
     }
 
     /// Sets a version's state and note; `deleted` also stamps `deleted_at`.
@@ -200,27 +215,28 @@ impl JobStore {
         state: VersionState,
         note: Option<&str>,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE noncurrent_versions SET state = ?2, note = ?3, updated_at = unixepoch(), \
-             deleted_at = CASE WHEN ?2 = 'deleted' THEN unixepoch() ELSE deleted_at END \
-             WHERE id = ?1",
+        on_pool!(self, pool => sqlx::query(
+            "UPDATE noncurrent_versions SET state = $2, note = $3, updated_at = unixepoch(), \
+             deleted_at = CASE WHEN $2 = 'deleted' THEN unixepoch() ELSE deleted_at END \
+             WHERE id = $1",
         )
         .bind(id)
         .bind(state.as_str())
         .bind(note)
-        .execute(&self.pool)
-        .await?;
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected()))?;
         Ok(())
     }
 
     /// Versions and bytes per (class, detail, state), for `status` and the metric.
     pub async fn version_counts(&self) -> Result<Vec<VersionCount>, StoreError> {
-        let rows: Vec<(String, Option<String>, String, i64, i64)> = sqlx::query_as(
-            "SELECT class, detail, state, count(*), sum(size) FROM noncurrent_versions \
-             GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
-        )
-        .fetch_all(&self.pool)
-        .await?;
+        let rows: Vec<(String, Option<String>, String, i64, i64)> = on_pool!(self, pool => sqlx::query_as(
+                "SELECT class, detail, state, count(*), CAST(sum(size) AS BIGINT) \
+                 FROM noncurrent_versions GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+            )
+            .fetch_all(pool)
+            .await)?;
         rows.into_iter()
             .map(|(class, detail, state, n, bytes)| {
                 Ok(VersionCount {
@@ -240,35 +256,50 @@ impl JobStore {
         after_id: i64,
         limit: u32,
     ) -> Result<Vec<NoncurrentVersion>, StoreError> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM noncurrent_versions WHERE id > ?1 ORDER BY id LIMIT ?2"
-        )))
-        .bind(after_id)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(version_row).collect()
+        let sql =
+            format!("SELECT {COLUMNS} FROM noncurrent_versions WHERE id > $1 ORDER BY id LIMIT $2");
+        Ok(
+            on_pool!(self, pool => sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+            .bind(after_id)
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(NoncurrentVersion::from_row)
+            .collect::<Result<_, _>>()?),
+        )
     }
 }
 
-fn version_row(row: &SqliteRow) -> Result<NoncurrentVersion, StoreError> {
-    let state: String = row.try_get("state")?;
-    Ok(NoncurrentVersion {
-        id: row.try_get("id")?,
-        bucket: row.try_get("bucket")?,
-        key: row.try_get("key")?,
-        version_id: row.try_get("version_id")?,
-        object_key: row.try_get("object_key")?,
-        size: to_u64(row.try_get("size")?),
-        last_modified: row.try_get("last_modified")?,
-        class: row.try_get("class")?,
-        detail: row.try_get("detail")?,
-        wrapping_key: row.try_get("wrapping_key")?,
-        state: VersionState::parse(&state)?,
-        note: row.try_get("note")?,
-        deleted_at: row.try_get("deleted_at")?,
-    })
+macro_rules! impl_version_row {
+    ($row:ty) => {
+        impl<'r> FromRow<'r, $row> for NoncurrentVersion {
+            fn from_row(row: &'r $row) -> Result<Self, sqlx::Error> {
+                let state: String = row.try_get("state")?;
+                Ok(NoncurrentVersion {
+                    id: row.try_get("id")?,
+                    bucket: row.try_get("bucket")?,
+                    key: row.try_get("key")?,
+                    version_id: row.try_get("version_id")?,
+                    object_key: row.try_get("object_key")?,
+                    size: to_u64(row.try_get("size")?),
+                    last_modified: row.try_get("last_modified")?,
+                    class: row.try_get("class")?,
+                    detail: row.try_get("detail")?,
+                    wrapping_key: row.try_get("wrapping_key")?,
+                    state: VersionState::parse(&state).map_err(|e| sqlx::Error::ColumnDecode {
+                        index: "state".into(),
+                        source: Box::new(e),
+                    })?,
+                    note: row.try_get("note")?,
+                    deleted_at: row.try_get("deleted_at")?,
+                })
+            }
+        }
+    };
 }
+impl_version_row!(SqliteRow);
+impl_version_row!(PgRow);
 
 #[cfg(test)]
 mod tests {

@@ -16,6 +16,87 @@ async fn store() -> (tempfile::TempDir, JobStore) {
     (dir, store)
 }
 
+/// A store on a fresh database of the test bed's PostgreSQL (`S3CSE_TEST_PG_URL`, see
+/// scripts/testbed.sh), or `None` without one (CI must have one).
+async fn pg_store() -> Option<JobStore> {
+    use sqlx::Connection;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    let Ok(admin) = std::env::var("S3CSE_TEST_PG_URL") else {
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI must run the PostgreSQL store tests: S3CSE_TEST_PG_URL is unset"
+        );
+        eprintln!("skipped: no PostgreSQL (S3CSE_TEST_PG_URL; scripts/testbed.sh up)");
+        return None;
+    };
+    static N: AtomicU32 = AtomicU32::new(0);
+    let name = format!(
+        "store_{}_{}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+            % 1_000_000
+    );
+    let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap();
+    sqlx::query(AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let base = admin.rsplit_once('/').unwrap().0;
+    Some(
+        JobStore::open_postgres(&format!("{base}/{name}"))
+            .await
+            .unwrap(),
+    )
+}
+
+/// `both_backends! { #[tokio::test] async fn name(store) { ... } }`: the test runs as
+/// `name::sqlite` on a temporary file and as `name::postgres` on a fresh PostgreSQL database.
+macro_rules! both_backends {
+    ($(#[$m:meta])* async fn $name:ident($store:ident) $body:block) => {
+        mod $name {
+            use super::*;
+
+            async fn run($store: JobStore) $body
+
+            $(#[$m])*
+            async fn sqlite() {
+                let (_dir, store) = store().await;
+                run(store).await
+            }
+
+            $(#[$m])*
+            async fn postgres() {
+                if let Some(store) = pg_store().await {
+                    run(store).await
+                }
+            }
+        }
+    };
+}
+
+both_backends! {
+#[tokio::test]
+async fn a_key_twice_in_one_page_is_one_row_and_the_last_wins(store) {
+    // A manifest may name a key twice; PostgreSQL refuses to upsert a row twice in one
+    // statement, SQLite applies the rows in turn.
+    let rows = [obj("k", "\"e1\"", 1), obj("k", "\"e2\"", 2), obj("m", "\"e\"", 3)];
+    store.enqueue_page(&scan(), &rows, "m").await.unwrap();
+    let k = by_key(&store, "k").await;
+    assert_eq!((k.etag.as_str(), k.size), ("\"e2\"", 2));
+    assert_eq!(store.state_counts().await.unwrap().pending.objects, 2);
+}
+}
+
+/// Runs `sql` with `id` bound as `$1`, on either backend.
+async fn exec(store: &JobStore, sql: &'static str, id: i64) {
+    on_pool!(store, pool => sqlx::query(sql).bind(id).execute(pool).await.map(|_| ())).unwrap();
+}
+
 fn scan() -> ScanKey {
     ScanKey {
         bucket: "bkt".into(),
@@ -46,11 +127,11 @@ async fn claim_all(store: &JobStore, owner: &str) -> Vec<Job> {
 }
 
 async fn by_key(store: &JobStore, key: &str) -> Job {
-    let id: i64 = sqlx::query_scalar("SELECT id FROM jobs WHERE key = ?")
+    let id: i64 = on_pool!(store, pool => sqlx::query_scalar("SELECT id FROM jobs WHERE key = $1")
         .bind(key)
-        .fetch_one(&store.pool)
-        .await
-        .unwrap();
+        .fetch_one(pool)
+        .await)
+    .unwrap();
     store.job(id).await.unwrap().unwrap()
 }
 
@@ -70,13 +151,13 @@ async fn migrations_apply_and_reopen() {
     let store = JobStore::open(&path).await.unwrap();
     let tables: Vec<String> =
         sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
-            .fetch_all(&store.pool)
+            .fetch_all(store.sqlite())
             .await
             .unwrap();
     assert!(tables.contains(&"jobs".to_owned()), "{tables:?}");
     assert!(tables.contains(&"scans".to_owned()), "{tables:?}");
     let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
-        .fetch_one(&store.pool)
+        .fetch_one(store.sqlite())
         .await
         .unwrap();
     assert_eq!(mode, "wal");
@@ -104,12 +185,15 @@ async fn claim_uses_the_partial_indexes() {
         .enqueue_page(&scan(), &page(100, "\"e\""), "k000099")
         .await
         .unwrap();
-    sqlx::query("ANALYZE").execute(&store.pool).await.unwrap();
+    sqlx::query("ANALYZE")
+        .execute(store.sqlite())
+        .await
+        .unwrap();
     let sql = format!("EXPLAIN QUERY PLAN {}", claim_sql(10));
     let plan: Vec<String> = sqlx::query(AssertSqlSafe(sql))
         .bind("w")
         .bind(60i64)
-        .fetch_all(&store.pool)
+        .fetch_all(store.sqlite())
         .await
         .unwrap()
         .iter()
@@ -131,9 +215,9 @@ async fn claim_uses_the_partial_indexes() {
     );
 }
 
+both_backends! {
 #[tokio::test]
-async fn enqueue_is_idempotent() {
-    let (_dir, store) = store().await;
+async fn enqueue_is_idempotent(store) {
     let p = page(5, "\"e1\"");
     let first = store.enqueue_page(&scan(), &p, "k000004").await.unwrap();
     assert_eq!(
@@ -165,10 +249,11 @@ async fn enqueue_is_idempotent() {
     }
     assert_eq!(store.state_counts().await.unwrap().pending.objects, 5);
 }
+}
 
+both_backends! {
 #[tokio::test]
-async fn enqueue_resets_changed_objects_only() {
-    let (_dir, store) = store().await;
+async fn enqueue_resets_changed_objects_only(store) {
     let s = scan();
     store
         .enqueue_page(
@@ -249,10 +334,11 @@ async fn enqueue_resets_changed_objects_only() {
     assert_eq!(by_key(&store, "failed").await.state, JobState::Failed);
     assert_eq!(by_key(&store, "new").await.state, JobState::Pending);
 }
+}
 
+both_backends! {
 #[tokio::test]
-async fn enqueue_chunks_large_pages() {
-    let (_dir, store) = store().await;
+async fn enqueue_chunks_large_pages(store) {
     let p = page(ENQUEUE_CHUNK * 3 + 7, "\"e\"");
     let stats = store.enqueue_page(&scan(), &p, "zzz").await.unwrap();
     assert_eq!(stats.inserted, p.len() as u64);
@@ -263,10 +349,11 @@ async fn enqueue_chunks_large_pages() {
         Some((Some("zzz".into()), false))
     );
 }
+}
 
+both_backends! {
 #[tokio::test]
-async fn checkpoint_round_trip() {
-    let (_dir, store) = store().await;
+async fn checkpoint_round_trip(store) {
     let s = scan();
     let sharded = ScanKey {
         shard: Some((3, 16)),
@@ -293,9 +380,10 @@ async fn checkpoint_round_trip() {
         store.scan_checkpoint(&s).await.unwrap(),
         Some((Some("k000009".into()), true))
     );
-    let listed: i64 = sqlx::query_scalar("SELECT listed FROM scans WHERE shard = ''")
-        .fetch_one(&store.pool)
-        .await
+    let listed: i64 =
+        on_pool!(store, pool => sqlx::query_scalar("SELECT listed FROM scans WHERE shard = ''")
+            .fetch_one(pool)
+            .await)
         .unwrap();
     assert_eq!(listed, 2);
     store.reset_scan(&s).await.unwrap();
@@ -310,10 +398,11 @@ async fn checkpoint_round_trip() {
         Some((None, true))
     );
 }
+}
 
+both_backends! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_claims_never_hand_out_a_job_twice() {
-    let (_dir, store) = store().await;
+async fn concurrent_claims_never_hand_out_a_job_twice(store) {
     for chunk in page(2000, "\"e\"").chunks(500) {
         store
             .enqueue_page(&scan(), chunk, &chunk[chunk.len() - 1].key)
@@ -356,10 +445,11 @@ async fn concurrent_claims_never_hand_out_a_job_twice() {
     assert_eq!(unique.len(), 2000);
     assert_eq!(store.state_counts().await.unwrap().done.objects, 2000);
 }
+}
 
+both_backends! {
 #[tokio::test]
-async fn expired_lease_is_reclaimed_and_stale_owner_refused() {
-    let (_dir, store) = store().await;
+async fn expired_lease_is_reclaimed_and_stale_owner_refused(store) {
     store
         .enqueue_page(&scan(), &page(2, "\"e\""), "k000001")
         .await
@@ -373,11 +463,7 @@ async fn expired_lease_is_reclaimed_and_stale_owner_refused() {
     assert!(store.claim("new", 10, LEASE).await.unwrap().is_empty());
 
     // "old" dies; its lease runs out.
-    sqlx::query("UPDATE jobs SET lease_until = unixepoch() - 1 WHERE id = ?")
-        .bind(id)
-        .execute(&store.pool)
-        .await
-        .unwrap();
+    exec(&store, "UPDATE jobs SET lease_until = unixepoch() - 1 WHERE id = $1", id).await;
     let again = store.claim("new", 10, LEASE).await.unwrap();
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].id, id);
@@ -417,10 +503,11 @@ async fn expired_lease_is_reclaimed_and_stale_owner_refused() {
     // Finished rows are not outcome-writable any more, even by the last owner.
     assert!(!store.complete(id, "new", &outcome).await.unwrap());
 }
+}
 
+both_backends! {
 #[tokio::test]
-async fn requeue_release_and_outcome_validation() {
-    let (_dir, store) = store().await;
+async fn requeue_release_and_outcome_validation(store) {
     store
         .enqueue_page(&scan(), &page(3, "\"e\""), "k000002")
         .await
@@ -471,10 +558,11 @@ async fn requeue_release_and_outcome_validation() {
     assert_eq!(store.retry_failed(false).await.unwrap(), 3);
     assert_eq!(store.state_counts().await.unwrap().pending.objects, 3);
 }
+}
 
+both_backends! {
 #[tokio::test]
-async fn release_owner_prefix_frees_one_process_only() {
-    let (_dir, store) = store().await;
+async fn release_owner_prefix_frees_one_process_only(store) {
     store
         .enqueue_page(&scan(), &page(5, "\"e\""), "k000004")
         .await
@@ -514,10 +602,11 @@ async fn release_owner_prefix_frees_one_process_only() {
     }
     assert_eq!(store.release_owner_prefix("").await.unwrap(), 0);
 }
+}
 
+both_backends! {
 #[tokio::test]
-async fn counts_and_report() {
-    let (_dir, store) = store().await;
+async fn counts_and_report(store) {
     let objects: Vec<ListedObject> = (0..6)
         .map(|i| obj(&format!("k{i}"), "\"e\"", 1000 + i))
         .collect();
@@ -654,10 +743,11 @@ async fn counts_and_report() {
     assert_eq!(failed.len(), 1);
     assert_eq!(failed[0].key, "k3");
 }
+}
 
+both_backends! {
 #[tokio::test]
-async fn report_pages_through_many_rows() {
-    let (_dir, store) = store().await;
+async fn report_pages_through_many_rows(store) {
     let n = REPORT_PAGE as usize * 2 + 1;
     store
         .enqueue_page(&scan(), &page(n, "\"e\""), "z")
@@ -672,6 +762,7 @@ async fn report_pages_through_many_rows() {
         .await
         .unwrap();
     assert!(none.is_empty());
+}
 }
 
 #[test]
@@ -782,9 +873,9 @@ fn process_cpu_secs() -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+both_backends! {
 #[tokio::test]
-async fn an_intent_lasts_until_an_outcome_is_recorded() {
-    let (_d, store) = store().await;
+async fn an_intent_lasts_until_an_outcome_is_recorded(store) {
     store
         .enqueue_page(&scan(), &[obj("a", "e1", 10)], "a")
         .await
@@ -849,6 +940,7 @@ async fn an_intent_lasts_until_an_outcome_is_recorded() {
             .unwrap()
     );
     assert_eq!(by_key(&store, "a").await.intent, None);
+}
 }
 
 /// The files in `dir`, with size and modification time.
@@ -924,7 +1016,7 @@ async fn a_newer_schema_is_refused_and_left_as_it_is() {
          VALUES (?, 'from the future', 1, x'00', 0)",
     )
     .bind(ours + 1)
-    .execute(&store.pool)
+    .execute(store.sqlite())
     .await
     .unwrap();
     store.close().await;
@@ -952,7 +1044,7 @@ async fn a_read_only_open_refuses_what_it_cannot_read() {
     // An older schema: the newest migration not applied yet.
     sqlx::query("DELETE FROM _sqlx_migrations WHERE version = ?")
         .bind(our_schema_version())
-        .execute(&store.pool)
+        .execute(store.sqlite())
         .await
         .unwrap();
     store.close().await;
@@ -980,4 +1072,85 @@ async fn a_read_only_open_refuses_what_it_cannot_read() {
         .map(|_| ())
         .unwrap_err();
     assert!(matches!(e, StoreError::Schema { found: None, .. }), "{e}");
+}
+
+/// The queue at scale, both backends in one run (`scripts/bench-queue.sh`; BENCHMARKS.md,
+/// "Shared queue"): enqueue rate, `status` latency (`counts`), and the claim rate of 8
+/// workers claiming 16 at a time and recording each outcome, with `BENCH_ROWS` rows (1M by
+/// default). PostgreSQL only with `S3CSE_TEST_PG_URL`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "scale measurement; scripts/bench-queue.sh"]
+async fn queue_scale() {
+    let rows: usize = std::env::var("BENCH_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let (_dir, sqlite) = store().await;
+    let mut stores = vec![("sqlite", sqlite)];
+    if let Some(pg) = pg_store().await {
+        stores.push(("postgres", pg));
+    }
+    for (name, store) in stores {
+        let t = Instant::now();
+        let mut page = Vec::with_capacity(1000);
+        for i in 0..rows {
+            page.push(ListedObject {
+                key: format!("data/2026/11/{:02}/part-{i:09}.parquet", i % 30),
+                etag: format!("\"{:032x}\"", i as u128 * 0x9e37_79b9_7f4a_7c15),
+                size: 1 << 20,
+                last_modified: Some("2026-11-26T00:00:00Z".into()),
+                storage_class: Some("STANDARD".into()),
+            });
+            if page.len() == 1000 || i + 1 == rows {
+                let last = page[page.len() - 1].key.clone();
+                store.enqueue_page(&scan(), &page, &last).await.unwrap();
+                page.clear();
+            }
+        }
+        let enqueue = t.elapsed();
+        let t = Instant::now();
+        let c = store.counts().await.unwrap();
+        let status_pending = t.elapsed();
+        assert_eq!(c.total.objects, rows as u64);
+        let window = Duration::from_secs(10);
+        let t = Instant::now();
+        let mut tasks = Vec::new();
+        for w in 0..8 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                let owner = format!("bench-{w}");
+                let mut n = 0u64;
+                while t.elapsed() < window {
+                    for j in store.claim(&owner, 16, LEASE).await.unwrap() {
+                        assert!(
+                            store
+                                .complete(j.id, &owner, &done(Action::Rewrap, "\"r\""))
+                                .await
+                                .unwrap()
+                        );
+                        n += 1;
+                    }
+                }
+                n
+            }));
+        }
+        let mut claimed = 0;
+        for task in tasks {
+            claimed += task.await.unwrap();
+        }
+        let claim_secs = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let c = store.counts().await.unwrap();
+        let status_mixed = t.elapsed();
+        assert_eq!(c.by_state.done.objects, claimed);
+        println!(
+            "{name}: {rows} rows; enqueue {:.0} keys/s; status {:.0} ms (all pending), {:.0} ms \
+             (after the claims); claim+complete {:.0} jobs/s (8 workers x 16)",
+            rows as f64 / enqueue.as_secs_f64(),
+            status_pending.as_secs_f64() * 1e3,
+            status_mixed.as_secs_f64() * 1e3,
+            claimed as f64 / claim_secs,
+        );
+        store.close().await;
+    }
 }

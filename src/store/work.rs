@@ -20,7 +20,7 @@
 //! One row per data file of a manifest with `line`, the lines already enqueued: claimed like a
 //! range, each batch enqueued with the new `line` in one transaction.
 //!
-//! # Portability
+//! # Two backends
 //! The SQL is written to port to PostgreSQL as it is: `$n` placeholders, times bound from Rust
 //! (`now`, unix seconds), no SQLite-only syntax. For PostgreSQL: the claim subqueries take
 //! `FOR UPDATE SKIP LOCKED`, the transactions `SELECT ... FOR UPDATE` the item row first (here
@@ -29,10 +29,13 @@
 
 use std::time::Duration;
 
-use sqlx::Row;
+use sqlx::postgres::PgRow;
 use sqlx::sqlite::SqliteRow;
+use sqlx::{FromRow, Row};
 
-use super::{EnqueueStats, JobStore, ListedObject, ScanKey, StoreError, enqueue_rows, to_i64};
+use super::{
+    EnqueueInto, EnqueueStats, JobStore, ListedObject, ScanKey, StoreError, on_pool, to_i64,
+};
 
 /// State of a listing range or manifest file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -56,6 +59,10 @@ impl WorkState {
             WorkState::Running => "running",
             WorkState::Done => "done",
         }
+    }
+
+    fn decode(s: &str) -> Result<WorkState, sqlx::Error> {
+        WorkState::parse(s).map_err(|e| sqlx::Error::Decode(Box::new(e)))
     }
 
     fn parse(s: &str) -> Result<WorkState, StoreError> {
@@ -173,30 +180,43 @@ const RANGE_COLUMNS: &str = "id, prefix, delimiter, start_at, end_before, cursor
 
 const FILE_COLUMNS: &str = "id, file_index, name, line, rows";
 
-fn range_row(row: &SqliteRow) -> Result<ListRange, StoreError> {
-    Ok(ListRange {
-        id: row.try_get("id")?,
-        prefix: row.try_get("prefix")?,
-        delimiter: row.try_get("delimiter")?,
-        start_at: row.try_get("start_at")?,
-        end_before: row.try_get("end_before")?,
-        cursor: row.try_get("cursor")?,
-        listed: super::to_u64(row.try_get("listed")?),
-        state: WorkState::parse(&row.try_get::<String, _>("state")?)?,
-        lease_owner: row.try_get("lease_owner")?,
-        lease_until: row.try_get("lease_until")?,
-    })
-}
+/// `FromRow` for both backends' rows (the bodies of `on_pool!` are compiled once per pool).
+macro_rules! work_rows {
+    ($row:ty) => {
+        impl<'r> FromRow<'r, $row> for ListRange {
+            fn from_row(row: &'r $row) -> Result<Self, sqlx::Error> {
+                let state: String = row.try_get("state")?;
+                Ok(ListRange {
+                    id: row.try_get("id")?,
+                    prefix: row.try_get("prefix")?,
+                    delimiter: row.try_get("delimiter")?,
+                    start_at: row.try_get("start_at")?,
+                    end_before: row.try_get("end_before")?,
+                    cursor: row.try_get("cursor")?,
+                    listed: super::to_u64(row.try_get("listed")?),
+                    state: WorkState::decode(&state)?,
+                    lease_owner: row.try_get("lease_owner")?,
+                    lease_until: row.try_get("lease_until")?,
+                })
+            }
+        }
 
-fn file_row(row: &SqliteRow) -> Result<ManifestFile, StoreError> {
-    Ok(ManifestFile {
-        id: row.try_get("id")?,
-        file_index: usize::try_from(row.try_get::<i64, _>("file_index")?).unwrap_or(0),
-        name: row.try_get("name")?,
-        line: super::to_u64(row.try_get("line")?),
-        rows: super::to_u64(row.try_get("rows")?),
-    })
+        impl<'r> FromRow<'r, $row> for ManifestFile {
+            fn from_row(row: &'r $row) -> Result<Self, sqlx::Error> {
+                Ok(ManifestFile {
+                    id: row.try_get("id")?,
+                    file_index: usize::try_from(row.try_get::<i64, _>("file_index")?)
+                        .unwrap_or(0),
+                    name: row.try_get("name")?,
+                    line: super::to_u64(row.try_get("line")?),
+                    rows: super::to_u64(row.try_get("rows")?),
+                })
+            }
+        }
+    };
 }
+work_rows!(SqliteRow);
+work_rows!(PgRow);
 
 /// Times in these tables are unix **milliseconds**: a pass finished by a peer during this run
 /// is told from one finished before it by comparing with the run's start, and runs (tests,
@@ -230,48 +250,56 @@ impl JobStore {
         run_started: i64,
         now: i64,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let (open, last): (i64, Option<i64>) = sqlx::query_as(
-            "SELECT count(CASE WHEN state <> 'done' THEN 1 END), max(updated_at) \
-             FROM list_ranges WHERE bucket = $1 AND scan_prefix = $2 AND shard = $3",
-        )
-        .bind(&scan.bucket)
-        .bind(&scan.prefix)
-        .bind(scan.shard_text())
-        .fetch_one(&mut *tx)
-        .await?;
-        if open > 0 || last.is_some_and(|t| t > run_started) {
-            tx.commit().await?;
-            return Ok(false);
-        }
-        sqlx::query(
-            "DELETE FROM list_ranges WHERE bucket = $1 AND scan_prefix = $2 AND shard = $3",
-        )
-        .bind(&scan.bucket)
-        .bind(&scan.prefix)
-        .bind(scan.shard_text())
-        .execute(&mut *tx)
-        .await?;
-        for s in seeds {
-            sqlx::query(
-                "INSERT INTO list_ranges (bucket, scan_prefix, shard, prefix, delimiter, start_at, \
-                 end_before, cursor, created_at, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)",
+        on_pool!(self, pool => {
+            let mut tx = pool.begin_with(self.begin_write_sql()).await?;
+            if self.is_shared() {
+                // Two processes starting a pass at once: the second waits, then joins it.
+                sqlx::query("LOCK TABLE list_ranges IN SHARE ROW EXCLUSIVE MODE")
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            let (open, last): (i64, Option<i64>) = sqlx::query_as(
+                "SELECT count(CASE WHEN state <> 'done' THEN 1 END), max(updated_at) \
+                 FROM list_ranges WHERE bucket = $1 AND scan_prefix = $2 AND shard = $3",
             )
             .bind(&scan.bucket)
             .bind(&scan.prefix)
             .bind(scan.shard_text())
-            .bind(&s.prefix)
-            .bind(&s.delimiter)
-            .bind(&s.start_at)
-            .bind(&s.end_before)
-            .bind(&s.cursor)
-            .bind(now)
+            .fetch_one(&mut *tx)
+            .await?;
+            if open > 0 || last.is_some_and(|t| t > run_started) {
+                tx.commit().await?;
+                return Ok(false);
+            }
+            sqlx::query(
+                "DELETE FROM list_ranges WHERE bucket = $1 AND scan_prefix = $2 AND shard = $3",
+            )
+            .bind(&scan.bucket)
+            .bind(&scan.prefix)
+            .bind(scan.shard_text())
             .execute(&mut *tx)
             .await?;
-        }
-        tx.commit().await?;
-        Ok(true)
+            for s in seeds {
+                sqlx::query(
+                    "INSERT INTO list_ranges (bucket, scan_prefix, shard, prefix, delimiter, start_at, \
+                     end_before, cursor, created_at, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)",
+                )
+                .bind(&scan.bucket)
+                .bind(&scan.prefix)
+                .bind(scan.shard_text())
+                .bind(&s.prefix)
+                .bind(&s.delimiter)
+                .bind(&s.start_at)
+                .bind(&s.end_before)
+                .bind(&s.cursor)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(true)
+        })
     }
 
     /// Leases one range of `scan` to `owner`: a pending one, or a running one whose lease
@@ -283,25 +311,28 @@ impl JobStore {
         lease: Duration,
         now: i64,
     ) -> Result<Option<ListRange>, StoreError> {
-        let sql = format!(
-            "UPDATE list_ranges SET state = 'running', lease_owner = $1, lease_until = $2, \
-             updated_at = $3 \
-             WHERE id = (SELECT id FROM list_ranges WHERE bucket = $4 AND scan_prefix = $5 \
-                         AND shard = $6 AND (state = 'pending' \
-                         OR (state = 'running' AND lease_until < $3)) \
-                         ORDER BY id LIMIT 1) \
-             RETURNING {RANGE_COLUMNS}"
-        );
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(owner)
-            .bind(lease_until(now, lease))
-            .bind(now)
-            .bind(&scan.bucket)
-            .bind(&scan.prefix)
-            .bind(scan.shard_text())
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(range_row).transpose()
+        on_pool!(self, pool => {
+            let skip = self.skip_locked();
+            let sql = format!(
+                "UPDATE list_ranges SET state = 'running', lease_owner = $1, lease_until = $2, \
+                 updated_at = $3 \
+                 WHERE id = (SELECT id FROM list_ranges WHERE bucket = $4 AND scan_prefix = $5 \
+                             AND shard = $6 AND (state = 'pending' \
+                             OR (state = 'running' AND lease_until < $3)) \
+                             ORDER BY id LIMIT 1{skip}) \
+                 RETURNING {RANGE_COLUMNS}"
+            );
+            let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(owner)
+                .bind(lease_until(now, lease))
+                .bind(now)
+                .bind(&scan.bucket)
+                .bind(&scan.prefix)
+                .bind(scan.shard_text())
+                .fetch_optional(pool)
+                .await?;
+            Ok(row.as_ref().map(ListRange::from_row).transpose()?)
+        })
     }
 
     /// The ranges of `scan` not done that a split may shorten (no Delimiter listing), at most
@@ -311,50 +342,56 @@ impl JobStore {
         scan: &ScanKey,
         limit: u32,
     ) -> Result<Vec<ListRange>, StoreError> {
-        let sql = format!(
-            "SELECT {RANGE_COLUMNS} FROM list_ranges WHERE bucket = $1 AND scan_prefix = $2 \
-             AND shard = $3 AND state <> 'done' AND delimiter IS NULL ORDER BY id LIMIT $4"
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(&scan.bucket)
-            .bind(&scan.prefix)
-            .bind(scan.shard_text())
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(range_row).collect()
+        on_pool!(self, pool => {
+            let sql = format!(
+                "SELECT {RANGE_COLUMNS} FROM list_ranges WHERE bucket = $1 AND scan_prefix = $2 \
+                 AND shard = $3 AND state <> 'done' AND delimiter IS NULL ORDER BY id LIMIT $4"
+            );
+            let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(&scan.bucket)
+                .bind(&scan.prefix)
+                .bind(scan.shard_text())
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await?;
+            Ok(rows.iter().map(ListRange::from_row).collect::<Result<_, _>>()?)
+        })
     }
 
     /// Every range of `scan`, in id order (tests, diagnostics).
     pub async fn ranges(&self, scan: &ScanKey) -> Result<Vec<ListRange>, StoreError> {
-        let sql = format!(
-            "SELECT {RANGE_COLUMNS} FROM list_ranges WHERE bucket = $1 AND scan_prefix = $2 \
-             AND shard = $3 ORDER BY id"
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(&scan.bucket)
-            .bind(&scan.prefix)
-            .bind(scan.shard_text())
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(range_row).collect()
+        on_pool!(self, pool => {
+            let sql = format!(
+                "SELECT {RANGE_COLUMNS} FROM list_ranges WHERE bucket = $1 AND scan_prefix = $2 \
+                 AND shard = $3 ORDER BY id"
+            );
+            let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(&scan.bucket)
+                .bind(&scan.prefix)
+                .bind(scan.shard_text())
+                .fetch_all(pool)
+                .await?;
+            Ok(rows.iter().map(ListRange::from_row).collect::<Result<_, _>>()?)
+        })
     }
 
     /// What is left of the listing pass of `scan`.
     pub async fn ranges_remaining(&self, scan: &ScanKey) -> Result<Remaining, StoreError> {
-        let (open, next): (i64, Option<i64>) = sqlx::query_as(
-            "SELECT count(*), min(CASE WHEN state = 'running' THEN lease_until END) \
-             FROM list_ranges WHERE bucket = $1 AND scan_prefix = $2 AND shard = $3 \
-             AND state <> 'done'",
-        )
-        .bind(&scan.bucket)
-        .bind(&scan.prefix)
-        .bind(scan.shard_text())
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(Remaining {
-            open: super::to_u64(open),
-            next_expiry: next,
+        on_pool!(self, pool => {
+            let (open, next): (i64, Option<i64>) = sqlx::query_as(
+                "SELECT count(*), min(CASE WHEN state = 'running' THEN lease_until END) \
+                 FROM list_ranges WHERE bucket = $1 AND scan_prefix = $2 AND shard = $3 \
+                 AND state <> 'done'",
+            )
+            .bind(&scan.bucket)
+            .bind(&scan.prefix)
+            .bind(scan.shard_text())
+            .fetch_one(pool)
+            .await?;
+            Ok(Remaining {
+                open: super::to_u64(open),
+                next_expiry: next,
+            })
         })
     }
 
@@ -380,59 +417,62 @@ impl JobStore {
         lease: Duration,
         now: i64,
     ) -> Result<Option<(EnqueueStats, bool)>, StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let sql = format!(
-            "SELECT {RANGE_COLUMNS}, scan_prefix, shard FROM list_ranges \
-             WHERE id = $1 AND lease_owner = $2 AND state = 'running'"
-        );
-        let Some(row) = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(range_id)
-            .bind(owner)
-            .fetch_optional(&mut *tx)
-            .await?
-        else {
-            return Ok(None);
-        };
-        let range = range_row(&row)?;
-        let scan_prefix: String = row.try_get("scan_prefix")?;
-        let shard: String = row.try_get("shard")?;
-        let kept: Vec<ListedObject> = within(objects, &range.start_at, range.end_before.as_deref())
-            .into_iter()
-            .cloned()
-            .collect();
-        let stats = enqueue_rows(&mut tx, bucket, &kept).await?;
-        for p in prefixes {
+        on_pool!(self, pool => {
+            let mut tx = pool.begin_with(self.begin_write_sql()).await?;
+            let lock = self.row_lock();
+            let sql = format!(
+                "SELECT {RANGE_COLUMNS}, scan_prefix, shard FROM list_ranges \
+                 WHERE id = $1 AND lease_owner = $2 AND state = 'running'{lock}"
+            );
+            let Some(row) = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(range_id)
+                .bind(owner)
+                .fetch_optional(&mut *tx)
+                .await?
+            else {
+                return Ok(None);
+            };
+            let range = ListRange::from_row(&row)?;
+            let scan_prefix: String = row.try_get("scan_prefix")?;
+            let shard: String = row.try_get("shard")?;
+            let kept: Vec<ListedObject> = within(objects, &range.start_at, range.end_before.as_deref())
+                .into_iter()
+                .cloned()
+                .collect();
+            let stats = EnqueueInto::enqueue_into(&mut *tx, bucket, &kept).await?;
+            for p in prefixes {
+                sqlx::query(
+                    "INSERT INTO list_ranges (bucket, scan_prefix, shard, prefix, created_at, \
+                     updated_at) VALUES ($1, $2, $3, $4, $5, $5) \
+                     ON CONFLICT (bucket, scan_prefix, shard, prefix, start_at) DO NOTHING",
+                )
+                .bind(bucket)
+                .bind(&scan_prefix)
+                .bind(&shard)
+                .bind(p)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+            let done = complete || range.end_before.as_deref().is_some_and(|e| last_key >= e);
             sqlx::query(
-                "INSERT INTO list_ranges (bucket, scan_prefix, shard, prefix, created_at, \
-                 updated_at) VALUES ($1, $2, $3, $4, $5, $5) \
-                 ON CONFLICT (bucket, scan_prefix, shard, prefix, start_at) DO NOTHING",
+                "UPDATE list_ranges SET cursor = $1, listed = listed + $2, lease_until = $3, \
+                 updated_at = $4, state = $5, \
+                 lease_owner = CASE WHEN $6 THEN NULL ELSE lease_owner END \
+                 WHERE id = $7",
             )
-            .bind(bucket)
-            .bind(&scan_prefix)
-            .bind(&shard)
-            .bind(p)
+            .bind(last_key)
+            .bind(kept.len() as i64)
+            .bind(lease_until(now, lease))
             .bind(now)
+            .bind(if done { "done" } else { "running" })
+            .bind(done)
+            .bind(range_id)
             .execute(&mut *tx)
             .await?;
-        }
-        let done = complete || range.end_before.as_deref().is_some_and(|e| last_key >= e);
-        sqlx::query(
-            "UPDATE list_ranges SET cursor = $1, listed = listed + $2, lease_until = $3, \
-             updated_at = $4, state = $5, \
-             lease_owner = CASE WHEN $6 THEN NULL ELSE lease_owner END \
-             WHERE id = $7",
-        )
-        .bind(last_key)
-        .bind(kept.len() as i64)
-        .bind(lease_until(now, lease))
-        .bind(now)
-        .bind(if done { "done" } else { "running" })
-        .bind(done)
-        .bind(range_id)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(Some((stats, done)))
+            tx.commit().await?;
+            Ok(Some((stats, done)))
+        })
     }
 
     /// Marks range `range_id` done without a page (an empty listing), if `owner` holds it.
@@ -442,16 +482,18 @@ impl JobStore {
         owner: &str,
         now: i64,
     ) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "UPDATE list_ranges SET state = 'done', lease_owner = NULL, updated_at = $1 \
-             WHERE id = $2 AND lease_owner = $3 AND state = 'running'",
-        )
-        .bind(now)
-        .bind(range_id)
-        .bind(owner)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        on_pool!(self, pool => {
+            let done = sqlx::query(
+                "UPDATE list_ranges SET state = 'done', lease_owner = NULL, updated_at = $1 \
+                 WHERE id = $2 AND lease_owner = $3 AND state = 'running'",
+            )
+            .bind(now)
+            .bind(range_id)
+            .bind(owner)
+            .execute(pool)
+            .await?;
+            Ok(done.rows_affected() == 1)
+        })
     }
 
     /// Splits range `range_id` at `page.split_at` in one transaction: the range now ends
@@ -472,130 +514,138 @@ impl JobStore {
         lease: Duration,
         now: i64,
     ) -> Result<Option<(ListRange, EnqueueStats)>, StoreError> {
-        if expected_end.is_some_and(|e| page.split_at >= e) {
-            return Ok(None);
-        }
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let sql = format!(
-            "UPDATE list_ranges SET end_before = $1, updated_at = $2 \
-             WHERE id = $3 AND state <> 'done' AND delimiter IS NULL AND start_at < $1 \
-             AND (cursor IS NULL OR cursor < $1) \
-             AND (end_before = $4 OR (end_before IS NULL AND $4 IS NULL)) \
-             RETURNING {RANGE_COLUMNS}, scan_prefix, shard"
-        );
-        let Some(row) = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(page.split_at)
-            .bind(now)
-            .bind(range_id)
-            .bind(expected_end)
-            .fetch_optional(&mut *tx)
-            .await?
-        else {
-            return Ok(None);
-        };
-        let old = range_row(&row)?;
-        let scan_prefix: String = row.try_get("scan_prefix")?;
-        let shard: String = row.try_get("shard")?;
-        let kept: Vec<ListedObject> = within(page.objects, page.split_at, expected_end)
-            .into_iter()
-            .cloned()
-            .collect();
-        let bucket: String = sqlx::query_scalar("SELECT bucket FROM list_ranges WHERE id = $1")
-            .bind(range_id)
-            .fetch_one(&mut *tx)
-            .await?;
-        let stats = enqueue_rows(&mut tx, &bucket, &kept).await?;
-        let done = page.complete || expected_end.is_some_and(|e| page.last_key >= e);
-        let (state, lease_owner, until) = if done {
-            ("done", None, None)
-        } else {
-            ("running", Some(owner), Some(lease_until(now, lease)))
-        };
-        let sql = format!(
-            "INSERT INTO list_ranges (bucket, scan_prefix, shard, prefix, start_at, end_before, \
-             cursor, listed, state, lease_owner, lease_until, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12) \
-             RETURNING {RANGE_COLUMNS}"
-        );
-        let new = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(&bucket)
-            .bind(&scan_prefix)
-            .bind(&shard)
-            .bind(&old.prefix)
-            .bind(page.split_at)
-            .bind(expected_end)
-            .bind(page.last_key)
-            .bind(kept.len() as i64)
-            .bind(state)
-            .bind(lease_owner)
-            .bind(until)
-            .bind(now)
-            .fetch_one(&mut *tx)
-            .await?;
-        let new = range_row(&new)?;
-        tx.commit().await?;
-        Ok(Some((new, stats)))
+        on_pool!(self, pool => {
+            if expected_end.is_some_and(|e| page.split_at >= e) {
+                return Ok(None);
+            }
+            let mut tx = pool.begin_with(self.begin_write_sql()).await?;
+            let sql = format!(
+                "UPDATE list_ranges SET end_before = $1, updated_at = $2 \
+                 WHERE id = $3 AND state <> 'done' AND delimiter IS NULL AND start_at < $1 \
+                 AND (cursor IS NULL OR cursor < $1) \
+                 AND (end_before = $4 OR (end_before IS NULL AND $4 IS NULL)) \
+                 RETURNING {RANGE_COLUMNS}, scan_prefix, shard"
+            );
+            let Some(row) = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(page.split_at)
+                .bind(now)
+                .bind(range_id)
+                .bind(expected_end)
+                .fetch_optional(&mut *tx)
+                .await?
+            else {
+                return Ok(None);
+            };
+            let old = ListRange::from_row(&row)?;
+            let scan_prefix: String = row.try_get("scan_prefix")?;
+            let shard: String = row.try_get("shard")?;
+            let kept: Vec<ListedObject> = within(page.objects, page.split_at, expected_end)
+                .into_iter()
+                .cloned()
+                .collect();
+            let bucket: String = sqlx::query_scalar("SELECT bucket FROM list_ranges WHERE id = $1")
+                .bind(range_id)
+                .fetch_one(&mut *tx)
+                .await?;
+            let stats = EnqueueInto::enqueue_into(&mut *tx, &bucket, &kept).await?;
+            let done = page.complete || expected_end.is_some_and(|e| page.last_key >= e);
+            let (state, lease_owner, until) = if done {
+                ("done", None, None)
+            } else {
+                ("running", Some(owner), Some(lease_until(now, lease)))
+            };
+            let sql = format!(
+                "INSERT INTO list_ranges (bucket, scan_prefix, shard, prefix, start_at, end_before, \
+                 cursor, listed, state, lease_owner, lease_until, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12) \
+                 RETURNING {RANGE_COLUMNS}"
+            );
+            let new = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(&bucket)
+                .bind(&scan_prefix)
+                .bind(&shard)
+                .bind(&old.prefix)
+                .bind(page.split_at)
+                .bind(expected_end)
+                .bind(page.last_key)
+                .bind(kept.len() as i64)
+                .bind(state)
+                .bind(lease_owner)
+                .bind(until)
+                .bind(now)
+                .fetch_one(&mut *tx)
+                .await?;
+            let new = ListRange::from_row(&new)?;
+            tx.commit().await?;
+            Ok(Some((new, stats)))
+        })
     }
 
     /// Hands every running range and manifest file leased by an owner starting with
     /// `owner_prefix` (a process's `host:pid:`) back as `pending`: a stop, or the leftovers of
     /// a dead process of this host. Returns how many.
     pub async fn release_work(&self, owner_prefix: &str, now: i64) -> Result<u64, StoreError> {
-        if owner_prefix.is_empty() {
-            return Ok(0);
-        }
-        let mut released = 0;
-        for table in ["list_ranges", "manifest_files"] {
-            let sql = format!(
-                "UPDATE {table} SET state = 'pending', lease_owner = NULL, lease_until = NULL, \
-                 updated_at = $2 WHERE state = 'running' \
-                 AND substr(lease_owner, 1, length($1)) = $1"
-            );
-            released += sqlx::query(sqlx::AssertSqlSafe(sql))
-                .bind(owner_prefix)
-                .bind(now)
-                .execute(&self.pool)
-                .await?
-                .rows_affected();
-        }
-        Ok(released)
+        on_pool!(self, pool => {
+            if owner_prefix.is_empty() {
+                return Ok(0);
+            }
+            let mut released = 0;
+            for table in ["list_ranges", "manifest_files"] {
+                let sql = format!(
+                    "UPDATE {table} SET state = 'pending', lease_owner = NULL, lease_until = NULL, \
+                     updated_at = $2 WHERE state = 'running' \
+                     AND substr(lease_owner, 1, length(CAST($1 AS TEXT))) = CAST($1 AS TEXT)"
+                );
+                released += sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(owner_prefix)
+                    .bind(now)
+                    .execute(pool)
+                    .await?
+                    .rows_affected();
+            }
+            Ok(released)
+        })
     }
 
     /// The distinct lease owners of running ranges and manifest files (to find a dead
     /// process's on this host).
     pub async fn work_owners(&self) -> Result<Vec<String>, StoreError> {
-        Ok(sqlx::query_scalar(
-            "SELECT DISTINCT lease_owner FROM list_ranges WHERE state = 'running' \
-             AND lease_owner IS NOT NULL \
-             UNION SELECT DISTINCT lease_owner FROM manifest_files WHERE state = 'running' \
-             AND lease_owner IS NOT NULL",
-        )
-        .fetch_all(&self.pool)
-        .await?)
+        on_pool!(self, pool => {
+            Ok(sqlx::query_scalar(
+                "SELECT DISTINCT lease_owner FROM list_ranges WHERE state = 'running' \
+                 AND lease_owner IS NOT NULL \
+                 UNION SELECT DISTINCT lease_owner FROM manifest_files WHERE state = 'running' \
+                 AND lease_owner IS NOT NULL",
+            )
+            .fetch_all(pool)
+            .await?)
+        })
     }
 
     /// Listing and ingest progress over every scan in the file.
     pub async fn work_progress(&self) -> Result<WorkProgress, StoreError> {
-        let mut p = WorkProgress::default();
-        let ranges: Vec<(String, i64, i64)> = sqlx::query_as(
-            "SELECT state, count(*), coalesce(sum(listed), 0) FROM list_ranges GROUP BY state",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        for (state, n, listed) in ranges {
-            p.ranges[WorkState::parse(&state)? as usize] = super::to_u64(n);
-            p.keys_listed += super::to_u64(listed);
-        }
-        let files: Vec<(String, i64, i64)> = sqlx::query_as(
-            "SELECT state, count(*), coalesce(sum(rows), 0) FROM manifest_files GROUP BY state",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        for (state, n, rows) in files {
-            p.files[WorkState::parse(&state)? as usize] = super::to_u64(n);
-            p.manifest_rows += super::to_u64(rows);
-        }
-        Ok(p)
+        on_pool!(self, pool => {
+            let mut p = WorkProgress::default();
+            let ranges: Vec<(String, i64, i64)> = sqlx::query_as(
+                "SELECT state, count(*), CAST(coalesce(sum(listed), 0) AS BIGINT) FROM list_ranges GROUP BY state",
+            )
+            .fetch_all(pool)
+            .await?;
+            for (state, n, listed) in ranges {
+                p.ranges[WorkState::parse(&state)? as usize] = super::to_u64(n);
+                p.keys_listed += super::to_u64(listed);
+            }
+            let files: Vec<(String, i64, i64)> = sqlx::query_as(
+                "SELECT state, count(*), CAST(coalesce(sum(rows), 0) AS BIGINT) FROM manifest_files GROUP BY state",
+            )
+            .fetch_all(pool)
+            .await?;
+            for (state, n, rows) in files {
+                p.files[WorkState::parse(&state)? as usize] = super::to_u64(n);
+                p.manifest_rows += super::to_u64(rows);
+            }
+            Ok(p)
+        })
     }
 
     /// Starts an ingest pass of manifest `manifest` (its data files `names`, in order) into
@@ -613,60 +663,68 @@ impl JobStore {
         run_started: i64,
         now: i64,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let rows: Vec<(String, String, i64)> = sqlx::query_as(
-            "SELECT name, state, updated_at FROM manifest_files WHERE bucket = $1 \
-             AND scan_prefix = $2 AND shard = $3 AND manifest = $4 ORDER BY file_index",
-        )
-        .bind(&scan.bucket)
-        .bind(&scan.prefix)
-        .bind(scan.shard_text())
-        .bind(manifest)
-        .fetch_all(&mut *tx)
-        .await?;
-        let same_files =
-            rows.len() == names.len() && rows.iter().zip(names).all(|(r, n)| r.0 == *n);
-        let open = rows.iter().any(|(_, state, _)| state != "done");
-        let finished_in_this_run = rows.iter().any(|(.., t)| *t > run_started);
-        if same_files && (open || finished_in_this_run) {
-            tx.commit().await?;
-            return Ok(false);
-        }
-        sqlx::query(
-            "DELETE FROM manifest_files WHERE bucket = $1 AND scan_prefix = $2 AND shard = $3 \
-             AND manifest = $4",
-        )
-        .bind(&scan.bucket)
-        .bind(&scan.prefix)
-        .bind(scan.shard_text())
-        .bind(manifest)
-        .execute(&mut *tx)
-        .await?;
-        for (i, name) in names.iter().enumerate() {
-            let (state, line) = match resume {
-                Some((f, _)) if i < f => ("done", 0),
-                Some((f, l)) if i == f => ("pending", l),
-                _ => ("pending", 0),
-            };
-            sqlx::query(
-                "INSERT INTO manifest_files (bucket, scan_prefix, shard, manifest, file_index, \
-                 name, line, state, created_at, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)",
+        on_pool!(self, pool => {
+            let mut tx = pool.begin_with(self.begin_write_sql()).await?;
+            if self.is_shared() {
+                // Two processes starting a pass at once: the second waits, then joins it.
+                sqlx::query("LOCK TABLE manifest_files IN SHARE ROW EXCLUSIVE MODE")
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            let rows: Vec<(String, String, i64)> = sqlx::query_as(
+                "SELECT name, state, updated_at FROM manifest_files WHERE bucket = $1 \
+                 AND scan_prefix = $2 AND shard = $3 AND manifest = $4 ORDER BY file_index",
             )
             .bind(&scan.bucket)
             .bind(&scan.prefix)
             .bind(scan.shard_text())
             .bind(manifest)
-            .bind(i as i64)
-            .bind(name)
-            .bind(to_i64(line))
-            .bind(state)
-            .bind(now)
+            .fetch_all(&mut *tx)
+            .await?;
+            let same_files =
+                rows.len() == names.len() && rows.iter().zip(names).all(|(r, n)| r.0 == *n);
+            let open = rows.iter().any(|(_, state, _)| state != "done");
+            let finished_in_this_run = rows.iter().any(|(.., t)| *t > run_started);
+            if same_files && (open || finished_in_this_run) {
+                tx.commit().await?;
+                return Ok(false);
+            }
+            sqlx::query(
+                "DELETE FROM manifest_files WHERE bucket = $1 AND scan_prefix = $2 AND shard = $3 \
+                 AND manifest = $4",
+            )
+            .bind(&scan.bucket)
+            .bind(&scan.prefix)
+            .bind(scan.shard_text())
+            .bind(manifest)
             .execute(&mut *tx)
             .await?;
-        }
-        tx.commit().await?;
-        Ok(true)
+            for (i, name) in names.iter().enumerate() {
+                let (state, line) = match resume {
+                    Some((f, _)) if i < f => ("done", 0),
+                    Some((f, l)) if i == f => ("pending", l),
+                    _ => ("pending", 0),
+                };
+                sqlx::query(
+                    "INSERT INTO manifest_files (bucket, scan_prefix, shard, manifest, file_index, \
+                     name, line, state, created_at, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)",
+                )
+                .bind(&scan.bucket)
+                .bind(&scan.prefix)
+                .bind(scan.shard_text())
+                .bind(manifest)
+                .bind(i as i64)
+                .bind(name)
+                .bind(to_i64(line))
+                .bind(state)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(true)
+        })
     }
 
     /// Leases one data file of `manifest` to `owner`: pending, or running with an expired
@@ -679,26 +737,29 @@ impl JobStore {
         lease: Duration,
         now: i64,
     ) -> Result<Option<ManifestFile>, StoreError> {
-        let sql = format!(
-            "UPDATE manifest_files SET state = 'running', lease_owner = $1, lease_until = $2, \
-             updated_at = $3 \
-             WHERE id = (SELECT id FROM manifest_files WHERE bucket = $4 AND scan_prefix = $5 \
-                         AND shard = $6 AND manifest = $7 AND (state = 'pending' \
-                         OR (state = 'running' AND lease_until < $3)) \
-                         ORDER BY file_index LIMIT 1) \
-             RETURNING {FILE_COLUMNS}"
-        );
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(owner)
-            .bind(lease_until(now, lease))
-            .bind(now)
-            .bind(&scan.bucket)
-            .bind(&scan.prefix)
-            .bind(scan.shard_text())
-            .bind(manifest)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(file_row).transpose()
+        on_pool!(self, pool => {
+            let skip = self.skip_locked();
+            let sql = format!(
+                "UPDATE manifest_files SET state = 'running', lease_owner = $1, lease_until = $2, \
+                 updated_at = $3 \
+                 WHERE id = (SELECT id FROM manifest_files WHERE bucket = $4 AND scan_prefix = $5 \
+                             AND shard = $6 AND manifest = $7 AND (state = 'pending' \
+                             OR (state = 'running' AND lease_until < $3)) \
+                             ORDER BY file_index LIMIT 1{skip}) \
+                 RETURNING {FILE_COLUMNS}"
+            );
+            let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(owner)
+                .bind(lease_until(now, lease))
+                .bind(now)
+                .bind(&scan.bucket)
+                .bind(&scan.prefix)
+                .bind(scan.shard_text())
+                .bind(manifest)
+                .fetch_optional(pool)
+                .await?;
+            Ok(row.as_ref().map(ManifestFile::from_row).transpose()?)
+        })
     }
 
     /// What is left of the ingest pass of `manifest`.
@@ -707,20 +768,22 @@ impl JobStore {
         scan: &ScanKey,
         manifest: &str,
     ) -> Result<Remaining, StoreError> {
-        let (open, next): (i64, Option<i64>) = sqlx::query_as(
-            "SELECT count(*), min(CASE WHEN state = 'running' THEN lease_until END) \
-             FROM manifest_files WHERE bucket = $1 AND scan_prefix = $2 AND shard = $3 \
-             AND manifest = $4 AND state <> 'done'",
-        )
-        .bind(&scan.bucket)
-        .bind(&scan.prefix)
-        .bind(scan.shard_text())
-        .bind(manifest)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(Remaining {
-            open: super::to_u64(open),
-            next_expiry: next,
+        on_pool!(self, pool => {
+            let (open, next): (i64, Option<i64>) = sqlx::query_as(
+                "SELECT count(*), min(CASE WHEN state = 'running' THEN lease_until END) \
+                 FROM manifest_files WHERE bucket = $1 AND scan_prefix = $2 AND shard = $3 \
+                 AND manifest = $4 AND state <> 'done'",
+            )
+            .bind(&scan.bucket)
+            .bind(&scan.prefix)
+            .bind(scan.shard_text())
+            .bind(manifest)
+            .fetch_one(pool)
+            .await?;
+            Ok(Remaining {
+                open: super::to_u64(open),
+                next_expiry: next,
+            })
         })
     }
 
@@ -741,29 +804,31 @@ impl JobStore {
         lease: Duration,
         now: i64,
     ) -> Result<Option<EnqueueStats>, StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let held = sqlx::query(
-            "UPDATE manifest_files SET line = $1, rows = rows + $2, lease_until = $3, \
-             updated_at = $4, state = $5, \
-             lease_owner = CASE WHEN $6 THEN NULL ELSE lease_owner END \
-             WHERE id = $7 AND lease_owner = $8 AND state = 'running'",
-        )
-        .bind(to_i64(last_line))
-        .bind(to_i64(rows))
-        .bind(lease_until(now, lease))
-        .bind(now)
-        .bind(if done { "done" } else { "running" })
-        .bind(done)
-        .bind(file_id)
-        .bind(owner)
-        .execute(&mut *tx)
-        .await?;
-        if held.rows_affected() != 1 {
-            return Ok(None);
-        }
-        let stats = enqueue_rows(&mut tx, bucket, objects).await?;
-        tx.commit().await?;
-        Ok(Some(stats))
+        on_pool!(self, pool => {
+            let mut tx = pool.begin_with(self.begin_write_sql()).await?;
+            let held = sqlx::query(
+                "UPDATE manifest_files SET line = $1, rows = rows + $2, lease_until = $3, \
+                 updated_at = $4, state = $5, \
+                 lease_owner = CASE WHEN $6 THEN NULL ELSE lease_owner END \
+                 WHERE id = $7 AND lease_owner = $8 AND state = 'running'",
+            )
+            .bind(to_i64(last_line))
+            .bind(to_i64(rows))
+            .bind(lease_until(now, lease))
+            .bind(now)
+            .bind(if done { "done" } else { "running" })
+            .bind(done)
+            .bind(file_id)
+            .bind(owner)
+            .execute(&mut *tx)
+            .await?;
+            if held.rows_affected() != 1 {
+                return Ok(None);
+            }
+            let stats = EnqueueInto::enqueue_into(&mut *tx, bucket, objects).await?;
+            tx.commit().await?;
+            Ok(Some(stats))
+        })
     }
 }
 
@@ -803,7 +868,7 @@ mod tests {
 
     async fn job_keys(store: &JobStore) -> Vec<String> {
         sqlx::query_scalar("SELECT key FROM jobs ORDER BY key")
-            .fetch_all(&store.pool)
+            .fetch_all(store.sqlite())
             .await
             .unwrap()
     }

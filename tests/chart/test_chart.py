@@ -153,6 +153,9 @@ def _merge_into(dst: dict, src: dict) -> None:
             dst[k] = v
 
 
+# A shared PostgreSQL state: the database URL in an existing Secret.
+PG_STATE = {"backend": "postgres", "postgres": {"secretName": "s3cse-db", "secretKey": "dsn"}}
+
 ALL_CASES = {
     **{f"defaults-{k}": v for k, v in DEFAULT_CASES.items()},
     **{f"full-{k}": merged(FULL, v) for k, v in DEFAULT_CASES.items()},
@@ -160,6 +163,8 @@ ALL_CASES = {
     "no-persistence-no-metrics": {"mode": "cronjob", "persistence": {"enabled": False}, "metrics": {"enabled": False}},
     "existing-claim": {"mode": "job", "persistence": {"existingClaim": "s3cse-state-from-last-year"}},
     "defaults-audit": {"mode": "audit"},
+    "postgres-job": {"mode": "job", "workers": 4, "state": PG_STATE},
+    "full-postgres-cronjob": merged(FULL, {"mode": "cronjob", "workers": 3, "state": PG_STATE}),
     "full-audit": merged(FULL, {"mode": "audit", "audit": {"versions": True, "concurrency": 16, "maxListed": 50}}),
 }
 
@@ -346,6 +351,39 @@ def test_sharded_single_node_shares_one_pvc_on_one_node():
     assert term["labelSelector"]["matchLabels"].items() <= pod_labels(objects).items()
 
 
+@pytest.mark.parametrize("case", ["postgres-job", "full-postgres-cronjob"])
+def test_postgres_state_is_a_parallel_work_queue_without_a_volume(case):
+    objects = render(ALL_CASES[case])
+    spec = workload_job_spec(objects)
+    workers = ALL_CASES[case]["workers"]
+    # The work-queue pattern: N pods at once, no completion count, no index.
+    assert spec["parallelism"] == workers
+    assert "completions" not in spec and "completionMode" not in spec
+    assert spec["backoffLimit"] == 3
+    container = rekey_container(objects)
+    assert "--state" not in container["args"] and "--shards" not in container["args"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["S3CSE_STATE"]["valueFrom"]["secretKeyRef"] == {"name": "s3cse-db", "key": "dsn"}
+    assert "JOB_COMPLETION_INDEX" not in env
+    # No state volume, no PVC: the CronJob resumes from the database.
+    assert not by_kind(objects, "PersistentVolumeClaim")
+    pod = spec["template"]["spec"]
+    assert "state" not in {v["name"] for v in pod["volumes"]}
+    assert "state" not in {m["name"] for m in container["volumeMounts"]}
+    assert "affinity" not in pod
+
+
+def test_postgres_notes_and_guards():
+    notes = render_notes(ALL_CASES["postgres-job"])
+    assert "4 pod(s) sharing one queue" in notes and "s3cse-db" in notes
+    with pytest.raises(HelmError, match="secretName"):
+        render({"state": {"backend": "postgres"}})
+    with pytest.raises(HelmError, match="workers"):
+        render({"workers": 2})
+    with pytest.raises((HelmError, HelmValuesError), match="workers|shards"):
+        render({"shards": 2, "state": PG_STATE})
+
+
 def pod_labels(objects: list[dict]) -> dict:
     return workload_job_spec(objects)["template"]["metadata"]["labels"]
 
@@ -369,8 +407,8 @@ def test_restricted_pod_security(case):
     tmp = next(v for v in pod["volumes"] if v["name"] == "tmp")
     assert "emptyDir" in tmp
     mounts = {m["mountPath"] for m in rekey_container(objects)["volumeMounts"]}
-    # An audit keeps no state: only the rekey modes mount the state volume.
-    state = set() if "audit" in case else {"/var/lib/s3cse"}
+    # An audit keeps no state, PostgreSQL keeps it elsewhere: only SQLite mounts a volume.
+    state = set() if "audit" in case or "postgres" in case else {"/var/lib/s3cse"}
     assert {"/tmp"} | state <= mounts
 
 
@@ -542,6 +580,10 @@ BAD_VALUES = {
     "audit typo": {"mode": "audit", "audit": {"version": True}},
     "audit concurrency 0": {"mode": "audit", "audit": {"concurrency": 0}},
     "noncurrent unknown": {"rekey": {"noncurrent": "purge"}},
+    "state backend unknown": {"state": {"backend": "mysql"}},
+    "workers 0": {"workers": 0},
+    "postgres with shards": {"shards": 4, "state": PG_STATE},
+    "workers without postgres": {"workers": 3},
 }
 
 

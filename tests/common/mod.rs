@@ -653,3 +653,41 @@ pub async fn rekey_config(
         copy_part_size: s3cse::rekey::copy::COPY_PART_SIZE,
     }
 }
+
+/// A fresh PostgreSQL database on the test bed's server (`S3CSE_TEST_PG_URL`, started by
+/// `scripts/testbed.sh`), named after `tag`: its URL, for `--state`. `None` (with a message)
+/// when the bed has no PostgreSQL; CI must have one.
+pub async fn pg_database(tag: &str) -> Option<String> {
+    use sqlx::Connection;
+
+    let Ok(admin) = std::env::var("S3CSE_TEST_PG_URL") else {
+        if std::env::var("CI").is_ok() {
+            panic!("CI must run the PostgreSQL tests: S3CSE_TEST_PG_URL is unset");
+        }
+        eprintln!("skipped: the test bed runs no PostgreSQL (run scripts/testbed.sh up)");
+        return None;
+    };
+    static N: AtomicU32 = AtomicU32::new(0);
+    let name = format!(
+        "{}_{}_{}_{}",
+        tag.replace('-', "_"),
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() % 100_000)
+            .unwrap_or(0)
+    );
+    let mut conn = sqlx::PgConnection::connect(&admin)
+        .await
+        .expect("connect to the test bed's PostgreSQL");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+        .execute(&mut conn)
+        .await
+        .expect("create database");
+    let base = admin
+        .rsplit_once('/')
+        .expect("a database in S3CSE_TEST_PG_URL")
+        .0;
+    Some(format!("{base}/{name}"))
+}

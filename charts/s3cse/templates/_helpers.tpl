@@ -97,6 +97,14 @@ Name of the state PVC (created or existing).
 {{- end -}}
 
 {{/*
+"true" when the job table is a shared PostgreSQL database (state.backend=postgres), else "".
+Not for mode=audit, which keeps no state.
+*/}}
+{{- define "s3cse.postgres" -}}
+{{- if and (eq .Values.state.backend "postgres") (ne .Values.mode "audit") -}}true{{- end -}}
+{{- end -}}
+
+{{/*
 Path of the SQLite state file. Sharded pods name theirs after their index: with
 sharding.state=singleNode they share one directory; with ephemeral volumes the name only keeps
 shards' files apart if someone copies them together. $(JOB_COMPLETION_INDEX) is expanded by
@@ -122,6 +130,15 @@ Checks the schema can't express (or can't word helpfully). Included by every wor
 {{- end -}}
 {{- if and (or .Values.legacyKeys.aesKeys .Values.legacyKeys.rsaKeys) (not .Values.legacyKeys.existingSecret) -}}
 {{- fail "legacyKeys.aesKeys/rsaKeys name keys of a Secret: set legacyKeys.existingSecret" -}}
+{{- end -}}
+{{- if and (eq .Values.state.backend "postgres") (not .Values.state.postgres.secretName) -}}
+{{- fail "state.backend: postgres reads the database URL from a Secret: set state.postgres.secretName" -}}
+{{- end -}}
+{{- if and (eq .Values.state.backend "postgres") (gt (int .Values.shards) 1) -}}
+{{- fail "state.backend: postgres shares one queue between pods: set workers, not shards" -}}
+{{- end -}}
+{{- if and (ne .Values.state.backend "postgres") (gt (int .Values.workers) 1) -}}
+{{- fail "workers > 1 needs state.backend: postgres (SQLite has one writer: use shards)" -}}
 {{- end -}}
 {{- if and .Values.metrics.podMonitor.enabled (not .Values.metrics.enabled) -}}
 {{- fail "metrics.podMonitor.enabled needs metrics.enabled (the pod must serve /metrics)" -}}
@@ -202,8 +219,10 @@ Arguments of `s3cse rekey` (mode=job, cronjob).
 {{- define "s3cse.rekeyArgs" -}}
 - rekey
 - {{ printf "s3://%s%s" .Values.rekey.bucket (ternary (printf "/%s" .Values.rekey.prefix) "" (ne .Values.rekey.prefix "")) | quote }}
+{{- if not (include "s3cse.postgres" .) }}
 - --state
 - {{ include "s3cse.statePath" . | quote }}
+{{- end }}
 - --kms-key-id
 - {{ .Values.rekey.kmsKeyId | quote }}
 {{- range .Values.legacyKeys.aesKeys }}
@@ -307,6 +326,11 @@ backoffLimitPerIndex: {{ int .Values.job.backoffLimitPerIndex }}
 maxFailedIndexes: {{ int .Values.job.maxFailedIndexes }}
 {{- end }}
 {{- else }}
+{{- if include "s3cse.postgres" . }}
+{{- /* The work-queue pattern: no completions; the Job is complete once one pod has succeeded
+       and all have ended, and every pod ends when the shared queue is empty. */}}
+parallelism: {{ int .Values.workers }}
+{{- end }}
 backoffLimit: {{ int .Values.job.backoffLimit }}
 {{- end }}
 {{- if not (kindIs "invalid" .Values.job.activeDeadlineSeconds) }}
@@ -385,6 +409,14 @@ spec:
             fieldRef:
               fieldPath: metadata.annotations['batch.kubernetes.io/job-completion-index']
         {{- end }}
+        {{- if include "s3cse.postgres" . }}
+        # --state: the database URL, password included, from the Secret (never an argument).
+        - name: S3CSE_STATE
+          valueFrom:
+            secretKeyRef:
+              name: {{ .Values.state.postgres.secretName }}
+              key: {{ .Values.state.postgres.secretKey }}
+        {{- end }}
         {{- with .Values.aws.region }}
         - name: AWS_REGION
           value: {{ . | quote }}
@@ -406,7 +438,7 @@ spec:
       resources:
         {{- toYaml .Values.resources | nindent 8 }}
       volumeMounts:
-        {{- if ne .Values.mode "audit" }}
+        {{- if and (ne .Values.mode "audit") (not (include "s3cse.postgres" .)) }}
         - name: state
           mountPath: {{ .Values.persistence.mountPath }}
         {{- end }}
@@ -420,6 +452,8 @@ spec:
   volumes:
     {{- if eq .Values.mode "audit" }}
     {{- /* An audit keeps no state and reads no legacy key. */}}
+    {{- else if include "s3cse.postgres" . }}
+    {{- /* The state is in PostgreSQL: no volume. */}}
     {{- else if and (include "s3cse.sharded" .) (eq .Values.sharding.state "ephemeral") }}
     # One fresh ReadWriteOnce volume per pod, deleted with the pod: a retried shard starts
     # from empty state (see sharding.state in values.yaml).
