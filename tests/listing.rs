@@ -400,3 +400,60 @@ async fn three_ingesters_read_one_manifest_each_row_once() {
         s.close().await;
     }
 }
+
+/// Three processes (three connection pools) of one lister each on one PostgreSQL queue list
+/// one bucket together: the ranges are split among them, each key is enqueued once, and the
+/// requests stay about one per page.
+#[tokio::test(flavor = "multi_thread")]
+async fn three_processes_list_one_bucket_together_on_postgres() {
+    let Some(b) = bed("pglisters").await else {
+        return;
+    };
+    let Some(url) = common::pg_database("pg_listers").await else {
+        return;
+    };
+    let keys = fill(&b, &["a/", "b/", "c/", "d/"], 300, 30).await;
+    let mut stores = Vec::new();
+    for _ in 0..3 {
+        stores.push(JobStore::open_postgres(&url).await.expect("store"));
+    }
+    let page = 10;
+    let limit = RateLimit::per_second(Some(100));
+    let summaries = check_listers_share_a_bucket(&b, &keys, &stores, 1, page, limit).await;
+    let pages = (keys.len() as u64).div_ceil(page as u64);
+    let requests: u64 = summaries.iter().map(|s| s.requests).sum();
+    let splits: u64 = summaries.iter().map(|s| s.splits).sum();
+    assert!(splits >= 1, "the ranges were split: {summaries:?}");
+    assert!(
+        summaries.iter().filter(|s| s.enqueued.inserted > 0).count() >= 2,
+        "more than one process listed: {summaries:?}"
+    );
+    assert!(
+        requests >= pages
+            && requests <= pages + splits + 3 * u64::from(s3cse::rekey::scan::FAILED_PROBE_BUDGET),
+        "{requests} requests for {pages} pages: {summaries:?}"
+    );
+    for s in stores {
+        s.close().await;
+    }
+}
+
+/// Three processes on one PostgreSQL queue ingest one six-file inventory: each row once.
+#[tokio::test(flavor = "multi_thread")]
+async fn three_processes_ingest_one_manifest_on_postgres() {
+    let Some(b) = bed("pgingesters").await else {
+        return;
+    };
+    let Some(url) = common::pg_database("pg_ingesters").await else {
+        return;
+    };
+    let manifest = inventory(&b.path("inv"), &b.bucket, 6, 2000);
+    let mut stores = Vec::new();
+    for _ in 0..3 {
+        stores.push(JobStore::open_postgres(&url).await.expect("store"));
+    }
+    check_ingesters_share_a_manifest(&b, &manifest, 6, 12_000, &stores).await;
+    for s in stores {
+        s.close().await;
+    }
+}

@@ -240,7 +240,10 @@ pub async fn scan(
         total: &total,
     };
     let listers = list.listers.max(1);
-    let runs = (0..listers).map(|i| lister.run(i, listers > 1));
+    // Splitting needs another lister to split for: a second one here, or other processes on a
+    // shared (PostgreSQL) queue. A lone lister is never idle while a range is open anyway.
+    let split = listers > 1 || store.is_shared();
+    let runs = (0..listers).map(|i| lister.run(i, split));
     futures::future::try_join_all(runs).await?;
     if !shutdown.is_stopping() && store.ranges_remaining(scan).await?.open == 0 {
         // Also the old checkpoint row: an older state file's unfinished scan is not resumed

@@ -71,10 +71,10 @@ mod tests;
 mod work;
 
 pub use self::noncurrent::{ListedVersion, NoncurrentVersion, VersionCount, VersionState};
+pub use self::postgres::{LiveProcesses, StateLocation};
 pub use self::work::{
     ListRange, ManifestFile, RangeSeed, Remaining, SplitPage, WorkProgress, WorkState,
 };
-pub use self::postgres::{LiveProcesses, StateLocation};
 
 /// Connections in the pool. SQLite serializes writers anyway, so more connections only add
 /// lock contention; a few let `status`/report reads run beside the writers (WAL).

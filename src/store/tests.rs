@@ -18,7 +18,7 @@ async fn store() -> (tempfile::TempDir, JobStore) {
 
 /// A store on a fresh database of the test bed's PostgreSQL (`S3CSE_TEST_PG_URL`, see
 /// scripts/testbed.sh), or `None` without one (CI must have one).
-async fn pg_store() -> Option<JobStore> {
+pub(super) async fn pg_store() -> Option<JobStore> {
     use sqlx::Connection;
     use std::sync::atomic::{AtomicU32, Ordering};
 

@@ -205,8 +205,7 @@ macro_rules! work_rows {
             fn from_row(row: &'r $row) -> Result<Self, sqlx::Error> {
                 Ok(ManifestFile {
                     id: row.try_get("id")?,
-                    file_index: usize::try_from(row.try_get::<i64, _>("file_index")?)
-                        .unwrap_or(0),
+                    file_index: usize::try_from(row.try_get::<i64, _>("file_index")?).unwrap_or(0),
                     name: row.try_get("name")?,
                     line: super::to_u64(row.try_get("line")?),
                     rows: super::to_u64(row.try_get("rows")?),
@@ -867,15 +866,38 @@ mod tests {
     }
 
     async fn job_keys(store: &JobStore) -> Vec<String> {
-        sqlx::query_scalar("SELECT key FROM jobs ORDER BY key")
-            .fetch_all(store.sqlite())
+        on_pool!(store, pool => sqlx::query_scalar("SELECT key FROM jobs ORDER BY key")
+            .fetch_all(pool)
             .await
-            .unwrap()
+            .unwrap())
     }
 
-    #[tokio::test]
-    async fn a_pass_is_joined_while_open_and_started_over_once_done() {
-        let (_d, store) = store().await;
+    /// Each test runs on a SQLite file and, where the test bed has one, on a fresh PostgreSQL
+    /// database (`S3CSE_TEST_PG_URL`).
+    macro_rules! both_backends {
+        ($name:ident($store:ident) $body:block) => {
+            mod $name {
+                use super::*;
+
+                async fn run($store: JobStore) $body
+
+                #[tokio::test]
+                async fn sqlite() {
+                    let (_d, store) = store().await;
+                    run(store).await
+                }
+
+                #[tokio::test]
+                async fn postgres() {
+                    if let Some(store) = crate::store::tests::pg_store().await {
+                        run(store).await
+                    }
+                }
+            }
+        };
+    }
+
+    both_backends!(a_pass_is_joined_while_open_and_started_over_once_done(store) {
         let seed = [RangeSeed::default()];
         assert!(store.begin_listing(&scan(), &seed, 100, 100).await.unwrap());
         assert!(!store.begin_listing(&scan(), &seed, 0, 101).await.unwrap());
@@ -962,11 +984,9 @@ mod tests {
         assert_eq!(r3.cursor, None);
         let p = store.work_progress().await.unwrap();
         assert_eq!(p.ranges, [0, 1, 0]);
-    }
+    });
 
-    #[tokio::test]
-    async fn a_split_hands_the_upper_keys_to_the_splitter_and_the_owner_drops_them() {
-        let (_d, store) = store().await;
+    both_backends!(a_split_hands_the_upper_keys_to_the_splitter_and_the_owner_drops_them(store) {
         store
             .begin_listing(&scan(), &[RangeSeed::default()], 1, 1)
             .await
@@ -1095,11 +1115,9 @@ mod tests {
         );
         let p = store.work_progress().await.unwrap();
         assert_eq!((p.ranges, p.keys_listed), ([0, 0, 2], 7));
-    }
+    });
 
-    #[tokio::test]
-    async fn delimiter_pages_seed_prefix_ranges_once() {
-        let (_d, store) = store().await;
+    both_backends!(delimiter_pages_seed_prefix_ranges_once(store) {
         let seed = RangeSeed {
             delimiter: Some("/".into()),
             ..RangeSeed::default()
@@ -1136,11 +1154,9 @@ mod tests {
         let prefixes: Vec<_> = ranges.iter().map(|r| r.prefix.as_str()).collect();
         assert_eq!(prefixes, ["", "a/", "b/"]);
         assert_eq!(store.open_ranges(&scan(), 10).await.unwrap().len(), 2);
-    }
+    });
 
-    #[tokio::test]
-    async fn manifest_files_are_claimed_once_and_resume_from_their_line() {
-        let (_d, store) = store().await;
+    both_backends!(manifest_files_are_claimed_once_and_resume_from_their_line(store) {
         let names = ["f0".to_owned(), "f1".to_owned()];
         assert!(
             store
@@ -1212,5 +1228,5 @@ mod tests {
             store.manifest_remaining(&scan(), "m").await.unwrap().open,
             1
         );
-    }
+    });
 }
