@@ -8,6 +8,8 @@
 //!   [`gcm::GcmTagVerifier`] that authenticates a body without decrypting it.
 //! - [`cbc`]: AES-CBC with PKCS#7 padding (suite 0x0070, `AES/CBC/PKCS5Padding`, legacy).
 //! - [`commit`]: the V3 key-committing suite 0x0073 (HKDF-SHA512 derived key + commitment).
+//! - [`parts`]: GCM in independent parts (parallel ranged GETs) with the whole body's tag still
+//!   checked, by combining per-part GHASH values with powers of H.
 //! - [`range`]: ranged (unauthenticated) decryption: the fetch plan and CTR / CBC decryptors.
 //!
 //! # Key sizes
@@ -24,6 +26,7 @@
 pub mod cbc;
 pub mod commit;
 pub mod gcm;
+pub mod parts;
 pub mod range;
 
 /// What can go wrong in the content layer.
