@@ -85,6 +85,10 @@ pub struct Part {
 /// Buffers handed back by the consumer, for the next parts.
 type Pool = Arc<Mutex<Vec<Vec<u8>>>>;
 
+/// Awaited before every ranged GET (and every retry): a caller's request-rate limit.
+pub type BeforeRequest =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
 /// Ordered parallel ranged GETs of one object; see the module doc. Dropping it aborts the GETs
 /// in flight.
 pub struct PartReader {
@@ -99,6 +103,7 @@ pub struct PartReader {
     pool: Pool,
     /// The part being read through `AsyncRead`, and how much of it was read.
     current: Option<(Vec<u8>, usize)>,
+    before_request: Option<BeforeRequest>,
 }
 
 impl PartReader {
@@ -142,7 +147,14 @@ impl PartReader {
             decrypt,
             pool: Arc::default(),
             current: None,
+            before_request: None,
         }
+    }
+
+    /// Awaits `hook` before every GET (rekey's `--s3-rps`).
+    pub fn before_each_request(mut self, hook: BeforeRequest) -> Self {
+        self.before_request = Some(hook);
+        self
     }
 
     /// Starts GETs until `concurrency` are in flight (or none is left to start).
@@ -154,8 +166,9 @@ impl PartReader {
             let head = self.head.clone();
             let decrypt = self.decrypt.clone();
             let buf = self.pool.lock().ok().and_then(|mut p| p.pop());
+            let hook = self.before_request.clone();
             self.inflight.push_back(tokio::spawn(async move {
-                let data = fetch(&client, &head, first, last, buf).await?;
+                let data = fetch(&client, &head, first, last, buf, hook).await?;
                 Ok(match decrypt {
                     None => Part {
                         offset: first,
@@ -285,6 +298,7 @@ async fn fetch(
     first: u64,
     last: u64,
     buf: Option<Vec<u8>>,
+    hook: Option<BeforeRequest>,
 ) -> Result<Vec<u8>, ClientError> {
     let want = usize::try_from(last - first + 1).map_err(|_| {
         ClientError::Io(std::io::Error::other("part larger than the address space"))
@@ -294,6 +308,9 @@ async fn fetch(
     loop {
         buf.clear();
         buf.reserve_exact(want);
+        if let Some(h) = &hook {
+            h().await;
+        }
         match fetch_once(client, head, first, last, want, &mut buf).await {
             Ok(()) => return Ok(buf),
             Err(e) if e.is_transient() && attempt < PART_ATTEMPTS => {
