@@ -82,7 +82,11 @@ async fn parallel_gets_read_every_format_like_one_get() {
                 } else {
                     n.div_ceil(PART)
                 };
-                assert_eq!(gets.load(Ordering::Relaxed), want, "{key} delayed={delayed}");
+                assert_eq!(
+                    gets.load(Ordering::Relaxed),
+                    want,
+                    "{key} delayed={delayed}"
+                );
             }
         }
     }
@@ -98,7 +102,9 @@ async fn tamper(b: &Bed, key: &str, at: usize) {
 
 #[tokio::test]
 async fn a_tampered_part_or_tag_leaves_no_file() {
-    let Some(b) = bed("pget-tamper").await else { return };
+    let Some(b) = bed("pget-tamper").await else {
+        return;
+    };
     let n = 3 * (1 << 20) + 5;
     let pt = data(n, 9);
     let src = b.write("in", &pt);
@@ -150,7 +156,9 @@ async fn a_tampered_part_or_tag_leaves_no_file() {
 
 #[tokio::test]
 async fn an_object_replaced_mid_download_fails() {
-    let Some(b) = bed("pget-replace").await else { return };
+    let Some(b) = bed("pget-replace").await else {
+        return;
+    };
     let pt = data(4 * PART + 3, 1);
     put(&b, "obj", WriteFormat::V2, &pt).await;
     let c = client(&b, DecryptPolicy::default(), &Arc::new(AtomicUsize::new(0)));
@@ -163,7 +171,11 @@ async fn an_object_replaced_mid_download_fails() {
             concurrency: 1,
         },
     );
-    let first = reader.next_part().await.expect("a part").expect("first part");
+    let first = reader
+        .next_part()
+        .await
+        .expect("a part")
+        .expect("first part");
     assert_eq!(first.data.len(), PART);
     // Same key, new body (and ETag) between two parts.
     put(&b, "obj", WriteFormat::V2, &data(4 * PART + 3, 2)).await;
@@ -180,7 +192,9 @@ async fn an_object_replaced_mid_download_fails() {
 /// so the key keeps the old ETag) and recorded as failed authentication.
 #[tokio::test]
 async fn rekey_reads_large_sources_in_parallel_and_keeps_tampered_ones() {
-    let Some(b) = bed("pget-rekey").await else { return };
+    let Some(b) = bed("pget-rekey").await else {
+        return;
+    };
     let n = 7 * (1 << 20) + 3;
     let pt = data(n, 4);
     let src = b.write("in", &pt);
@@ -217,8 +231,14 @@ async fn rekey_reads_large_sources_in_parallel_and_keeps_tampered_ones() {
         .sum();
     assert!(gets >= 8.0, "GetObject requests: {gets}");
     let after = b.etags().await;
-    assert_eq!(before["bad"], after["bad"], "the tampered source is untouched");
-    assert_ne!(before["good"], after["good"], "the good source was rewritten");
+    assert_eq!(
+        before["bad"], after["bad"],
+        "the tampered source is untouched"
+    );
+    assert_ne!(
+        before["good"], after["good"],
+        "the good source was rewritten"
+    );
     assert!(b.open_uploads().await.is_empty(), "no upload left open");
     let out = b.path("good.out");
     let o = run(bin()

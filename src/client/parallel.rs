@@ -86,8 +86,7 @@ pub struct Part {
 type Pool = Arc<Mutex<Vec<Vec<u8>>>>;
 
 /// Awaited before every ranged GET (and every retry): a caller's request-rate limit.
-pub type BeforeRequest =
-    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+pub type BeforeRequest = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
 /// Ordered parallel ranged GETs of one object; see the module doc. Dropping it aborts the GETs
 /// in flight.

@@ -237,7 +237,17 @@ impl Ghash {
     }
 
     /// Absorbs whole 16-byte blocks (`data.len()` must be a multiple of 16; a tail is ignored).
+    /// For public data (ciphertext, AAD, lengths): the reversed copy is not wiped.
     pub(super) fn update_blocks(&mut self, data: &[u8]) {
+        self.absorb(data, false);
+    }
+
+    /// [`Self::update_blocks`] for secret blocks (powers of H): the reversed copy is wiped.
+    pub(super) fn update_secret_blocks(&mut self, data: &[u8]) {
+        self.absorb(data, true);
+    }
+
+    fn absorb(&mut self, data: &[u8], wipe: bool) {
         let mut rev = [0u8; 16 * REV_BATCH];
         for batch in data.chunks(16 * REV_BATCH) {
             let n = batch.len() / 16;
@@ -249,7 +259,9 @@ impl Ghash {
             let (blocks, _) = polyval::Block::slice_as_chunks(&rev[..16 * n]);
             self.poly.update(blocks);
         }
-        rev.zeroize();
+        if wipe {
+            rev.zeroize();
+        }
     }
 
     /// Absorbs `data`, the last block zero-padded (GHASH's `X || 0*`).
