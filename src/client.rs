@@ -546,11 +546,17 @@ impl S3Cse {
             upload_concurrency: 4,
             budget: BufferBudget::new(DEFAULT_BUFFER_BUDGET),
             observer: None,
-            download: parallel::ParallelGet::default(),
+            // Off unless asked for (`s3cse get` asks): a library caller or a `rekey` worker
+            // reading many objects at once should not get 10 x 8 MiB of buffers per GET.
+            download: parallel::ParallelGet {
+                concurrency: 1,
+                ..parallel::ParallelGet::default()
+            },
         }
     }
 
-    /// Part size and parts in flight of large GETs (see [`parallel`]; concurrency 1: one GET).
+    /// Part size and parts in flight of large GETs (see [`parallel`]). The default is one GET
+    /// (concurrency 1); [`parallel::ParallelGet::default`] is boto3's transfer manager's 8 MiB x 10.
     pub fn with_download(mut self, download: parallel::ParallelGet) -> Self {
         self.download = download;
         self
