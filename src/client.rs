@@ -949,10 +949,10 @@ impl S3Cse {
         dst: &mut W,
     ) -> Result<u64, ClientError> {
         if self.download.applies_to(head) {
-            if let ([cek], true) = (keys, self.policy.delayed_authentication) {
-                if let Some(parts) = gcm_parts(env, cek, head.content_length)? {
-                    return self.get_parts(head, env, parts, dst).await;
-                }
+            if let ([cek], true) = (keys, self.policy.delayed_authentication)
+                && let Some(parts) = gcm_parts(env, cek, head.content_length)?
+            {
+                return self.get_parts(head, env, parts, dst).await;
             }
             // CBC (no tag: nothing is authenticated, as with one GET), several candidate keys,
             // or plaintext held back until the tag: parallel GETs, sequential decryption.

@@ -293,7 +293,12 @@ mod tests {
                 // GCM in parts (parallel GETs): 32-byte parts decrypted last to first.
                 let ct_len = body.len() as u64 - 16;
                 let parts = if kind == "v3-commit" {
-                    commit::committing_parts(&key, &meta_b64("x-amz-i"), &meta_b64("x-amz-d"), ct_len)
+                    commit::committing_parts(
+                        &key,
+                        &meta_b64("x-amz-i"),
+                        &meta_b64("x-amz-d"),
+                        ct_len,
+                    )
                 } else {
                     parts::GcmParts::new(&key, &iv, b"", ct_len)
                 }
