@@ -21,6 +21,7 @@
 
 mod attrs;
 mod budget;
+pub mod parallel;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -442,6 +443,49 @@ pub struct PutSummary {
     pub parts: usize,
 }
 
+/// [`content::parts::GcmParts`] for a GCM or V3 body of `stored` bytes (`ciphertext || tag`);
+/// `None` for CBC. A body shorter than a tag fails like a bad tag.
+fn gcm_parts(
+    env: &Envelope,
+    cek: &crate::secret::SecretBytes,
+    stored: u64,
+) -> Result<Option<content::parts::GcmParts>, ClientError> {
+    let ct_len = stored
+        .checked_sub(GCM_TAG_LEN as u64)
+        .ok_or(CodecError::DecryptionFailed);
+    Ok(match env.content_alg {
+        ContentAlg::AesCbc => None,
+        ContentAlg::AesGcm => Some(
+            content::parts::GcmParts::new(cek.expose(), &env.iv, &[], ct_len?)
+                .map_err(CodecError::from)?,
+        ),
+        ContentAlg::AesGcmCommitting => Some(
+            content::commit::committing_parts(
+                cek.expose(),
+                &env.message_id,
+                &env.commitment,
+                ct_len?,
+            )
+            .map_err(CodecError::from)?,
+        ),
+    })
+}
+
+/// A [`ClientError`] that [`parallel::PartReader`] passed through `io::Error` comes out as
+/// itself (a 412 stays a 412).
+fn unwrap_part_error(e: CodecError) -> ClientError {
+    match e {
+        CodecError::Io(io) if io.get_ref().is_some_and(|r| r.is::<ClientError>()) => {
+            match io.into_inner().map(|b| b.downcast::<ClientError>()) {
+                Some(Ok(c)) => *c,
+                Some(Err(other)) => ClientError::Io(std::io::Error::other(other)),
+                None => ClientError::Io(std::io::Error::other("download failed")),
+            }
+        }
+        other => other.into(),
+    }
+}
+
 /// Sets every preserved object attribute on an S3 request builder. PutObject,
 /// CreateMultipartUpload and CopyObject builders share these setter names but no type, so this
 /// is a macro: one list of what a rewrite keeps, used by every write path.
@@ -488,6 +532,8 @@ pub struct S3Cse {
     /// uploads in flight together, not just of one.
     budget: BufferBudget,
     observer: Option<RequestObserver>,
+    /// How large GETs are split into parallel ranged GETs ([`parallel`]).
+    download: parallel::ParallelGet,
 }
 
 impl S3Cse {
@@ -500,7 +546,25 @@ impl S3Cse {
             upload_concurrency: 4,
             budget: BufferBudget::new(DEFAULT_BUFFER_BUDGET),
             observer: None,
+            // Off unless asked for (`s3cse get` asks): a library caller or a `rekey` worker
+            // reading many objects at once should not get 10 x 8 MiB of buffers per GET.
+            download: parallel::ParallelGet {
+                concurrency: 1,
+                ..parallel::ParallelGet::default()
+            },
         }
+    }
+
+    /// Part size and parts in flight of large GETs (see [`parallel`]). The default is one GET
+    /// (concurrency 1); [`parallel::ParallelGet::default`] is boto3's transfer manager's 8 MiB x 10.
+    pub fn with_download(mut self, download: parallel::ParallelGet) -> Self {
+        self.download = download;
+        self
+    }
+
+    /// How large GETs are read.
+    pub fn download(&self) -> parallel::ParallelGet {
+        self.download
     }
 
     /// The decryption policy (legacy opt-in, delayed authentication, expected context).
@@ -884,9 +948,54 @@ impl S3Cse {
         keys: &[crate::secret::SecretBytes],
         dst: &mut W,
     ) -> Result<u64, ClientError> {
+        if self.download.applies_to(head) {
+            if let ([cek], true) = (keys, self.policy.delayed_authentication)
+                && let Some(parts) = gcm_parts(env, cek, head.content_length)?
+            {
+                return self.get_parts(head, env, parts, dst).await;
+            }
+            // CBC (no tag: nothing is authenticated, as with one GET), several candidate keys,
+            // or plaintext held back until the tag: parallel GETs, sequential decryption.
+            let mut reader = parallel::PartReader::new(self, head, self.download);
+            return codec::decrypt_stream_with_keys(env, keys, &self.policy, &mut reader, dst)
+                .await
+                .map_err(unwrap_part_error);
+        }
         let body = self.get_body(head, None).await?;
         let mut reader = body.into_async_read();
         Ok(codec::decrypt_stream_with_keys(env, keys, &self.policy, &mut reader, dst).await?)
+    }
+
+    /// A GCM body read as parallel ranged GETs, each range CTR-decrypted in its own task and
+    /// written to `dst` in order, UNVERIFIED until the end: the per-part GHASH values combine
+    /// into the body's tag ([`content::parts`]), checked (with the recorded plaintext length)
+    /// before this returns `Ok`. Only for a `dst` nobody reads before then (delayed
+    /// authentication: `get -o FILE` writes a temporary file and renames it after).
+    async fn get_parts<W: AsyncWrite + Unpin>(
+        &self,
+        head: &ObjectHead,
+        env: &Envelope,
+        parts: content::parts::GcmParts,
+        dst: &mut W,
+    ) -> Result<u64, ClientError> {
+        let parts = Arc::new(parts);
+        let mut reader = parallel::PartReader::decrypting(self, head, self.download, parts.clone());
+        let mut sums = Vec::new();
+        let mut tag = None;
+        while let Some(part) = reader.next_part().await {
+            let part = part?;
+            dst.write_all(&part.data).await?;
+            sums.extend(part.sum);
+            tag = tag.or(part.tag);
+            reader.recycle(part.data);
+        }
+        let tag = tag.ok_or(CodecError::DecryptionFailed)?;
+        parts.verify(&sums, &tag).map_err(CodecError::from)?;
+        if env.plaintext_length.is_some_and(|n| n != parts.ct_len()) {
+            return Err(CodecError::DecryptionFailed.into());
+        }
+        dst.flush().await?;
+        Ok(parts.ct_len())
     }
 
     async fn get_range<W: AsyncWrite + Unpin>(

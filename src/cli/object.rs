@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context as _, anyhow};
 use clap::Args;
+use s3cse::client::parallel::ParallelGet;
 use s3cse::client::{ByteRange, ClientError, GetOptions, ObjectAttributes, PutRequest, S3Cse};
 use s3cse::codec::{CodecError, DecryptPolicy, WriteFormat};
 use s3cse::keyring::Keyring;
@@ -38,6 +39,14 @@ pub struct GetArgs {
     /// CommitmentRequired), before any key is unwrapped; `allow` (default) reads every format.
     #[arg(long, value_enum, default_value = "allow", value_name = "POLICY")]
     commitment: super::goal::CommitmentArg,
+    /// Objects larger than this are read as parallel ranged GETs of this many MiB each (GCM:
+    /// decrypted in parallel, the whole object's tag still checked before FILE appears).
+    #[arg(long, default_value_t = 8, value_name = "MiB")]
+    part_size_mib: usize,
+    /// Ranged GETs in flight for a large object (1: one plain GET). Memory: about
+    /// concurrency x part size.
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    concurrency: usize,
     #[command(flatten)]
     version: VersionArgs,
     #[command(flatten)]
@@ -141,9 +150,15 @@ pub async fn get(a: GetArgs) -> CliResult {
         instruction_version_id: a.version.instruction_version_id.clone(),
     };
     let s3 = a.aws.s3_client(&conf).await;
+    let download = ParallelGet {
+        part_size: a.part_size_mib.max(1) << 20,
+        concurrency: a.concurrency.max(1),
+    };
     match &a.output {
         None => {
-            let client = S3Cse::new(s3, keyring).with_policy(policy);
+            let client = S3Cse::new(s3, keyring)
+                .with_policy(policy)
+                .with_download(download);
             let mut out = tokio::io::stdout();
             client
                 .get_to(&bucket, &key, &opts, &mut out)
@@ -163,7 +178,9 @@ pub async fn get(a: GetArgs) -> CliResult {
                 delayed_authentication: true,
                 ..policy
             };
-            let client = S3Cse::new(s3, keyring).with_policy(policy);
+            let client = S3Cse::new(s3, keyring)
+                .with_policy(policy)
+                .with_download(download);
             let (tmp, file) = temp_beside(path)?;
             let mut dst = tokio::fs::File::from_std(file);
             client

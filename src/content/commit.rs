@@ -20,6 +20,7 @@ use subtle::ConstantTimeEq;
 
 use super::ContentError;
 use super::gcm::{GcmDecryptor, GcmEncryptor, GcmTagVerifier};
+use super::parts::GcmParts;
 use super::range::CtrRangeDecryptor;
 use crate::consts::{
     DATA_KEY_LEN, GCM_IV_LEN, SUITE_COMMIT_ID, V3_COMMITMENT_LEN, V3_MESSAGE_ID_LEN,
@@ -179,6 +180,18 @@ pub fn committing_range_decryptor(
 ) -> Result<CtrRangeDecryptor, ContentError> {
     let dek = verify_commitment(pdk, message_id, stored_commitment)?;
     CtrRangeDecryptor::new(dek.expose(), &COMMIT_IV, fetch_start)
+}
+
+/// [`GcmParts`] for a suite 0x0073 body of `ct_len` ciphertext bytes (without the tag): parallel
+/// ranged decryption whose whole-body tag is still checked. The commitment is checked first.
+pub fn committing_parts(
+    pdk: &[u8],
+    message_id: &[u8],
+    stored_commitment: &[u8],
+    ct_len: u64,
+) -> Result<GcmParts, ContentError> {
+    let dek = verify_commitment(pdk, message_id, stored_commitment)?;
+    GcmParts::new(dek.expose(), &COMMIT_IV, &COMMIT_AAD, ct_len)
 }
 
 #[cfg(test)]

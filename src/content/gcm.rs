@@ -20,8 +20,8 @@
 //! hot), the keystream is applied in place on the output buffer, and `aes`/`polyval` pick
 //! AES-NI/PCLMULQDQ (or ARMv8 AES/PMULL) at run time.
 
-use ghash::GHash;
-use ghash::universal_hash::UniversalHash;
+use polyval::Polyval;
+use polyval::universal_hash::UniversalHash;
 use subtle::ConstantTimeEq;
 use zeroize::Zeroize;
 
@@ -34,7 +34,7 @@ type Block = aes::Block;
 
 /// Bytes processed per CTR+GHASH step: small enough that the slice is still in L1 when GHASH
 /// reads it back after the keystream was applied.
-const SLICE: usize = 8 * 1024;
+pub(super) const SLICE: usize = 8 * 1024;
 
 /// AES-CTR with GCM's counter: blocks `IV || [c]32`, `c` incremented modulo 2^32 (inc32).
 ///
@@ -187,7 +187,10 @@ impl GcmKeys {
         let mut mask = [0u8; 16];
         mask.copy_from_slice(&j0);
         j0.zeroize();
-        let hasher = Ghasher::new(&h, aad);
+        let mut hb = [0u8; 16];
+        hb.copy_from_slice(&h);
+        let hasher = Ghasher::new(&hb, aad);
+        hb.zeroize();
         h.zeroize();
         let ctr = Ctr::new(&cipher, &iv, 2);
         Ok(Self { ctr, hasher, mask })
@@ -204,10 +207,87 @@ impl Drop for GcmKeys {
     }
 }
 
+/// GHASH computed with POLYVAL (RFC 8452 Appendix A): `GHASH_H(X_1..X_n) =
+/// rev(POLYVAL_{mulX(rev(H))}(rev(X_1)..rev(X_n)))`, where `rev` reverses the 16 bytes of a block.
+///
+/// The `ghash` crate does the same, but clones and reverses every 4-block batch inside its
+/// backend closure; that was ~20% of GCM's time (BENCHMARKS.md "Content ciphers"). Here the key
+/// is converted once and blocks are reversed [`REV_BATCH`] at a time with `u128::swap_bytes`
+/// into a stack buffer that `polyval` then hashes in one call.
+#[derive(Clone)]
+pub(super) struct Ghash {
+    poly: Polyval,
+}
+
+/// Blocks byte-reversed per `polyval` call (1 KiB on the stack).
+const REV_BATCH: usize = 64;
+
+impl Ghash {
+    /// GHASH keyed with `h` (= E(K, 0^128) for GCM), state zero.
+    pub(super) fn new(h: &[u8; 16]) -> Self {
+        // rev(H) read little-endian is H read big-endian; then mulX_POLYVAL, in constant time.
+        let mut v = u128::from_be_bytes(*h);
+        let hi = v >> 127;
+        v = (v << 1) ^ (hi | (hi << 127) | (hi << 126) | (hi << 121));
+        let mut key = polyval::Key::from(v.to_le_bytes());
+        let poly = Polyval::new(&key);
+        v.zeroize();
+        key.zeroize();
+        Self { poly }
+    }
+
+    /// Absorbs whole 16-byte blocks (`data.len()` must be a multiple of 16; a tail is ignored).
+    /// For public data (ciphertext, AAD, lengths): the reversed copy is not wiped.
+    pub(super) fn update_blocks(&mut self, data: &[u8]) {
+        self.absorb(data, false);
+    }
+
+    /// [`Self::update_blocks`] for secret blocks (powers of H): the reversed copy is wiped.
+    pub(super) fn update_secret_blocks(&mut self, data: &[u8]) {
+        self.absorb(data, true);
+    }
+
+    fn absorb(&mut self, data: &[u8], wipe: bool) {
+        let mut rev = [0u8; 16 * REV_BATCH];
+        for batch in data.chunks(16 * REV_BATCH) {
+            let n = batch.len() / 16;
+            for (r, b) in rev.chunks_exact_mut(16).zip(batch.chunks_exact(16)) {
+                let mut a = [0u8; 16];
+                a.copy_from_slice(b);
+                r.copy_from_slice(&u128::from_le_bytes(a).swap_bytes().to_le_bytes());
+            }
+            let (blocks, _) = polyval::Block::slice_as_chunks(&rev[..16 * n]);
+            self.poly.update(blocks);
+        }
+        if wipe {
+            rev.zeroize();
+        }
+    }
+
+    /// Absorbs `data`, the last block zero-padded (GHASH's `X || 0*`).
+    pub(super) fn update_padded(&mut self, data: &[u8]) {
+        let whole = data.len() - data.len() % 16;
+        self.update_blocks(&data[..whole]);
+        if whole < data.len() {
+            let mut last = [0u8; 16];
+            last[..data.len() - whole].copy_from_slice(&data[whole..]);
+            self.update_blocks(&last);
+        }
+    }
+
+    /// The GHASH value of everything absorbed.
+    pub(super) fn finalize(self) -> [u8; 16] {
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&self.poly.clone().finalize());
+        out.reverse();
+        out
+    }
+}
+
 /// GHASH over `A || 0* || C || 0*` fed in arbitrary pieces of C.
 #[derive(Clone)]
-struct Ghasher {
-    ghash: GHash,
+pub(super) struct Ghasher {
+    ghash: Ghash,
     /// Ciphertext bytes not yet forming a whole block.
     partial: [u8; 16],
     partial_len: usize,
@@ -216,8 +296,8 @@ struct Ghasher {
 }
 
 impl Ghasher {
-    fn new(h: &Block, aad: &[u8]) -> Self {
-        let mut ghash = GHash::new(h);
+    pub(super) fn new(h: &[u8; 16], aad: &[u8]) -> Self {
+        let mut ghash = Ghash::new(h);
         ghash.update_padded(aad);
         Self {
             ghash,
@@ -228,7 +308,7 @@ impl Ghasher {
         }
     }
 
-    fn update(&mut self, mut data: &[u8]) {
+    pub(super) fn update(&mut self, mut data: &[u8]) {
         self.ct_len += data.len() as u64;
         if self.partial_len > 0 {
             let take = (16 - self.partial_len).min(data.len());
@@ -238,13 +318,29 @@ impl Ghasher {
             if self.partial_len < 16 {
                 return;
             }
-            self.ghash.update(&[Block::from(self.partial)]);
+            self.ghash.update_blocks(&self.partial);
             self.partial_len = 0;
         }
-        let (blocks, tail) = Block::slice_as_chunks(data);
-        self.ghash.update(blocks);
+        let whole = data.len() - data.len() % 16;
+        self.ghash.update_blocks(&data[..whole]);
+        let tail = &data[whole..];
         self.partial[..tail.len()].copy_from_slice(tail);
         self.partial_len = tail.len();
+    }
+
+    /// Ciphertext bytes absorbed so far.
+    pub(super) fn ct_len(&self) -> u64 {
+        self.ct_len
+    }
+
+    /// GHASH of the AAD and the ciphertext so far, the last block zero-padded, without the
+    /// length block: the Horner state a larger GHASH continues from (see [`super::parts`]).
+    pub(super) fn sum(&self) -> [u8; 16] {
+        let mut ghash = self.ghash.clone();
+        if self.partial_len > 0 {
+            ghash.update_padded(&self.partial[..self.partial_len]);
+        }
+        ghash.finalize()
     }
 
     /// `GHASH(...) xor mask`. Takes `&self` so the owners can keep their `Drop`.
@@ -253,10 +349,7 @@ impl Ghasher {
         if self.partial_len > 0 {
             ghash.update_padded(&self.partial[..self.partial_len]);
         }
-        let mut lengths = Block::default();
-        lengths[..8].copy_from_slice(&(self.aad_len * 8).to_be_bytes());
-        lengths[8..].copy_from_slice(&(self.ct_len * 8).to_be_bytes());
-        ghash.update(&[lengths]);
+        ghash.update_blocks(&length_block(self.aad_len, self.ct_len));
         let s = ghash.finalize();
         let mut tag = [0u8; 16];
         for (t, (a, b)) in tag.iter_mut().zip(s.iter().zip(mask)) {
@@ -264,6 +357,14 @@ impl Ghasher {
         }
         tag
     }
+}
+
+/// GCM's last GHASH block: `[len(A)]64 || [len(C)]64`, in bits.
+pub(super) fn length_block(aad_len: u64, ct_len: u64) -> [u8; 16] {
+    let mut lengths = [0u8; 16];
+    lengths[..8].copy_from_slice(&(aad_len * 8).to_be_bytes());
+    lengths[8..].copy_from_slice(&(ct_len * 8).to_be_bytes());
+    lengths
 }
 
 /// Streaming AES-256-GCM encryption. Output: `ciphertext || tag(16)`.

@@ -10,6 +10,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, ReadBuf};
 
+use crate::client::parallel::{ParallelGet, PartReader};
 use crate::client::{ClientError, ObjectHead};
 use crate::codec::{CodecError, ObjectDecryptor};
 use crate::envelope::Envelope;
@@ -30,15 +31,47 @@ pub(super) async fn authenticate(
     let c = &ctx.config;
     let _slot = ctx.large_slot(head).await?;
     let cek = source_key(c, env).await?;
-    let body = body_of(c, head, body).await?;
+    let body = source_reader(c, head, body).await?;
     let dec = ObjectDecryptor::new(env, &cek)?;
-    let mut reader = DecryptReader::new(body.into_async_read(), dec, head.content_length);
+    let mut reader = DecryptReader::new(body, dec, head.content_length);
     let r = tokio::io::copy(&mut reader, &mut tokio::io::sink()).await;
     if reader.auth_failed {
         return Err(CodecError::DecryptionFailed.into());
     }
     r.map_err(ClientError::Io)?;
     Ok((cek, reader.sha256_hex()))
+}
+
+/// How a large source is read: parallel ranged GETs ([`PartReader`]) of 2 MiB, 4 in flight,
+/// hiding the per-request latency of a large body the way a transfer manager does. Small on
+/// purpose: these buffers sit outside the client's part-buffer budget (a read-ahead that waited
+/// for the budget could deadlock with the uploads it feeds), so each large rewrite in flight
+/// (at most [`super::task::large_slots`]) holds up to 8 MiB more than with one GET.
+pub(super) const READ_AHEAD: ParallelGet = ParallelGet {
+    part_size: 2 << 20,
+    concurrency: 4,
+};
+
+/// The source body as a stream: the one [`body_of`] would return for bodies of one part or
+/// less (or already fetched), parallel ranged GETs pinned to the same ETag otherwise. Either
+/// way the caller's decryptor checks tag / padding / length at EOF, so what the rewrite
+/// guarantees does not change: the new object is not completed unless the source checked out.
+pub(super) async fn source_reader(
+    c: &super::RekeyConfig,
+    head: &ObjectHead,
+    body: Option<ByteStream>,
+) -> Result<Box<dyn AsyncRead + Send + Unpin>, ObjError> {
+    if body.is_none() && READ_AHEAD.applies_to(head) {
+        let limit = c.s3_limit.clone();
+        let reader = PartReader::new(&c.client, head, READ_AHEAD).before_each_request(
+            std::sync::Arc::new(move || {
+                let limit = limit.clone();
+                Box::pin(async move { limit.wait().await })
+            }),
+        );
+        return Ok(Box::new(reader));
+    }
+    Ok(Box::new(body_of(c, head, body).await?.into_async_read()))
 }
 
 /// A read buffer for a body of `len` bytes: its size plus slack, between 8 and 256 KiB.

@@ -1,7 +1,8 @@
 //! Rewrite (CBC sources, V2 sources for `--target-format v3`, `--reencrypt`): GET -> decrypt ->
 //! SHA-256 -> AES-GCM (V2) or key-committing AES-GCM (V3) under a fresh data key (exactly one
 //! `GenerateDataKey`) -> PUT / multipart upload with `If-Match` the ETag
-//! HEAD saw. The body is decrypted *while* it is uploaded ([`DecryptReader`]); a source that
+//! HEAD saw. The body (parallel ranged GETs for a large one, [`source_reader`]) is decrypted
+//! *while* it is uploaded ([`DecryptReader`]); a source that
 //! fails authentication makes the reader fail at EOF, before PutObject /
 //! CompleteMultipartUpload, so nothing unauthenticated is ever committed. The intent (with the
 //! new envelope's fingerprint) is recorded after the new key exists and before the first byte
@@ -17,9 +18,8 @@ use crate::content::ContentEncryptor;
 use crate::envelope::{self, ContentAlg, Envelope, Location, Version, WrapAlg};
 use crate::secret::fill_random;
 
-use super::inspect::body_of;
 use super::plan::TargetFormat;
-use super::read::DecryptReader;
+use super::read::{DecryptReader, source_reader};
 use super::tags::read_tags;
 use super::task::{Ctx, IntentLog, ObjError, Written, source_key, target_context, user_metadata};
 
@@ -61,7 +61,7 @@ pub(super) async fn rewrite(
                 .map_err(ObjError::from)
         },
         read_tags(ctx, head),
-        body_of(c, head, body),
+        source_reader(c, head, body),
     )?;
     let (version, iv, message_id, commitment, encryptor): (_, _, _, _, Box<dyn ContentEncryptor>) =
         match format {
@@ -100,7 +100,7 @@ pub(super) async fn rewrite(
         location: Location::ObjectMetadata,
     };
     let decryptor = ObjectDecryptor::new(env, &src_key)?;
-    let mut reader = DecryptReader::new(body.into_async_read(), decryptor, head.content_length);
+    let mut reader = DecryptReader::new(body, decryptor, head.content_length);
     let req = PutRequest {
         bucket: head.bucket.clone(),
         key: head.key.clone(),
