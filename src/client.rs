@@ -471,6 +471,23 @@ fn gcm_parts(
     })
 }
 
+/// The same for an error of a read that went through [`parallel::PartReader`] into a
+/// `ClientError::Io` (rekey's rewrites and source checks): a 412 on a later part is a
+/// conflict, a 403 a permission error, not a transient I/O failure to retry.
+pub(crate) fn unwrap_io_error(e: ClientError) -> ClientError {
+    match e {
+        ClientError::Io(io) if io.get_ref().is_some_and(|r| r.is::<ClientError>()) => {
+            match io.into_inner().map(|b| b.downcast::<ClientError>()) {
+                Some(Ok(c)) => *c,
+                Some(Err(other)) => ClientError::Io(std::io::Error::other(other)),
+                None => ClientError::Io(std::io::Error::other("download failed")),
+            }
+        }
+        ClientError::Codec(c @ CodecError::Io(_)) => unwrap_part_error(c),
+        other => other,
+    }
+}
+
 /// A [`ClientError`] that [`parallel::PartReader`] passed through `io::Error` comes out as
 /// itself (a 412 stays a 412).
 fn unwrap_part_error(e: CodecError) -> ClientError {
@@ -1651,6 +1668,26 @@ pub fn kms_key_id_of(env: &Envelope) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A part's 412 that went through `io::Error` (rekey's large-source reads) is a 412 again,
+    /// a conflict to requeue, not a transient I/O error to retry with a new data key.
+    #[test]
+    fn a_part_error_through_io_comes_out_as_itself() {
+        let through = ClientError::Io(std::io::Error::other(ClientError::PreconditionFailed));
+        assert!(matches!(
+            unwrap_io_error(through),
+            ClientError::PreconditionFailed
+        ));
+        let codec = ClientError::Codec(CodecError::Io(std::io::Error::other(
+            ClientError::PreconditionFailed,
+        )));
+        assert!(matches!(
+            unwrap_io_error(codec),
+            ClientError::PreconditionFailed
+        ));
+        let plain = ClientError::Io(std::io::Error::other("reset"));
+        assert!(matches!(unwrap_io_error(plain), ClientError::Io(_)));
+    }
 
     #[test]
     fn ranges_parse_and_resolve() {

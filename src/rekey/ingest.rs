@@ -653,7 +653,7 @@ impl Parser {
             );
             return;
         }
-        if self.shard.is_some_and(|s| !s.contains(&o.key)) {
+        if self.shard.is_some_and(|s| !s.owns(&self.prefix, &o.key)) {
             batch.other_shards += 1;
             return;
         }

@@ -431,8 +431,8 @@ async fn abandon(store: &JobStore, mut summary: RunSummary) -> Result<RunSummary
 
 /// Hands every job leased by this process back to `pending`, whatever its worker was doing.
 ///
-/// The worker's lease owners are `host:pid:start` ([`worker`]), so `host:pid:` names this
-/// process's. Done twice: a claim that was already on its way to SQLite when the work was
+/// The worker's lease owners are `host:pid:nonce:start` ([`worker`]), so `host:pid:nonce:`
+/// names this process's. Done twice: a claim that was already on its way to SQLite when the work was
 /// dropped may land just after the first pass. (Should one land later still, its lease lapses
 /// like a dead worker's.)
 pub async fn release_own_leases(store: &JobStore) -> Result<u64, RekeyError> {
@@ -445,10 +445,23 @@ pub async fn release_own_leases(store: &JobStore) -> Result<u64, RekeyError> {
     Ok(released)
 }
 
-/// `host:pid:`, the start of the lease owner ids of this process. The host is read as the
+/// `host:pid:nonce:`, the start of the lease owner ids of this process. The host is read as the
 /// worker reads it: `HOSTNAME`, else /etc/hostname, else `localhost`.
 pub(crate) fn process_owner_prefix() -> String {
-    format!("{}:{}:", hostname(), std::process::id())
+    // The nonce: two containers on one node can share the hostname (host networking) and the
+    // pid (1, each in its own pid namespace); on a shared queue one must never release the
+    // other's rows as its own.
+    static PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PREFIX
+        .get_or_init(|| {
+            format!(
+                "{}:{}:{:08x}:",
+                hostname(),
+                std::process::id(),
+                rand::random::<u32>()
+            )
+        })
+        .clone()
 }
 
 /// This host's name (`HOSTNAME`, else /etc/hostname): the first part of a lease owner.
@@ -512,9 +525,13 @@ mod tests {
     }
 
     #[test]
-    fn the_owner_prefix_is_host_and_pid() {
+    fn the_owner_prefix_is_host_pid_and_a_nonce() {
         let p = process_owner_prefix();
-        let pid = format!(":{}:", std::process::id());
-        assert!(p.ends_with(&pid) && p.len() > pid.len(), "{p}");
+        let parts: Vec<&str> = p.split(':').collect();
+        assert_eq!(parts.len(), 4, "{p}");
+        assert_eq!(parts[1], std::process::id().to_string(), "{p}");
+        assert_eq!(parts[2].len(), 8, "{p}");
+        assert!(p.ends_with(':') && parts[0] == hostname(), "{p}");
+        assert_eq!(process_owner_prefix(), p, "one prefix per process");
     }
 }

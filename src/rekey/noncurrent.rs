@@ -164,7 +164,9 @@ async fn list(
             .filter_map(|v| {
                 let key = v.key()?;
                 let object_key = key.strip_suffix(INSTRUCTION_SUFFIX).unwrap_or(key);
-                if c.shard.is_some_and(|s: Shard| !s.contains(object_key)) {
+                if c.shard
+                    .is_some_and(|s: Shard| !s.owns(&c.prefix, object_key))
+                {
                     return None;
                 }
                 Some(ListedVersion {

@@ -38,7 +38,7 @@ pub(super) async fn authenticate(
     if reader.auth_failed {
         return Err(CodecError::DecryptionFailed.into());
     }
-    r.map_err(ClientError::Io)?;
+    r.map_err(|e| crate::client::unwrap_io_error(ClientError::Io(e)))?;
     Ok((cek, reader.sha256_hex()))
 }
 

@@ -134,7 +134,7 @@ pub(super) async fn rewrite(
     if reader.auth_failed {
         return Err(CodecError::DecryptionFailed.into());
     }
-    let put = put?;
+    let put = put.map_err(crate::client::unwrap_io_error)?;
     crate::failpoint!("rewrite-after-put");
     Ok(Written {
         etag: put.etag,

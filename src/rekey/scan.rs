@@ -71,8 +71,25 @@ impl std::str::FromStr for Shard {
 }
 
 impl Shard {
-    pub fn contains(&self, key: &str) -> bool {
-        shard_of(key, self.count) == self.index
+    /// Whether `name` (a key, or a top-level prefix) hashes to this shard.
+    pub fn contains(&self, name: &str) -> bool {
+        shard_of(name, self.count) == self.index
+    }
+
+    /// Whether this shard owns `key` of a scan of `prefix`: by its top-level prefix (the key up
+    /// to and including its first `/` after `prefix`) when it has one, else by the key itself.
+    /// The listing splits a bucket this way (a Delimiter listing, then whole prefixes), and
+    /// manifest rows and noncurrent versions must go to the shard that lists their key.
+    pub fn owns(&self, prefix: &str, key: &str) -> bool {
+        let base = if key.starts_with(prefix) {
+            prefix.len()
+        } else {
+            0
+        };
+        match key[base..].find('/') {
+            Some(i) => self.contains(&key[..base + i + 1]),
+            None => self.contains(key),
+        }
     }
 }
 
@@ -162,7 +179,7 @@ pub(crate) fn unix_millis() -> i64 {
         .unwrap_or(0)
 }
 
-/// A lease owner id unique to this process and call: `host:pid:start:tag`.
+/// A lease owner id unique to this process and call: `host:pid:nonce:start:tag`.
 pub(crate) fn work_owner(tag: &str) -> String {
     let start = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -173,7 +190,11 @@ pub(crate) fn work_owner(tag: &str) -> String {
 
 /// Hands back the ranges and manifest files of dead processes of this host (SIGKILLed, OOM):
 /// their leases would lapse anyway, this only saves the wait on a restart.
+/// Only on SQLite (see `worker::release_dead_leases`): on a shared queue leases only lapse.
 pub(crate) async fn release_dead_work(store: &JobStore) -> Result<u64, RekeyError> {
+    if store.is_shared() {
+        return Ok(0);
+    }
     let host = super::hostname();
     let my_pid = std::process::id().to_string();
     let mut released = 0;
@@ -730,6 +751,31 @@ mod tests {
         }
         assert!(seen.iter().all(|n| *n > 150), "{seen:?}");
         assert_eq!(shard_of("anything", 1), 0);
+    }
+
+    #[test]
+    fn a_key_belongs_to_the_shard_of_its_top_level_prefix() {
+        // What the listing does (whole top-level prefixes, loose keys by their own hash) is
+        // what manifest rows and versions are assigned by: one owner per key.
+        for count in [2u32, 3, 16] {
+            for key in ["a/x", "a/b/c", "loose", "p/q/r/s", "a/"] {
+                let owners: Vec<u32> = (0..count)
+                    .filter(|&index| Shard { index, count }.owns("", key))
+                    .collect();
+                assert_eq!(owners.len(), 1, "{key} under {count}");
+                let want = match key.find('/') {
+                    Some(i) => shard_of(&key[..=i], count),
+                    None => shard_of(key, count),
+                };
+                assert_eq!(owners[0], want, "{key}");
+            }
+            // Under a scan prefix, the next level is the top level.
+            let s = Shard {
+                index: shard_of("logs/2024/", count),
+                count,
+            };
+            assert!(s.owns("logs/", "logs/2024/01/x"));
+        }
     }
 
     #[test]

@@ -57,7 +57,7 @@ pub struct WorkSummary {
     pub planned: BTreeMap<String, (u64, u64)>,
 }
 
-/// `host:pid:start`: unique per process; the host and pid let a restarted worker on the same
+/// `host:pid:nonce:start`: unique per process; the host and pid let a restarted worker on the same
 /// host release the rows of a dead predecessor without waiting for the lease to lapse, and an
 /// abandoned stop release this process's rows ([`super::process_owner_prefix`]).
 fn owner_id() -> String {
@@ -79,7 +79,14 @@ impl Drop for AbortOnDrop {
 }
 
 /// Releases `running` rows leased by a dead process of this host (killed with SIGKILL, OOM).
+///
+/// Only on SQLite, where the file lock makes this the one live process: on a shared queue a
+/// peer with the same host and pid may be alive in another container (host networking, each
+/// its own pid 1), so there leases only lapse.
 async fn release_dead_leases(store: &JobStore, me: &str) -> Result<u64, RekeyError> {
+    if store.is_shared() {
+        return Ok(0);
+    }
     let host = super::hostname();
     let my_pid = std::process::id().to_string();
     let running: Vec<_> = store.report(Some(JobState::Running)).try_collect().await?;

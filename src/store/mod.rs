@@ -1264,7 +1264,7 @@ impl JobStore {
     }
 
     /// Abandoned stop: hands every running job whose lease owner starts with `owner_prefix` (a
-    /// process's `host:pid:`, whatever ids its workers hold) back as `pending`, its attempt given
+    /// process's `host:pid:nonce:`, whatever ids its workers hold) back as `pending`, its attempt given
     /// back like [`release`](Self::release). Matched as a plain prefix (no `LIKE` wildcards: a
     /// host name may contain `_`). Returns how many.
     pub async fn release_owner_prefix(&self, owner_prefix: &str) -> Result<u64, StoreError> {

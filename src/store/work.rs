@@ -581,7 +581,7 @@ impl JobStore {
     }
 
     /// Hands every running range and manifest file leased by an owner starting with
-    /// `owner_prefix` (a process's `host:pid:`) back as `pending`: a stop, or the leftovers of
+    /// `owner_prefix` (a process's `host:pid:nonce:`) back as `pending`: a stop, or the leftovers of
     /// a dead process of this host. Returns how many.
     pub async fn release_work(&self, owner_prefix: &str, now: i64) -> Result<u64, StoreError> {
         on_pool!(self, pool => {
