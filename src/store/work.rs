@@ -236,6 +236,30 @@ fn within<'a>(
         .collect()
 }
 
+/// Runs a write transaction again when PostgreSQL ends it with a deadlock (`40P01`) or a
+/// serialization failure (`40001`): the upserts of a page lock job rows in key order while
+/// workers renew their leases in id order. Each attempt re-reads its item row, so a repeat is
+/// safe. (SQLite's `BEGIN IMMEDIATE` never deadlocks.)
+async fn retry_conflicts<T, F, Fut>(mut attempt: F) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let mut tries = 0u64;
+    loop {
+        match attempt().await {
+            Err(StoreError::Database(sqlx::Error::Database(e)))
+                if matches!(e.code().as_deref(), Some("40P01" | "40001")) && tries < 5 =>
+            {
+                tries += 1;
+                tracing::debug!(error = %e, tries, "work-item transaction retried");
+                tokio::time::sleep(Duration::from_millis(20 * tries)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 impl JobStore {
     /// Starts a listing pass of `scan` with `seeds`, unless one is under way: with no range
     /// yet, or every range done before `run_started` (the last pass finished in an earlier
@@ -416,6 +440,27 @@ impl JobStore {
         lease: Duration,
         now: i64,
     ) -> Result<Option<(EnqueueStats, bool)>, StoreError> {
+        retry_conflicts(|| {
+            self.commit_range_page_once(
+                range_id, owner, bucket, objects, prefixes, last_key, complete, lease, now,
+            )
+        })
+        .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn commit_range_page_once(
+        &self,
+        range_id: i64,
+        owner: &str,
+        bucket: &str,
+        objects: &[ListedObject],
+        prefixes: &[String],
+        last_key: &str,
+        complete: bool,
+        lease: Duration,
+        now: i64,
+    ) -> Result<Option<(EnqueueStats, bool)>, StoreError> {
         on_pool!(self, pool => {
             let mut tx = pool.begin_with(self.begin_write_sql()).await?;
             let lock = self.row_lock();
@@ -505,6 +550,20 @@ impl JobStore {
     /// `split_at` lies strictly inside it and the range's cursor is below `split_at` (its
     /// owner has not enqueued keys from there yet).
     pub async fn split_range(
+        &self,
+        range_id: i64,
+        expected_end: Option<&str>,
+        page: SplitPage<'_>,
+        owner: &str,
+        lease: Duration,
+        now: i64,
+    ) -> Result<Option<(ListRange, EnqueueStats)>, StoreError> {
+        retry_conflicts(|| self.split_range_once(range_id, expected_end, page, owner, lease, now))
+            .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn split_range_once(
         &self,
         range_id: i64,
         expected_end: Option<&str>,
@@ -792,6 +851,27 @@ impl JobStore {
     /// no longer holds the file, nothing was written.
     #[allow(clippy::too_many_arguments)]
     pub async fn commit_file_batch(
+        &self,
+        file_id: i64,
+        owner: &str,
+        bucket: &str,
+        objects: &[ListedObject],
+        last_line: u64,
+        rows: u64,
+        done: bool,
+        lease: Duration,
+        now: i64,
+    ) -> Result<Option<EnqueueStats>, StoreError> {
+        retry_conflicts(|| {
+            self.commit_file_batch_once(
+                file_id, owner, bucket, objects, last_line, rows, done, lease, now,
+            )
+        })
+        .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn commit_file_batch_once(
         &self,
         file_id: i64,
         owner: &str,
