@@ -418,7 +418,10 @@ async fn three_processes_list_one_bucket_together_on_postgres() {
         stores.push(JobStore::open_postgres(&url).await.expect("store"));
     }
     let page = 10;
-    let limit = RateLimit::per_second(Some(100));
+    // 40 requests/s between them (a second's burst, then ~2 s): idle listers (polling every
+    // 250 ms) find ranges to split; unthrottled, one process lists the bucket before the
+    // others look.
+    let limit = RateLimit::per_second(Some(40));
     let summaries = check_listers_share_a_bucket(&b, &keys, &stores, 1, page, limit).await;
     let pages = (keys.len() as u64).div_ceil(page as u64);
     let requests: u64 = summaries.iter().map(|s| s.requests).sum();
