@@ -103,6 +103,8 @@ pub struct PartReader {
     /// The part being read through `AsyncRead`, and how much of it was read.
     current: Option<(Vec<u8>, usize)>,
     before_request: Option<BeforeRequest>,
+    /// A part failed: every later read fails too (a reader that went on would skip a part).
+    failed: bool,
 }
 
 impl PartReader {
@@ -147,6 +149,7 @@ impl PartReader {
             pool: Arc::default(),
             current: None,
             before_request: None,
+            failed: false,
         }
     }
 
@@ -182,6 +185,11 @@ impl PartReader {
     }
 
     fn poll_next_part(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Part, ClientError>>> {
+        if self.failed {
+            return Poll::Ready(Some(Err(ClientError::Io(std::io::Error::other(
+                "an earlier part of this download failed",
+            )))));
+        }
         self.top_up();
         let Some(front) = self.inflight.front_mut() else {
             return Poll::Ready(None);
@@ -190,12 +198,19 @@ impl PartReader {
         // The next GET starts when the consumer asks for the next part: the parts in flight
         // never outnumber `concurrency` buffers, counting the one the consumer holds.
         self.inflight.pop_front();
-        Poll::Ready(Some(match r {
+        let part = match r {
             Ok(part) => part,
             Err(e) => Err(ClientError::Io(std::io::Error::other(format!(
                 "download task failed: {e}"
             )))),
-        }))
+        };
+        if part.is_err() {
+            self.failed = true;
+            for task in self.inflight.drain(..) {
+                task.abort();
+            }
+        }
+        Poll::Ready(Some(part))
     }
 
     /// The next part in order; `None` after the last. After an error, stop reading.
