@@ -11,7 +11,7 @@ use s3cse::rekey::report::{REPORT_FORMAT, REPORT_SCHEMA, ReportManifest};
 
 mod common;
 
-use common::{Bed, aes_key_file, bed, data, put_v1, run_s3cse as run, show};
+use common::{Bed, aes_key_file, bed, data, put_v1, report_statuses, run_s3cse as run, show};
 
 /// `s3cse rekey s3://BUCKET/PREFIX --manifest URL --state STATE ...` (legacy objects under the
 /// vectors' AES key, to the bed's KMS key).
@@ -59,22 +59,6 @@ fn gzip(text: &str) -> Vec<u8> {
     let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     e.write_all(text.as_bytes()).expect("gzip");
     e.finish().expect("gzip")
-}
-
-/// Report rows of the state file, `key -> TaskStatus`.
-fn report_statuses(state: &str) -> BTreeMap<String, String> {
-    let o = run(&["report", "--state", state, "--format", "jsonl"]);
-    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
-    String::from_utf8_lossy(&o.stdout)
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).expect("jsonl");
-            (
-                v["Key"].as_str().expect("key").to_owned(),
-                v["TaskStatus"].as_str().expect("status").to_owned(),
-            )
-        })
-        .collect()
 }
 
 /// The keys whose ETag differs between two snapshots of the bucket.

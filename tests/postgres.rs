@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Bed, aes_key_file, bed, bin, data, pg_database, put_v1, run_s3cse as run, show};
+use common::{
+    Bed, aes_key_file, bed, bin, data, pg_database, put_v1, report_statuses, run_s3cse as run, show,
+};
 use sqlx::Connection;
 
 /// The arguments of `s3cse rekey` over `b`'s bucket into `state`, legacy objects under the
@@ -60,22 +62,6 @@ fn status(state: &str) -> serde_json::Value {
     let o = run(&["status", "--state", state, "--json"]);
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
     serde_json::from_slice(&o.stdout).expect("status json")
-}
-
-/// `Key -> TaskStatus` of `report --format jsonl` (all rows).
-fn report(state: &str) -> BTreeMap<String, String> {
-    let o = run(&["report", "--state", state, "--format", "jsonl"]);
-    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
-    String::from_utf8_lossy(&o.stdout)
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).expect("jsonl");
-            (
-                v["Key"].as_str().expect("key").to_owned(),
-                v["TaskStatus"].as_str().expect("status").to_owned(),
-            )
-        })
-        .collect()
 }
 
 /// Puts `n` legacy V1 objects of `size` bytes under `obj-NNN`; returns their plaintexts.
@@ -166,7 +152,7 @@ async fn three_processes_share_one_queue_and_migrate_each_object_once() {
     let st = status(&state);
     assert_eq!(st["by_state"]["done"]["objects"], 60, "{st}");
     assert_eq!(st["total"]["objects"], 60, "{st}");
-    let r = report(&state);
+    let r = report_statuses(&state);
     assert_eq!(r.len(), 60);
     assert!(r.values().all(|s| s == "succeeded"), "{r:?}");
     assert_eq!(
@@ -395,7 +381,7 @@ async fn a_manifest_is_ingested_into_postgres_and_reported_to_s3() {
         let o = wait(c);
         assert_eq!(o.status.code(), Some(0), "{}", show(&o));
     }
-    let r = report(&state);
+    let r = report_statuses(&state);
     assert_eq!(
         r.keys().collect::<Vec<_>>(),
         named,

@@ -578,6 +578,22 @@ pub fn run_s3cse(args: &[&str]) -> Output {
 }
 
 /// A command's exit code, stdout and stderr, for assertion messages.
+/// `key -> TaskStatus` of `s3cse report --format jsonl` over a state (file or URL).
+pub fn report_statuses(state: &str) -> std::collections::BTreeMap<String, String> {
+    let o = run_s3cse(&["report", "--state", state, "--format", "jsonl"]);
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("jsonl");
+            (
+                v["Key"].as_str().expect("key").to_owned(),
+                v["TaskStatus"].as_str().expect("status").to_owned(),
+            )
+        })
+        .collect()
+}
+
 pub fn show(o: &Output) -> String {
     format!(
         "exit {:?}\nstdout:\n{}\nstderr:\n{}",
