@@ -795,6 +795,20 @@ const CHECKPOINT_SQL: &str = "INSERT INTO scans (bucket, prefix, shard, start_af
      start_after = excluded.start_after, listed = scans.listed + excluded.listed, \
      updated_at = unixepoch()";
 
+/// [`CHECKPOINT_SQL`] with its binds, for either backend's transaction: the scan `$scan` moved
+/// to `$last_key` after `$listed` more keys.
+macro_rules! checkpoint_query {
+    ($scan:expr, $last_key:expr, $listed:expr) => {
+        sqlx::query($crate::store::CHECKPOINT_SQL)
+            .bind(&$scan.bucket)
+            .bind(&$scan.prefix)
+            .bind($scan.shard_text())
+            .bind($last_key)
+            .bind($listed as i64)
+    };
+}
+pub(crate) use checkpoint_query;
+
 /// [`JobStore::renew_lease`]: the ids as one JSON array on SQLite, an `int8[]` on PostgreSQL.
 const RENEW_SQLITE: &str = "UPDATE jobs SET lease_until = unixepoch() + $1, \
      updated_at = unixepoch() WHERE id IN (SELECT value FROM json_each($2)) \
@@ -1471,12 +1485,7 @@ async fn enqueue_page_sqlite(
 ) -> Result<EnqueueStats, StoreError> {
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
     let stats = enqueue_rows(&mut tx, &scan.bucket, objects).await?;
-    sqlx::query(CHECKPOINT_SQL)
-        .bind(&scan.bucket)
-        .bind(&scan.prefix)
-        .bind(scan.shard_text())
-        .bind(last_key)
-        .bind(objects.len() as i64)
+    checkpoint_query!(scan, last_key, objects.len())
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;

@@ -292,12 +292,7 @@ async fn enqueue_once(
 ) -> Result<EnqueueStats, StoreError> {
     let mut tx = pool.begin().await?;
     let stats = enqueue_rows(&mut tx, &scan.bucket, objects).await?;
-    sqlx::query(super::CHECKPOINT_SQL)
-        .bind(&scan.bucket)
-        .bind(&scan.prefix)
-        .bind(scan.shard_text())
-        .bind(last_key)
-        .bind(objects.len() as i64)
+    super::checkpoint_query!(scan, last_key, objects.len())
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
