@@ -5,11 +5,16 @@
 //! its source format with the replaced version id (versioned bucket), no multipart upload is
 //! left open, no `.instruction` object is left behind, and `s3cse audit` exits 0.
 //!
+//! Every case runs twice: with a SQLite state file (the next start releases the dead process's
+//! leases at once: same host, pid gone) and with a PostgreSQL queue (the test bed's; there the
+//! leases lapse after `--lease-secs`, since a pid on a shared queue may be another host's).
+//!
 //! Needs the binary built with the `failpoints` feature:
 //! `cargo test --features failpoints --test crash` (scripts/test.sh runs it). Without the
 //! feature this file compiles to nothing.
 #![cfg(feature = "failpoints")]
 
+use std::path::Path;
 use std::process::{Command, Output};
 
 use s3cse::codec::WriteFormat;
@@ -17,7 +22,37 @@ use s3cse::keyring::Keyring;
 
 mod common;
 
-use common::{Bed, aes_key, aes_key_file, bed, data, put_raw_gcm, put_v1, record, show};
+use common::{
+    Bed, aes_key, aes_key_file, bed, data, pg_database, put_raw_gcm, put_v1, record, show,
+};
+
+/// The job store a case runs against.
+#[derive(Debug, Clone, Copy)]
+enum Store {
+    Sqlite,
+    Postgres,
+}
+
+const STORES: [Store; 2] = [Store::Sqlite, Store::Postgres];
+
+impl Store {
+    /// The bucket tag of a case on this store.
+    fn tag(self, tag: &str) -> String {
+        match self {
+            Store::Sqlite => tag.to_owned(),
+            Store::Postgres => format!("{tag}-pg"),
+        }
+    }
+
+    /// The `--state` of a case: a file in `dir`, or a fresh database on the test bed's
+    /// PostgreSQL (None when the bed runs none, outside CI).
+    async fn state(self, tag: &str, dir: &Path) -> Option<String> {
+        match self {
+            Store::Sqlite => Some(dir.join("crash.db").display().to_string()),
+            Store::Postgres => pg_database(tag).await,
+        }
+    }
+}
 
 const BIN: &str = env!("CARGO_BIN_EXE_s3cse");
 
@@ -114,12 +149,25 @@ fn rekey_with(b: &Bed, state: &str, failpoint: Option<&str>, extra: &[&str]) -> 
     cmd.output().expect("run s3cse")
 }
 
+/// [`crash_once`] on each store.
+async fn crash_at(tag: &str, failpoint: &str, seeds: &[Seed]) {
+    for store in STORES {
+        crash_once(&store.tag(tag), store, failpoint, seeds).await;
+    }
+}
+
 /// Seeds `seeds`, crashes a rekey at `failpoint`, runs it again to the end, and checks every
 /// invariant.
-async fn crash_at(tag: &str, failpoint: &str, seeds: &[Seed]) {
+async fn crash_once(tag: &str, store: Store, failpoint: &str, seeds: &[Seed]) {
     let Some(b) = bed(tag).await else {
         return;
     };
+    let dir = tempfile::tempdir().expect("tmp");
+    let Some(state) = store.state(tag, dir.path()).await else {
+        return;
+    };
+    let failpoint_ = failpoint;
+    let failpoint = &format!("{failpoint} ({store:?})");
     b.enable_versioning().await;
     let mut want = Vec::new();
     for s in seeds {
@@ -127,10 +175,8 @@ async fn crash_at(tag: &str, failpoint: &str, seeds: &[Seed]) {
         let version = b.version_of(s.key()).await;
         want.push((s.key(), plain, action, format, version));
     }
-    let dir = tempfile::tempdir().expect("tmp");
-    let state = dir.path().join("crash.db").display().to_string();
 
-    let o = rekey(&b, &state, Some(failpoint));
+    let o = rekey(&b, &state, Some(failpoint_));
     assert_eq!(
         o.status.code(),
         None,
@@ -138,11 +184,12 @@ async fn crash_at(tag: &str, failpoint: &str, seeds: &[Seed]) {
         show(&o)
     );
     assert!(
-        String::from_utf8_lossy(&o.stderr).contains(&format!("failpoint {failpoint}")),
+        String::from_utf8_lossy(&o.stderr).contains(&format!("failpoint {failpoint_}")),
         "{}",
         show(&o)
     );
-    // The dead process's leases are released at the next start (same host, pid gone).
+    // The dead process's leases are released at the next start (SQLite: same host, pid gone)
+    // or lapse while it waits (PostgreSQL).
     let o = rekey(&b, &state, None);
     assert_eq!(o.status.code(), Some(0), "{failpoint}: {}", show(&o));
 
@@ -284,13 +331,22 @@ fn version_rows(state: &str) -> Vec<serde_json::Value> {
 /// and records it deleted.
 #[tokio::test(flavor = "multi_thread")]
 async fn crash_between_a_version_delete_and_its_record() {
-    let Some(b) = bed("crash-version").await else {
+    for store in STORES {
+        crash_between_a_version_delete_and_its_record_on(store).await;
+    }
+}
+
+async fn crash_between_a_version_delete_and_its_record_on(store: Store) {
+    let tag = store.tag("crash-version");
+    let Some(b) = bed(&tag).await else {
+        return;
+    };
+    let Some(state) = store.state(&tag, &b.path("")).await else {
         return;
     };
     b.enable_versioning().await;
     put_v1(&b.s3, &b.bucket, "v.bin", &data(1000, 1)).await;
     put_v1(&b.s3, &b.bucket, "v.bin", &data(1100, 2)).await;
-    let state = b.path("jobs.db").display().to_string();
     let delete = ["--noncurrent", "delete"];
     let o = rekey_with(&b, &state, Some("version-before-record"), &delete);
     assert!(!o.status.success(), "the failpoint aborts: {}", show(&o));
@@ -325,9 +381,20 @@ async fn crash_between_a_version_delete_and_its_record() {
 /// new envelope, the record names a rewrap from the source format, and `audit
 /// --keep-instruction-files` exits 0.
 async fn crash_rotation_at(tag: &str, failpoint: &str) {
+    for store in STORES {
+        crash_rotation_once(&store.tag(tag), store, failpoint).await;
+    }
+}
+
+async fn crash_rotation_once(tag: &str, store: Store, failpoint_: &str) {
     let Some(b) = bed(tag).await else {
         return;
     };
+    let dir = tempfile::tempdir().expect("tmp");
+    let Some(state) = store.state(tag, dir.path()).await else {
+        return;
+    };
+    let failpoint = &format!("{failpoint_} ({store:?})");
     b.enable_versioning().await;
     let ring = Keyring::aes(aes_key());
     let mut want = Vec::new();
@@ -348,8 +415,6 @@ async fn crash_rotation_at(tag: &str, failpoint: &str) {
             b.version_of(key).await,
         ));
     }
-    let dir = tempfile::tempdir().expect("tmp");
-    let state = dir.path().join("crash.db").display().to_string();
     let run = |failpoint: Option<&str>| {
         let aes = aes_key_file().display().to_string();
         let mut cmd = Command::new(BIN);
@@ -372,7 +437,7 @@ async fn crash_rotation_at(tag: &str, failpoint: &str) {
         };
         cmd.output().expect("run s3cse")
     };
-    let o = run(Some(failpoint));
+    let o = run(Some(failpoint_));
     assert_eq!(o.status.code(), None, "killed at {failpoint}: {}", show(&o));
     let o = run(None);
     assert_eq!(o.status.code(), Some(0), "{failpoint}: {}", show(&o));

@@ -427,7 +427,7 @@ pub async fn put_v1_with(
 }
 
 /// `(state, action, source_format, previous_version_id, error_code, result_etag)` of `key` in
-/// a rekey state file, read directly from its job table.
+/// a rekey state (a SQLite file or a `postgres://` URL), read directly from its job table.
 pub type Record = (
     String,
     Option<String>,
@@ -438,17 +438,26 @@ pub type Record = (
 );
 
 pub async fn record(state: &str, key: &str) -> Record {
+    const SELECT: &str = "SELECT state, action, source_format, previous_version_id, error_code, \
+                          result_etag FROM jobs WHERE key = ";
+    if state.starts_with("postgres://") || state.starts_with("postgresql://") {
+        let db = sqlx::PgPool::connect(state).await.expect("open state");
+        let r = sqlx::query_as(sqlx::AssertSqlSafe(format!("{SELECT}$1")))
+            .bind(key)
+            .fetch_one(&db)
+            .await
+            .expect("row");
+        db.close().await;
+        return r;
+    }
     let db = sqlx::SqlitePool::connect(&format!("sqlite://{state}"))
         .await
         .expect("open state");
-    let r = sqlx::query_as(
-        "SELECT state, action, source_format, previous_version_id, error_code, result_etag \
-         FROM jobs WHERE key = ?",
-    )
-    .bind(key)
-    .fetch_one(&db)
-    .await
-    .expect("row");
+    let r = sqlx::query_as(sqlx::AssertSqlSafe(format!("{SELECT}?")))
+        .bind(key)
+        .fetch_one(&db)
+        .await
+        .expect("row");
     db.close().await;
     r
 }
