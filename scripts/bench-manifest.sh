@@ -5,6 +5,9 @@
 # ingested" log line, then stops the run (the work phase after it is not measured). Then, on the
 # state of ROWS jobs: the wall time of `status` and of `status --json`, and the wall time and
 # peak RSS of `report` (all rows, CSV to /dev/null), which must not grow with the row count.
+# With BENCH_DRYRUN_SECS=N, then `rekey --dry-run` on that state for N seconds: its peak RSS
+# (the manifest's objects do not exist, so each plan is a HEAD answered 404 and a row update:
+# this measures the memory of walking ROWS pending jobs, not a whole dry run).
 #
 #   scripts/bench-manifest.sh [ROWS] [FILES] [LISTERS]   (1,000,000 rows in 10 files, 1 lister)
 #   BENCH_STATE=postgres://postgres@127.0.0.1:PORT/empty_db scripts/bench-manifest.sh
@@ -74,3 +77,22 @@ echo "status: $(echo "$T1 - $T0" | bc) s"
 T0=$(date +%s.%N); "$BIN" status --json --state "${BENCH_STATE:-$WORK/state.db}" >/dev/null; T1=$(date +%s.%N)
 echo "status --json: $(echo "$T1 - $T0" | bc) s"
 /usr/bin/time -f "report: %e s, peak RSS %M KiB" "$BIN" report --state "${BENCH_STATE:-$WORK/state.db}" >/dev/null
+
+if [ -n "${BENCH_DRYRUN_SECS:-}" ]; then
+    DLOG=$WORK/dryrun.log
+    S3CSE_LOG=info "$BIN" rekey "s3://$BUCKET/bench/" --manifest "$WORK/manifest.json" \
+        --state "${BENCH_STATE:-$WORK/state.db}" --kms-key-id "$KEY" --dry-run --log-format json \
+        >"$WORK/dryrun.out" 2>"$DLOG" &
+    PID=$!
+    PEAK=0
+    END=$(( $(date +%s) + BENCH_DRYRUN_SECS ))
+    while kill -0 "$PID" 2>/dev/null && [ "$(date +%s)" -lt "$END" ]; do
+        HWM=$(awk '/VmHWM/ {print $2}' "/proc/$PID/status" 2>/dev/null || echo 0)
+        [ "${HWM:-0}" -gt "$PEAK" ] && PEAK=$HWM
+        sleep 0.5
+    done
+    RSS=$(awk '/VmRSS/ {print $2}' "/proc/$PID/status" 2>/dev/null || echo 0)
+    kill -INT "$PID" 2>/dev/null || true
+    wait "$PID" 2>/dev/null || true
+    echo "rekey --dry-run, ${BENCH_DRYRUN_SECS} s over $ROWS pending jobs: peak RSS $((PEAK / 1024)) MiB, RSS at the end $((RSS / 1024)) MiB"
+fi

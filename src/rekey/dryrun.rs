@@ -15,14 +15,16 @@ use super::{RekeyConfig, RekeyError, Shutdown};
 /// Plans every pending job; see the module documentation.
 /// and bytes by planned action.
 pub async fn dry_run(config: &RekeyConfig, shutdown: &Shutdown) -> Result<WorkSummary, RekeyError> {
-    let rows: Vec<_> = config
+    // Streamed, a page of pending rows at a time, and folded into the summary as plans come
+    // in: memory stays flat whatever the queue's size (collecting the rows first held every
+    // pending job in memory). `record_plan` leaves a row pending and the paging is by id, so
+    // the rows planned behind the read position are not read again.
+    let mut planned = std::pin::pin!(config
         .store
         .report(Some(JobState::Pending))
-        .try_collect()
-        .await?;
-    let planned = futures::stream::iter(rows)
         .take_while(|_| std::future::ready(!shutdown.is_stopping()))
         .map(|row| async move {
+            let row = row?;
             let mut plan = Outcome::new(JobState::Pending);
             let inspected = inspect(config, &row.bucket, &row.key, None)
                 .await
@@ -59,11 +61,9 @@ pub async fn dry_run(config: &RekeyConfig, shutdown: &Shutdown) -> Result<WorkSu
             config.store.record_plan(row.id, &plan).await?;
             Ok::<_, RekeyError>((label, bytes))
         })
-        .buffer_unordered(config.concurrency.max(1))
-        .try_collect::<Vec<_>>()
-        .await?;
+        .buffer_unordered(config.concurrency.max(1)));
     let mut summary = WorkSummary::default();
-    for (label, bytes) in planned {
+    while let Some((label, bytes)) = planned.try_next().await? {
         let e = summary.planned.entry(label).or_default();
         e.0 += 1;
         e.1 += bytes;

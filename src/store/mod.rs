@@ -612,7 +612,8 @@ impl StateCounts {
     }
 }
 
-/// Everything `s3cse rekey status` shows. Computed in one pass over the table.
+/// Everything `s3cse rekey status` shows ([`JobStore::counts`]: kept counters and two index
+/// probes, not a pass over the table).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Counts {
     /// By state.
@@ -630,6 +631,45 @@ pub struct Counts {
     pub first_finished_at: Option<i64>,
     /// Latest `finished_at` (unix seconds).
     pub last_finished_at: Option<i64>,
+}
+
+impl Counts {
+    /// Adds one group of jobs (state, source format, action, skip reason).
+    fn add_group(
+        &mut self,
+        state: &str,
+        format: Option<String>,
+        action: Option<&str>,
+        skip_reason: Option<String>,
+        t: Tally,
+    ) -> Result<(), StoreError> {
+        let state = parse_state(state)?;
+        self.by_state.get_mut(state).add(t);
+        self.total.add(t);
+        if let Some(format) = format {
+            self.by_source_format.entry(format).or_default().add(t);
+        }
+        if let Some(action) = action {
+            let action = parse_action(action)?;
+            let map = if state == JobState::Pending {
+                &mut self.planned
+            } else {
+                &mut self.by_action
+            };
+            map.entry((action, skip_reason)).or_default().add(t);
+        }
+        Ok(())
+    }
+}
+
+/// One row of the kept counters: state, source format, action, skip reason (the last three
+/// spelled as [`unspell`] reads them), objects, bytes.
+type CountGroup = (String, String, String, String, i64, i64);
+
+/// A key column of `job_counts` back to the `jobs` value: '' is NULL, '.' + v is v (see
+/// migrations/sqlite/0005_counts.sql).
+fn unspell(s: String) -> Option<String> {
+    s.strip_prefix('.').map(str::to_owned)
 }
 
 /// One line of `s3cse rekey report`, in the columns of an S3 Batch Operations completion
@@ -1336,10 +1376,12 @@ impl JobStore {
         .await)?)
     }
 
-    /// Objects and bytes per state only (for the queue gauges).
+    /// Objects and bytes per state only (for the queue gauges): the kept counters
+    /// (`job_counts`, migration 0005), a few dozen rows whatever the table's size.
     pub async fn state_counts(&self) -> Result<StateCounts, StoreError> {
         let rows: Vec<(String, i64, i64)> = on_pool!(self, pool => sqlx::query_as(
-            "SELECT state, count(*), CAST(sum(size) AS BIGINT) FROM jobs GROUP BY state",
+            "SELECT state, CAST(sum(objects) AS BIGINT), CAST(sum(bytes) AS BIGINT) \
+             FROM job_counts GROUP BY state HAVING sum(objects) <> 0",
         )
         .fetch_all(pool)
         .await)?;
@@ -1351,8 +1393,44 @@ impl JobStore {
         Ok(counts)
     }
 
-    /// Everything `status` shows, in one pass over the table.
+    /// Everything `status` shows: the counters that triggers keep beside `jobs` (migration
+    /// 0005: exact, updated in the same transaction as every row) and two probes of the
+    /// `jobs_finished` index, so its cost does not grow with the row count.
     pub async fn counts(&self) -> Result<Counts, StoreError> {
+        let rows: Vec<CountGroup> = on_pool!(self, pool => sqlx::query_as(
+            "SELECT state, source_format, action, skip_reason, \
+             CAST(sum(objects) AS BIGINT), CAST(sum(bytes) AS BIGINT) \
+             FROM job_counts GROUP BY 1, 2, 3, 4 HAVING sum(objects) <> 0",
+        )
+        .fetch_all(pool)
+        .await)?;
+        let (first, last): (Option<i64>, Option<i64>) = on_pool!(self, pool => sqlx::query_as(
+            "SELECT (SELECT finished_at FROM jobs WHERE finished_at IS NOT NULL \
+                     ORDER BY finished_at LIMIT 1), \
+                    (SELECT finished_at FROM jobs WHERE finished_at IS NOT NULL \
+                     ORDER BY finished_at DESC LIMIT 1)",
+        )
+        .fetch_one(pool)
+        .await)?;
+        let mut counts = Counts::default();
+        for (state, format, action, skip_reason, objects, bytes) in rows {
+            counts.add_group(
+                &state,
+                unspell(format),
+                unspell(action).as_deref(),
+                unspell(skip_reason),
+                tally(objects, bytes),
+            )?;
+        }
+        counts.first_finished_at = first;
+        counts.last_finished_at = last;
+        Ok(counts)
+    }
+
+    /// [`counts`](Self::counts) the slow way, one `GROUP BY` over every job: what the kept
+    /// counters must always equal (tests compare the two).
+    #[cfg(test)]
+    async fn counts_by_scan(&self) -> Result<Counts, StoreError> {
         type Group = (
             String,
             Option<String>,
@@ -1372,21 +1450,13 @@ impl JobStore {
         .await)?;
         let mut counts = Counts::default();
         for (state, format, action, skip_reason, objects, bytes, first, last) in rows {
-            let t = tally(objects, bytes);
-            counts.by_state.get_mut(parse_state(&state)?).add(t);
-            counts.total.add(t);
-            if let Some(format) = format {
-                counts.by_source_format.entry(format).or_default().add(t);
-            }
-            if let Some(action) = action {
-                let action = parse_action(&action)?;
-                let map = if state == JobState::Pending.as_str() {
-                    &mut counts.planned
-                } else {
-                    &mut counts.by_action
-                };
-                map.entry((action, skip_reason)).or_default().add(t);
-            }
+            counts.add_group(
+                &state,
+                format,
+                action.as_deref(),
+                skip_reason,
+                tally(objects, bytes),
+            )?;
             counts.first_finished_at = min_opt(counts.first_finished_at, first);
             counts.last_finished_at = counts.last_finished_at.max(last);
         }
@@ -1688,6 +1758,7 @@ fn tally(objects: i64, bytes: i64) -> Tally {
     }
 }
 
+#[cfg(test)]
 fn min_opt(a: Option<i64>, b: Option<i64>) -> Option<i64> {
     match (a, b) {
         (Some(a), Some(b)) => Some(a.min(b)),

@@ -560,6 +560,167 @@ async fn requeue_release_and_outcome_validation(store) {
 }
 }
 
+/// The kept counters (`counts`) against a `GROUP BY` over every job (`counts_by_scan`).
+async fn assert_counts_exact(store: &JobStore, step: &str) {
+    let kept = store.counts().await.unwrap();
+    let scanned = store.counts_by_scan().await.unwrap();
+    assert_eq!(kept, scanned, "after {step}");
+    assert_eq!(
+        store.state_counts().await.unwrap(),
+        kept.by_state,
+        "after {step}"
+    );
+}
+
+both_backends! {
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kept_counts_equal_a_full_scan_after_a_mixed_workload(store) {
+    // Every write path of `jobs`: enqueue (new rows and resets of changed ones), claims,
+    // outcomes of each kind, a dry-run plan, requeue with a new size, release, lease expiry,
+    // retry, deletes; and an empty source format / skip reason, which the counters must not
+    // confuse with NULL.
+    let rows: Vec<ListedObject> = (0..60)
+        .map(|i| obj(&format!("k{i:03}"), "\"e\"", 100 + i))
+        .collect();
+    store.enqueue_page(&scan(), &rows, "k059").await.unwrap();
+    assert_counts_exact(&store, "enqueue").await;
+
+    let jobs = store.claim("w", 40, LEASE).await.unwrap();
+    assert_counts_exact(&store, "claim").await;
+    let outcome = |i: usize| match i % 8 {
+        0 => done(Action::Rewrite, "\"r\""),
+        1 => done(Action::Rewrap, "\"r\""),
+        2 => Outcome {
+            source_format: None,
+            skip_reason: Some("plaintext".into()),
+            ..done(Action::Skip, "")
+        },
+        3 => Outcome {
+            source_format: Some(String::new()),
+            skip_reason: Some(String::new()),
+            ..done(Action::Skip, "")
+        },
+        4 => Outcome {
+            source_format: Some("v2-kms-gcm".into()),
+            error_code: Some("AccessDenied".into()),
+            ..Outcome::new(JobState::Failed)
+        },
+        5 => Outcome::new(JobState::Conflict),
+        _ => Outcome::new(JobState::Failed),
+    };
+    for (i, j) in jobs.iter().enumerate().take(32) {
+        assert!(store.complete(j.id, "w", &outcome(i)).await.unwrap());
+    }
+    assert_counts_exact(&store, "outcomes").await;
+    assert!(store.requeue(jobs[32].id, "w", Some("\"e2\""), Some(7), "412").await.unwrap());
+    assert_eq!(store.release(&[jobs[33].id, jobs[34].id], "w").await.unwrap(), 2);
+    assert_counts_exact(&store, "requeue and release").await;
+
+    // A dry-run plan on pending rows, including a plan that changes nothing.
+    let pending = store.report(Some(JobState::Pending)).try_collect::<Vec<_>>().await.unwrap();
+    for (i, r) in pending.iter().enumerate().take(6) {
+        let plan = Outcome {
+            source_format: Some("v1-aes".into()),
+            action: Some(if i % 2 == 0 { Action::Rewrap } else { Action::Skip }),
+            skip_reason: (i % 2 == 1).then(|| "current".to_owned()),
+            ..Outcome::new(JobState::Done)
+        };
+        assert!(store.record_plan(r.id, &plan).await.unwrap());
+        assert!(store.record_plan(r.id, &plan).await.unwrap());
+    }
+    assert_counts_exact(&store, "plans").await;
+
+    // Lease expiry: running rows of a dead worker claimed by another.
+    on_pool!(store, pool => sqlx::query("UPDATE jobs SET lease_until = 0 WHERE lease_owner = 'w'")
+        .execute(pool).await.map(|_| ())).unwrap();
+    let again = store.claim("w2", 100, LEASE).await.unwrap();
+    assert!(!again.is_empty());
+    assert_counts_exact(&store, "reclaim").await;
+    for j in &again {
+        assert!(store.complete(j.id, "w2", &outcome(j.id as usize)).await.unwrap());
+    }
+    assert!(store.retry_failed(true).await.unwrap() > 0);
+    assert_counts_exact(&store, "retry").await;
+
+    // A rescan: changed ETags and sizes reset finished rows; new keys join.
+    let rescan: Vec<ListedObject> = (0..70)
+        .map(|i| obj(&format!("k{i:03}"), if i % 3 == 0 { "\"e3\"" } else { "\"e\"" }, 1000 + i))
+        .collect();
+    store.enqueue_page(&scan(), &rescan, "k069").await.unwrap();
+    assert_counts_exact(&store, "rescan").await;
+
+    on_pool!(store, pool => sqlx::query("DELETE FROM jobs WHERE id % 7 = 0")
+        .execute(pool).await.map(|_| ())).unwrap();
+    assert_counts_exact(&store, "delete").await;
+
+    // Concurrent workers (on PostgreSQL: several connections, several counter slots).
+    let mut tasks = Vec::new();
+    for w in 0..4 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let owner = format!("c{w}");
+            loop {
+                let jobs = store.claim(&owner, 3, LEASE).await.unwrap();
+                if jobs.is_empty() {
+                    break;
+                }
+                for j in jobs {
+                    assert!(store.complete(j.id, &owner, &outcome(j.id as usize)).await.unwrap());
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let kept = store.counts().await.unwrap();
+    assert_eq!(kept.by_state.remaining().objects, 0);
+    assert!(kept.first_finished_at.is_some());
+    assert_counts_exact(&store, "concurrent workers").await;
+}
+}
+
+/// A state file written before the counters (schema 4) gets them, backfilled, when it is
+/// opened for writing.
+#[tokio::test]
+async fn the_counters_migration_backfills_an_existing_state_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    let store = JobStore::open(&path).await.unwrap();
+    store
+        .enqueue_page(&scan(), &page(20, "\"e\""), "k000019")
+        .await
+        .unwrap();
+    for (i, j) in claim_all(&store, "w").await.iter().enumerate().take(12) {
+        let o = if i % 2 == 0 {
+            done(Action::Rewrap, "\"r\"")
+        } else {
+            Outcome::new(JobState::Failed)
+        };
+        assert!(store.complete(j.id, "w", &o).await.unwrap());
+    }
+    let before = store.counts_by_scan().await.unwrap();
+    // Back to schema 4: what an s3cse of last release left.
+    for sql in [
+        "DROP TRIGGER jobs_count_insert",
+        "DROP TRIGGER jobs_count_delete",
+        "DROP TRIGGER jobs_count_update",
+        "DROP TABLE job_counts",
+        "DROP INDEX jobs_finished",
+        "DELETE FROM _sqlx_migrations WHERE version = 5",
+    ] {
+        sqlx::query(sql).execute(store.sqlite()).await.unwrap();
+    }
+    store.close().await;
+    assert!(matches!(
+        JobStore::open_read_only(&path).await,
+        Err(StoreError::Schema { found: Some(4), .. })
+    ));
+    let store = JobStore::open(&path).await.unwrap();
+    assert_eq!(store.counts().await.unwrap(), before);
+    assert_eq!(before.by_state.done.objects, 6);
+}
+
 both_backends! {
 #[tokio::test]
 async fn release_owner_prefix_frees_one_process_only(store) {
