@@ -8,7 +8,8 @@
 #   scripts/bench-listing.sh [KEYS] [PREFIXES]     (100,000 keys under 50 prefixes by default)
 #
 # Needs the test bed (source .testbed/env). Seeds a fresh bucket bench-list-PID with boto3 and
-# deletes it on the way out. S3CSE_BIN picks the binary (target/release/s3cse by default; the
+# deletes it on the way out; S3CSE_BENCH_BUCKET=NAME uses (and keeps) that bucket instead, seeded
+# only when it is empty (seeding 300k keys takes ~10 min here: seed once, run again). S3CSE_BIN picks the binary (target/release/s3cse by default; the
 # dev profile is optimized too).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -16,7 +17,7 @@ KEYS=${1:-100000}
 PREFIXES=${2:-50}
 BIN=${S3CSE_BIN:-$ROOT/target/release/s3cse}
 PY=${S3CSE_PY_AWSCLIENT:-$ROOT/.venv/awsclient/bin/python}
-BUCKET=bench-list-$$
+BUCKET=${S3CSE_BENCH_BUCKET:-bench-list-$$}
 WORK=$(mktemp -d)
 seed() {
   "$PY" - "$BUCKET" "$1" "$KEYS" "$PREFIXES" <<'PY'
@@ -27,7 +28,12 @@ bucket, what, keys, prefixes = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(s
 s3 = boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL_S3"),
                   config=Config(max_pool_connections=64, s3={"addressing_style": "path"}))
 if what == "up":
-    s3.create_bucket(Bucket=bucket)
+    try:
+        s3.create_bucket(Bucket=bucket)
+    except s3.exceptions.BucketAlreadyOwnedByYou:
+        pass
+    if s3.list_objects_v2(Bucket=bucket, MaxKeys=1).get("KeyCount", 0):
+        sys.exit(0)  # a kept bucket, seeded before
     names = [f"p{i % prefixes:03d}/obj-{i:08d}" for i in range(keys)]
     with ThreadPoolExecutor(64) as ex:
         list(ex.map(lambda k: s3.put_object(Bucket=bucket, Key=k, Body=b""), names))
@@ -39,7 +45,11 @@ else:
     s3.delete_bucket(Bucket=bucket)
 PY
 }
-cleanup() { seed down >/dev/null 2>&1 || echo "bench-listing: bucket $BUCKET left behind" >&2; rm -rf "$WORK"; }
+cleanup() {
+  if [ -n "${S3CSE_BENCH_BUCKET:-}" ]; then rm -rf "$WORK"; return; fi
+  seed down >/dev/null 2>&1 || echo "bench-listing: bucket $BUCKET left behind" >&2
+  rm -rf "$WORK"
+}
 trap cleanup EXIT
 T0=$(date +%s.%N)
 seed up

@@ -43,7 +43,7 @@ use crate::manifest::{self, InventoryManifest, Row, RowError, Schema};
 use crate::store::{EnqueueStats, JobStore, ListedObject, ManifestFile, ScanKey};
 
 use super::limit::RateLimit;
-use super::scan::{Shard, release_dead_work, unix_millis, work_owner};
+use super::scan::{Shard, release_dead_work, work_owner};
 use super::{RekeyError, Shutdown};
 
 /// Batches parsed ahead of the store: with `batch` rows each, the rows in memory at once.
@@ -176,7 +176,7 @@ pub async fn ingest(
     s3_limit: &RateLimit,
     shutdown: &Shutdown,
 ) -> Result<IngestSummary, RekeyError> {
-    let started = unix_millis();
+    let started = store.clock_millis().await?;
     release_dead_work(store).await?;
     // An older state file's checkpoint (`FILE:LINE` in `scans`) is where a new pass resumes.
     let old = manifest_scan_key(scan, &job.url);
@@ -188,7 +188,7 @@ pub async fn ingest(
     let (kind, files) = open_manifest(client, &at, &scan.bucket, s3_limit).await?;
     let names: Vec<String> = files.iter().map(|f| f.at.name()).collect();
     if !store
-        .begin_manifest(scan, &job.url, &names, resume, started, unix_millis())
+        .begin_manifest(scan, &job.url, &names, resume, started)
         .await?
     {
         tracing::info!(manifest = %job.url, "joining the manifest ingest under way");
@@ -248,7 +248,7 @@ impl Ingester<'_> {
         let owner = work_owner(&format!("i{index}"));
         let result = self.run_as(&owner).await;
         if self.shutdown.is_stopping() || result.is_err() {
-            self.store.release_work(&owner, unix_millis()).await?;
+            self.store.release_work(&owner).await?;
         }
         result
     }
@@ -262,7 +262,7 @@ impl Ingester<'_> {
             }
             let claimed = self
                 .store
-                .claim_manifest_file(self.scan, &self.job.url, owner, self.lease, unix_millis())
+                .claim_manifest_file(self.scan, &self.job.url, owner, self.lease)
                 .await?;
             if let Some(file) = claimed {
                 logged = self.read_file(owner, &file, logged).await?;
@@ -329,7 +329,6 @@ impl Ingester<'_> {
                     b.rows,
                     false,
                     self.lease,
-                    unix_millis(),
                 )
                 .await?;
             let Some(stats) = stats else {
@@ -359,7 +358,6 @@ impl Ingester<'_> {
                     0,
                     true,
                     self.lease,
-                    unix_millis(),
                 )
                 .await?;
         }

@@ -441,7 +441,7 @@ pub async fn release_own_leases(store: &JobStore) -> Result<u64, RekeyError> {
     tokio::time::sleep(Duration::from_millis(200)).await;
     released += store.release_owner_prefix(&prefix).await?;
     // The listing ranges and manifest files this process held (not counted: not objects).
-    store.release_work(&prefix, scan::unix_millis()).await?;
+    store.release_work(&prefix).await?;
     Ok(released)
 }
 
@@ -464,6 +464,49 @@ pub(crate) fn process_owner_prefix() -> String {
         .clone()
 }
 
+/// `host:pid:nonce:`, the process part of a lease owner id (a worker's `host:pid:nonce:start`, a
+/// lister's or ingester's `host:pid:nonce:start:tag`); `None` for an id of another shape (an
+/// older version's `host:pid:start`, a hand-edited row).
+pub(crate) fn owner_process(owner: &str) -> Option<&str> {
+    let mut colons = owner.match_indices(':').map(|(i, _)| i);
+    let third = colons.nth(2)?;
+    Some(&owner[..=third])
+}
+
+/// Whether lease owner `owner` is a dead process of this host, so its rows can be handed back
+/// at once instead of at lease expiry; `me` is any owner id of this process (or its
+/// [`process_owner_prefix`]). Keyed on the whole `host:pid:nonce:`: our own process is alive;
+/// our pid with another nonce is a predecessor (a restarted container's pid 1), dead; another
+/// pid of this host is dead when /proc has no such process. Owners of other hosts, or of
+/// another shape, are never dead here: their leases lapse.
+///
+/// Only for SQLite, where the file lock makes this the one live process on the file: on a
+/// shared queue a peer with our host and pid may be alive in another container.
+pub(crate) fn dead_owner_on_this_host(owner: &str, me: &str) -> bool {
+    dead_owner(owner, me, &hostname(), |pid| {
+        std::path::Path::new("/proc").join(pid).exists()
+    })
+}
+
+/// [`dead_owner_on_this_host`] with the host and the liveness test passed in (unit tests).
+fn dead_owner(owner: &str, me: &str, host: &str, alive: impl Fn(&str) -> bool) -> bool {
+    let (Some(theirs), Some(mine)) = (owner_process(owner), owner_process(me)) else {
+        return false;
+    };
+    if theirs == mine {
+        return false;
+    }
+    let mut parts = theirs.split(':');
+    let (Some(h), Some(pid)) = (parts.next(), parts.next()) else {
+        return false;
+    };
+    if h != host || pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
+        return false;
+    }
+    let my_pid = mine.split(':').nth(1);
+    my_pid == Some(pid) || !alive(pid)
+}
+
 /// This host's name (`HOSTNAME`, else /etc/hostname): the first part of a lease owner.
 pub(crate) fn hostname() -> String {
     std::env::var("HOSTNAME")
@@ -477,6 +520,46 @@ pub(crate) fn hostname() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_process_part_of_an_owner_ends_after_the_nonce() {
+        assert_eq!(owner_process("h:12:0a0b0c0d:1700"), Some("h:12:0a0b0c0d:"));
+        assert_eq!(owner_process("h:12:0a0b0c0d:1700:l3"), Some("h:12:0a0b0c0d:"));
+        assert_eq!(owner_process("h:12:1700"), None);
+        assert_eq!(owner_process("gone-host:1:1"), None);
+    }
+
+    #[test]
+    fn dead_owners_are_told_by_host_pid_and_nonce() {
+        let me = "h:10:aaaaaaaa:500";
+        let alive = |pid: &str| pid == "20";
+        // Our own process (another call of it, a lister's tag): alive.
+        assert!(!dead_owner("h:10:aaaaaaaa:400", me, "h", alive));
+        assert!(!dead_owner("h:10:aaaaaaaa:400:l0", me, "h", alive));
+        // Our pid under another nonce: a predecessor (a restarted container's pid 1).
+        assert!(dead_owner("h:10:bbbbbbbb:400", me, "h", alive));
+        assert!(dead_owner("h:10:bbbbbbbb:400:l1", me, "h", alive));
+        // Another pid of this host: dead unless it runs.
+        assert!(dead_owner("h:30:cccccccc:1", me, "h", alive));
+        assert!(!dead_owner("h:20:cccccccc:1", me, "h", alive));
+        // Another host, another shape, a pid that is not a number: left to lapse.
+        assert!(!dead_owner("other:30:cccccccc:1", me, "h", alive));
+        assert!(!dead_owner("h:30:1", me, "h", alive));
+        assert!(!dead_owner("h:..:cccccccc:1", me, "h", |_| false));
+        assert!(!dead_owner("h:30:cccccccc:1", "h:10:1", "h", alive));
+    }
+
+    #[test]
+    fn this_process_is_alive_and_a_missing_pid_is_dead() {
+        let me = format!("{}1", process_owner_prefix());
+        let host = hostname();
+        // Our pid's /proc entry exists; u32::MAX is above any pid_max.
+        let other = format!("{host}:{}:00000000:1", u32::MAX);
+        assert!(dead_owner_on_this_host(&other, &me));
+        let sibling = format!("{host}:1:00000000:1");
+        assert!(!dead_owner_on_this_host(&sibling, &me) || std::process::id() == 1);
+        assert!(!dead_owner_on_this_host(&me, &me));
+    }
 
     #[tokio::test(start_paused = true)]
     async fn stop_steps_only_move_forward() {

@@ -30,7 +30,7 @@
 //! per 1,000 top-level entries). A flat namespace (all keys directly under the prefix) falls
 //! back to every shard listing it all and keeping its own keys, as before.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -162,22 +162,17 @@ const MAX_STALLED_PAGES: u32 = 100;
 /// all share a longer run of bytes with its cursor is left to its owner.
 pub const MAX_PROBES: usize = 6;
 
-/// Probes that found nothing to split, per lister and scan: the requests a lister may waste on
-/// splits at the tail of a pass, when every range left is short (its keys all share a long
-/// run of bytes with its cursor). After it, the lister only takes over lapsed ranges.
-pub const FAILED_PROBE_BUDGET: u32 = 12;
+/// Probes that found nothing to split, per process and scan, before [`FAILED_PROBE_SHARE`]: the
+/// requests a process may waste on splits whatever the size of the bucket (at the tail of a
+/// pass every range left is short, and each probe of one fails).
+pub const FAILED_PROBE_BUDGET: u64 = 12;
+
+/// Failed probes allowed on top of [`FAILED_PROBE_BUDGET`]: one per this many requests of the
+/// process, so splits that rebalance a long pass stay possible at a bounded cost (2%).
+pub const FAILED_PROBE_SHARE: u64 = 50;
 
 /// Ranges looked at when choosing one to split.
 const SPLIT_CANDIDATES: u32 = 1000;
-
-/// Unix milliseconds now: the times of the listing and manifest work items (bound as
-/// parameters, see `store/work.rs`).
-pub(crate) fn unix_millis() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
 
 /// A lease owner id unique to this process and call: `host:pid:nonce:start:tag`.
 pub(crate) fn work_owner(tag: &str) -> String {
@@ -190,25 +185,20 @@ pub(crate) fn work_owner(tag: &str) -> String {
 
 /// Hands back the ranges and manifest files of dead processes of this host (SIGKILLed, OOM):
 /// their leases would lapse anyway, this only saves the wait on a restart.
-/// Only on SQLite (see `worker::release_dead_leases`): on a shared queue leases only lapse.
+/// Only on SQLite (see [`super::dead_owner_on_this_host`]): on a shared queue leases only lapse.
 pub(crate) async fn release_dead_work(store: &JobStore) -> Result<u64, RekeyError> {
     if store.is_shared() {
         return Ok(0);
     }
-    let host = super::hostname();
-    let my_pid = std::process::id().to_string();
+    let me = super::process_owner_prefix();
     let mut released = 0;
     for owner in store.work_owners().await? {
-        let mut parts = owner.split(':');
-        let (Some(h), Some(pid)) = (parts.next(), parts.next()) else {
-            continue;
-        };
-        if h != host || pid == my_pid || std::path::Path::new("/proc").join(pid).exists() {
+        if !super::dead_owner_on_this_host(&owner, &me) {
             continue;
         }
-        released += store
-            .release_work(&format!("{h}:{pid}:"), unix_millis())
-            .await?;
+        if let Some(process) = super::owner_process(&owner) {
+            released += store.release_work(process).await?;
+        }
     }
     if released > 0 {
         tracing::info!(
@@ -235,11 +225,11 @@ pub async fn scan(
     s3_limit: &RateLimit,
     shutdown: &Shutdown,
 ) -> Result<ScanSummary, RekeyError> {
-    let started = unix_millis();
+    let started = store.clock_millis().await?;
     release_dead_work(store).await?;
     let seeds = seeds(store, scan).await?;
     if store
-        .begin_listing(scan, &seeds, started, unix_millis())
+        .begin_listing(scan, &seeds, started)
         .await?
     {
         if let Some(c) = seeds.first().and_then(|s| s.cursor.as_deref()) {
@@ -250,6 +240,7 @@ pub async fn scan(
     }
     let shard = scan.shard.map(|(index, count)| Shard { index, count });
     let total = Mutex::new(ScanSummary::default());
+    let splitting = Splitting::default();
     let lister = Lister {
         client,
         store,
@@ -259,6 +250,7 @@ pub async fn scan(
         s3_limit,
         shutdown,
         total: &total,
+        splitting: &splitting,
     };
     let listers = list.listers.max(1);
     // Splitting needs another lister to split for: a second one here, or other processes on a
@@ -296,6 +288,24 @@ async fn seeds(store: &JobStore, scan: &ScanKey) -> Result<Vec<RangeSeed>, Rekey
     }])
 }
 
+/// What the listers of one process know about splitting, shared so that no two of them probe
+/// at once (they would all probe the same widest range), no probe that failed is sent again,
+/// and the failed probes are counted once per process.
+#[derive(Default)]
+struct Splitting {
+    /// Held while a lister chooses a range and probes it.
+    turn: tokio::sync::Mutex<()>,
+    /// Probes that found no key inside their range.
+    failed: std::sync::atomic::AtomicU64,
+    /// By range id, the lowest probe that found no key inside the range: probes at or above it
+    /// are not sent again. A hint for splitting only, never a bound of what is listed: some
+    /// S3-compatible servers skip keys after a StartAfter (SeaweedFS skips `b/...` after `b`),
+    /// so "nothing above the probe" is not trusted to drop keys.
+    failed_above: Mutex<HashMap<i64, String>>,
+    /// Ranges (id, end) whose probes all failed: left to their owners.
+    unsplittable: Mutex<HashSet<(i64, Option<String>)>>,
+}
+
 /// What every lister of one scan shares.
 struct Lister<'a> {
     client: &'a S3Cse,
@@ -306,6 +316,7 @@ struct Lister<'a> {
     s3_limit: &'a RateLimit,
     shutdown: &'a Shutdown,
     total: &'a Mutex<ScanSummary>,
+    splitting: &'a Splitting,
 }
 
 /// One ListObjectsV2 page, as the listers use it.
@@ -324,17 +335,17 @@ impl Lister<'_> {
     /// lister's range (if `split`) or waits for the others' ranges to end or lapse.
     async fn run(&self, index: usize, split: bool) -> Result<(), RekeyError> {
         let owner = work_owner(&format!("l{index}"));
-        let result = self.run_as(&owner, split).await;
+        let mut keys = 0u64;
+        let result = self.run_as(&owner, split, &mut keys).await;
+        tracing::info!(lister = index, keys, "lister finished");
         if self.shutdown.is_stopping() || result.is_err() {
             // A graceful stop (or an error) hands the range back at once, not at lease expiry.
-            self.store.release_work(&owner, unix_millis()).await?;
+            self.store.release_work(&owner).await?;
         }
         result
     }
 
-    async fn run_as(&self, owner: &str, split: bool) -> Result<(), RekeyError> {
-        let mut unsplittable: HashSet<(i64, Option<String>)> = HashSet::new();
-        let mut budget = FAILED_PROBE_BUDGET;
+    async fn run_as(&self, owner: &str, split: bool, keys: &mut u64) -> Result<(), RekeyError> {
         // Short: an idle lister splits a range as soon as its owner has listed a first page.
         let poll =
             (self.list.lease / 8).clamp(Duration::from_millis(50), Duration::from_millis(250));
@@ -344,19 +355,18 @@ impl Lister<'_> {
             }
             let claimed = self
                 .store
-                .claim_range(self.scan, owner, self.list.lease, unix_millis())
+                .claim_range(self.scan, owner, self.list.lease)
                 .await?;
             if let Some(range) = claimed {
-                self.list_range(owner, &range, None).await?;
+                *keys += self.list_range(owner, &range, None).await?;
                 continue;
             }
             if split
-                && budget > 0
-                && let Some((range, token)) = self
-                    .split_one(owner, &mut unsplittable, &mut budget)
-                    .await?
+                && self.may_probe()
+                && let Some((range, token)) = self.split_one(owner).await?
             {
-                self.list_range(owner, &range, token).await?;
+                *keys += range.listed;
+                *keys += self.list_range(owner, &range, token).await?;
                 continue;
             }
             if self.store.ranges_remaining(self.scan).await?.open == 0 {
@@ -375,6 +385,14 @@ impl Lister<'_> {
         if let Ok(mut t) = self.total.lock() {
             t.add(&s);
         }
+    }
+
+    /// Whether this process may still probe for a split: fewer failed probes than
+    /// [`FAILED_PROBE_BUDGET`] plus one per [`FAILED_PROBE_SHARE`] requests sent.
+    fn may_probe(&self) -> bool {
+        let requests = self.total.lock().map(|t| t.requests).unwrap_or(0);
+        self.splitting.failed.load(std::sync::atomic::Ordering::Relaxed)
+            < FAILED_PROBE_BUDGET + requests / FAILED_PROBE_SHARE
     }
 
     /// One ListObjectsV2 request of `range` (from `start_after`, or on with `token`).
@@ -440,17 +458,18 @@ impl Lister<'_> {
     }
 
     /// Lists `range` (claimed by `owner`) to its end, its lease lost, or a stop. `token`: the
-    /// continuation of a split probe's page.
+    /// continuation of a split probe's page. Returns the keys it enqueued.
     async fn list_range(
         &self,
         owner: &str,
         range: &ListRange,
         mut token: Option<String>,
-    ) -> Result<(), RekeyError> {
+    ) -> Result<u64, RekeyError> {
         let mut stalled = 0u32;
+        let mut keys = 0u64;
         loop {
             if self.shutdown.is_stopping() {
-                return Ok(());
+                return Ok(keys);
             }
             let page = self
                 .page(range, range.cursor.as_deref(), token.as_deref())
@@ -458,10 +477,8 @@ impl Lister<'_> {
             let complete = page.next.is_none();
             let Some(last) = page.last.as_deref() else {
                 if complete {
-                    self.store
-                        .finish_range(range.id, owner, unix_millis())
-                        .await?;
-                    return Ok(());
+                    self.store.finish_range(range.id, owner).await?;
+                    return Ok(keys);
                 }
                 stalled = if token == page.next { stalled + 1 } else { 0 };
                 if stalled >= MAX_STALLED_PAGES {
@@ -487,7 +504,6 @@ impl Lister<'_> {
                     last,
                     complete,
                     self.list.lease,
-                    unix_millis(),
                 )
                 .await?;
             let Some((stats, done)) = committed else {
@@ -496,14 +512,15 @@ impl Lister<'_> {
                     range = range.id,
                     "listing range lost (its lease lapsed and another lister took it over)"
                 );
-                return Ok(());
+                return Ok(keys);
             };
+            keys += stats.inserted + stats.reset + stats.unchanged;
             self.add(ScanSummary {
                 enqueued: stats,
                 ..ScanSummary::default()
             });
             if done {
-                return Ok(());
+                return Ok(keys);
             }
             token = page.next;
         }
@@ -512,13 +529,22 @@ impl Lister<'_> {
     /// Splits the widest open range held by another lister: probes above its cursor and, when
     /// a probe finds keys inside the range, makes its page the first of a new range leased to
     /// `owner`. Returns that range (if not already done) and the probe's continuation token.
+    ///
+    /// A probe that finds no key inside the range is not wasted on the other listers of this
+    /// process: it is remembered, and no one here sends that probe (or any above it) again.
+    /// One lister of this process probes at a time.
     async fn split_one(
         &self,
         owner: &str,
-        unsplittable: &mut HashSet<(i64, Option<String>)>,
-        budget: &mut u32,
     ) -> Result<Option<(ListRange, Option<String>)>, RekeyError> {
+        let _turn = self.splitting.turn.lock().await;
         let candidates = self.store.open_ranges(self.scan, SPLIT_CANDIDATES).await?;
+        let unsplittable = self
+            .splitting
+            .unsplittable
+            .lock()
+            .map(|u| u.clone())
+            .unwrap_or_default();
         let widest = candidates
             .into_iter()
             .filter(|r| r.lease_owner.as_deref() != Some(owner))
@@ -531,13 +557,30 @@ impl Lister<'_> {
         let Some((_, lo, range)) = widest else {
             return Ok(None);
         };
-        for probe in probes(&range.prefix, &lo, range.end_before.as_deref()) {
-            if self.shutdown.is_stopping() || *budget == 0 {
+        // Below the end, and below any probe of it that failed (the probe followed by U+0001:
+        // the probe itself is then "a prefix of the end" and skipped).
+        let failed_above = self
+            .splitting
+            .failed_above
+            .lock()
+            .ok()
+            .and_then(|f| f.get(&range.id).map(|p| format!("{p}\u{1}")));
+        let hi = match (range.end_before.clone(), failed_above) {
+            (Some(e), Some(f)) => Some(e.min(f)),
+            (e, f) => e.or(f),
+        };
+        for probe in probes(&range.prefix, &lo, hi.as_deref()) {
+            if self.shutdown.is_stopping() || !self.may_probe() {
                 return Ok(None);
             }
             let page = self.page(&range, Some(&probe), None).await?;
             let Some(first) = page.objects.first().filter(|o| range.contains(&o.key)) else {
-                *budget -= 1;
+                self.splitting
+                    .failed
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if let Ok(mut f) = self.splitting.failed_above.lock() {
+                    f.insert(range.id, probe.clone());
+                }
                 continue;
             };
             let (Some(last), split_at) = (page.last.as_deref(), first.key.as_str()) else {
@@ -557,7 +600,6 @@ impl Lister<'_> {
                     split,
                     owner,
                     self.list.lease,
-                    unix_millis(),
                 )
                 .await?;
             // Refused: the owner passed the split point, or another split moved the end; the
@@ -579,7 +621,9 @@ impl Lister<'_> {
             let token = page.next;
             return Ok((new.state == crate::store::WorkState::Running).then_some((new, token)));
         }
-        unsplittable.insert((range.id, range.end_before.clone()));
+        if let Ok(mut u) = self.splitting.unsplittable.lock() {
+            u.insert((range.id, range.end_before.clone()));
+        }
         Ok(None)
     }
 }
@@ -632,7 +676,10 @@ fn probes(prefix: &str, lo: &str, hi: Option<&str>) -> Vec<String> {
         let Ok(probe) = String::from_utf8(probe) else {
             break;
         };
-        if probe.as_str() <= lo || hi.is_some_and(|h| probe.as_str() >= h) {
+        // At or above the end, or a prefix of it: the end most likely came from this probe (a
+        // failed probe's end just above it, or a split at the first key after it).
+        if probe.as_str() <= lo || hi.is_some_and(|h| probe.as_str() >= h || h.starts_with(&probe))
+        {
             continue;
         }
         out.push(probe);
@@ -702,6 +749,9 @@ mod tests {
             probes("p/", "p/k0042", Some("p/k01")),
             ["p/k005", "p/k0043"]
         );
+        // Not a probe the end came from: a failed one (end just above it) or a split's.
+        assert_eq!(probes("p/", "p/k0042", Some("p/k005\u{1}")), ["p/k0043"]);
+        assert_eq!(probes("p/", "p/k0042", Some("p/k0050-x")), ["p/k0043"]);
         // Non-ASCII and the top byte are skipped: a StartAfter must be UTF-8.
         assert_eq!(probes("", "~a\u{e9}", None), ["~b"]);
         assert!(probes("p/", "p/", None).is_empty());

@@ -87,8 +87,6 @@ async fn release_dead_leases(store: &JobStore, me: &str) -> Result<u64, RekeyErr
     if store.is_shared() {
         return Ok(0);
     }
-    let host = super::hostname();
-    let my_pid = std::process::id().to_string();
     let running: Vec<_> = store.report(Some(JobState::Running)).try_collect().await?;
     let mut by_owner: HashMap<String, Vec<i64>> = HashMap::new();
     for row in running {
@@ -98,19 +96,7 @@ async fn release_dead_leases(store: &JobStore, me: &str) -> Result<u64, RekeyErr
         let Some(owner) = job.lease_owner else {
             continue;
         };
-        let mut parts = owner.split(':');
-        let (Some(h), Some(pid)) = (parts.next(), parts.next()) else {
-            continue;
-        };
-        if h != host || owner == me {
-            continue;
-        }
-        let dead = if pid == my_pid {
-            true // Our pid, another start: that process is gone (a restarted container's pid 1).
-        } else {
-            !std::path::Path::new("/proc").join(pid).exists()
-        };
-        if dead {
+        if super::dead_owner_on_this_host(&owner, me) {
             by_owner.entry(owner).or_default().push(job.id);
         }
     }

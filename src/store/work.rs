@@ -20,9 +20,19 @@
 //! One row per data file of a manifest with `line`, the lines already enqueued: claimed like a
 //! range, each batch enqueued with the new `line` in one transaction.
 //!
+//! # Clock
+//! Times here (`lease_until`, `created_at`, `updated_at`) are unix **milliseconds** read from the
+//! database's clock in the statement itself ([`NOW_MS_SQLITE`] / [`NOW_MS_PG`], spliced in as
+//! `{now}`), never the listers' clocks: on PostgreSQL, pods whose clocks disagree by more than a
+//! lease would otherwise take over each other's live ranges; the job leases work the same way
+//! (`unixepoch()`). On SQLite the database is local, so its clock is this host's, and the SQL has
+//! the same shape. Milliseconds: a pass finished by a peer during this run is told from one
+//! finished before it by comparing with the run's start ([`JobStore::clock_millis`]), and runs
+//! (tests, a quick re-run) can be less than a second apart.
+//!
 //! # Two backends
-//! The SQL is written to port to PostgreSQL as it is: `$n` placeholders, times bound from Rust
-//! (`now`, unix seconds), no SQLite-only syntax. For PostgreSQL: the claim subqueries take
+//! The SQL is written to port to PostgreSQL as it is: `$n` placeholders, the clock spliced in,
+//! no SQLite-only syntax. For PostgreSQL: the claim subqueries take
 //! `FOR UPDATE SKIP LOCKED`, the transactions `SELECT ... FOR UPDATE` the item row first (here
 //! `BEGIN IMMEDIATE` serializes them), and key comparisons need `COLLATE "C"` (byte order, as
 //! S3 lists keys and SQLite's BINARY collation compares).
@@ -217,11 +227,18 @@ macro_rules! work_rows {
 work_rows!(SqliteRow);
 work_rows!(PgRow);
 
-/// Times in these tables are unix **milliseconds**: a pass finished by a peer during this run
-/// is told from one finished before it by comparing with the run's start, and runs (tests,
-/// a quick re-run) can be less than a second apart.
-fn lease_until(now: i64, lease: Duration) -> i64 {
-    now.saturating_add(i64::try_from(lease.as_millis().max(1000)).unwrap_or(i64::MAX))
+/// The database's clock in unix milliseconds, SQLite. `julianday('now')` has millisecond
+/// resolution and is one value within a statement.
+pub(crate) const NOW_MS_SQLITE: &str =
+    "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)";
+
+/// The database's clock in unix milliseconds, PostgreSQL: `now()`, the transaction's start,
+/// so one value within a transaction.
+pub(crate) const NOW_MS_PG: &str = "CAST(floor(extract(epoch FROM now()) * 1000) AS BIGINT)";
+
+/// A lease in milliseconds (at least a second), added to the database's clock.
+fn lease_millis(lease: Duration) -> i64 {
+    i64::try_from(lease.as_millis().max(1000)).unwrap_or(i64::MAX / 2)
 }
 
 /// The objects of a page inside `[start_at, end_before)`.
@@ -261,18 +278,35 @@ where
 }
 
 impl JobStore {
+    /// The SQL of the database's clock in unix milliseconds (see "Clock" above).
+    fn now_ms(&self) -> &'static str {
+        if self.is_shared() { NOW_MS_PG } else { NOW_MS_SQLITE }
+    }
+
+    /// The database's clock, unix milliseconds: the start of a run, compared with the
+    /// `updated_at` of work items ([`begin_listing`](Self::begin_listing)).
+    pub async fn clock_millis(&self) -> Result<i64, StoreError> {
+        let sql = format!("SELECT {}", self.now_ms());
+        on_pool!(self, pool => {
+            Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(sql.clone()))
+                .fetch_one(pool)
+                .await?)
+        })
+    }
+
     /// Starts a listing pass of `scan` with `seeds`, unless one is under way: with no range
     /// yet, or every range done before `run_started` (the last pass finished in an earlier
     /// run: the nightly re-scan), the old ranges are deleted and `seeds` inserted `pending`,
     /// and `true` is returned; otherwise the pass under way (or one a peer finished during
-    /// this run) is joined as it is, and `false`. Times in unix milliseconds.
+    /// this run) is joined as it is, and `false`. `run_started`: [`clock_millis`](Self::clock_millis)
+    /// when the run started.
     pub async fn begin_listing(
         &self,
         scan: &ScanKey,
         seeds: &[RangeSeed],
         run_started: i64,
-        now: i64,
     ) -> Result<bool, StoreError> {
+        let now = self.now_ms();
         on_pool!(self, pool => {
             let mut tx = pool.begin_with(self.begin_write_sql()).await?;
             if self.is_shared() {
@@ -303,11 +337,12 @@ impl JobStore {
             .execute(&mut *tx)
             .await?;
             for s in seeds {
-                sqlx::query(
+                let sql = format!(
                     "INSERT INTO list_ranges (bucket, scan_prefix, shard, prefix, delimiter, start_at, \
                      end_before, cursor, created_at, updated_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)",
-                )
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, {now}, {now})"
+                );
+                sqlx::query(sqlx::AssertSqlSafe(sql))
                 .bind(&scan.bucket)
                 .bind(&scan.prefix)
                 .bind(scan.shard_text())
@@ -316,7 +351,6 @@ impl JobStore {
                 .bind(&s.start_at)
                 .bind(&s.end_before)
                 .bind(&s.cursor)
-                .bind(now)
                 .execute(&mut *tx)
                 .await?;
             }
@@ -332,23 +366,22 @@ impl JobStore {
         scan: &ScanKey,
         owner: &str,
         lease: Duration,
-        now: i64,
     ) -> Result<Option<ListRange>, StoreError> {
+        let now = self.now_ms();
         on_pool!(self, pool => {
             let skip = self.skip_locked();
             let sql = format!(
-                "UPDATE list_ranges SET state = 'running', lease_owner = $1, lease_until = $2, \
-                 updated_at = $3 \
-                 WHERE id = (SELECT id FROM list_ranges WHERE bucket = $4 AND scan_prefix = $5 \
-                             AND shard = $6 AND (state = 'pending' \
-                             OR (state = 'running' AND lease_until < $3)) \
+                "UPDATE list_ranges SET state = 'running', lease_owner = $1, \
+                 lease_until = {now} + $2, updated_at = {now} \
+                 WHERE id = (SELECT id FROM list_ranges WHERE bucket = $3 AND scan_prefix = $4 \
+                             AND shard = $5 AND (state = 'pending' \
+                             OR (state = 'running' AND lease_until < {now})) \
                              ORDER BY id LIMIT 1{skip}) \
                  RETURNING {RANGE_COLUMNS}"
             );
             let row = sqlx::query(sqlx::AssertSqlSafe(sql))
                 .bind(owner)
-                .bind(lease_until(now, lease))
-                .bind(now)
+                .bind(lease_millis(lease))
                 .bind(&scan.bucket)
                 .bind(&scan.prefix)
                 .bind(scan.shard_text())
@@ -438,11 +471,10 @@ impl JobStore {
         last_key: &str,
         complete: bool,
         lease: Duration,
-        now: i64,
     ) -> Result<Option<(EnqueueStats, bool)>, StoreError> {
         retry_conflicts(|| {
             self.commit_range_page_once(
-                range_id, owner, bucket, objects, prefixes, last_key, complete, lease, now,
+                range_id, owner, bucket, objects, prefixes, last_key, complete, lease,
             )
         })
         .await
@@ -459,8 +491,8 @@ impl JobStore {
         last_key: &str,
         complete: bool,
         lease: Duration,
-        now: i64,
     ) -> Result<Option<(EnqueueStats, bool)>, StoreError> {
+        let now = self.now_ms();
         on_pool!(self, pool => {
             let mut tx = pool.begin_with(self.begin_write_sql()).await?;
             let lock = self.row_lock();
@@ -485,30 +517,30 @@ impl JobStore {
                 .collect();
             let stats = EnqueueInto::enqueue_into(&mut *tx, bucket, &kept).await?;
             for p in prefixes {
-                sqlx::query(
+                let sql = format!(
                     "INSERT INTO list_ranges (bucket, scan_prefix, shard, prefix, created_at, \
-                     updated_at) VALUES ($1, $2, $3, $4, $5, $5) \
-                     ON CONFLICT (bucket, scan_prefix, shard, prefix, start_at) DO NOTHING",
-                )
+                     updated_at) VALUES ($1, $2, $3, $4, {now}, {now}) \
+                     ON CONFLICT (bucket, scan_prefix, shard, prefix, start_at) DO NOTHING"
+                );
+                sqlx::query(sqlx::AssertSqlSafe(sql))
                 .bind(bucket)
                 .bind(&scan_prefix)
                 .bind(&shard)
                 .bind(p)
-                .bind(now)
                 .execute(&mut *tx)
                 .await?;
             }
             let done = complete || range.end_before.as_deref().is_some_and(|e| last_key >= e);
-            sqlx::query(
-                "UPDATE list_ranges SET cursor = $1, listed = listed + $2, lease_until = $3, \
-                 updated_at = $4, state = $5, \
-                 lease_owner = CASE WHEN $6 THEN NULL ELSE lease_owner END \
-                 WHERE id = $7",
-            )
+            let sql = format!(
+                "UPDATE list_ranges SET cursor = $1, listed = listed + $2, \
+                 lease_until = {now} + $3, updated_at = {now}, state = $4, \
+                 lease_owner = CASE WHEN $5 THEN NULL ELSE lease_owner END \
+                 WHERE id = $6"
+            );
+            sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(last_key)
             .bind(kept.len() as i64)
-            .bind(lease_until(now, lease))
-            .bind(now)
+            .bind(lease_millis(lease))
             .bind(if done { "done" } else { "running" })
             .bind(done)
             .bind(range_id)
@@ -520,18 +552,14 @@ impl JobStore {
     }
 
     /// Marks range `range_id` done without a page (an empty listing), if `owner` holds it.
-    pub async fn finish_range(
-        &self,
-        range_id: i64,
-        owner: &str,
-        now: i64,
-    ) -> Result<bool, StoreError> {
+    pub async fn finish_range(&self, range_id: i64, owner: &str) -> Result<bool, StoreError> {
+        let now = self.now_ms();
         on_pool!(self, pool => {
-            let done = sqlx::query(
-                "UPDATE list_ranges SET state = 'done', lease_owner = NULL, updated_at = $1 \
-                 WHERE id = $2 AND lease_owner = $3 AND state = 'running'",
-            )
-            .bind(now)
+            let sql = format!(
+                "UPDATE list_ranges SET state = 'done', lease_owner = NULL, updated_at = {now} \
+                 WHERE id = $1 AND lease_owner = $2 AND state = 'running'"
+            );
+            let done = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(range_id)
             .bind(owner)
             .execute(pool)
@@ -556,13 +584,10 @@ impl JobStore {
         page: SplitPage<'_>,
         owner: &str,
         lease: Duration,
-        now: i64,
     ) -> Result<Option<(ListRange, EnqueueStats)>, StoreError> {
-        retry_conflicts(|| self.split_range_once(range_id, expected_end, page, owner, lease, now))
-            .await
+        retry_conflicts(|| self.split_range_once(range_id, expected_end, page, owner, lease)).await
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn split_range_once(
         &self,
         range_id: i64,
@@ -570,23 +595,22 @@ impl JobStore {
         page: SplitPage<'_>,
         owner: &str,
         lease: Duration,
-        now: i64,
     ) -> Result<Option<(ListRange, EnqueueStats)>, StoreError> {
+        let now = self.now_ms();
         on_pool!(self, pool => {
             if expected_end.is_some_and(|e| page.split_at >= e) {
                 return Ok(None);
             }
             let mut tx = pool.begin_with(self.begin_write_sql()).await?;
             let sql = format!(
-                "UPDATE list_ranges SET end_before = $1, updated_at = $2 \
-                 WHERE id = $3 AND state <> 'done' AND delimiter IS NULL AND start_at < $1 \
+                "UPDATE list_ranges SET end_before = $1, updated_at = {now} \
+                 WHERE id = $2 AND state <> 'done' AND delimiter IS NULL AND start_at < $1 \
                  AND (cursor IS NULL OR cursor < $1) \
-                 AND (end_before = $4 OR (end_before IS NULL AND $4 IS NULL)) \
+                 AND (end_before = $3 OR (end_before IS NULL AND $3 IS NULL)) \
                  RETURNING {RANGE_COLUMNS}, scan_prefix, shard"
             );
             let Some(row) = sqlx::query(sqlx::AssertSqlSafe(sql))
                 .bind(page.split_at)
-                .bind(now)
                 .bind(range_id)
                 .bind(expected_end)
                 .fetch_optional(&mut *tx)
@@ -607,15 +631,15 @@ impl JobStore {
                 .await?;
             let stats = EnqueueInto::enqueue_into(&mut *tx, &bucket, &kept).await?;
             let done = page.complete || expected_end.is_some_and(|e| page.last_key >= e);
-            let (state, lease_owner, until) = if done {
+            let (state, lease_owner, lease) = if done {
                 ("done", None, None)
             } else {
-                ("running", Some(owner), Some(lease_until(now, lease)))
+                ("running", Some(owner), Some(lease_millis(lease)))
             };
             let sql = format!(
                 "INSERT INTO list_ranges (bucket, scan_prefix, shard, prefix, start_at, end_before, \
                  cursor, listed, state, lease_owner, lease_until, created_at, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, {now} + $11, {now}, {now}) \
                  RETURNING {RANGE_COLUMNS}"
             );
             let new = sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -629,8 +653,7 @@ impl JobStore {
                 .bind(kept.len() as i64)
                 .bind(state)
                 .bind(lease_owner)
-                .bind(until)
-                .bind(now)
+                .bind(lease)
                 .fetch_one(&mut *tx)
                 .await?;
             let new = ListRange::from_row(&new)?;
@@ -642,7 +665,8 @@ impl JobStore {
     /// Hands every running range and manifest file leased by an owner starting with
     /// `owner_prefix` (a process's `host:pid:nonce:`) back as `pending`: a stop, or the leftovers of
     /// a dead process of this host. Returns how many.
-    pub async fn release_work(&self, owner_prefix: &str, now: i64) -> Result<u64, StoreError> {
+    pub async fn release_work(&self, owner_prefix: &str) -> Result<u64, StoreError> {
+        let now = self.now_ms();
         on_pool!(self, pool => {
             if owner_prefix.is_empty() {
                 return Ok(0);
@@ -651,12 +675,11 @@ impl JobStore {
             for table in ["list_ranges", "manifest_files"] {
                 let sql = format!(
                     "UPDATE {table} SET state = 'pending', lease_owner = NULL, lease_until = NULL, \
-                     updated_at = $2 WHERE state = 'running' \
+                     updated_at = {now} WHERE state = 'running' \
                      AND substr(lease_owner, 1, length(CAST($1 AS TEXT))) = CAST($1 AS TEXT)"
                 );
                 released += sqlx::query(sqlx::AssertSqlSafe(sql))
                     .bind(owner_prefix)
-                    .bind(now)
                     .execute(pool)
                     .await?
                     .rows_affected();
@@ -719,8 +742,8 @@ impl JobStore {
         names: &[String],
         resume: Option<(usize, u64)>,
         run_started: i64,
-        now: i64,
     ) -> Result<bool, StoreError> {
+        let now = self.now_ms();
         on_pool!(self, pool => {
             let mut tx = pool.begin_with(self.begin_write_sql()).await?;
             if self.is_shared() {
@@ -763,11 +786,12 @@ impl JobStore {
                     Some((f, l)) if i == f => ("pending", l),
                     _ => ("pending", 0),
                 };
-                sqlx::query(
+                let sql = format!(
                     "INSERT INTO manifest_files (bucket, scan_prefix, shard, manifest, file_index, \
                      name, line, state, created_at, updated_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)",
-                )
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, {now}, {now})"
+                );
+                sqlx::query(sqlx::AssertSqlSafe(sql))
                 .bind(&scan.bucket)
                 .bind(&scan.prefix)
                 .bind(scan.shard_text())
@@ -776,7 +800,6 @@ impl JobStore {
                 .bind(name)
                 .bind(to_i64(line))
                 .bind(state)
-                .bind(now)
                 .execute(&mut *tx)
                 .await?;
             }
@@ -793,23 +816,22 @@ impl JobStore {
         manifest: &str,
         owner: &str,
         lease: Duration,
-        now: i64,
     ) -> Result<Option<ManifestFile>, StoreError> {
+        let now = self.now_ms();
         on_pool!(self, pool => {
             let skip = self.skip_locked();
             let sql = format!(
-                "UPDATE manifest_files SET state = 'running', lease_owner = $1, lease_until = $2, \
-                 updated_at = $3 \
-                 WHERE id = (SELECT id FROM manifest_files WHERE bucket = $4 AND scan_prefix = $5 \
-                             AND shard = $6 AND manifest = $7 AND (state = 'pending' \
-                             OR (state = 'running' AND lease_until < $3)) \
+                "UPDATE manifest_files SET state = 'running', lease_owner = $1, \
+                 lease_until = {now} + $2, updated_at = {now} \
+                 WHERE id = (SELECT id FROM manifest_files WHERE bucket = $3 AND scan_prefix = $4 \
+                             AND shard = $5 AND manifest = $6 AND (state = 'pending' \
+                             OR (state = 'running' AND lease_until < {now})) \
                              ORDER BY file_index LIMIT 1{skip}) \
                  RETURNING {FILE_COLUMNS}"
             );
             let row = sqlx::query(sqlx::AssertSqlSafe(sql))
                 .bind(owner)
-                .bind(lease_until(now, lease))
-                .bind(now)
+                .bind(lease_millis(lease))
                 .bind(&scan.bucket)
                 .bind(&scan.prefix)
                 .bind(scan.shard_text())
@@ -860,12 +882,9 @@ impl JobStore {
         rows: u64,
         done: bool,
         lease: Duration,
-        now: i64,
     ) -> Result<Option<EnqueueStats>, StoreError> {
         retry_conflicts(|| {
-            self.commit_file_batch_once(
-                file_id, owner, bucket, objects, last_line, rows, done, lease, now,
-            )
+            self.commit_file_batch_once(file_id, owner, bucket, objects, last_line, rows, done, lease)
         })
         .await
     }
@@ -881,20 +900,20 @@ impl JobStore {
         rows: u64,
         done: bool,
         lease: Duration,
-        now: i64,
     ) -> Result<Option<EnqueueStats>, StoreError> {
+        let now = self.now_ms();
         on_pool!(self, pool => {
             let mut tx = pool.begin_with(self.begin_write_sql()).await?;
-            let held = sqlx::query(
-                "UPDATE manifest_files SET line = $1, rows = rows + $2, lease_until = $3, \
-                 updated_at = $4, state = $5, \
-                 lease_owner = CASE WHEN $6 THEN NULL ELSE lease_owner END \
-                 WHERE id = $7 AND lease_owner = $8 AND state = 'running'",
-            )
+            let sql = format!(
+                "UPDATE manifest_files SET line = $1, rows = rows + $2, \
+                 lease_until = {now} + $3, updated_at = {now}, state = $4, \
+                 lease_owner = CASE WHEN $5 THEN NULL ELSE lease_owner END \
+                 WHERE id = $6 AND lease_owner = $7 AND state = 'running'"
+            );
+            let held = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(to_i64(last_line))
             .bind(to_i64(rows))
-            .bind(lease_until(now, lease))
-            .bind(now)
+            .bind(lease_millis(lease))
             .bind(if done { "done" } else { "running" })
             .bind(done)
             .bind(file_id)
@@ -945,6 +964,24 @@ mod tests {
             .collect()
     }
 
+    /// Lets every lease lapse, as the database's clock passing them would.
+    async fn expire(store: &JobStore) {
+        on_pool!(store, pool => {
+            for sql in [
+                "UPDATE list_ranges SET lease_until = 0 WHERE state = 'running'",
+                "UPDATE manifest_files SET lease_until = 0 WHERE state = 'running'",
+            ] {
+                sqlx::query(sql).execute(pool).await.unwrap();
+            }
+        })
+    }
+
+    /// The database's clock, after a few milliseconds: later than every time written so far.
+    async fn later(store: &JobStore) -> i64 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        store.clock_millis().await.unwrap()
+    }
+
     async fn job_keys(store: &JobStore) -> Vec<String> {
         on_pool!(store, pool => sqlx::query_scalar("SELECT key FROM jobs ORDER BY key")
             .fetch_all(pool)
@@ -979,16 +1016,17 @@ mod tests {
 
     both_backends!(a_pass_is_joined_while_open_and_started_over_once_done(store) {
         let seed = [RangeSeed::default()];
-        assert!(store.begin_listing(&scan(), &seed, 100, 100).await.unwrap());
-        assert!(!store.begin_listing(&scan(), &seed, 0, 101).await.unwrap());
+        let run = later(&store).await;
+        assert!(store.begin_listing(&scan(), &seed, run).await.unwrap());
+        assert!(!store.begin_listing(&scan(), &seed, later(&store).await).await.unwrap());
         let r = store
-            .claim_range(&scan(), "a", LEASE, 102)
+            .claim_range(&scan(), "a", LEASE)
             .await
             .unwrap()
             .unwrap();
         assert!(
             store
-                .claim_range(&scan(), "b", LEASE, 103)
+                .claim_range(&scan(), "b", LEASE)
                 .await
                 .unwrap()
                 .is_none()
@@ -1004,14 +1042,14 @@ mod tests {
                 "b",
                 false,
                 LEASE,
-                104,
             )
             .await
             .unwrap()
             .unwrap();
         assert!(!done);
+        expire(&store).await;
         let r2 = store
-            .claim_range(&scan(), "b", LEASE, 5000)
+            .claim_range(&scan(), "b", LEASE)
             .await
             .unwrap()
             .unwrap();
@@ -1027,37 +1065,33 @@ mod tests {
                     &[],
                     "c",
                     false,
-                    LEASE,
-                    1001
-                )
+                    LEASE)
                 .await
                 .unwrap()
                 .is_none()
         );
+        let late_start = later(&store).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
         store
-            .commit_range_page(r.id, "b", "bkt", &objs(&["c"]), &[], "c", true, LEASE, 5002)
+            .commit_range_page(r.id, "b", "bkt", &objs(&["c"]), &[], "c", true, LEASE)
             .await
             .unwrap()
             .unwrap();
         assert_eq!(job_keys(&store).await, ["a", "b", "c"]);
         assert_eq!(store.ranges_remaining(&scan()).await.unwrap().open, 0);
-        // A process of this run that started late (at 5000, before the pass ended) joins the
-        // finished pass instead of listing again.
+        // A process of this run that started late (before the pass ended) joins the finished
+        // pass instead of listing again.
         assert!(
             !store
-                .begin_listing(&scan(), &seed, 5000, 5003)
+                .begin_listing(&scan(), &seed, late_start)
                 .await
                 .unwrap()
         );
         // The next run starts a new pass from the beginning.
-        assert!(
-            store
-                .begin_listing(&scan(), &seed, 6000, 6000)
-                .await
-                .unwrap()
-        );
+        let next_run = later(&store).await;
+        assert!(store.begin_listing(&scan(), &seed, next_run).await.unwrap());
         let r3 = store
-            .claim_range(&scan(), "c", LEASE, 6001)
+            .claim_range(&scan(), "c", LEASE)
             .await
             .unwrap()
             .unwrap();
@@ -1068,11 +1102,11 @@ mod tests {
 
     both_backends!(a_split_hands_the_upper_keys_to_the_splitter_and_the_owner_drops_them(store) {
         store
-            .begin_listing(&scan(), &[RangeSeed::default()], 1, 1)
+            .begin_listing(&scan(), &[RangeSeed::default()], 1)
             .await
             .unwrap();
         let r = store
-            .claim_range(&scan(), "a", LEASE, 2)
+            .claim_range(&scan(), "a", LEASE)
             .await
             .unwrap()
             .unwrap();
@@ -1086,7 +1120,6 @@ mod tests {
                 "a2",
                 false,
                 LEASE,
-                3,
             )
             .await
             .unwrap()
@@ -1105,7 +1138,6 @@ mod tests {
                 },
                 "b",
                 LEASE,
-                4,
             )
             .await
             .unwrap()
@@ -1130,9 +1162,7 @@ mod tests {
                         complete: false
                     },
                     "c",
-                    LEASE,
-                    5
-                )
+                    LEASE)
                 .await
                 .unwrap()
                 .is_none()
@@ -1149,9 +1179,7 @@ mod tests {
                         complete: false
                     },
                     "c",
-                    LEASE,
-                    5
-                )
+                    LEASE)
                 .await
                 .unwrap()
                 .is_none()
@@ -1167,7 +1195,6 @@ mod tests {
                 "m3",
                 false,
                 LEASE,
-                6,
             )
             .await
             .unwrap()
@@ -1184,7 +1211,6 @@ mod tests {
                 "z",
                 true,
                 LEASE,
-                7,
             )
             .await
             .unwrap()
@@ -1202,9 +1228,9 @@ mod tests {
             delimiter: Some("/".into()),
             ..RangeSeed::default()
         };
-        store.begin_listing(&scan(), &[seed], 1, 1).await.unwrap();
+        store.begin_listing(&scan(), &[seed], 1).await.unwrap();
         let r = store
-            .claim_range(&scan(), "a", LEASE, 2)
+            .claim_range(&scan(), "a", LEASE)
             .await
             .unwrap()
             .unwrap();
@@ -1219,14 +1245,13 @@ mod tests {
                 "b/",
                 false,
                 LEASE,
-                3,
             )
             .await
             .unwrap()
             .unwrap();
         // A resumed Delimiter listing hands "b/" back again: no second range.
         store
-            .commit_range_page(r.id, "a", "bkt", &[], &prefixes[1..], "b/", true, LEASE, 4)
+            .commit_range_page(r.id, "a", "bkt", &[], &prefixes[1..], "b/", true, LEASE)
             .await
             .unwrap()
             .unwrap();
@@ -1240,49 +1265,50 @@ mod tests {
         let names = ["f0".to_owned(), "f1".to_owned()];
         assert!(
             store
-                .begin_manifest(&scan(), "m", &names, Some((1, 7)), 1, 1)
+                .begin_manifest(&scan(), "m", &names, Some((1, 7)), 1)
                 .await
                 .unwrap()
         );
         let f = store
-            .claim_manifest_file(&scan(), "m", "a", LEASE, 2)
+            .claim_manifest_file(&scan(), "m", "a", LEASE)
             .await
             .unwrap()
             .unwrap();
         assert_eq!((f.file_index, f.line), (1, 7));
         assert!(
             store
-                .claim_manifest_file(&scan(), "m", "b", LEASE, 3)
+                .claim_manifest_file(&scan(), "m", "b", LEASE)
                 .await
                 .unwrap()
                 .is_none()
         );
         store
-            .commit_file_batch(f.id, "a", "bkt", &objs(&["x"]), 9, 2, false, LEASE, 4)
+            .commit_file_batch(f.id, "a", "bkt", &objs(&["x"]), 9, 2, false, LEASE)
             .await
             .unwrap()
             .unwrap();
+        expire(&store).await;
         let f2 = store
-            .claim_manifest_file(&scan(), "m", "b", LEASE, 3000)
+            .claim_manifest_file(&scan(), "m", "b", LEASE)
             .await
             .unwrap()
             .unwrap();
         assert_eq!((f2.id, f2.line, f2.rows), (f.id, 9, 2));
         assert!(
             store
-                .commit_file_batch(f.id, "a", "bkt", &objs(&["y"]), 10, 1, true, LEASE, 3001)
+                .commit_file_batch(f.id, "a", "bkt", &objs(&["y"]), 10, 1, true, LEASE)
                 .await
                 .unwrap()
                 .is_none()
         );
         assert!(
             !store
-                .begin_manifest(&scan(), "m", &names, None, 0, 3002)
+                .begin_manifest(&scan(), "m", &names, None, 0)
                 .await
                 .unwrap()
         );
         store
-            .commit_file_batch(f.id, "b", "bkt", &objs(&["y"]), 10, 1, true, LEASE, 3003)
+            .commit_file_batch(f.id, "b", "bkt", &objs(&["y"]), 10, 1, true, LEASE)
             .await
             .unwrap()
             .unwrap();
@@ -1294,13 +1320,13 @@ mod tests {
         // Done: the next run starts over; a different file list starts over at once.
         assert!(
             store
-                .begin_manifest(&scan(), "m", &names, None, 4000, 4000)
+                .begin_manifest(&scan(), "m", &names, None, later(&store).await)
                 .await
                 .unwrap()
         );
         assert!(
             store
-                .begin_manifest(&scan(), "m", &names[..1], None, 4001, 4001)
+                .begin_manifest(&scan(), "m", &names[..1], None, later(&store).await)
                 .await
                 .unwrap()
         );
@@ -1308,5 +1334,58 @@ mod tests {
             store.manifest_remaining(&scan(), "m").await.unwrap().open,
             1
         );
+    });
+
+    both_backends!(work_item_leases_run_on_the_database_clock(store) {
+        // A lease is the database's clock plus the lease, whatever the lister's clock says:
+        // pods whose clocks disagree cannot take over each other's live ranges.
+        store
+            .begin_listing(&scan(), &[RangeSeed::default()], 1)
+            .await
+            .unwrap();
+        let lease = Duration::from_secs(60);
+        let before = store.clock_millis().await.unwrap();
+        let r = store.claim_range(&scan(), "a", lease).await.unwrap().unwrap();
+        let after = store.clock_millis().await.unwrap();
+        let until = r.lease_until.unwrap();
+        assert!(
+            until >= before + 60_000 && until <= after + 60_000,
+            "{before} <= {until} - 60000 <= {after}"
+        );
+        assert!(store.claim_range(&scan(), "b", lease).await.unwrap().is_none());
+        // One millisecond past the lease on the database's clock, the range is taken over.
+        let lapse = format!("UPDATE list_ranges SET lease_until = {} - 1", store.now_ms());
+        on_pool!(store, pool => sqlx::query(sqlx::AssertSqlSafe(lapse.clone()))
+            .execute(pool)
+            .await
+            .unwrap()
+            .rows_affected());
+        let r2 = store.claim_range(&scan(), "b", lease).await.unwrap().unwrap();
+        assert_eq!((r2.id, r2.lease_owner.as_deref()), (r.id, Some("b")));
+        // The manifest files too.
+        let names = ["f0".to_owned()];
+        store
+            .begin_manifest(&scan(), "m", &names, None, 1)
+            .await
+            .unwrap();
+        store
+            .claim_manifest_file(&scan(), "m", "a", lease)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            store
+                .claim_manifest_file(&scan(), "m", "b", lease)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        let db = later(&store).await;
+        let client = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        // Same machine here: the two clocks agree to within a second (milliseconds, not seconds).
+        assert!((db - client).abs() < 1000, "database {db}, client {client}");
     });
 }
