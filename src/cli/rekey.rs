@@ -102,10 +102,10 @@ pub struct RunArgs {
     /// Also accept source data keys under any key of this AWS account (12 digits; repeatable).
     #[arg(long = "source-kms-account", value_name = "ACCOUNT")]
     source_kms_accounts: Vec<String>,
-    /// Objects processed at once. Each small object is a chain of three round trips (GET with
-    /// GenerateDataKey, conditional PUT, read-back GET), so throughput is about N / (3 round
-    /// trips): 64 keeps a pod busy at S3/KMS latencies of 10-50 ms for ~40 MiB of memory
-    /// (BENCHMARKS.md, "Latency-bound bed"). Bound the KMS request rate with --kms-rps.
+    /// KMS requests in flight at once. Up to 4 objects per KMS request are in flight (within
+    /// --max-buffer-mib at 256 KiB per object beyond N), so their S3 requests (GET, conditional
+    /// PUT, read-back GET) run while other objects wait on KMS: throughput is about N / (one
+    /// KMS round trip) where S3 keeps up. Bound the KMS request rate with --kms-rps.
     #[arg(long, default_value_t = 64, value_name = "N")]
     concurrency: usize,
     /// Classify only (HEAD + envelope): no KMS call, nothing written to S3; prints the plan and
@@ -695,11 +695,16 @@ async fn run(a: RunArgs, scan_target: Option<ScanTarget>, term: &Term) -> CliRes
     let kms_limit = RateLimit::per_second(a.kms_rps);
     let s3_limit = RateLimit::per_second(a.s3_rps);
     // RekeyKms retries KMS itself; the SDK's retries would multiply with its own.
-    let kms: Arc<dyn KmsClient> = Arc::new(RekeyKms::new(
-        Arc::new(AwsKms::new(without_sdk_retries(&kms_sdk)).with_source_policy(policy)),
-        kms_limit.clone(),
-        metrics.clone(),
-    ));
+    // `--concurrency` is the KMS requests in flight; the workers keep more objects than that
+    // in flight around them (`worker::in_flight`).
+    let kms: Arc<dyn KmsClient> = Arc::new(
+        RekeyKms::new(
+            Arc::new(AwsKms::new(without_sdk_retries(&kms_sdk)).with_source_policy(policy)),
+            kms_limit.clone(),
+            metrics.clone(),
+        )
+        .with_concurrency(a.concurrency),
+    );
     let keyring = keyring.with_kms(KmsKeyring::any_key(
         kms.clone(),
         Some(target.key_id.clone()),

@@ -1,6 +1,7 @@
 //! [`RekeyKms`]: the rekey worker's KMS client. Decorates any [`KmsClient`] (in production
-//! `keyring::AwsKms`) with a shared rate limit (`--kms-rps`), retries with jittered exponential
-//! backoff on throttling and transient failures, and the `s3cse_kms_requests_total` metrics
+//! `keyring::AwsKms`) with a shared rate limit (`--kms-rps`), a bound on the requests in flight
+//! (`--concurrency`, [`RekeyKms::with_concurrency`]), retries with jittered exponential backoff
+//! on throttling and transient failures, and the `s3cse_kms_requests_total` metrics
 //! ([`crate::metrics::Metrics`]).
 //!
 //! Each logical call counts once per attempt in the metrics, so "one KMS call per rewritten or
@@ -52,16 +53,29 @@ pub fn backoff(attempt: u32) -> Duration {
 pub struct RekeyKms {
     inner: Arc<dyn KmsClient>,
     limit: RateLimit,
+    /// Requests in flight at once (`--concurrency`). KMS is the quota-bound resource of a
+    /// migration, S3 the plentiful one: the worker keeps several objects per permit in flight
+    /// (`worker::PIPELINE_DEPTH`), so their S3 requests run around the KMS calls and every
+    /// permit stays busy. A permit is held for one attempt, not across a retry's backoff.
+    in_flight: tokio::sync::Semaphore,
     metrics: Arc<Metrics>,
 }
 
 impl RekeyKms {
+    /// A client without a bound on requests in flight (see [`Self::with_concurrency`]).
     pub fn new(inner: Arc<dyn KmsClient>, limit: RateLimit, metrics: Arc<Metrics>) -> Self {
         Self {
             inner,
             limit,
+            in_flight: tokio::sync::Semaphore::new(tokio::sync::Semaphore::MAX_PERMITS),
             metrics,
         }
+    }
+
+    /// At most `n` (at least 1) requests in flight at once.
+    pub fn with_concurrency(mut self, n: usize) -> Self {
+        self.in_flight = tokio::sync::Semaphore::new(n.clamp(1, tokio::sync::Semaphore::MAX_PERMITS));
+        self
     }
 
     async fn call<T, F, Fut>(&self, operation: &'static str, f: F) -> Result<T, KmsError>
@@ -72,9 +86,12 @@ impl RekeyKms {
         let mut attempt = 0;
         loop {
             attempt += 1;
+            // Never closed, so a permit always comes.
+            let permit = self.in_flight.acquire().await.ok();
             self.limit.wait().await;
             let t = Instant::now();
             let r = f().await;
+            drop(permit);
             // `Transient` is network, timeout or 5xx; the SDK does not say which, so all of
             // them count as `server_error`.
             let (outcome, retry_reason) = match &r {
@@ -288,6 +305,82 @@ mod tests {
         // Retrying would not fix these.
         assert_eq!(attempts_on(KmsErrorKind::AccessDenied).await, 1);
         assert_eq!(attempts_on(KmsErrorKind::InvalidCiphertext).await, 1);
+    }
+
+    /// A KMS whose calls take 10 ms, recording the most in flight at once.
+    #[derive(Default)]
+    struct Slow {
+        now: AtomicU32,
+        most: AtomicU32,
+    }
+
+    impl Slow {
+        async fn call(&self) -> Result<Vec<u8>, KmsError> {
+            let n = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most.fetch_max(n, Ordering::SeqCst);
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            self.now.fetch_sub(1, Ordering::SeqCst);
+            Ok(b"blob".to_vec())
+        }
+    }
+
+    impl KmsClient for Slow {
+        fn generate_data_key<'a>(
+            &'a self,
+            _: &'a str,
+            _: &'a Context,
+        ) -> BoxFuture<'a, Result<(SecretBytes, Vec<u8>), KmsError>> {
+            Box::pin(async move { self.call().await.map(|b| (SecretBytes::random(32), b)) })
+        }
+
+        fn decrypt<'a>(
+            &'a self,
+            _: Option<&'a str>,
+            _: &'a [u8],
+            _: &'a Context,
+        ) -> BoxFuture<'a, Result<SecretBytes, KmsError>> {
+            Box::pin(async move { self.call().await.map(|_| SecretBytes::random(32)) })
+        }
+
+        fn encrypt<'a>(
+            &'a self,
+            _: &'a str,
+            _: &'a SecretBytes,
+            _: &'a Context,
+        ) -> BoxFuture<'a, Result<Vec<u8>, KmsError>> {
+            Box::pin(self.call())
+        }
+
+        fn re_encrypt<'a>(
+            &'a self,
+            _: &'a [u8],
+            _: &'a Context,
+            _: &'a str,
+            _: &'a Context,
+        ) -> BoxFuture<'a, Result<Vec<u8>, KmsError>> {
+            Box::pin(self.call())
+        }
+    }
+
+    /// `--concurrency` bounds the KMS requests in flight, whatever the callers (the worker
+    /// keeps more objects than that in flight), and every call still goes out.
+    #[tokio::test(start_paused = true)]
+    async fn concurrency_bounds_the_requests_in_flight() {
+        for (bound, expected) in [(Some(3), 3), (None, 20)] {
+            let inner = Arc::new(Slow::default());
+            let metrics = Arc::new(Metrics::new("test"));
+            let kms = RekeyKms::new(inner.clone(), RateLimit::default(), metrics.clone());
+            let kms = match bound {
+                Some(n) => kms.with_concurrency(n),
+                None => kms,
+            };
+            let ctx = Context::new();
+            let calls = (0..20).map(|_| kms.generate_data_key("key", &ctx));
+            let done = futures::future::join_all(calls).await;
+            assert!(done.iter().all(Result::is_ok));
+            assert_eq!(inner.most.load(Ordering::SeqCst), expected, "bound {bound:?}");
+            assert_eq!(metrics.kms_requests("GenerateDataKey"), 20);
+        }
     }
 
     #[test]
