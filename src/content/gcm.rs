@@ -16,15 +16,15 @@
 //! blocks, with up to 15 bytes of ciphertext pending between calls. The result is byte-identical to
 //! `aes_gcm::Aes256Gcm` (tested below by property and by the McGrew-Viega vectors).
 //!
-//! Speed: each chunk is processed in L1-sized slices (CTR then GHASH on the same slice while it is
-//! hot), the keystream is applied in place on the output buffer, and `aes`/`polyval` pick
-//! AES-NI/PCLMULQDQ (or ARMv8 AES/PMULL) at run time.
+//! Speed: each chunk is processed in 64 KiB slices (CTR then GHASH on the same slice while it is
+//! in cache); the keystream and GHASH run on aws-lc's assembly ([`super::awslc`], which picks
+//! VAES/VPCLMULQDQ, AES-NI/PCLMULQDQ or ARMv8 AES/PMULL at run time), GHASH as in
+//! [`super::ghash`].
 
-use polyval::Polyval;
-use polyval::universal_hash::UniversalHash;
 use subtle::ConstantTimeEq;
 use zeroize::Zeroize;
 
+use super::ghash::Ghasher;
 use super::{
     AnyAes, ContentDecryptor, ContentEncryptor, ContentError, DECRYPT_KEY_LENS, ENCRYPT_KEY_LENS,
 };
@@ -32,30 +32,24 @@ use crate::consts::{GCM_IV_LEN, GCM_MAX_PLAINTEXT, GCM_TAG_LEN};
 
 type Block = aes::Block;
 
-/// Bytes processed per CTR+GHASH step: small enough that the slice is still in L1 when GHASH
-/// reads it back after the keystream was applied.
-pub(super) const SLICE: usize = 8 * 1024;
+/// Bytes processed per CTR+GHASH step: the slice is still in L2 when GHASH reads it back after
+/// the keystream was applied, and large enough that each aws-lc call's fixed cost (a GHASH
+/// batch also costs one multiplication) stays small. 8 KiB slices measured slower.
+pub(super) const SLICE: usize = 64 * 1024;
 
 /// AES-CTR with GCM's counter: blocks `IV || [c]32`, `c` incremented modulo 2^32 (inc32).
 ///
-/// Done by hand rather than with `ctr::Ctr32BE`: counter blocks for a whole slice are written
-/// into one buffer and encrypted with a single `encrypt_blocks` call, which lets the AES-NI/VAES
-/// backend pipeline hundreds of blocks and measured 20-25% faster than `ctr` on the 8 KiB
-/// slices used here (the per-call setup of the `aes` backends dominates small batches).
+/// Whole blocks go to aws-lc's CTR assembly in one call per piece ([`super::awslc`]); a partial
+/// last block's keystream is kept for the next call.
 pub(super) struct Ctr {
     cipher: AnyAes,
     iv: [u8; GCM_IV_LEN],
     /// Counter of the next keystream block to generate.
     next: u32,
-    /// Keystream scratch, `KS_BLOCKS` blocks (zeroized on drop).
-    ks: Vec<u8>,
     /// The unused tail of the last keystream block: `last[16 - unused..]`.
     last: [u8; 16],
     unused: usize,
 }
-
-/// Keystream blocks generated per `encrypt_blocks` call (8 KiB).
-const KS_BLOCKS: usize = 512;
 
 impl Ctr {
     /// A keystream whose first block is `E(K, IV || [first]32)`.
@@ -64,21 +58,9 @@ impl Ctr {
             cipher: cipher.clone(),
             iv: *iv,
             next: first,
-            ks: vec![0u8; KS_BLOCKS * 16],
             last: [0; 16],
             unused: 0,
         }
-    }
-
-    /// Fills `ks[..16 * n]` with the next `n` keystream blocks.
-    fn generate(&mut self, n: usize) {
-        let ks = &mut self.ks[..16 * n];
-        for block in ks.chunks_exact_mut(16) {
-            block[..GCM_IV_LEN].copy_from_slice(&self.iv);
-            block[GCM_IV_LEN..].copy_from_slice(&self.next.to_be_bytes());
-            self.next = self.next.wrapping_add(1);
-        }
-        self.cipher.encrypt_blocks(ks);
     }
 
     /// XORs the next `buf.len()` keystream bytes into `buf`.
@@ -94,61 +76,30 @@ impl Ctr {
         }
         let whole = buf.len() - buf.len() % 16;
         let (blocks, tail) = buf.split_at_mut(whole);
-        for chunk in blocks.chunks_mut(KS_BLOCKS * 16) {
-            self.generate(chunk.len() / 16);
-            super::xor_in_place(chunk, &self.ks[..chunk.len()]);
-        }
+        self.cipher.lc.ctr32(&self.iv, self.next, blocks);
+        // GCM's inc32: the block count wraps with the counter.
+        self.next = self.next.wrapping_add((whole / 16) as u32);
         if !tail.is_empty() {
-            self.generate(1);
-            self.last.copy_from_slice(&self.ks[..16]);
+            self.last = [0; 16];
+            self.cipher.lc.ctr32(&self.iv, self.next, &mut self.last);
+            self.next = self.next.wrapping_add(1);
             for (d, k) in tail.iter_mut().zip(&self.last) {
                 *d ^= k;
             }
             self.unused = 16 - tail.len();
         }
     }
-}
 
-impl Ctr {
-    /// Appends `input` XOR the next `input.len()` keystream bytes to `out`: one pass instead of
-    /// copy-then-XOR.
-    pub(super) fn apply_into(&mut self, mut input: &[u8], out: &mut Vec<u8>) {
-        out.reserve(input.len());
-        if self.unused > 0 {
-            let n = self.unused.min(input.len());
-            let from = 16 - self.unused;
-            out.extend(
-                input[..n]
-                    .iter()
-                    .zip(&self.last[from..from + n])
-                    .map(|(a, b)| a ^ b),
-            );
-            self.unused -= n;
-            input = &input[n..];
-        }
-        let whole = input.len() - input.len() % 16;
-        let (blocks, tail) = input.split_at(whole);
-        for chunk in blocks.chunks(KS_BLOCKS * 16) {
-            self.generate(chunk.len() / 16);
-            out.extend(
-                chunk
-                    .iter()
-                    .zip(&self.ks[..chunk.len()])
-                    .map(|(a, b)| a ^ b),
-            );
-        }
-        if !tail.is_empty() {
-            self.generate(1);
-            self.last.copy_from_slice(&self.ks[..16]);
-            out.extend(tail.iter().zip(&self.last).map(|(a, b)| a ^ b));
-            self.unused = 16 - tail.len();
-        }
+    /// Appends `input` XOR the next `input.len()` keystream bytes to `out`.
+    pub(super) fn apply_into(&mut self, input: &[u8], out: &mut Vec<u8>) {
+        let start = out.len();
+        out.extend_from_slice(input);
+        self.apply(&mut out[start..]);
     }
 }
 
 impl Drop for Ctr {
     fn drop(&mut self) {
-        self.ks.zeroize();
         self.last.zeroize();
     }
 }
@@ -189,7 +140,7 @@ impl GcmKeys {
         j0.zeroize();
         let mut hb = [0u8; 16];
         hb.copy_from_slice(&h);
-        let hasher = Ghasher::new(&hb, aad);
+        let hasher = Ghasher::new(cipher.lc.clone(), &hb, aad);
         hb.zeroize();
         h.zeroize();
         let ctr = Ctr::new(&cipher, &iv, 2);
@@ -205,166 +156,6 @@ impl Drop for GcmKeys {
     fn drop(&mut self) {
         self.mask.zeroize();
     }
-}
-
-/// GHASH computed with POLYVAL (RFC 8452 Appendix A): `GHASH_H(X_1..X_n) =
-/// rev(POLYVAL_{mulX(rev(H))}(rev(X_1)..rev(X_n)))`, where `rev` reverses the 16 bytes of a block.
-///
-/// The `ghash` crate does the same, but clones and reverses every 4-block batch inside its
-/// backend closure; that was ~20% of GCM's time (BENCHMARKS.md "Content ciphers"). Here the key
-/// is converted once and blocks are reversed [`REV_BATCH`] at a time with `u128::swap_bytes`
-/// into a stack buffer that `polyval` then hashes in one call.
-#[derive(Clone)]
-pub(super) struct Ghash {
-    poly: Polyval,
-}
-
-/// Blocks byte-reversed per `polyval` call (1 KiB on the stack).
-const REV_BATCH: usize = 64;
-
-impl Ghash {
-    /// GHASH keyed with `h` (= E(K, 0^128) for GCM), state zero.
-    pub(super) fn new(h: &[u8; 16]) -> Self {
-        // rev(H) read little-endian is H read big-endian; then mulX_POLYVAL, in constant time.
-        let mut v = u128::from_be_bytes(*h);
-        let hi = v >> 127;
-        v = (v << 1) ^ (hi | (hi << 127) | (hi << 126) | (hi << 121));
-        let mut key = polyval::Key::from(v.to_le_bytes());
-        let poly = Polyval::new(&key);
-        v.zeroize();
-        key.zeroize();
-        Self { poly }
-    }
-
-    /// Absorbs whole 16-byte blocks (`data.len()` must be a multiple of 16; a tail is ignored).
-    /// For public data (ciphertext, AAD, lengths): the reversed copy is not wiped.
-    pub(super) fn update_blocks(&mut self, data: &[u8]) {
-        self.absorb(data, false);
-    }
-
-    /// [`Self::update_blocks`] for secret blocks (powers of H): the reversed copy is wiped.
-    pub(super) fn update_secret_blocks(&mut self, data: &[u8]) {
-        self.absorb(data, true);
-    }
-
-    fn absorb(&mut self, data: &[u8], wipe: bool) {
-        let mut rev = [0u8; 16 * REV_BATCH];
-        for batch in data.chunks(16 * REV_BATCH) {
-            let n = batch.len() / 16;
-            for (r, b) in rev.chunks_exact_mut(16).zip(batch.chunks_exact(16)) {
-                let mut a = [0u8; 16];
-                a.copy_from_slice(b);
-                r.copy_from_slice(&u128::from_le_bytes(a).swap_bytes().to_le_bytes());
-            }
-            let (blocks, _) = polyval::Block::slice_as_chunks(&rev[..16 * n]);
-            self.poly.update(blocks);
-        }
-        if wipe {
-            rev.zeroize();
-        }
-    }
-
-    /// Absorbs `data`, the last block zero-padded (GHASH's `X || 0*`).
-    pub(super) fn update_padded(&mut self, data: &[u8]) {
-        let whole = data.len() - data.len() % 16;
-        self.update_blocks(&data[..whole]);
-        if whole < data.len() {
-            let mut last = [0u8; 16];
-            last[..data.len() - whole].copy_from_slice(&data[whole..]);
-            self.update_blocks(&last);
-        }
-    }
-
-    /// The GHASH value of everything absorbed.
-    pub(super) fn finalize(self) -> [u8; 16] {
-        let mut out = [0u8; 16];
-        out.copy_from_slice(&self.poly.clone().finalize());
-        out.reverse();
-        out
-    }
-}
-
-/// GHASH over `A || 0* || C || 0*` fed in arbitrary pieces of C.
-#[derive(Clone)]
-pub(super) struct Ghasher {
-    ghash: Ghash,
-    /// Ciphertext bytes not yet forming a whole block.
-    partial: [u8; 16],
-    partial_len: usize,
-    aad_len: u64,
-    ct_len: u64,
-}
-
-impl Ghasher {
-    pub(super) fn new(h: &[u8; 16], aad: &[u8]) -> Self {
-        let mut ghash = Ghash::new(h);
-        ghash.update_padded(aad);
-        Self {
-            ghash,
-            partial: [0; 16],
-            partial_len: 0,
-            aad_len: aad.len() as u64,
-            ct_len: 0,
-        }
-    }
-
-    pub(super) fn update(&mut self, mut data: &[u8]) {
-        self.ct_len += data.len() as u64;
-        if self.partial_len > 0 {
-            let take = (16 - self.partial_len).min(data.len());
-            self.partial[self.partial_len..self.partial_len + take].copy_from_slice(&data[..take]);
-            self.partial_len += take;
-            data = &data[take..];
-            if self.partial_len < 16 {
-                return;
-            }
-            self.ghash.update_blocks(&self.partial);
-            self.partial_len = 0;
-        }
-        let whole = data.len() - data.len() % 16;
-        self.ghash.update_blocks(&data[..whole]);
-        let tail = &data[whole..];
-        self.partial[..tail.len()].copy_from_slice(tail);
-        self.partial_len = tail.len();
-    }
-
-    /// Ciphertext bytes absorbed so far.
-    pub(super) fn ct_len(&self) -> u64 {
-        self.ct_len
-    }
-
-    /// GHASH of the AAD and the ciphertext so far, the last block zero-padded, without the
-    /// length block: the Horner state a larger GHASH continues from (see [`super::parts`]).
-    pub(super) fn sum(&self) -> [u8; 16] {
-        let mut ghash = self.ghash.clone();
-        if self.partial_len > 0 {
-            ghash.update_padded(&self.partial[..self.partial_len]);
-        }
-        ghash.finalize()
-    }
-
-    /// `GHASH(...) xor mask`. Takes `&self` so the owners can keep their `Drop`.
-    fn tag(&self, mask: &[u8; 16]) -> [u8; 16] {
-        let mut ghash = self.ghash.clone();
-        if self.partial_len > 0 {
-            ghash.update_padded(&self.partial[..self.partial_len]);
-        }
-        ghash.update_blocks(&length_block(self.aad_len, self.ct_len));
-        let s = ghash.finalize();
-        let mut tag = [0u8; 16];
-        for (t, (a, b)) in tag.iter_mut().zip(s.iter().zip(mask)) {
-            *t = a ^ b;
-        }
-        tag
-    }
-}
-
-/// GCM's last GHASH block: `[len(A)]64 || [len(C)]64`, in bits.
-pub(super) fn length_block(aad_len: u64, ct_len: u64) -> [u8; 16] {
-    let mut lengths = [0u8; 16];
-    lengths[..8].copy_from_slice(&(aad_len * 8).to_be_bytes());
-    lengths[8..].copy_from_slice(&(ct_len * 8).to_be_bytes());
-    lengths
 }
 
 /// Streaming AES-256-GCM encryption. Output: `ciphertext || tag(16)`.

@@ -23,11 +23,15 @@
 //! buffer until [`ContentDecryptor::finish`] returns `Ok`, or authenticate the body first with
 //! [`gcm::GcmTagVerifier`] and decrypt in a second pass.
 
+mod awslc;
 pub mod cbc;
 pub mod commit;
 pub mod gcm;
+mod ghash;
 pub mod parts;
 pub mod range;
+
+use zeroize::Zeroize;
 
 /// What can go wrong in the content layer.
 #[derive(Debug, thiserror::Error, PartialEq, Eq, Clone)]
@@ -107,10 +111,17 @@ const ENCRYPT_KEY_LENS: &[usize] = &[32];
 /// Decryptors also read AES-128/192 objects.
 const DECRYPT_KEY_LENS: &[usize] = &[16, 24, 32];
 
-/// An AES block cipher of any standard key size, chosen at run time from the key length.
-/// `aes` picks AES-NI (or ARMv8 AES) at run time and zeroizes its key schedule on drop.
+/// An AES key of any standard size, chosen at run time from the key length: single blocks on
+/// `aes` (AES-NI or ARMv8 AES picked at run time), the bulk on aws-lc ([`awslc`]). Both zeroize
+/// their key schedules on drop; clones share the aws-lc keys.
 #[derive(Clone)]
-enum AnyAes {
+struct AnyAes {
+    block: BlockAes,
+    lc: std::sync::Arc<awslc::LcAes>,
+}
+
+#[derive(Clone)]
+enum BlockAes {
     A128(aes::Aes128),
     A192(aes::Aes192),
     A256(aes::Aes256),
@@ -124,13 +135,31 @@ impl AnyAes {
             what: "key",
             len: key.len(),
         };
-        Ok(match key.len() {
-            16 => Self::A128(aes::Aes128::new_from_slice(key).map_err(bad)?),
-            24 => Self::A192(aes::Aes192::new_from_slice(key).map_err(bad)?),
-            _ => Self::A256(aes::Aes256::new_from_slice(key).map_err(bad)?),
+        let block = match key.len() {
+            16 => BlockAes::A128(aes::Aes128::new_from_slice(key).map_err(bad)?),
+            24 => BlockAes::A192(aes::Aes192::new_from_slice(key).map_err(bad)?),
+            _ => BlockAes::A256(aes::Aes256::new_from_slice(key).map_err(bad)?),
+        };
+        // E(K, 0^96 || 1): what masks the zero-nonce tags aws-lc's GHASH comes from.
+        let mut zero_nonce = gcm::counter_block(&[0; crate::consts::GCM_IV_LEN], 1);
+        block.encrypt_block(&mut zero_nonce);
+        let mut mask = [0u8; 16];
+        mask.copy_from_slice(&zero_nonce);
+        zero_nonce.zeroize();
+        let lc = awslc::LcAes::new(key, mask);
+        mask.zeroize();
+        Ok(Self {
+            block,
+            lc: std::sync::Arc::new(lc?),
         })
     }
 
+    fn encrypt_block(&self, block: &mut aes::Block) {
+        self.block.encrypt_block(block);
+    }
+}
+
+impl BlockAes {
     fn encrypt_block(&self, block: &mut aes::Block) {
         use aes::cipher::BlockCipherEncrypt;
         match self {
@@ -138,51 +167,6 @@ impl AnyAes {
             Self::A192(c) => c.encrypt_block(block),
             Self::A256(c) => c.encrypt_block(block),
         }
-    }
-
-    /// ECB encryption in place of whole blocks (a trailing partial block is left alone).
-    fn encrypt_blocks(&self, buf: &mut [u8]) {
-        use aes::cipher::BlockCipherEncrypt;
-        let (blocks, _) = aes::Block::slice_as_chunks_mut(buf);
-        match self {
-            Self::A128(c) => c.encrypt_blocks(blocks),
-            Self::A192(c) => c.encrypt_blocks(blocks),
-            Self::A256(c) => c.encrypt_blocks(blocks),
-        }
-    }
-
-    /// ECB decryption in place of whole blocks (`buf.len()` a multiple of 16; a trailing
-    /// partial block is left alone).
-    fn decrypt_blocks(&self, buf: &mut [u8]) {
-        use aes::cipher::BlockCipherDecrypt;
-        let (blocks, _) = aes::Block::slice_as_chunks_mut(buf);
-        match self {
-            Self::A128(c) => c.decrypt_blocks(blocks),
-            Self::A192(c) => c.decrypt_blocks(blocks),
-            Self::A256(c) => c.decrypt_blocks(blocks),
-        }
-    }
-}
-
-/// `dst ^= src` for equal-length slices, 16 bytes at a time (the compiler vectorizes it); a
-/// trailing partial block is XORed byte by byte.
-fn xor_in_place(dst: &mut [u8], src: &[u8]) {
-    debug_assert_eq!(dst.len(), src.len());
-    let mut d_blocks = dst.chunks_exact_mut(16);
-    let mut s_blocks = src.chunks_exact(16);
-    for (d, s) in (&mut d_blocks).zip(&mut s_blocks) {
-        let mut a = [0u8; 16];
-        let mut b = [0u8; 16];
-        a.copy_from_slice(d);
-        b.copy_from_slice(s);
-        d.copy_from_slice(&(u128::from_ne_bytes(a) ^ u128::from_ne_bytes(b)).to_ne_bytes());
-    }
-    for (d, s) in d_blocks
-        .into_remainder()
-        .iter_mut()
-        .zip(s_blocks.remainder())
-    {
-        *d ^= s;
     }
 }
 

@@ -13,6 +13,10 @@
 //! T   = S xor E(K, J0)
 //! ```
 //!
+//! The code carries every `Y` and `X` times H (what aws-lc's GHASH gives cheaply, see
+//! [`super::ghash`]); the recurrence is linear, so it is the same, and `S = Y_k * H xor
+//! lengths * H`.
+//!
 //! which is exactly the sequential GHASH of NIST SP 800-38D §6.4 (tested below against it and
 //! against `aes-gcm`). A part's keystream starts at counter `2 + offset / 16` (inc32), so CTR
 //! decryption needs nothing from the other parts either.
@@ -27,7 +31,8 @@
 use subtle::ConstantTimeEq;
 use zeroize::{Zeroize, Zeroizing};
 
-use super::gcm::{Ctr, Ghash, Ghasher, check_iv, counter_block, length_block};
+use super::gcm::{Ctr, check_iv, counter_block};
+use super::ghash::{Ghasher, PowerCache, gf_mul, length_block, xor};
 use super::{AnyAes, ContentError, DECRYPT_KEY_LENS};
 use crate::consts::{AES_BLOCK, GCM_IV_LEN, GCM_MAX_PLAINTEXT, GCM_TAG_LEN};
 
@@ -42,7 +47,7 @@ pub struct GcmParts {
     h: Zeroizing<[u8; 16]>,
     /// E(K, J0).
     mask: Zeroizing<[u8; 16]>,
-    /// `GHASH_H(A || 0*)`: the Horner state before the first ciphertext block.
+    /// `GHASH_H(A || 0*) * H`: the Horner state before the first ciphertext block, times H.
     aad_sum: [u8; 16],
     aad_len: u64,
     /// Ciphertext length without the tag.
@@ -84,7 +89,7 @@ impl GcmParts {
         mask.copy_from_slice(&j0);
         h.zeroize();
         j0.zeroize();
-        let aad_sum = Ghasher::new(&hb, aad).sum();
+        let aad_sum = Ghasher::new(cipher.lc.clone(), &hb, aad).sum();
         Ok(Self {
             cipher,
             iv,
@@ -115,7 +120,7 @@ impl GcmParts {
         let first = 2u32.wrapping_add((offset / B) as u32);
         Ok(PartDecryptor {
             ctr: Ctr::new(&self.cipher, &self.iv, first),
-            hasher: Ghasher::new(&self.h, b""),
+            hasher: Ghasher::new(self.cipher.lc.clone(), &self.h, b""),
             offset,
         })
     }
@@ -142,9 +147,10 @@ impl GcmParts {
         if at != self.ct_len || tag.len() != GCM_TAG_LEN {
             return Err(ContentError::DecryptionFailed);
         }
-        let s = gf_mul(
-            &xor(&acc, &length_block(self.aad_len, self.ct_len)),
-            &self.h,
+        // The sums are `Y * H` (ghash.rs), so `S = (Y xor lengths) * H = acc xor lengths * H`.
+        let s = xor(
+            &acc,
+            &gf_mul(&length_block(self.aad_len, self.ct_len), &self.h),
         );
         let want = Zeroizing::new(xor(&s, &self.mask));
         acc.zeroize();
@@ -173,61 +179,6 @@ impl PartDecryptor {
             len: self.hasher.ct_len(),
             sum: self.hasher.sum(),
         }
-    }
-}
-
-fn xor(a: &[u8; 16], b: &[u8; 16]) -> [u8; 16] {
-    (u128::from_ne_bytes(*a) ^ u128::from_ne_bytes(*b)).to_ne_bytes()
-}
-
-/// `a * b` in GHASH's field: GHASH keyed with `a` over the one block `b` is `(0 xor b) * a`.
-fn gf_mul(a: &[u8; 16], b: &[u8; 16]) -> [u8; 16] {
-    let mut g = Ghash::new(a);
-    g.update_secret_blocks(b);
-    g.finalize()
-}
-
-/// `H^n` by square-and-multiply, remembering the last `n` asked (the parts of one body are
-/// nearly all the same size, so the verify step costs about one multiplication per part).
-struct PowerCache {
-    /// `H^(2^i)` for i = 0..64, filled as needed.
-    squares: Vec<Zeroizing<[u8; 16]>>,
-    last: Option<(u64, Zeroizing<[u8; 16]>)>,
-}
-
-impl PowerCache {
-    fn new(h: &[u8; 16]) -> Self {
-        Self {
-            squares: vec![Zeroizing::new(*h)],
-            last: None,
-        }
-    }
-
-    fn get(&mut self, n: u64) -> [u8; 16] {
-        if let Some((m, v)) = &self.last
-            && *m == n
-        {
-            return **v;
-        }
-        // H^0 = 1, which in GHASH's bit order is the block 80 00 .. 00.
-        let mut one = [0u8; 16];
-        one[0] = 0x80;
-        let mut r = Zeroizing::new(one);
-        let mut bits = n;
-        let mut i = 0;
-        while bits != 0 {
-            while self.squares.len() <= i {
-                let prev = **self.squares.last().unwrap_or(&Zeroizing::new(one));
-                self.squares.push(Zeroizing::new(gf_mul(&prev, &prev)));
-            }
-            if bits & 1 == 1 {
-                *r = gf_mul(&r, &self.squares[i]);
-            }
-            bits >>= 1;
-            i += 1;
-        }
-        self.last = Some((n, r.clone()));
-        *r
     }
 }
 
@@ -382,19 +333,5 @@ mod tests {
             decrypt_in_parts(&key, &iv, b"", &body, &[8192, 16384, 49_984], 4096).unwrap(),
             pt
         );
-    }
-
-    /// `gf_mul` is GHASH's multiplication: H^a * H^b = H^(a+b), and 1 is neutral.
-    #[test]
-    fn powers_compose() {
-        let h = [0x66u8; 16];
-        let mut c = PowerCache::new(&h);
-        let (a, b) = (c.get(5), c.get(7));
-        assert_eq!(gf_mul(&a, &b), c.get(12));
-        assert_eq!(c.get(1), h);
-        let mut one = [0u8; 16];
-        one[0] = 0x80;
-        assert_eq!(c.get(0), one);
-        assert_eq!(gf_mul(&one, &h), h);
     }
 }
