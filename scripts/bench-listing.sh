@@ -59,20 +59,28 @@ run() { # NAME ARGS...: one scan into a fresh state file; prints "requests split
   local name=$1; shift
   local t0 t1 out
   t0=$(date +%s.%N)
-  out=$("$BIN" scan "s3://$BUCKET" --state "$WORK/$name.db" "$@")
+  out=$("$BIN" scan "s3://$BUCKET" --state "$WORK/$name.db" "$@" 2>"$WORK/$name.err")
   t1=$(date +%s.%N)
   echo "$out" | sed -E 's/.*\(([0-9,]+) ListObjectsV2 requests, ([0-9,]+) range splits\).*/\1 \2/; s/,//g' \
     | tr '\n' ' '
   echo "$t1 - $t0" | bc
 }
 
-printf '%-14s %10s %12s %7s %8s %9s\n' run requests "req/1k keys" splits "wall s" "vs 1"
+shares() { # NAME: the keys each lister enqueued ("lister finished" log lines), as % of KEYS
+  grep -o 'lister finished.*keys=[0-9]*' "$WORK/$1.err" | sed 's/.*keys=//' | sort -n \
+    | awk -v k="$KEYS" '{ if ($1 > 0) n++; s = s sprintf("%s%.0f", NR > 1 ? " " : "", 100 * $1 / k) }
+                         END { printf "%d working: %s", n, s }'
+}
+
+printf '%-14s %10s %12s %7s %8s %9s  %s\n' run requests "req/1k keys" splits "wall s" "vs 1" \
+  "listers with keys: share of keys per lister, %"
 BASE=""
 for L in 1 4 16; do
   read -r REQ SPLITS SECS < <(run "l$L" --listers "$L")
   [ -z "$BASE" ] && BASE=$SECS
-  printf '%-14s %10d %12.3f %7d %8.2f %9.2f\n' "--listers $L" "$REQ" \
-    "$(echo "$REQ * 1000 / $KEYS" | bc -l)" "$SPLITS" "$SECS" "$(echo "$SECS / $BASE" | bc -l)"
+  printf '%-14s %10d %12.3f %7d %8.2f %9.2f  %s\n' "--listers $L" "$REQ" \
+    "$(echo "$REQ * 1000 / $KEYS" | bc -l)" "$SPLITS" "$SECS" "$(echo "$SECS / $BASE" | bc -l)" \
+    "$(shares "l$L")"
 done
 TOTAL=0 SPL=0 MAX=0
 for I in 0 1 2 3; do

@@ -153,7 +153,7 @@ async fn four_listers_list_each_key_once_at_about_one_request_per_page() {
     assert!(splits >= 1, "the ranges were split: {summaries:?}");
     assert!(
         requests >= pages
-            && requests <= pages + splits + 4 * u64::from(s3cse::rekey::scan::FAILED_PROBE_BUDGET),
+            && requests <= pages + splits + 4 * s3cse::rekey::scan::FAILED_PROBE_BUDGET,
         "{requests} requests for {pages} pages: {summaries:?}"
     );
     eprintln!(
@@ -179,6 +179,44 @@ async fn four_listers_list_each_key_once_at_about_one_request_per_page() {
     assert!(
         s.requests == pages || s.requests == pages + 1,
         "one lister: one request a page: {s:?}"
+    );
+    for s in stores {
+        s.close().await;
+    }
+}
+
+/// Sixteen listers in one process on a bucket of about a hundred pages (issue 12: about one
+/// request per page whatever the number of listers; 3.3 per page before the listers of a
+/// process shared their failed probes and one budget). Every request is a page of some range
+/// (at most one short or past-the-end page more per range) or a failed probe (at most
+/// `FAILED_PROBE_BUDGET` plus one per `FAILED_PROBE_SHARE` requests), counted by the SDK.
+#[tokio::test(flavor = "multi_thread")]
+async fn sixteen_listers_cost_about_one_request_per_page() {
+    let Some(b) = bed("listers16").await else {
+        return;
+    };
+    let keys = fill(&b, &["a/", "b/", "c/", "d/", "e/"], 200, 40).await;
+    let path = b.path("jobs.db");
+    let stores = [JobStore::open(&path).await.expect("store")];
+    let page = 10;
+    // 100 requests/s: the listing takes about a second, so idle listers find ranges to split.
+    let limit = RateLimit::per_second(Some(100));
+    let summaries = check_listers_share_a_bucket(&b, &keys, &stores, 16, page, limit).await;
+    let s = summaries[0];
+    let pages = (keys.len() as u64).div_ceil(page as u64);
+    use s3cse::rekey::scan::{FAILED_PROBE_BUDGET, FAILED_PROBE_SHARE};
+    let bound = pages + 2 * (s.splits + 1) + FAILED_PROBE_BUDGET + s.requests / FAILED_PROBE_SHARE;
+    assert!(s.splits >= 1, "the ranges were split: {s:?}");
+    assert!(
+        s.requests >= pages && s.requests <= bound,
+        "{} requests for {pages} pages (bound {bound}): {s:?}",
+        s.requests
+    );
+    eprintln!(
+        "{} keys, 16 listers, pages of {page}: {} requests, {} splits",
+        keys.len(),
+        s.requests,
+        s.splits
     );
     for s in stores {
         s.close().await;
@@ -435,7 +473,7 @@ async fn three_processes_list_one_bucket_together_on_postgres() {
     );
     assert!(
         requests >= pages
-            && requests <= pages + splits + 3 * u64::from(s3cse::rekey::scan::FAILED_PROBE_BUDGET),
+            && requests <= pages + splits + 3 * s3cse::rekey::scan::FAILED_PROBE_BUDGET,
         "{requests} requests for {pages} pages: {summaries:?}"
     );
     for s in stores {

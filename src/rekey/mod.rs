@@ -524,7 +524,10 @@ mod tests {
     #[test]
     fn the_process_part_of_an_owner_ends_after_the_nonce() {
         assert_eq!(owner_process("h:12:0a0b0c0d:1700"), Some("h:12:0a0b0c0d:"));
-        assert_eq!(owner_process("h:12:0a0b0c0d:1700:l3"), Some("h:12:0a0b0c0d:"));
+        assert_eq!(
+            owner_process("h:12:0a0b0c0d:1700:l3"),
+            Some("h:12:0a0b0c0d:")
+        );
         assert_eq!(owner_process("h:12:1700"), None);
         assert_eq!(owner_process("gone-host:1:1"), None);
     }

@@ -18,6 +18,16 @@
 //! each key once, and the requests stay about one per page plus a few probes per split.
 //! One lister never splits: the single-process cost is the old one, one request per page.
 //!
+//! What a split costs: its probes that found nothing, and the owner's page that ran past the
+//! split point. The listers of a process take turns to probe (else they all probe the same
+//! widest range at once), remember each failed probe with the span it found empty, so no
+//! probe inside that span is sent again by any of them (ranges split off later included), rest
+//! a poll interval after a failed probe (at the tail of a pass the ranges left are about to
+//! end anyway), and share one budget of failed probes: [`FAILED_PROBE_BUDGET`] plus one per
+//! [`FAILED_PROBE_SHARE`] requests. A failed probe is a hint for splitting only, never a bound
+//! of what is listed (some S3-compatible servers skip keys after a `StartAfter`). Processes
+//! on one PostgreSQL queue each keep their own hints and budget.
+//!
 //! # Passes
 //! A pass whose ranges are all done is started over by the next run (the nightly re-scan):
 //! the store resets only the objects whose ETag changed.
@@ -30,7 +40,7 @@
 //! per 1,000 top-level entries). A flat namespace (all keys directly under the prefix) falls
 //! back to every shard listing it all and keeping its own keys, as before.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -228,10 +238,7 @@ pub async fn scan(
     let started = store.clock_millis().await?;
     release_dead_work(store).await?;
     let seeds = seeds(store, scan).await?;
-    if store
-        .begin_listing(scan, &seeds, started)
-        .await?
-    {
+    if store.begin_listing(scan, &seeds, started).await? {
         if let Some(c) = seeds.first().and_then(|s| s.cursor.as_deref()) {
             tracing::info!(bucket = %scan.bucket, start_after = %log_key(c), "resuming scan");
         }
@@ -297,13 +304,18 @@ struct Splitting {
     turn: tokio::sync::Mutex<()>,
     /// Probes that found no key inside their range.
     failed: std::sync::atomic::AtomicU64,
-    /// By range id, the lowest probe that found no key inside the range: probes at or above it
-    /// are not sent again. A hint for splitting only, never a bound of what is listed: some
+    /// The probes that found no key inside their range, with the range's end then: no key lay
+    /// between the two, so no range inside that span is probed there again (a range split off
+    /// later included). A hint for splitting only, never a bound of what is listed: some
     /// S3-compatible servers skip keys after a StartAfter (SeaweedFS skips `b/...` after `b`),
     /// so "nothing above the probe" is not trusted to drop keys.
-    failed_above: Mutex<HashMap<i64, String>>,
-    /// Ranges (id, end) whose probes all failed: left to their owners.
+    empty: Mutex<Vec<(String, Option<String>)>>,
+    /// Ranges (id, end) with no probe left to send: left to their owners.
     unsplittable: Mutex<HashSet<(i64, Option<String>)>>,
+    /// After a failed probe, no lister of this process probes again before this: a range
+    /// with nothing above the probe is most often one about to end (the tail of a pass), which
+    /// its owner finishes in a page or two without help.
+    quiet_until: Mutex<Option<Instant>>,
 }
 
 /// What every lister of one scan shares.
@@ -346,9 +358,7 @@ impl Lister<'_> {
     }
 
     async fn run_as(&self, owner: &str, split: bool, keys: &mut u64) -> Result<(), RekeyError> {
-        // Short: an idle lister splits a range as soon as its owner has listed a first page.
-        let poll =
-            (self.list.lease / 8).clamp(Duration::from_millis(50), Duration::from_millis(250));
+        let poll = self.poll();
         loop {
             if self.shutdown.is_stopping() {
                 return Ok(());
@@ -387,11 +397,19 @@ impl Lister<'_> {
         }
     }
 
+    /// How often an idle lister looks again. Short: an idle lister splits a range as soon as
+    /// its owner has listed a first page.
+    fn poll(&self) -> Duration {
+        (self.list.lease / 8).clamp(Duration::from_millis(50), Duration::from_millis(250))
+    }
+
     /// Whether this process may still probe for a split: fewer failed probes than
     /// [`FAILED_PROBE_BUDGET`] plus one per [`FAILED_PROBE_SHARE`] requests sent.
     fn may_probe(&self) -> bool {
         let requests = self.total.lock().map(|t| t.requests).unwrap_or(0);
-        self.splitting.failed.load(std::sync::atomic::Ordering::Relaxed)
+        self.splitting
+            .failed
+            .load(std::sync::atomic::Ordering::Relaxed)
             < FAILED_PROBE_BUDGET + requests / FAILED_PROBE_SHARE
     }
 
@@ -532,12 +550,22 @@ impl Lister<'_> {
     ///
     /// A probe that finds no key inside the range is not wasted on the other listers of this
     /// process: it is remembered, and no one here sends that probe (or any above it) again.
-    /// One lister of this process probes at a time.
+    /// One lister of this process probes at a time, and after a failed probe none for a poll
+    /// interval.
     async fn split_one(
         &self,
         owner: &str,
     ) -> Result<Option<(ListRange, Option<String>)>, RekeyError> {
         let _turn = self.splitting.turn.lock().await;
+        let quiet = self
+            .splitting
+            .quiet_until
+            .lock()
+            .map(|q| *q)
+            .unwrap_or(None);
+        if quiet.is_some_and(|q| Instant::now() < q) {
+            return Ok(None);
+        }
         let candidates = self.store.open_ranges(self.scan, SPLIT_CANDIDATES).await?;
         let unsplittable = self
             .splitting
@@ -557,18 +585,12 @@ impl Lister<'_> {
         let Some((_, lo, range)) = widest else {
             return Ok(None);
         };
-        // Below the end, and below any probe of it that failed (the probe followed by U+0001:
-        // the probe itself is then "a prefix of the end" and skipped).
-        let failed_above = self
+        let hi = self
             .splitting
-            .failed_above
+            .empty
             .lock()
-            .ok()
-            .and_then(|f| f.get(&range.id).map(|p| format!("{p}\u{1}")));
-        let hi = match (range.end_before.clone(), failed_above) {
-            (Some(e), Some(f)) => Some(e.min(f)),
-            (e, f) => e.or(f),
-        };
+            .map(|e| probe_ceiling(&e, &lo, range.end_before.as_deref()))
+            .unwrap_or_else(|_| range.end_before.clone());
         for probe in probes(&range.prefix, &lo, hi.as_deref()) {
             if self.shutdown.is_stopping() || !self.may_probe() {
                 return Ok(None);
@@ -578,10 +600,19 @@ impl Lister<'_> {
                 self.splitting
                     .failed
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if let Ok(mut f) = self.splitting.failed_above.lock() {
-                    f.insert(range.id, probe.clone());
+                tracing::debug!(
+                    bucket = %self.scan.bucket,
+                    range = range.id,
+                    probe = %log_key(&probe),
+                    "split probe found no key inside the range"
+                );
+                if let Ok(mut e) = self.splitting.empty.lock() {
+                    e.push((probe.clone(), range.end_before.clone()));
                 }
-                continue;
+                if let Ok(mut q) = self.splitting.quiet_until.lock() {
+                    *q = Some(Instant::now() + self.poll());
+                }
+                return Ok(None);
             };
             let (Some(last), split_at) = (page.last.as_deref(), first.key.as_str()) else {
                 continue;
@@ -603,8 +634,12 @@ impl Lister<'_> {
                 )
                 .await?;
             // Refused: the owner passed the split point, or another split moved the end; the
-            // range is looked at again as it is now.
+            // range is looked at again as it is now. The probe was for nothing: it counts as
+            // failed, so that the budget bounds every request a split did not use.
             let Some((new, stats)) = done else {
+                self.splitting
+                    .failed
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 return Ok(None);
             };
             tracing::debug!(
@@ -626,6 +661,32 @@ impl Lister<'_> {
         }
         Ok(None)
     }
+}
+
+/// The upper bound of a split's probes in the range `(lo, end)`: its end, lowered to just above
+/// each failed probe `p` inside it whose span `(p, its end)` covers the rest of the range (the
+/// probe followed by U+0001, so that the probe itself counts as "a prefix of the end" and is
+/// skipped by [`probes`]).
+fn probe_ceiling(
+    empty: &[(String, Option<String>)],
+    lo: &str,
+    end: Option<&str>,
+) -> Option<String> {
+    let mut hi = end.map(str::to_owned);
+    for (p, p_end) in empty {
+        let covers = match (p_end.as_deref(), end) {
+            (None, _) => true,
+            (Some(pe), Some(e)) => pe >= e,
+            (Some(_), None) => false,
+        };
+        if p.as_str() > lo && covers {
+            let ceiling = format!("{p}\u{1}");
+            if hi.as_deref().is_none_or(|h| ceiling.as_str() < h) {
+                hi = Some(ceiling);
+            }
+        }
+    }
+    hi
 }
 
 /// Where a range's unlisted keys start: its cursor, else its lower bound; `None` while
@@ -756,6 +817,35 @@ mod tests {
         assert_eq!(probes("", "~a\u{e9}", None), ["~b"]);
         assert!(probes("p/", "p/", None).is_empty());
         assert_eq!(probes("", "abcdefghij", None).len(), MAX_PROBES);
+    }
+
+    #[test]
+    fn failed_probes_lower_the_ceiling_of_ranges_inside_their_span() {
+        let empty = vec![
+            ("q".to_owned(), None),
+            ("p1".to_owned(), None),
+            ("p005".to_owned(), Some("p010/x".to_owned())),
+        ];
+        // A range split off the top later: "q" and "p1" found nothing above them up to the end.
+        assert_eq!(
+            probe_ceiling(&empty, "p010/x", None).as_deref(),
+            Some("p1\u{1}")
+        );
+        assert_eq!(
+            probes("", "p010/x", Some("p1\u{1}")),
+            ["p02", "p011", "p0100", "p010/y"]
+        );
+        // A span that ends below the range's end says nothing about the rest of it.
+        assert_eq!(
+            probe_ceiling(&empty[2..], "p002/x", Some("p020/x")).as_deref(),
+            Some("p020/x")
+        );
+        assert_eq!(
+            probe_ceiling(&empty[2..], "p002/x", Some("p010/x")).as_deref(),
+            Some("p005\u{1}")
+        );
+        // A probe at or below the range's cursor is no ceiling.
+        assert_eq!(probe_ceiling(&empty, "r", None), None);
     }
 
     #[test]

@@ -28,7 +28,9 @@
 //! (`unixepoch()`). On SQLite the database is local, so its clock is this host's, and the SQL has
 //! the same shape. Milliseconds: a pass finished by a peer during this run is told from one
 //! finished before it by comparing with the run's start ([`JobStore::clock_millis`]), and runs
-//! (tests, a quick re-run) can be less than a second apart.
+//! (tests, a quick re-run) can be less than a second apart. (The comment of
+//! `migrations/*/0004_work.sql` still says the caller binds them: a released migration is not
+//! edited, its checksum is recorded.)
 //!
 //! # Two backends
 //! The SQL is written to port to PostgreSQL as it is: `$n` placeholders, the clock spliced in,
@@ -280,7 +282,11 @@ where
 impl JobStore {
     /// The SQL of the database's clock in unix milliseconds (see "Clock" above).
     fn now_ms(&self) -> &'static str {
-        if self.is_shared() { NOW_MS_PG } else { NOW_MS_SQLITE }
+        if self.is_shared() {
+            NOW_MS_PG
+        } else {
+            NOW_MS_SQLITE
+        }
     }
 
     /// The database's clock, unix milliseconds: the start of a run, compared with the
@@ -884,7 +890,9 @@ impl JobStore {
         lease: Duration,
     ) -> Result<Option<EnqueueStats>, StoreError> {
         retry_conflicts(|| {
-            self.commit_file_batch_once(file_id, owner, bucket, objects, last_line, rows, done, lease)
+            self.commit_file_batch_once(
+                file_id, owner, bucket, objects, last_line, rows, done, lease,
+            )
         })
         .await
     }
