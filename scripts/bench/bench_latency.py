@@ -8,6 +8,7 @@ clients and the test bed (AWS_ENDPOINT_URL_S3/KMS point at the proxy). For each 
   (d) bare KMS loop   boto3 GenerateDataKey (AES_256, the rekey's encryption context), C threads
   (a) s3cse rekey     --concurrency C on a freshly seeded bucket of small V1 objects, verify on,
                       under /usr/bin/time -v (peak RSS, user+sys CPU)
+  (a0) --before-bin   the same with another s3cse binary (an earlier commit), same run
 
 Prints a markdown table: rate, ratio (a)/(d), peak RSS, client CPU per object, the servers'
 (and proxy's) CPU, mean request latencies as rekey saw them.
@@ -30,6 +31,7 @@ def main(argv=None):
     p.add_argument("--kms-calls", type=int, default=2000, help="calls per bare KMS loop")
     p.add_argument("--delay-ms", default="?", help="the proxy's one-way delay (for the report)")
     p.add_argument("--bin", default=os.path.join(br.ROOT, "target", "release", "s3cse"))
+    p.add_argument("--before-bin", help="also run this s3cse binary (a0) at each concurrency")
     p.add_argument("--rekey-arg", action="append", default=[])
     p.add_argument("--command", default="")
     a = p.parse_args(argv)
@@ -54,7 +56,17 @@ def main(argv=None):
             b = bench.seed_small(f"lat{c}")
             r = bench.rekey_checked("sweep", f"a{c}", b, f"lat{c}", a.small, concurrency=c)
             bench.drop_bucket(b)
-            rows.append((c, d, r))
+            r0 = None
+            if a.before_bin:
+                b = bench.seed_small(f"lat0{c}")
+                this, a.bin = a.bin, a.before_bin
+                try:
+                    r0 = bench.rekey_checked("sweep", f"a0{c}", b, f"lat0{c}", a.small,
+                                             concurrency=c)
+                finally:
+                    a.bin = this
+                bench.drop_bucket(b)
+            rows.append((c, d, r, r0))
     finally:
         bench.cleanup()
     after = br.uptime()
@@ -70,7 +82,7 @@ def main(argv=None):
            "| rekey client CPU / object | servers+proxy CPU / object | mean S3 / KMS latency (rekey) "
            "| foreign CPU; load1 |",
            "|---|---|---|---|---|---|---|---|---|"]
-    for c, d, r in rows:
+    for c, d, r, _ in rows:
         dr = d["calls"] / d["wall"]
         ar = r["objects"] / r["wall"]
         ratio = ar / dr
@@ -81,6 +93,20 @@ def main(argv=None):
             f"{r['rss_mib']} MiB | {r['cpu_s'] / r['objects'] * 1000:.2f} ms | "
             f"{ld['server_cpu_s'] / r['objects'] * 1000:.2f} ms | {r['s3_ms']} / {r['kms_ms']} ms | "
             f"{ld['foreign_pct']}%; {ld['load_start']}→{ld['load_end']} |")
+    if a.before_bin:
+        when = dt.datetime.fromtimestamp(os.stat(a.before_bin).st_mtime).strftime("%Y-%m-%d %H:%M")
+        out += ["", f"(a0): `{a.before_bin}`, built {when}.", "",
+                "| --concurrency | (d) KMS loop | (a0) before | (a0)/(d) | (a) after | (a)/(d) "
+                "| RSS before / after | client CPU / object before / after |",
+                "|---|---|---|---|---|---|---|---|"]
+        for c, d, r, r0 in rows:
+            dr = d["calls"] / d["wall"]
+            ar, a0r = r["objects"] / r["wall"], r0["objects"] / r0["wall"]
+            out.append(
+                f"| {c} | {dr:,.0f} calls/s | {a0r:,.0f} objects/s | {a0r / dr:.2f}x | "
+                f"{ar:,.0f} objects/s | **{ar / dr:.2f}x** | {r0['rss_mib']} / {r['rss_mib']} MiB | "
+                f"{r0['cpu_s'] / r0['objects'] * 1000:.2f} / "
+                f"{r['cpu_s'] / r['objects'] * 1000:.2f} ms |")
     print("\n".join(out))
     return 0
 

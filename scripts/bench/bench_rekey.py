@@ -326,15 +326,16 @@ class Bench:
         with open(meta) as f:
             return ct, json.load(f)
 
-    def seed_small(self, tag):
+    def seed_small(self, tag, n=None):
+        n = self.a.small if n is None else n
         b = self.new_bucket(tag)
         with open(self.small_ct, "rb") as f:
             body = f.read()
         t = time.monotonic()
         run_pool(lambda i: self.s3.put_object(Bucket=b, Key=f"small/{i:06d}", Body=body,
                                               Metadata=self.small_meta),
-                 range(self.a.small), self.a.seed_threads)
-        log(f"  seeded {self.a.small} small V1 objects into {b} in {time.monotonic() - t:.1f}s")
+                 range(n), self.a.seed_threads)
+        log(f"  seeded {n} small V1 objects into {b} in {time.monotonic() - t:.1f}s")
         return b
 
     def seed_large(self, tag):

@@ -105,7 +105,8 @@ pub struct RunArgs {
     /// KMS requests in flight at once. Up to 4 objects per KMS request are in flight (within
     /// --max-buffer-mib at 256 KiB per object beyond N), so their S3 requests (GET, conditional
     /// PUT, read-back GET) run while other objects wait on KMS: throughput is about N / (one
-    /// KMS round trip) where S3 keeps up. Bound the KMS request rate with --kms-rps.
+    /// KMS round trip) where S3 keeps up. Bound the KMS request rate with --kms-rps. With
+    /// --dry-run (no KMS call): objects classified at once.
     #[arg(long, default_value_t = 64, value_name = "N")]
     concurrency: usize,
     /// Classify only (HEAD + envelope): no KMS call, nothing written to S3; prints the plan and

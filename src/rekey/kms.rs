@@ -74,7 +74,8 @@ impl RekeyKms {
 
     /// At most `n` (at least 1) requests in flight at once.
     pub fn with_concurrency(mut self, n: usize) -> Self {
-        self.in_flight = tokio::sync::Semaphore::new(n.clamp(1, tokio::sync::Semaphore::MAX_PERMITS));
+        self.in_flight =
+            tokio::sync::Semaphore::new(n.clamp(1, tokio::sync::Semaphore::MAX_PERMITS));
         self
     }
 
@@ -378,7 +379,11 @@ mod tests {
             let calls = (0..20).map(|_| kms.generate_data_key("key", &ctx));
             let done = futures::future::join_all(calls).await;
             assert!(done.iter().all(Result::is_ok));
-            assert_eq!(inner.most.load(Ordering::SeqCst), expected, "bound {bound:?}");
+            assert_eq!(
+                inner.most.load(Ordering::SeqCst),
+                expected,
+                "bound {bound:?}"
+            );
             assert_eq!(metrics.kms_requests("GenerateDataKey"), 20);
         }
     }

@@ -8,7 +8,8 @@
 //! - [`ingest`]: `--manifest`, an S3 Inventory or Batch Operations manifest -> the job table,
 //!   its data files claimable with a line checkpoint each (instead of [`scan`]).
 //! - [`report`]: the job table -> an S3 Batch Operations completion report in S3.
-//! - [`worker`]: the pool: the claim loop (leases, `--concurrency` tasks, graceful stop), retries,
+//! - [`worker`]: the pool: the claim loop (leases, 4 tasks per `--concurrency` KMS slot, graceful
+//!   stop), retries,
 //!   deadlines, and the one store write that records each outcome.
 //! - `object`: one attempt at one object, the steps in order; the steps each have a file:
 //!   `inspect` (HEAD + envelope + classification), `rewrite`, `rewrap`, `rotate`
@@ -112,7 +113,9 @@ pub struct RekeyConfig {
     pub listers: usize,
     /// User encryption context of the new envelopes (`aws:x-amz-cek-alg` is added).
     pub context: Context,
-    /// Objects processed at once.
+    /// KMS requests in flight at once (`--concurrency`); the workers keep up to
+    /// [`worker::PIPELINE_DEPTH`] objects per KMS slot in flight ([`worker::in_flight`]), and
+    /// `--dry-run` classifies this many objects at once.
     pub concurrency: usize,
     /// Classify only: HEAD + envelope, no writes (KMS only to learn which blobs are under the
     /// target key, [`owner`]).
