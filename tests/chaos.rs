@@ -345,6 +345,38 @@ async fn seed_mixed_bucket(b: &Bed) -> BTreeMap<String, Source> {
 /// the target key, no multipart upload or `.instruction` object may be left, and every record
 /// must say what was done: the action, the source format and, on this versioned bucket, the
 /// replaced (source) version id. Every violation is collected and reported at once, by object.
+/// The ids of the multipart uploads open in the bucket that no intent in the state file names,
+/// right after a SIGKILL: created, with the answer in the killed process, but not yet recorded
+/// (the window between an answer and its commit that no client can close). No later attempt
+/// knows them. That a recorded upload is aborted by the next attempt is the crash matrix's
+/// `crash_with_a_multipart_upload_open`.
+async fn unrecorded_uploads(b: &Bed, state: &Path) -> BTreeSet<String> {
+    let db = sqlx::SqlitePool::connect(&format!("sqlite://{}", state.display()))
+        .await
+        .expect("open state");
+    let recorded: Vec<(String,)> = sqlx::query_as(
+        "SELECT json_extract(intent, '$.upload_id') FROM jobs \
+         WHERE json_extract(intent, '$.upload_id') IS NOT NULL",
+    )
+    .fetch_all(&db)
+    .await
+    .expect("intents");
+    db.close().await;
+    let recorded: BTreeSet<String> = recorded.into_iter().map(|(id,)| id).collect();
+    let open =
+        b.s3.list_multipart_uploads()
+            .bucket(&b.bucket)
+            .send()
+            .await
+            .expect("list uploads");
+    open.uploads()
+        .iter()
+        .filter_map(|u| u.upload_id())
+        .filter(|id| !recorded.contains(*id))
+        .map(str::to_owned)
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn rekey_survives_faults_and_kills() {
     let Some(b) = bed("chaos-mixed").await else {
@@ -396,6 +428,7 @@ async fn rekey_survives_faults_and_kills() {
     let mut runs = Vec::new();
     let mut last = None;
     let mut kills = 0;
+    let mut unrecorded_at_kills = BTreeSet::new();
     for run in 0..MAX_RUNS {
         assert!(
             started.elapsed() < Duration::from_secs(300),
@@ -433,6 +466,7 @@ async fn rekey_survives_faults_and_kills() {
                 None => {
                     child.kill().expect("SIGKILL");
                     let _ = child.wait();
+                    unrecorded_at_kills.extend(unrecorded_uploads(&b, &state).await);
                     kills += 1;
                     runs.push(format!("run {run}: SIGKILLed at {at:?}"));
                 }
@@ -494,7 +528,8 @@ async fn rekey_survives_faults_and_kills() {
     }
     // An upload whose CreateMultipartUpload answer was lost has an id nobody ever saw, so no
     // attempt can abort it: the bucket's AbortIncompleteMultipartUpload rule is the backstop
-    // (README). Those, and only those, may stay open.
+    // (README). So is one whose answer reached a process that was killed before the id was in
+    // its job row. Those, and only those, may stay open.
     let lost_creates: BTreeSet<String> = proxy
         .log_lines("lost-answer")
         .iter()
@@ -516,7 +551,11 @@ async fn rekey_survives_faults_and_kills() {
             .expect("list uploads");
     for u in open.uploads() {
         let key = u.key().unwrap_or_default();
-        if !lost_creates.contains(key) {
+        if !lost_creates.contains(key)
+            && !u
+                .upload_id()
+                .is_some_and(|id| unrecorded_at_kills.contains(id))
+        {
             wrong.push(format!(
                 "open multipart upload {:?} of {key:?} (its creation was answered)",
                 u.upload_id()
