@@ -80,8 +80,9 @@ echo "status --json: $(echo "$T1 - $T0" | bc) s"
 
 if [ -n "${BENCH_DRYRUN_SECS:-}" ]; then
     DLOG=$WORK/dryrun.log
-    S3CSE_LOG=info "$BIN" rekey "s3://$BUCKET/bench/" --manifest "$WORK/manifest.json" \
-        --state "${BENCH_STATE:-$WORK/state.db}" --kms-key-id "$KEY" --dry-run --log-format json \
+    # `work`: the queue only (`rekey --manifest` would read the manifest again first).
+    S3CSE_LOG=info "$BIN" work --state "${BENCH_STATE:-$WORK/state.db}" --kms-key-id "$KEY" \
+        --dry-run --log-format json \
         >"$WORK/dryrun.out" 2>"$DLOG" &
     PID=$!
     PEAK=0
@@ -94,5 +95,6 @@ if [ -n "${BENCH_DRYRUN_SECS:-}" ]; then
     RSS=$(awk '/VmRSS/ {print $2}' "/proc/$PID/status" 2>/dev/null || echo 0)
     kill -INT "$PID" 2>/dev/null || true
     wait "$PID" 2>/dev/null || true
+    tail -n 4 "$WORK/dryrun.out" || true
     echo "rekey --dry-run, ${BENCH_DRYRUN_SECS} s over $ROWS pending jobs: peak RSS $((PEAK / 1024)) MiB, RSS at the end $((RSS / 1024)) MiB"
 fi

@@ -6,8 +6,11 @@
 --   that moves no row between groups (a lease renewal) writes nothing.
 -- * A `slot` column: each connection adds to its own copy of a group (pg_backend_pid() % 16),
 --   so concurrent workers do not queue on one hot counter row until their commits; readers
---   sum the slots. Each statement upserts its groups in key order, so two statements never
---   wait on each other's counter rows in opposite orders.
+--   sum the slots. Each statement upserts its groups in key order, so two one-statement
+--   transactions (claims, outcomes, a page of up to 10,000 rows) cannot deadlock on them.
+--   A transaction of several `jobs` statements (`--manifest-batch` above 10,000 rows) could,
+--   with another in the same slot resetting rows of other groups; PostgreSQL then aborts
+--   one, and its batch is rolled back whole (not seen in tests).
 -- NULL is spelled '' and a value v is '.' || v, as on SQLite (key columns cannot be NULL).
 CREATE TABLE job_counts (
     state         TEXT     NOT NULL,

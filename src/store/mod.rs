@@ -16,6 +16,9 @@
 //! What differs: id lists (`json_each(?)` vs `= ANY($1)`), the claim (SQLite's `INDEXED BY`
 //! vs PostgreSQL's `FOR UPDATE SKIP LOCKED`), the enqueue (SQLite counts inserts under its
 //! write lock, PostgreSQL binds arrays and reads `xmax = 0`), and opening (quick_check, WAL, the file lock).
+//! The `status` counters (`job_counts`, migration 0005) are kept by triggers on both: a row
+//! trigger on SQLite, statement triggers with transition tables on PostgreSQL, adding into
+//! one of 16 slots per group so concurrent workers do not queue on one counter row.
 //!
 //! Porting a SQLite-only method: write its SQL with `$N` placeholders and `unixepoch()`, decode
 //! integers as `i64`, wrap the body in `on_pool!(self, pool => ...)` (both arms must have one
