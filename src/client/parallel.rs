@@ -416,7 +416,10 @@ mod tests {
             tag: 16,
         };
         assert_eq!(big.count(), 5 << 20);
-        assert_eq!(big.get(big.count() - 1), ((5 << 40) - (1 << 20), (5 << 40) + 15));
+        assert_eq!(
+            big.get(big.count() - 1),
+            ((5 << 40) - (1 << 20), (5 << 40) + 15)
+        );
         let opts = ParallelGet {
             part_size: (8 << 20) + 5,
             concurrency: 10,

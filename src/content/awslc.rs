@@ -102,7 +102,10 @@ impl LcAes {
             &mut [],
         ));
         let mut out = [0u8; 16];
-        for (o, (t, m)) in out.iter_mut().zip(tag.as_ref().iter().zip(&*self.zero_mask)) {
+        for (o, (t, m)) in out
+            .iter_mut()
+            .zip(tag.as_ref().iter().zip(&*self.zero_mask))
+        {
             *o = t ^ m;
         }
         out
