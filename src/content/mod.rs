@@ -12,6 +12,10 @@
 //!   checked, by combining per-part GHASH values with powers of H.
 //! - [`range`]: ranged (unauthenticated) decryption: the fetch plan and CTR / CBC decryptors.
 //!
+//! Underneath, `awslc` runs the bulk (CTR, CBC decryption, GHASH) on aws-lc's assembly through
+//! aws-lc-rs's safe API, and `ghash` turns aws-lc's AES-GCM tags into GHASH states; `aes` and
+//! `polyval` do single blocks and single multiplications (BENCHMARKS.md "Content ciphers").
+//!
 //! # Key sizes
 //! Every AWS client writes AES-256 content keys, so the encryptors accept 32-byte keys only.
 //! The GCM and CBC decryptors (and the range decryptors) also accept 16- and 24-byte keys, so a
