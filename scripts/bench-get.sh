@@ -41,7 +41,8 @@ admin() { "$S3CSE_PY_TESTBED" tests/peers/testbed_admin.py "$@"; }
 cleanup() {
   local rc=$?
   set +e
-  [ -n "$PROXY" ] && kill "$PROXY" 2>/dev/null
+  # The proxy is gone: clean up through the bed's own endpoints.
+  [ -n "$PROXY" ] && { kill "$PROXY" 2>/dev/null; export AWS_ENDPOINT_URL_S3="$DIRECT_S3" AWS_ENDPOINT_URL_KMS="$DIRECT_KMS"; }
   if [ "$KEEP" = 1 ]; then
     echo "bench-get: --keep: kept bucket $BUCKET, KMS key $KEY, files in $T" >&2
     exit "$rc"
@@ -69,6 +70,7 @@ BUCKET=bench-get-$$
 admin create-bucket "$BUCKET" >/dev/null
 "$BIN" put "$T/in" "s3://$BUCKET/obj" --kms-key-id "$KEY" --format v2 >/dev/null 2>&1
 if [ "$DELAY" != 0 ]; then
+  DIRECT_S3=$AWS_ENDPOINT_URL_S3 DIRECT_KMS=$AWS_ENDPOINT_URL_KMS
   python3 scripts/bench/delayproxy.py --delay-ms "$DELAY" \
     --to "$AWS_ENDPOINT_URL_S3" --to "$AWS_ENDPOINT_URL_KMS" >"$T/proxy" &
   PROXY=$!
