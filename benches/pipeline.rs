@@ -5,6 +5,11 @@
 //! Run: `cargo bench --bench pipeline` (about 40 s). Sample counts are kept at criterion's minimum
 //! (10) since every iteration already moves 64 MiB.
 //!
+//! Group `components` breaks the pipeline down into the primitives underneath, each alone over the
+//! same 64 MiB: AES ECB decryption/encryption and POLYVAL from RustCrypto (`aes`, `polyval`: what
+//! the pipeline ran on before), CBC decryption, CTR and GHASH from aws-lc (what it runs on now),
+//! and a plain copy. Compare with `openssl speed` in the same run (BENCHMARKS.md).
+//!
 //! Two clocks: group `content` measures the benchmark thread's CPU time, which is what
 //! `openssl speed` divides by by default (user CPU time, unless `-elapsed`), so the two compare
 //! like for like even on a busy shared machine; group `content_wall` repeats (a) and (b) in
@@ -210,6 +215,120 @@ fn content_ciphers(c: &mut Criterion<ThreadCpuTime>) {
     g.finish();
 }
 
+/// The primitives under the pipeline, each alone, in `slice`-byte calls.
+fn components(c: &mut Criterion<ThreadCpuTime>) {
+    use aes::cipher::{BlockCipherDecrypt, BlockCipherEncrypt, KeyInit};
+    use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
+    use aws_lc_rs::cipher::{
+        AES_256, DecryptingKey, DecryptionContext, EncryptingKey, EncryptionContext,
+        UnboundCipherKey,
+    };
+    use polyval::universal_hash::UniversalHash;
+
+    const SLICE: usize = 64 * 1024;
+    let mut data = plaintext();
+    let mut out = vec![0u8; TOTAL];
+    let rc = aes::Aes256::new_from_slice(&NEW_KEY).expect("key");
+    let lc_key = || UnboundCipherKey::new(&AES_256, &NEW_KEY).expect("key");
+    let cbc = DecryptingKey::cbc(lc_key()).expect("key");
+    let ctr = EncryptingKey::ctr(lc_key()).expect("key");
+    let gcm = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &NEW_KEY).expect("key"));
+    let mut g = c.benchmark_group("components");
+    group_config(&mut g);
+    g.bench_function("rustcrypto_aes_ecb_decrypt", |b| {
+        b.iter(|| {
+            for s in data.chunks_mut(8192) {
+                rc.decrypt_blocks(aes::Block::slice_as_chunks_mut(s).0);
+            }
+        })
+    });
+    g.bench_function("rustcrypto_aes_ecb_encrypt", |b| {
+        b.iter(|| {
+            for s in data.chunks_mut(8192) {
+                rc.encrypt_blocks(aes::Block::slice_as_chunks_mut(s).0);
+            }
+        })
+    });
+    g.bench_function("rustcrypto_polyval", |b| {
+        let key = polyval::Key::from([7u8; 16]);
+        b.iter(|| {
+            let mut p = polyval::Polyval::new(&key);
+            for s in data.chunks(8192) {
+                p.update(polyval::Block::slice_as_chunks(s).0);
+            }
+            black_box(p.finalize())
+        })
+    });
+    g.bench_function("byte_reversal", |b| {
+        b.iter(|| {
+            for (o, s) in out.chunks_exact_mut(16).zip(data.chunks_exact(16)) {
+                let mut a = [0u8; 16];
+                a.copy_from_slice(s);
+                o.copy_from_slice(&u128::from_le_bytes(a).swap_bytes().to_le_bytes());
+            }
+            black_box(&out);
+        })
+    });
+    g.bench_function("copy", |b| {
+        b.iter(|| {
+            for (o, s) in out.chunks_mut(SLICE).zip(data.chunks(SLICE)) {
+                o.copy_from_slice(s);
+            }
+            black_box(&out);
+        })
+    });
+    g.bench_function("awslc_cbc_decrypt", |b| {
+        b.iter(|| {
+            let mut iv = OLD_IV;
+            for s in data.chunks_mut(SLICE) {
+                let next: [u8; 16] = s[s.len() - 16..].try_into().expect("block");
+                cbc.decrypt(s, DecryptionContext::Iv128(iv.into()))
+                    .expect("cbc");
+                iv = next;
+            }
+        })
+    });
+    g.bench_function("awslc_ctr", |b| {
+        b.iter(|| {
+            let mut counter = 2u128;
+            for s in data.chunks_mut(SLICE) {
+                ctr.less_safe_encrypt(s, EncryptionContext::Iv128(counter.to_be_bytes().into()))
+                    .expect("ctr");
+                counter += (s.len() / 16) as u128;
+            }
+        })
+    });
+    g.bench_function("awslc_ghash", |b| {
+        b.iter(|| {
+            for s in data.chunks(SLICE) {
+                let tag = gcm
+                    .seal_in_place_separate_tag(
+                        Nonce::assume_unique_for_key([0; 12]),
+                        Aad::from(s),
+                        &mut [],
+                    )
+                    .expect("gmac");
+                black_box(tag.as_ref()[0]);
+            }
+        })
+    });
+    g.bench_function("awslc_gcm_seal_oneshot", |b| {
+        b.iter(|| {
+            for s in data.chunks_mut(CHUNK) {
+                let tag = gcm
+                    .seal_in_place_separate_tag(
+                        Nonce::assume_unique_for_key([0; 12]),
+                        Aad::empty(),
+                        s,
+                    )
+                    .expect("seal");
+                black_box(tag.as_ref()[0]);
+            }
+        })
+    });
+    g.finish();
+}
+
 fn content_ciphers_wall(c: &mut Criterion) {
     let Inputs { pt, cbc_body, .. } = inputs();
     let mut g = c.benchmark_group("content_wall");
@@ -226,7 +345,7 @@ fn content_ciphers_wall(c: &mut Criterion) {
 criterion_group! {
     name = cpu;
     config = Criterion::default().with_measurement(ThreadCpuTime { wall: WallTime });
-    targets = content_ciphers
+    targets = content_ciphers, components
 }
 criterion_group!(wall, content_ciphers_wall);
 criterion_main!(cpu, wall);

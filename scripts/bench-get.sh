@@ -6,17 +6,20 @@
 # Figures go into BENCHMARKS.md ("Parallel authenticated GET").
 #
 #   scripts/bench-get.sh [--keep] [--no-build] [--bin BIN] [--mib N] [--rounds R]
-#                        [--part-mib P] [--concurrency C]
+#                        [--part-mib P] [--concurrency C] [--delay-ms D]
 #
 # Defaults: 1024 MiB, 3 rounds (alternating the tools), 8 MiB parts, 10 in flight (boto3's
 # defaults). Each round also runs `s3cse get --concurrency 1` (one GET, the old path) for
 # reference. The release build (thin LTO) takes ~10 minutes the first time.
+# --delay-ms D: the timed GETs go through scripts/bench/delayproxy.py (D ms each way, as in
+# scripts/bench-latency.sh; the put goes direct). The proxy buffers without limit, so it adds
+# latency, not a bandwidth-delay cap, and its Python CPU shares the machine with the tools.
 # On the way out it deletes the bucket bench-get-PID, the KMS key (scheduled, 7 days) and the
 # local files, unless --keep.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-KEEP=0 BUILD=1 BIN=target/release/s3cse MIB=1024 ROUNDS=3 PART=8 CONC=10
+KEEP=0 BUILD=1 BIN=target/release/s3cse MIB=1024 ROUNDS=3 PART=8 CONC=10 DELAY=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --keep) KEEP=1 ;;
@@ -26,17 +29,20 @@ while [ $# -gt 0 ]; do
     --rounds) ROUNDS=$2; shift ;;
     --part-mib) PART=$2; shift ;;
     --concurrency) CONC=$2; shift ;;
+    --delay-ms) DELAY=$2; shift ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench-get: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
 done
 
-T="" KEY="" BUCKET=""
+T="" KEY="" BUCKET="" PROXY=""
 admin() { "$S3CSE_PY_TESTBED" tests/peers/testbed_admin.py "$@"; }
 cleanup() {
   local rc=$?
   set +e
+  # The proxy is gone: clean up through the bed's own endpoints.
+  [ -n "$PROXY" ] && { kill "$PROXY" 2>/dev/null; export AWS_ENDPOINT_URL_S3="$DIRECT_S3" AWS_ENDPOINT_URL_KMS="$DIRECT_KMS"; }
   if [ "$KEEP" = 1 ]; then
     echo "bench-get: --keep: kept bucket $BUCKET, KMS key $KEY, files in $T" >&2
     exit "$rc"
@@ -63,6 +69,17 @@ KEY=$(admin create-key --description "s3cse bench-get" | tail -1)
 BUCKET=bench-get-$$
 admin create-bucket "$BUCKET" >/dev/null
 "$BIN" put "$T/in" "s3://$BUCKET/obj" --kms-key-id "$KEY" --format v2 >/dev/null 2>&1
+if [ "$DELAY" != 0 ]; then
+  DIRECT_S3=$AWS_ENDPOINT_URL_S3 DIRECT_KMS=$AWS_ENDPOINT_URL_KMS
+  python3 scripts/bench/delayproxy.py --delay-ms "$DELAY" \
+    --to "$AWS_ENDPOINT_URL_S3" --to "$AWS_ENDPOINT_URL_KMS" >"$T/proxy" &
+  PROXY=$!
+  for _ in $(seq 1 50); do grep -q '^ready' "$T/proxy" && break; sleep 0.1; done
+  grep -q '^ready' "$T/proxy" || { echo "bench-get: the delay proxy did not start" >&2; exit 1; }
+  AWS_ENDPOINT_URL_S3="$(sed -n 1p "$T/proxy" | cut -d' ' -f1)"
+  AWS_ENDPOINT_URL_KMS="$(sed -n 2p "$T/proxy" | cut -d' ' -f1)"
+  export AWS_ENDPOINT_URL_S3 AWS_ENDPOINT_URL_KMS
+fi
 
 # label -> lists of "wall cpu rss" per round
 declare -A RES
@@ -75,7 +92,8 @@ measure() { # label, command...
   wall=$(awk -F': ' '/Elapsed/ {n=split($2,p,":"); s=0; for(i=1;i<=n;i++) s=s*60+p[i]; printf "%.2f", s}' "$T/time")
   cpu=$(awk -F': ' '/User time/ {u=$2} /System time/ {s=$2} END {printf "%.2f", u+s}' "$T/time")
   RES[$label]+="$wall $cpu $rss;"
-  printf 'bench-get: round %s %-12s wall %6ss cpu %6ss rss %7s MiB\n' "$r" "$label" "$wall" "$cpu" "$rss" >&2
+  printf 'bench-get: round %s %-12s wall %6ss cpu %6ss rss %7s MiB load %s\n' "$r" "$label" "$wall" \
+    "$cpu" "$rss" "$(cut -d' ' -f1 /proc/loadavg)" >&2
 }
 for r in $(seq 1 "$ROUNDS"); do
   rm -f "$T/plain" "$T/out" "$T/out1"
@@ -92,7 +110,8 @@ median() { tr ' ' '\n' | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2
 col() { echo "${RES[$1]}" | tr ';' '\n' | sed '/^$/d' | awk -v c="$2" '{print $c}' | tr '\n' ' ' | median; }
 bw=$(col boto3 1)
 echo
-echo "$MIB MiB V2 GCM object, ${PART} MiB parts, $CONC in flight; median of $ROUNDS rounds ($(date -u +%F))"
+echo "$MIB MiB V2 GCM object, ${PART} MiB parts, $CONC in flight, delay ${DELAY} ms each way;" \
+  "median of $ROUNDS rounds ($(date -u +%F), load average $(cut -d' ' -f1-3 /proc/loadavg))"
 echo
 echo "| tool | wall | MB/s | client CPU (user+sys) | peak RSS | throughput vs boto3 |"
 echo "|---|---|---|---|---|---|"

@@ -93,9 +93,9 @@ pub type BeforeRequest = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = ()> + Send>
 pub struct PartReader {
     client: S3Cse,
     head: Arc<ObjectHead>,
-    /// Inclusive stored-body ranges, in order.
-    ranges: Vec<(u64, u64)>,
-    next: usize,
+    /// The stored-body ranges, in order, computed as they are needed.
+    ranges: Ranges,
+    next: u64,
     inflight: VecDeque<JoinHandle<Result<Part, ClientError>>>,
     concurrency: usize,
     decrypt: Option<Arc<GcmParts>>,
@@ -110,7 +110,11 @@ pub struct PartReader {
 impl PartReader {
     /// Reads the stored body of `head` as it is.
     pub fn new(client: &S3Cse, head: &ObjectHead, opts: ParallelGet) -> Self {
-        let ranges = split(head.content_length, opts.part());
+        let ranges = Ranges {
+            len: head.content_length,
+            part: opts.part(),
+            tag: 0,
+        };
         Self::with_ranges(client, head, opts, ranges, None)
     }
 
@@ -122,12 +126,11 @@ impl PartReader {
         opts: ParallelGet,
         parts: Arc<GcmParts>,
     ) -> Self {
-        let ct_len = parts.ct_len();
-        let mut ranges = split(ct_len, opts.part());
-        match ranges.last_mut() {
-            Some(last) => last.1 += GCM_TAG_LEN as u64,
-            None => ranges.push((0, GCM_TAG_LEN as u64 - 1)),
-        }
+        let ranges = Ranges {
+            len: parts.ct_len(),
+            part: opts.part(),
+            tag: GCM_TAG_LEN as u64,
+        };
         Self::with_ranges(client, head, opts, ranges, Some(parts))
     }
 
@@ -135,7 +138,7 @@ impl PartReader {
         client: &S3Cse,
         head: &ObjectHead,
         opts: ParallelGet,
-        ranges: Vec<(u64, u64)>,
+        ranges: Ranges,
         decrypt: Option<Arc<GcmParts>>,
     ) -> Self {
         Self {
@@ -161,8 +164,8 @@ impl PartReader {
 
     /// Starts GETs until `concurrency` are in flight (or none is left to start).
     fn top_up(&mut self) {
-        while self.inflight.len() < self.concurrency && self.next < self.ranges.len() {
-            let (first, last) = self.ranges[self.next];
+        while self.inflight.len() < self.concurrency && self.next < self.ranges.count() {
+            let (first, last) = self.ranges.get(self.next);
             self.next += 1;
             let client = self.client.clone();
             let head = self.head.clone();
@@ -265,11 +268,30 @@ impl AsyncRead for PartReader {
     }
 }
 
-/// `0..len` in inclusive ranges of `part` bytes.
-fn split(len: u64, part: u64) -> Vec<(u64, u64)> {
-    (0..len.div_ceil(part))
-        .map(|i| (i * part, ((i + 1) * part).min(len) - 1))
-        .collect()
+/// `0..len` in inclusive ranges of `part` bytes, the last one extended by `tag` bytes (a GCM
+/// body's tag rides with its last part; an empty ciphertext is one range, the tag). Computed on
+/// demand: a 5 TiB object at 1 MiB parts has 5 million ranges.
+#[derive(Clone, Copy, Debug)]
+struct Ranges {
+    len: u64,
+    part: u64,
+    tag: u64,
+}
+
+impl Ranges {
+    fn count(&self) -> u64 {
+        match self.len.div_ceil(self.part) {
+            0 => u64::from(self.tag > 0),
+            n => n,
+        }
+    }
+
+    /// Range `i` (below [`Self::count`]), inclusive.
+    fn get(&self, i: u64) -> (u64, u64) {
+        let end = ((i + 1) * self.part).min(self.len);
+        let tag = if i + 1 == self.count() { self.tag } else { 0 };
+        (i * self.part, end + tag - 1)
+    }
 }
 
 /// Decrypts one fetched range of a GCM body in place; the bytes past the ciphertext are the tag.
@@ -375,10 +397,29 @@ mod tests {
 
     #[test]
     fn ranges_tile_the_body() {
-        assert_eq!(split(0, 16), vec![]);
-        assert_eq!(split(1, 16), vec![(0, 0)]);
-        assert_eq!(split(32, 16), vec![(0, 15), (16, 31)]);
-        assert_eq!(split(33, 16), vec![(0, 15), (16, 31), (32, 32)]);
+        let split = |len, part, tag| {
+            let r = Ranges { len, part, tag };
+            (0..r.count()).map(|i| r.get(i)).collect::<Vec<_>>()
+        };
+        assert_eq!(split(0, 16, 0), vec![]);
+        assert_eq!(split(1, 16, 0), vec![(0, 0)]);
+        assert_eq!(split(32, 16, 0), vec![(0, 15), (16, 31)]);
+        assert_eq!(split(33, 16, 0), vec![(0, 15), (16, 31), (32, 32)]);
+        // GCM bodies: the tag rides with the last part, or is the only range.
+        assert_eq!(split(0, 16, 16), vec![(0, 15)]);
+        assert_eq!(split(33, 16, 16), vec![(0, 15), (16, 31), (32, 48)]);
+        assert_eq!(split(32, 16, 16), vec![(0, 15), (16, 47)]);
+        // 5 TiB at 1 MiB parts: nothing is materialized, the last range ends at the last byte.
+        let big = Ranges {
+            len: 5 << 40,
+            part: 1 << 20,
+            tag: 16,
+        };
+        assert_eq!(big.count(), 5 << 20);
+        assert_eq!(
+            big.get(big.count() - 1),
+            ((5 << 40) - (1 << 20), (5 << 40) + 15)
+        );
         let opts = ParallelGet {
             part_size: (8 << 20) + 5,
             concurrency: 10,

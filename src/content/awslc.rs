@@ -1,8 +1,8 @@
-//! The bulk work of the content ciphers on aws-lc's assembly, through aws-lc-rs's safe API:
-//! AES-CTR (GCM's keystream), AES-CBC decryption and GHASH. aws-lc-rs is already linked for TLS
-//! (rustls under the AWS SDK), so this adds no crate. On a VAES/VPCLMULQDQ CPU it measured
-//! 2.6x `polyval` for GHASH, 1.6x `aes` for CBC decryption and 1.3-2x for CTR
-//! (BENCHMARKS.md "Content ciphers"); our crate stays free of `unsafe`.
+//! The bulk work of GCM on aws-lc's assembly, through aws-lc-rs's safe API: AES-CTR (GCM's
+//! keystream) and GHASH. aws-lc-rs is already linked for TLS (rustls under the AWS SDK), so this
+//! adds no crate, and our crate stays free of `unsafe`. In the release bench, aws-lc's GHASH
+//! (VPCLMULQDQ) ran at 3x `polyval` 0.7 (which also needs a byte reversal); its CBC decryption
+//! (AES-NI) was slower than `aes`'s VAES-512, so CBC stays on `aes` (BENCHMARKS.md).
 //!
 //! aws-lc-rs has no GHASH API, so GHASH is read off AES-GCM. Sealing an empty plaintext with data
 //! `D` (whole blocks) as AAD under the all-zero nonce gives the tag
@@ -15,9 +15,7 @@
 //! [`super::ghash::Ghasher`] turns them back into Horner states.
 
 use aws_lc_rs::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
-use aws_lc_rs::cipher::{
-    self, DecryptingKey, DecryptionContext, EncryptingKey, EncryptionContext, UnboundCipherKey,
-};
+use aws_lc_rs::cipher::{self, EncryptingKey, EncryptionContext, UnboundCipherKey};
 use zeroize::Zeroizing;
 
 use super::ContentError;
@@ -26,14 +24,12 @@ use crate::consts::{AES_BLOCK, GCM_IV_LEN};
 /// aws-lc keys for one AES key (16, 24 or 32 bytes); their schedules are wiped on drop.
 pub(super) struct LcAes {
     ctr: EncryptingKey,
-    cbc: DecryptingKey,
     gcm: LessSafeKey,
     /// `E(K, 0^96 || 1)`: what masks the zero-nonce tags.
     zero_mask: Zeroizing<[u8; 16]>,
 }
 
-/// aws-lc-rs fails these calls only on arguments we never pass (a context of the wrong kind, a
-/// CBC input that is not whole blocks, which the callers rule out).
+/// aws-lc-rs fails these calls only on arguments we never pass (a context of the wrong kind).
 fn must<T>(r: Result<T, aws_lc_rs::error::Unspecified>) -> T {
     r.expect("aws-lc rejected a well-formed AES call")
 }
@@ -53,7 +49,6 @@ impl LcAes {
         let unbound = || UnboundCipherKey::new(alg, key).map_err(bad);
         Ok(Self {
             ctr: EncryptingKey::ctr(unbound()?).map_err(bad)?,
-            cbc: DecryptingKey::cbc(unbound()?).map_err(bad)?,
             gcm: LessSafeKey::new(UnboundKey::new(aead_alg, key).map_err(bad)?),
             zero_mask: Zeroizing::new(zero_mask),
         })
@@ -78,18 +73,6 @@ impl LcAes {
             // Truncation is inc32; a partial block only ever ends the buffer.
             counter = counter.wrapping_add((n / AES_BLOCK) as u32);
             buf = rest;
-        }
-    }
-
-    /// CBC-decrypts whole blocks in place; `prev` is the ciphertext block before `buf` (the IV
-    /// at first).
-    pub(super) fn cbc_decrypt(&self, prev: &[u8; AES_BLOCK], buf: &mut [u8]) {
-        debug_assert!(buf.len().is_multiple_of(AES_BLOCK));
-        if !buf.is_empty() {
-            must(
-                self.cbc
-                    .decrypt(buf, DecryptionContext::Iv128((*prev).into())),
-            );
         }
     }
 

@@ -34,16 +34,29 @@ fn bad_key(key: &[u8]) -> ContentError {
     }
 }
 
-/// Bytes decrypted per step: the copy and the in-place decryption of one slice share L2.
-const SLICE: usize = 64 * 1024;
+/// Bytes decrypted per step: the copy, the AES pass and the XOR pass all stay in L1.
+const SLICE: usize = 8 * 1024;
 
-/// Raw CBC decryption (no padding handling), for whole blocks, on aws-lc's assembly
-/// ([`super::awslc`]), which runs the blocks in parallel (decryption has no serial dependency:
-/// `P_i = D(C_i) xor C_(i-1)`). `CbcDecryptor` is tested against the `cbc` crate.
+/// Raw CBC decryption (no padding handling), for whole blocks.
+///
+/// Decryption has no serial dependency (`P_i = D(C_i) xor C_(i-1)`), so it runs as a parallel
+/// ECB pass (the `aes` backends pipeline 8 blocks with AES-NI, more with VAES) followed by an
+/// XOR with the ciphertext shifted by one block. That is faster than the `cbc` crate's
+/// block-by-block chaining; `CbcDecryptor` is tested against the `cbc` crate. aws-lc's CBC
+/// decryption (AES-NI, 8 blocks) measured slower here than `aes`'s VAES-512 ECB pass
+/// (BENCHMARKS.md "Content ciphers"), so this one stays on `aes`.
 pub(super) struct RawCbcDec {
     cipher: AnyAes,
     /// The previous ciphertext block (the IV at first).
     prev: [u8; AES_BLOCK],
+    /// Decrypted blocks before the XOR: plaintext, so zeroized on drop.
+    scratch: Vec<u8>,
+}
+
+impl Drop for RawCbcDec {
+    fn drop(&mut self) {
+        self.scratch.zeroize();
+    }
 }
 
 impl RawCbcDec {
@@ -52,7 +65,11 @@ impl RawCbcDec {
         let cipher = AnyAes::new(key, DECRYPT_KEY_LENS)?;
         let mut prev = [0u8; AES_BLOCK];
         prev.copy_from_slice(iv);
-        Ok(Self { cipher, prev })
+        Ok(Self {
+            cipher,
+            prev,
+            scratch: vec![0; SLICE],
+        })
     }
 
     /// Appends the plaintext of `src` to `out`; `src.len()` must be a multiple of 16.
@@ -60,17 +77,27 @@ impl RawCbcDec {
         debug_assert!(src.len().is_multiple_of(AES_BLOCK));
         out.reserve(src.len());
         for slice in src.chunks(SLICE) {
-            let start = out.len();
-            out.extend_from_slice(slice);
-            self.cipher.lc.cbc_decrypt(&self.prev, &mut out[start..]);
-            self.prev.copy_from_slice(&slice[slice.len() - AES_BLOCK..]);
+            let n = slice.len();
+            // ECB-decrypt into the (L1-resident) scratch, then write `out` once: D(C_i) ^ C_(i-1).
+            let d = &mut self.scratch[..n];
+            d.copy_from_slice(slice);
+            self.cipher.decrypt_blocks(d);
+            out.extend(d[..AES_BLOCK].iter().zip(&self.prev).map(|(a, b)| a ^ b));
+            out.extend(
+                d[AES_BLOCK..]
+                    .iter()
+                    .zip(&slice[..n - AES_BLOCK])
+                    .map(|(a, b)| a ^ b),
+            );
+            self.prev.copy_from_slice(&slice[n - AES_BLOCK..]);
         }
     }
 
     /// Decrypts one block in place.
     pub(super) fn decrypt_block(&mut self, block: &mut [u8; AES_BLOCK]) {
         let ct = *block;
-        self.cipher.lc.cbc_decrypt(&self.prev, block);
+        self.cipher.decrypt_blocks(block);
+        super::xor_in_place(block, &self.prev);
         self.prev = ct;
     }
 }

@@ -17,9 +17,9 @@
 //! `aes_gcm::Aes256Gcm` (tested below by property and by the McGrew-Viega vectors).
 //!
 //! Speed: each chunk is processed in 64 KiB slices (CTR then GHASH on the same slice while it is
-//! in cache); the keystream and GHASH run on aws-lc's assembly ([`super::awslc`], which picks
+//! in cache); the keystream and GHASH run on aws-lc's assembly (`content::awslc`, which picks
 //! VAES/VPCLMULQDQ, AES-NI/PCLMULQDQ or ARMv8 AES/PMULL at run time), GHASH as in
-//! [`super::ghash`].
+//! `content::ghash`.
 
 use subtle::ConstantTimeEq;
 use zeroize::Zeroize;
@@ -39,7 +39,7 @@ pub(super) const SLICE: usize = 64 * 1024;
 
 /// AES-CTR with GCM's counter: blocks `IV || [c]32`, `c` incremented modulo 2^32 (inc32).
 ///
-/// Whole blocks go to aws-lc's CTR assembly in one call per piece ([`super::awslc`]); a partial
+/// Whole blocks go to aws-lc's CTR assembly in one call per piece (`content::awslc`); a partial
 /// last block's keystream is kept for the next call.
 pub(super) struct Ctr {
     cipher: AnyAes,

@@ -12,6 +12,10 @@
 //!   checked, by combining per-part GHASH values with powers of H.
 //! - [`range`]: ranged (unauthenticated) decryption: the fetch plan and CTR / CBC decryptors.
 //!
+//! Underneath, `awslc` runs CTR and GHASH on aws-lc's assembly through
+//! aws-lc-rs's safe API, and `ghash` turns aws-lc's AES-GCM tags into GHASH states; `aes` and
+//! `polyval` do CBC decryption (VAES-512 measured faster there), single blocks and single multiplications (BENCHMARKS.md "Content ciphers").
+//!
 //! # Key sizes
 //! Every AWS client writes AES-256 content keys, so the encryptors accept 32-byte keys only.
 //! The GCM and CBC decryptors (and the range decryptors) also accept 16- and 24-byte keys, so a
@@ -159,6 +163,20 @@ impl AnyAes {
     }
 }
 
+impl AnyAes {
+    /// ECB decryption in place of whole blocks (`buf.len()` a multiple of 16; a trailing
+    /// partial block is left alone).
+    fn decrypt_blocks(&self, buf: &mut [u8]) {
+        use aes::cipher::BlockCipherDecrypt;
+        let (blocks, _) = aes::Block::slice_as_chunks_mut(buf);
+        match &self.block {
+            BlockAes::A128(c) => c.decrypt_blocks(blocks),
+            BlockAes::A192(c) => c.decrypt_blocks(blocks),
+            BlockAes::A256(c) => c.decrypt_blocks(blocks),
+        }
+    }
+}
+
 impl BlockAes {
     fn encrypt_block(&self, block: &mut aes::Block) {
         use aes::cipher::BlockCipherEncrypt;
@@ -167,6 +185,28 @@ impl BlockAes {
             Self::A192(c) => c.encrypt_block(block),
             Self::A256(c) => c.encrypt_block(block),
         }
+    }
+}
+
+/// `dst ^= src` for equal-length slices, 16 bytes at a time (the compiler vectorizes it); a
+/// trailing partial block is XORed byte by byte.
+fn xor_in_place(dst: &mut [u8], src: &[u8]) {
+    debug_assert_eq!(dst.len(), src.len());
+    let mut d_blocks = dst.chunks_exact_mut(16);
+    let mut s_blocks = src.chunks_exact(16);
+    for (d, s) in (&mut d_blocks).zip(&mut s_blocks) {
+        let mut a = [0u8; 16];
+        let mut b = [0u8; 16];
+        a.copy_from_slice(d);
+        b.copy_from_slice(s);
+        d.copy_from_slice(&(u128::from_ne_bytes(a) ^ u128::from_ne_bytes(b)).to_ne_bytes());
+    }
+    for (d, s) in d_blocks
+        .into_remainder()
+        .iter_mut()
+        .zip(s_blocks.remainder())
+    {
+        *d ^= s;
     }
 }
 

@@ -14,7 +14,7 @@
 //! ```
 //!
 //! The code carries every `Y` and `X` times H (what aws-lc's GHASH gives cheaply, see
-//! [`super::ghash`]); the recurrence is linear, so it is the same, and `S = Y_k * H xor
+//! `content::ghash`); the recurrence is linear, so it is the same, and `S = Y_k * H xor
 //! lengths * H`.
 //!
 //! which is exactly the sequential GHASH of NIST SP 800-38D §6.4 (tested below against it and
