@@ -125,8 +125,8 @@ pub(super) struct Ghasher {
     /// Whether any block was absorbed: the first batch needs no multiplication.
     started: bool,
     powers: PowerCache,
-    /// `(n, L_n * H)` for the last batch size.
-    len_h: Option<(usize, [u8; 16])>,
+    /// `(n, L_n * H)` for the last batch size (H can be computed from it: wiped like H).
+    len_h: Option<(usize, Zeroizing<[u8; 16]>)>,
     /// Ciphertext bytes not yet forming a whole block.
     partial: [u8; 16],
     partial_len: usize,
@@ -176,15 +176,16 @@ impl Ghasher {
             return;
         }
         let n = blocks.len() / 16;
-        let lh = match self.len_h {
-            Some((m, v)) if m == n => v,
+        let lh = match &self.len_h {
+            Some((m, v)) if *m == n => v.clone(),
             _ => {
-                let v = self.len_times_h(n);
-                self.len_h = Some((n, v));
+                let v = Zeroizing::new(self.len_times_h(n));
+                self.len_h = Some((n, v.clone()));
                 v
             }
         };
-        let mut zd = xor(&self.lc.ghash_with_len(blocks), &lh);
+        let masked = Zeroizing::new(self.lc.ghash_with_len(blocks));
+        let mut zd = xor(&masked, &lh);
         self.z = if self.started {
             let hn = Zeroizing::new(self.powers.get(n as u64));
             xor(&gf_mul(&self.z, &hn), &zd)
@@ -230,7 +231,8 @@ impl Ghasher {
         let mut last = [0u8; 16];
         last[..self.partial_len].copy_from_slice(&self.partial[..self.partial_len]);
         // One block: H^1 = H.
-        let mut zd = xor(&self.lc.ghash_with_len(&last), &self.len_times_h(1));
+        let masked = Zeroizing::new(self.lc.ghash_with_len(&last));
+        let mut zd = xor(&masked, &Zeroizing::new(self.len_times_h(1)));
         let z = if self.started {
             xor(&gf_mul(&self.z, &self.h), &zd)
         } else {
@@ -244,12 +246,12 @@ impl Ghasher {
     /// `GHASH(A || 0* || C || 0* || lengths) xor mask`.
     pub(super) fn tag(&self, mask: &[u8; 16]) -> [u8; 16] {
         let mut z = self.sum();
-        let s = xor(
-            &z,
-            &gf_mul(&length_block(self.aad_len, self.ct_len), &self.h),
-        );
+        let lengths = Zeroizing::new(gf_mul(&length_block(self.aad_len, self.ct_len), &self.h));
+        let mut s = xor(&z, &lengths);
         z.zeroize();
-        xor(&s, mask)
+        let tag = xor(&s, mask);
+        s.zeroize();
+        tag
     }
 }
 
