@@ -234,9 +234,12 @@ work_rows!(PgRow);
 pub(crate) const NOW_MS_SQLITE: &str =
     "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)";
 
-/// The database's clock in unix milliseconds, PostgreSQL: `now()`, the transaction's start,
-/// so one value within a transaction.
-pub(crate) const NOW_MS_PG: &str = "CAST(floor(extract(epoch FROM now()) * 1000) AS BIGINT)";
+/// The database's clock in unix milliseconds, PostgreSQL: `statement_timestamp()`, one value
+/// within a statement like SQLite's. Not `now()`, the transaction's start: a page commit that
+/// waited on locks would write a lease already lapsed, and a range finished by a transaction
+/// begun before a peer's `clock_millis` would look finished before that peer's pass began.
+pub(crate) const NOW_MS_PG: &str =
+    "CAST(floor(extract(epoch FROM statement_timestamp()) * 1000) AS BIGINT)";
 
 /// A lease in milliseconds (at least a second), added to the database's clock.
 fn lease_millis(lease: Duration) -> i64 {
