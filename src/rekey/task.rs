@@ -218,6 +218,11 @@ pub(super) struct Ctx {
     /// authentication of raw-key rewraps and recovered writes), at most as many at once as the
     /// buffer budget holds parts (see [`large_slots`]).
     pub large: tokio::sync::Semaphore,
+    /// Bodies above what a GET fetches with its head (`GET_FIRST_MAX`) and within one part, at
+    /// most `--concurrency` at once: the pipeline keeps several objects per KMS slot in flight
+    /// (`worker::in_flight`) counting 256 KiB each, so larger ones must not open their source
+    /// GETs (an HTTP buffer and a connection each, outside the budget) by the same count.
+    pub medium: tokio::sync::Semaphore,
     /// The run's stop signal: a rewrite still waiting for a slot when it comes does not start.
     pub shutdown: Shutdown,
 }
@@ -310,16 +315,24 @@ impl Ctx {
         }
     }
 
-    /// A slot for streaming the body of `head` through this process, if it is larger than one
-    /// part (see [`large_slots`]); `None` for smaller objects, which take none.
+    /// A slot for streaming the body of `head` through this process: a large one if it is
+    /// larger than one part (see [`large_slots`]), a medium one if a GET does not fetch it with
+    /// its head; `None` for smaller objects, which take none.
     pub(super) async fn large_slot(
         &self,
         head: &ObjectHead,
     ) -> Result<Option<tokio::sync::SemaphorePermit<'_>>, ObjError> {
         // The new object is the plaintext (at most the stored size) plus the GCM tag.
-        if head.content_length.saturating_add(GCM_TAG_LEN as u64)
+        let slots = if head.content_length.saturating_add(GCM_TAG_LEN as u64)
             > self.config.client.part_size() as u64
         {
+            Some(&self.large)
+        } else if head.content_length > super::inspect::GET_FIRST_MAX {
+            Some(&self.medium)
+        } else {
+            None
+        };
+        if let Some(slots) = slots {
             let clock = SLOT_CLOCK.try_with(std::sync::Arc::clone).ok();
             if let Some(c) = &clock {
                 c.start_wait();
@@ -329,7 +342,7 @@ impl Ctx {
                 biased;
                 () = self.shutdown.stopped() => Err(ObjError::Stopped),
                 // Never closed, so the permit is always granted.
-                p = self.large.acquire() => Ok(p.ok()),
+                p = slots.acquire() => Ok(p.ok()),
             };
             if let Some(c) = &clock {
                 c.end_wait();

@@ -57,8 +57,14 @@ pub const PIPELINE_DEPTH: usize = 4;
 /// Objects in flight at once: [`PIPELINE_DEPTH`] per `--concurrency`, and no more beyond
 /// `--concurrency` than the buffer budget holds small objects (`GET_FIRST_MAX`, 256 KiB, each: the
 /// largest body a GET fetches with its head): the pipeline's extra objects cost memory within
-/// `--max-buffer-mib`, whatever their size (larger ones wait for a large-object slot before
-/// they read anything, [`large_slots`]).
+/// `--max-buffer-mib`, whatever their size (larger ones wait for a slot before they read
+/// anything: `--concurrency` medium slots up to one part, [`large_slots`] above).
+///
+/// A claim counts an attempt on every row it takes, so a process killed with its pool full
+/// charges an attempt to up to this many rows (4x as many as before the pipeline): with
+/// `--max-attempts` at its default, a pod that crash-loops on one object fails its batch
+/// neighbours as `TooManyAttempts` after the same number of crashes (`--retry-failed` takes
+/// them back).
 pub fn in_flight(concurrency: usize, budget_bytes: u64) -> usize {
     let concurrency = concurrency.max(1);
     let by_budget = usize::try_from(budget_bytes / GET_FIRST_MAX).unwrap_or(usize::MAX);
@@ -154,6 +160,7 @@ pub async fn work(config: &RekeyConfig, shutdown: &Shutdown) -> Result<WorkSumma
         tags_readable: AtomicBool::new(false),
         counts_unreliable: AtomicBool::new(false),
         large: tokio::sync::Semaphore::new(large_slots(&config.client)),
+        medium: tokio::sync::Semaphore::new(config.concurrency.max(1)),
         shutdown: shutdown.clone(),
     });
     let lease = config.lease.max(Duration::from_secs(3));
