@@ -338,18 +338,12 @@ async fn seed_mixed_bucket(b: &Bed) -> BTreeMap<String, Source> {
     sources
 }
 
-/// The issue's chaos run: a mixed, versioned bucket (small and multipart rewrites, raw-key and
-/// KMS rewraps, plaintext, unicode keys with spaces and `+`) re-keyed through the fault proxy
-/// (a few percent of every fault kind) while the process is SIGKILLed three times at random
-/// moments, then run to completion. Afterwards every object must decrypt to its plaintext under
-/// the target key, no multipart upload or `.instruction` object may be left, and every record
-/// must say what was done: the action, the source format and, on this versioned bucket, the
-/// replaced (source) version id. Every violation is collected and reported at once, by object.
-/// The ids of the multipart uploads open in the bucket that no intent in the state file names,
-/// right after a SIGKILL: created, with the answer in the killed process, but not yet recorded
-/// (the window between an answer and its commit that no client can close). No later attempt
-/// knows them. That a recorded upload is aborted by the next attempt is the crash matrix's
-/// `crash_with_a_multipart_upload_open`.
+/// The ids of the multipart uploads open right after a SIGKILL that were in the window
+/// between CreateMultipartUpload's answer and the commit of the id: uploads of a key whose job
+/// was running (in the killed process) without an upload id in its intent, named by no intent.
+/// No later attempt can know them. That a recorded upload is aborted by the next attempt is
+/// the crash matrix's `crash_with_a_multipart_upload_open`; an upload leaked any other way
+/// stays a violation.
 async fn unrecorded_uploads(b: &Bed, state: &Path) -> BTreeSet<String> {
     let db = sqlx::SqlitePool::connect(&format!("sqlite://{}", state.display()))
         .await
@@ -361,8 +355,16 @@ async fn unrecorded_uploads(b: &Bed, state: &Path) -> BTreeSet<String> {
     .fetch_all(&db)
     .await
     .expect("intents");
+    let in_window: Vec<(String,)> = sqlx::query_as(
+        "SELECT key FROM jobs WHERE state = 'running' \
+         AND json_extract(intent, '$.upload_id') IS NULL",
+    )
+    .fetch_all(&db)
+    .await
+    .expect("running jobs");
     db.close().await;
     let recorded: BTreeSet<String> = recorded.into_iter().map(|(id,)| id).collect();
+    let in_window: BTreeSet<String> = in_window.into_iter().map(|(k,)| k).collect();
     let open =
         b.s3.list_multipart_uploads()
             .bucket(&b.bucket)
@@ -371,12 +373,20 @@ async fn unrecorded_uploads(b: &Bed, state: &Path) -> BTreeSet<String> {
             .expect("list uploads");
     open.uploads()
         .iter()
+        .filter(|u| u.key().is_some_and(|k| in_window.contains(k)))
         .filter_map(|u| u.upload_id())
         .filter(|id| !recorded.contains(*id))
         .map(str::to_owned)
         .collect()
 }
 
+/// The issue's chaos run: a mixed, versioned bucket (small and multipart rewrites, raw-key and
+/// KMS rewraps, plaintext, unicode keys with spaces and `+`) re-keyed through the fault proxy
+/// (a few percent of every fault kind) while the process is SIGKILLed three times at random
+/// moments, then run to completion. Afterwards every object must decrypt to its plaintext under
+/// the target key, no multipart upload or `.instruction` object may be left, and every record
+/// must say what was done: the action, the source format and, on this versioned bucket, the
+/// replaced (source) version id. Every violation is collected and reported at once, by object.
 #[tokio::test(flavor = "multi_thread")]
 async fn rekey_survives_faults_and_kills() {
     let Some(b) = bed("chaos-mixed").await else {
