@@ -365,18 +365,11 @@ async fn unrecorded_uploads(b: &Bed, state: &Path) -> BTreeSet<String> {
     db.close().await;
     let recorded: BTreeSet<String> = recorded.into_iter().map(|(id,)| id).collect();
     let in_window: BTreeSet<String> = in_window.into_iter().map(|(k,)| k).collect();
-    let open =
-        b.s3.list_multipart_uploads()
-            .bucket(&b.bucket)
-            .send()
-            .await
-            .expect("list uploads");
-    open.uploads()
-        .iter()
-        .filter(|u| u.key().is_some_and(|k| in_window.contains(k)))
-        .filter_map(|u| u.upload_id())
-        .filter(|id| !recorded.contains(*id))
-        .map(str::to_owned)
+    b.open_uploads_by_key()
+        .await
+        .into_iter()
+        .filter(|(key, id)| in_window.contains(key) && !recorded.contains(id))
+        .map(|(_, id)| id)
         .collect()
 }
 
@@ -553,22 +546,10 @@ async fn rekey_survives_faults_and_kills() {
                 .map(|k| k.into_owned())
         })
         .collect();
-    let open =
-        b.s3.list_multipart_uploads()
-            .bucket(&b.bucket)
-            .send()
-            .await
-            .expect("list uploads");
-    for u in open.uploads() {
-        let key = u.key().unwrap_or_default();
-        if !lost_creates.contains(key)
-            && !u
-                .upload_id()
-                .is_some_and(|id| unrecorded_at_kills.contains(id))
-        {
+    for (key, id) in b.open_uploads_by_key().await {
+        if !lost_creates.contains(&key) && !unrecorded_at_kills.contains(&id) {
             wrong.push(format!(
-                "open multipart upload {:?} of {key:?} (its creation was answered)",
-                u.upload_id()
+                "open multipart upload {id:?} of {key:?} (its creation was answered)"
             ));
         }
     }

@@ -258,6 +258,18 @@ impl Bed {
 
     /// Ids of the multipart uploads open in the bucket, sorted.
     pub async fn open_uploads(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .open_uploads_by_key()
+            .await
+            .into_iter()
+            .map(|(_, id)| id)
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    /// `(key, upload id)` of the multipart uploads open in the bucket (one listing page).
+    pub async fn open_uploads_by_key(&self) -> Vec<(String, String)> {
         let l = self
             .s3
             .list_multipart_uploads()
@@ -265,13 +277,10 @@ impl Bed {
             .send()
             .await
             .expect("list uploads");
-        let mut ids: Vec<String> = l
-            .uploads()
+        l.uploads()
             .iter()
-            .filter_map(|u| u.upload_id().map(str::to_owned))
-            .collect();
-        ids.sort();
-        ids
+            .filter_map(|u| Some((u.key()?.to_owned(), u.upload_id()?.to_owned())))
+            .collect()
     }
 
     /// Reads an object back with s3cse's strict policy: only V2/V3 `kms+context` under the bed's
