@@ -204,20 +204,13 @@ fn our_schema_version() -> i64 {
         .unwrap_or(0)
 }
 
-/// The newest migration applied to the database (`None` without a migrations table).
-async fn applied_schema_version(pool: &SqlitePool) -> Result<Option<i64>, sqlx::Error> {
-    // PostgreSQL's twin: `postgres::applied_schema_version`.
-    let has_table: bool = sqlx::query_scalar(
-        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
-    )
-    .fetch_one(pool)
-    .await?;
-    if !has_table {
-        return Ok(None);
-    }
-    sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
-        .fetch_one(pool)
-        .await
+/// What a database's schema must be to be opened by this version.
+#[derive(Debug, Clone, Copy)]
+enum SchemaNeed {
+    /// Not newer than ours (the migrations bring an older one up to date).
+    NotNewer,
+    /// Exactly ours (read-only opens: nothing is migrated).
+    Exactly,
 }
 
 /// State of a job row.
@@ -928,22 +921,13 @@ impl JobStore {
             pool.close().await;
             return Err(damaged(check.join("; ")));
         }
-        // A file of a newer s3cse: refused with a clear message before the migrator sees it.
-        let ours = our_schema_version();
-        match applied_schema_version(&pool).await? {
-            Some(found) if found > ours => {
-                pool.close().await;
-                return Err(StoreError::Schema {
-                    found: Some(found),
-                    ours,
-                });
-            }
-            _ => {}
+        let store = JobStore {
+            backend: Backend::Sqlite(pool.clone()),
         }
+        .with_schema(SchemaNeed::NotNewer)
+        .await?;
         sqlx::migrate!("migrations/sqlite").run(&pool).await?;
-        Ok(JobStore {
-            backend: Backend::Sqlite(pool),
-        })
+        Ok(store)
     }
 
     /// Opens an existing job database for reading only (`status`, `report`): nothing is
@@ -969,17 +953,51 @@ impl JobStore {
                 path: path.to_owned(),
                 source,
             })?;
-        let ours = our_schema_version();
-        let found = applied_schema_version(&pool).await;
-        if found.as_ref().ok() != Some(&Some(ours)) {
-            pool.close().await;
-            return Err(StoreError::Schema {
-                found: found?,
-                ours,
-            });
-        }
-        Ok(JobStore {
+        JobStore {
             backend: Backend::Sqlite(pool),
+        }
+        .with_schema(SchemaNeed::Exactly)
+        .await
+    }
+
+    /// The newest migration applied to the database (`None` without a migrations table).
+    async fn applied_schema_version(&self) -> Result<Option<i64>, sqlx::Error> {
+        let has_table = match &self.backend {
+            Backend::Sqlite(_) => {
+                "SELECT count(*) > 0 FROM sqlite_master \
+                 WHERE type = 'table' AND name = '_sqlx_migrations'"
+            }
+            Backend::Postgres(_) => "SELECT to_regclass('_sqlx_migrations') IS NOT NULL",
+        };
+        on_pool!(self, pool => {
+            let has_table: bool = sqlx::query_scalar(has_table).fetch_one(pool).await?;
+            if !has_table {
+                return Ok(None);
+            }
+            sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
+                .fetch_one(pool)
+                .await
+        })
+    }
+
+    /// `self` if its schema is what `need` asks of this version; closed, and
+    /// [`StoreError::Schema`], otherwise. A database of a newer s3cse is refused with a clear
+    /// message before the migrator sees it.
+    async fn with_schema(self, need: SchemaNeed) -> Result<JobStore, StoreError> {
+        let ours = our_schema_version();
+        let found = self.applied_schema_version().await;
+        let fits = match (&found, need) {
+            (Ok(found), SchemaNeed::Exactly) => *found == Some(ours),
+            (Ok(found), SchemaNeed::NotNewer) => found.is_none_or(|f| f <= ours),
+            (Err(_), _) => false,
+        };
+        if fits {
+            return Ok(self);
+        }
+        self.close().await;
+        Err(StoreError::Schema {
+            found: found?,
+            ours,
         })
     }
 

@@ -16,8 +16,8 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRo
 use sqlx::{AssertSqlSafe, Connection, Row};
 
 use super::{
-    Backend, ENQUEUE_TAIL_COMMON, EnqueueStats, JobStore, ListedObject, ScanKey, StoreError,
-    our_schema_version, to_i64,
+    Backend, ENQUEUE_TAIL_COMMON, EnqueueStats, JobStore, ListedObject, ScanKey, SchemaNeed,
+    StoreError, to_i64,
 };
 
 /// Connections per process: the workers' claims, lease renewals and outcome writes run
@@ -152,19 +152,6 @@ async fn connect(url: &str, opts: PgConnectOptions) -> Result<PgPool, StoreError
         })
 }
 
-/// The newest migration applied (`None` without a migrations table).
-async fn applied_schema_version(pool: &PgPool) -> Result<Option<i64>, sqlx::Error> {
-    let has_table: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
-        .fetch_one(pool)
-        .await?;
-    if !has_table {
-        return Ok(None);
-    }
-    sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
-        .fetch_one(pool)
-        .await
-}
-
 impl JobStore {
     /// Opens the job store at `location`: [`open`](Self::open) for a file, or
     /// [`open_postgres`](Self::open_postgres).
@@ -188,20 +175,13 @@ impl JobStore {
     /// refused ([`StoreError::Schema`]) and left as it is.
     pub async fn open_postgres(url: &str) -> Result<JobStore, StoreError> {
         let pool = connect(url, connect_options(url)?).await?;
-        let ours = our_schema_version();
-        if let Some(found) = applied_schema_version(&pool).await?
-            && found > ours
-        {
-            pool.close().await;
-            return Err(StoreError::Schema {
-                found: Some(found),
-                ours,
-            });
+        let store = JobStore {
+            backend: Backend::Postgres(pool.clone()),
         }
+        .with_schema(SchemaNeed::NotNewer)
+        .await?;
         sqlx::migrate!("migrations/postgres").run(&pool).await?;
-        Ok(JobStore {
-            backend: Backend::Postgres(pool),
-        })
+        Ok(store)
     }
 
     /// Connects for reading only (`status`, `report`, `audit`): every transaction is read-only
@@ -209,18 +189,11 @@ impl JobStore {
     pub async fn open_postgres_read_only(url: &str) -> Result<JobStore, StoreError> {
         let opts = connect_options(url)?.options([("default_transaction_read_only", "on")]);
         let pool = connect(url, opts).await?;
-        let ours = our_schema_version();
-        let found = applied_schema_version(&pool).await;
-        if found.as_ref().ok() != Some(&Some(ours)) {
-            pool.close().await;
-            return Err(StoreError::Schema {
-                found: found?,
-                ours,
-            });
-        }
-        Ok(JobStore {
+        JobStore {
             backend: Backend::Postgres(pool),
-        })
+        }
+        .with_schema(SchemaNeed::Exactly)
+        .await
     }
 }
 
