@@ -284,6 +284,23 @@ where
 
 impl JobStore {
     /// The SQL of the database's clock in unix milliseconds (see "Clock" above).
+    /// The claim of one work item of `table` (ranges and manifest files alike): the first row
+    /// by `order` of the scan bound as $3-$5 (plus `filter`), pending or running with a lapsed
+    /// lease, leased to $1 for $2 ms; `columns` returned. One auto-committed statement.
+    fn claim_sql(&self, table: &str, filter: &str, order: &str, columns: &str) -> String {
+        let now = self.now_ms();
+        let skip = self.skip_locked();
+        format!(
+            "UPDATE {table} SET state = 'running', lease_owner = $1, \
+             lease_until = {now} + $2, updated_at = {now} \
+             WHERE id = (SELECT id FROM {table} WHERE bucket = $3 AND scan_prefix = $4 \
+                         AND shard = $5{filter} AND (state = 'pending' \
+                         OR (state = 'running' AND lease_until < {now})) \
+                         ORDER BY {order} LIMIT 1{skip}) \
+             RETURNING {columns}"
+        )
+    }
+
     fn now_ms(&self) -> &'static str {
         if self.is_shared() {
             NOW_MS_PG
@@ -376,18 +393,8 @@ impl JobStore {
         owner: &str,
         lease: Duration,
     ) -> Result<Option<ListRange>, StoreError> {
-        let now = self.now_ms();
+        let sql = self.claim_sql("list_ranges", "", "id", RANGE_COLUMNS);
         on_pool!(self, pool => {
-            let skip = self.skip_locked();
-            let sql = format!(
-                "UPDATE list_ranges SET state = 'running', lease_owner = $1, \
-                 lease_until = {now} + $2, updated_at = {now} \
-                 WHERE id = (SELECT id FROM list_ranges WHERE bucket = $3 AND scan_prefix = $4 \
-                             AND shard = $5 AND (state = 'pending' \
-                             OR (state = 'running' AND lease_until < {now})) \
-                             ORDER BY id LIMIT 1{skip}) \
-                 RETURNING {RANGE_COLUMNS}"
-            );
             let row = sqlx::query(sqlx::AssertSqlSafe(sql))
                 .bind(owner)
                 .bind(lease_millis(lease))
@@ -826,18 +833,13 @@ impl JobStore {
         owner: &str,
         lease: Duration,
     ) -> Result<Option<ManifestFile>, StoreError> {
-        let now = self.now_ms();
+        let sql = self.claim_sql(
+            "manifest_files",
+            " AND manifest = $6",
+            "file_index",
+            FILE_COLUMNS,
+        );
         on_pool!(self, pool => {
-            let skip = self.skip_locked();
-            let sql = format!(
-                "UPDATE manifest_files SET state = 'running', lease_owner = $1, \
-                 lease_until = {now} + $2, updated_at = {now} \
-                 WHERE id = (SELECT id FROM manifest_files WHERE bucket = $3 AND scan_prefix = $4 \
-                             AND shard = $5 AND manifest = $6 AND (state = 'pending' \
-                             OR (state = 'running' AND lease_until < {now})) \
-                             ORDER BY file_index LIMIT 1{skip}) \
-                 RETURNING {FILE_COLUMNS}"
-            );
             let row = sqlx::query(sqlx::AssertSqlSafe(sql))
                 .bind(owner)
                 .bind(lease_millis(lease))
