@@ -1131,24 +1131,18 @@ impl JobStore {
         n: u32,
         lease: Duration,
     ) -> Result<Vec<Job>, StoreError> {
-        let mut jobs = match &self.backend {
-            Backend::Sqlite(pool) => sqlx::query(AssertSqlSafe(claim_sql(n)))
-                .bind(owner)
-                .bind(lease_secs(lease))
-                .fetch_all(pool)
-                .await?
-                .iter()
-                .map(Job::from_row)
-                .collect::<Result<Vec<_>, _>>()?,
-            Backend::Postgres(pool) => sqlx::query(AssertSqlSafe(postgres::claim_sql(n)))
-                .bind(owner)
-                .bind(lease_secs(lease))
-                .fetch_all(pool)
-                .await?
-                .iter()
-                .map(Job::from_row)
-                .collect::<Result<Vec<_>, _>>()?,
+        let sql = match &self.backend {
+            Backend::Sqlite(_) => claim_sql(n),
+            Backend::Postgres(_) => postgres::claim_sql(n),
         };
+        let mut jobs = on_pool!(self, pool => sqlx::query(AssertSqlSafe(sql))
+            .bind(owner)
+            .bind(lease_secs(lease))
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(Job::from_row)
+            .collect::<Result<Vec<_>, _>>()?);
         jobs.sort_unstable_by_key(|j| j.id);
         Ok(jobs)
     }
