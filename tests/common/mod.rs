@@ -449,26 +449,24 @@ pub type Record = (
 pub async fn record(state: &str, key: &str) -> Record {
     const SELECT: &str = "SELECT state, action, source_format, previous_version_id, error_code, \
                           result_etag FROM jobs WHERE key = ";
-    if state.starts_with("postgres://") || state.starts_with("postgresql://") {
-        let db = sqlx::PgPool::connect(state).await.expect("open state");
-        let r = sqlx::query_as(sqlx::AssertSqlSafe(format!("{SELECT}$1")))
-            .bind(key)
-            .fetch_one(&db)
-            .await
-            .expect("row");
-        db.close().await;
-        return r;
+    // The same read on either backend's pool; `$placeholder`: its parameter syntax.
+    macro_rules! read {
+        ($db:expr, $placeholder:literal) => {{
+            let db = $db.await.expect("open state");
+            let r = sqlx::query_as(sqlx::AssertSqlSafe(format!("{SELECT}{}", $placeholder)))
+                .bind(key)
+                .fetch_one(&db)
+                .await
+                .expect("row");
+            db.close().await;
+            r
+        }};
     }
-    let db = sqlx::SqlitePool::connect(&format!("sqlite://{state}"))
-        .await
-        .expect("open state");
-    let r = sqlx::query_as(sqlx::AssertSqlSafe(format!("{SELECT}?")))
-        .bind(key)
-        .fetch_one(&db)
-        .await
-        .expect("row");
-    db.close().await;
-    r
+    if state.starts_with("postgres://") || state.starts_with("postgresql://") {
+        read!(sqlx::PgPool::connect(state), "$1")
+    } else {
+        read!(sqlx::SqlitePool::connect(&format!("sqlite://{state}")), "?")
+    }
 }
 
 /// `tests/faultproxy/faultproxy.py` in front of the test bed's S3 and KMS, on a free loopback
