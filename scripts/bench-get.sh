@@ -11,7 +11,7 @@
 # Defaults: 1024 MiB, 3 rounds (alternating the tools), 8 MiB parts, 10 in flight (boto3's
 # defaults). Each round also runs `s3cse get --concurrency 1` (one GET, the old path) for
 # reference. The release build (thin LTO) takes ~10 minutes the first time.
-# --delay-ms D: the timed GETs go through scripts/bench/delayproxy.py (D ms each way, as in
+# --delay-ms D: the timed GETs go through examples/delayproxy.rs (D ms each way, as in
 # scripts/bench-latency.sh; the put goes direct). The proxy buffers without limit, so it adds
 # latency, not a bandwidth-delay cap, and its Python CPU shares the machine with the tools.
 # On the way out it deletes the bucket bench-get-PID, the KMS key (scheduled, 7 days) and the
@@ -71,7 +71,8 @@ admin create-bucket "$BUCKET" >/dev/null
 "$BIN" put "$T/in" "s3://$BUCKET/obj" --kms-key-id "$KEY" --format v2 >/dev/null 2>&1
 if [ "$DELAY" != 0 ]; then
   DIRECT_S3=$AWS_ENDPOINT_URL_S3 DIRECT_KMS=$AWS_ENDPOINT_URL_KMS
-  python3 scripts/bench/delayproxy.py --delay-ms "$DELAY" \
+  [ -x target/release/examples/delayproxy ] || cargo build --release --example delayproxy
+  target/release/examples/delayproxy --delay-ms "$DELAY" \
     --to "$AWS_ENDPOINT_URL_S3" --to "$AWS_ENDPOINT_URL_KMS" >"$T/proxy" &
   PROXY=$!
   for _ in $(seq 1 50); do grep -q '^ready' "$T/proxy" && break; sleep 0.1; done

@@ -6,11 +6,11 @@
 #   scripts/bench-latency.sh [--delay-ms 10] [--no-build] [bench_latency.py options:
 #                            --sweep 16,64,256 --small 3000 --small-kib 4 --kms-calls 2000 ...]
 #
-# The delay: scripts/bench/delayproxy.py, TCP forwarders on 127.0.0.1 (one for S3, one for KMS)
-# that hold every chunk DELAY ms in each direction and charge a new connection one extra round
-# trip (its TCP handshake). Not `tc netem` in a network namespace: this machine's kernel has no
-# netem qdisc (CONFIG_NET_SCH_NETEM unset, no module), nor fq/act_bpf for an EDT delay. The
-# proxy is stopped on exit (trap); its CPU is counted with the servers'.
+# The delay: examples/delayproxy.rs, TCP forwarders on 127.0.0.1 (one for S3, one for KMS) that
+# hold every chunk DELAY ms in each direction and charge a new connection one extra round trip
+# (its TCP handshake). Not `tc netem` in a network namespace: this machine's kernel has no netem
+# qdisc (CONFIG_NET_SCH_NETEM unset, no module), nor fq/act_bpf for an EDT delay. The proxy is
+# stopped on exit (trap); its CPU is reported in its own column and counted with the servers'.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -37,12 +37,14 @@ if [ -z "${S3CSE_TESTBED_DIR:-}" ]; then
   source "$TB/env"
 fi
 if [ "$BUILD" = 1 ]; then
-  cargo build --release --bin s3cse >&2
+  cargo build --release --bin s3cse --example delayproxy >&2
 fi
 [ "$BUILD" = 0 ] || [ -x target/release/s3cse ] || { echo "bench-latency: no target/release/s3cse" >&2; exit 1; }
+PROXY_BIN=target/release/examples/delayproxy
+[ -x "$PROXY_BIN" ] || { echo "bench-latency: no $PROXY_BIN (cargo build --release --example delayproxy)" >&2; exit 1; }
 
 OUT="$(mktemp)"
-python3 scripts/bench/delayproxy.py --delay-ms "$DELAY" \
+"$PROXY_BIN" --delay-ms "$DELAY" \
   --to "$AWS_ENDPOINT_URL_S3" --to "$AWS_ENDPOINT_URL_KMS" > "$OUT" &
 PROXY=$!
 trap 'kill "$PROXY" 2>/dev/null || true; rm -f "$OUT"' EXIT
@@ -51,7 +53,7 @@ grep -q '^ready' "$OUT" || { echo "bench-latency: the delay proxy did not start"
 AWS_ENDPOINT_URL_S3="$(sed -n 1p "$OUT" | cut -d' ' -f1)"
 AWS_ENDPOINT_URL_KMS="$(sed -n 2p "$OUT" | cut -d' ' -f1)"
 export AWS_ENDPOINT_URL_S3 AWS_ENDPOINT_URL_KMS
-export S3CSE_BENCH_SERVER_PIDS="$PROXY"
+export S3CSE_BENCH_SERVER_PIDS="$PROXY" S3CSE_BENCH_PROXY_PID="$PROXY"
 echo "bench-latency: S3 $AWS_ENDPOINT_URL_S3, KMS $AWS_ENDPOINT_URL_KMS, ${DELAY} ms each way" >&2
 "$S3CSE_PY_AWSCLIENT" scripts/bench/bench_latency.py --delay-ms "$DELAY" \
   --command "scripts/bench-latency.sh $ORIG" "${ARGS[@]}"

@@ -2,7 +2,7 @@
 """`s3cse rekey` on a latency-bound bed: throughput against --concurrency, next to the bare KMS
 GenerateDataKey loop at the same concurrency through the same delay (issue 14, item 2).
 
-Run it through scripts/bench-latency.sh, which puts scripts/bench/delayproxy.py between the
+Run it through scripts/bench-latency.sh, which puts examples/delayproxy.rs between the
 clients and the test bed (AWS_ENDPOINT_URL_S3/KMS point at the proxy). For each concurrency C:
 
   (d) bare KMS loop   boto3 GenerateDataKey (AES_256, the rekey's encryption context), C threads
@@ -11,7 +11,10 @@ clients and the test bed (AWS_ENDPOINT_URL_S3/KMS point at the proxy). For each 
   (a0) --before-bin   the same with another s3cse binary (an earlier commit), same run
 
 Prints a markdown table: rate, ratio (a)/(d), peak RSS, client CPU per object, the servers'
-(and proxy's) CPU, mean request latencies as rekey saw them.
+(proxy included) and the proxy's own CPU, mean request latencies as rekey saw them, and the
+CPU-bound ceiling: (d)'s CPU per call (boto3 + servers + proxy) over (a)'s CPU per object
+(rekey + servers + proxy). When the machine's cores are all busy, throughput is the cores
+divided by the CPU per unit, so (a)/(d) cannot exceed that ceiling whatever the client does.
 """
 import argparse
 import datetime as dt
@@ -72,26 +75,32 @@ def main(argv=None):
     after = br.uptime()
     out = [f"Measured {started} by `{a.command or 'scripts/bench-latency.sh'}` in "
            f"{(time.monotonic() - t0) / 60:.1f} min; one-way delay {a.delay_ms} ms each way "
-           f"(scripts/bench/delayproxy.py); {a.small:,} x {a.small_kib} KiB V1 objects per rekey "
+           f"(examples/delayproxy.rs); {a.small:,} x {a.small_kib} KiB V1 objects per rekey "
            f"run, verify on; {a.kms_calls:,} calls per KMS loop.",
            "",
            f"- s3cse: {git}. Machine: {br.machine_facts()}.",
            f"- `uptime` before: `{before}`; after: `{after}`",
            "",
            "| --concurrency | (d) KMS loop | (a) rekey | (a)/(d) (target ≥ 0.8) | rekey peak RSS "
-           "| rekey client CPU / object | servers+proxy CPU / object | mean S3 / KMS latency (rekey) "
-           "| foreign CPU; load1 |",
-           "|---|---|---|---|---|---|---|---|---|"]
+           "| rekey client CPU / object | servers+proxy CPU / object (proxy) "
+           "| CPU-bound ceiling of (a)/(d) | CPU busy during (d) / (a) "
+           "| mean S3 / KMS latency (rekey) | foreign CPU; load1 |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
     for c, d, r, _ in rows:
         dr = d["calls"] / d["wall"]
         ar = r["objects"] / r["wall"]
         ratio = ar / dr
         verdict = "met" if ratio >= 0.8 else "**missed**"
-        ld = r["load"]
+        ld, dl = r["load"], d["load"]
+        per_call = (dl["client_cpu_s"] + dl["server_cpu_s"]) / d["calls"]
+        per_object = (r["cpu_s"] + ld["server_cpu_s"]) / r["objects"]
         out.append(
             f"| {c} | {dr:,.0f} calls/s | {ar:,.0f} objects/s | **{ratio:.2f}x** {verdict} | "
             f"{r['rss_mib']} MiB | {r['cpu_s'] / r['objects'] * 1000:.2f} ms | "
-            f"{ld['server_cpu_s'] / r['objects'] * 1000:.2f} ms | {r['s3_ms']} / {r['kms_ms']} ms | "
+            f"{ld['server_cpu_s'] / r['objects'] * 1000:.2f} "
+            f"({ld['proxy_cpu_s'] / r['objects'] * 1000:.2f}) ms | "
+            f"{per_call / per_object:.2f}x | {dl['busy_pct']}% / {ld['busy_pct']}% | "
+            f"{r['s3_ms']} / {r['kms_ms']} ms | "
             f"{ld['foreign_pct']}%; {ld['load_start']}→{ld['load_end']} |")
     if a.before_bin:
         when = dt.datetime.fromtimestamp(os.stat(a.before_bin).st_mtime).strftime("%Y-%m-%d %H:%M")

@@ -138,6 +138,9 @@ class Load:
 
     def __init__(self, server_pids):
         self.server_pids = set(server_pids)
+        # The delay proxy of scripts/bench-latency.sh, one of server_pids: also reported alone.
+        pid = os.environ.get("S3CSE_BENCH_PROXY_PID", "")
+        self.proxy_pid = int(pid) if pid.isdigit() else None
 
     def _ours(self, procs):
         mine = {os.getpid()} | self.server_pids
@@ -164,7 +167,9 @@ class Load:
         ru = resource.getrusage(resource.RUSAGE_SELF)
         rc = resource.getrusage(resource.RUSAGE_CHILDREN)
         servers = sum(procs[p][2] for p in self.server_pids if p in procs) / CLK_TCK
+        proxy = procs[self.proxy_pid][2] / CLK_TCK if self.proxy_pid in procs else 0.0
         return {"t": time.monotonic(), "busy": busy, "ours": ours, "procs": procs,
+                "proxy_cpu": proxy,
                 "client_cpu": ru.ru_utime + ru.ru_stime + rc.ru_utime + rc.ru_stime,
                 "server_cpu": servers,
                 "mine": mine, "loadavg": os.getloadavg(), "clients": testbed_clients(mine)}
@@ -196,6 +201,7 @@ class Load:
         others = sorted(set(a["clients"]) | set(b["clients"]))
         return {"client_cpu_s": round(b["client_cpu"] - a["client_cpu"], 1),
                 "server_cpu_s": round(b["server_cpu"] - a["server_cpu"], 1),
+                "proxy_cpu_s": round(b["proxy_cpu"] - a["proxy_cpu"], 2),
                 "busy_pct": round(busy), "ours_pct": round(ours), "kernel_pct": round(kernel),
                 "foreign_pct": round(foreign), "top_foreign": top, "other_clients": others,
                 "load_start": round(a["loadavg"][0], 2), "load_end": round(b["loadavg"][0], 2)}

@@ -1,0 +1,202 @@
+//! The client-CPU floor of `rekey`'s four requests per small object *without* aws-sdk-rust's
+//! orchestrator: the same requests as `sdk_floor` (GetObject and KMS GenerateDataKey together,
+//! PutObject of the same bytes and metadata, GetObject again), each signed with SigV4 by the
+//! `aws-sigv4` crate (payload SHA-256 included) and sent over one hyper keep-alive pool.
+//! No retries, no endpoint rules, no credential refresh: a measurement of what a hand-signed
+//! client could at best cost on this machine, not a client. BENCHMARKS.md ("Client CPU per small
+//! object") compares it with `sdk_floor` and `rekey`.
+//!
+//! ```text
+//! cargo build --release --example raw_floor
+//! /usr/bin/time -v target/release/examples/raw_floor BUCKET KMS_KEY_ID [CONCURRENCY]
+//! ```
+//! Endpoints and credentials from the environment (`source .testbed/env`); path-style addressing.
+
+use std::time::{Instant, SystemTime};
+
+use aws_credential_types::Credentials;
+use aws_sigv4::http_request::{
+    PayloadChecksumKind, SignableBody, SignableRequest, SigningSettings, sign,
+};
+use aws_sigv4::sign::v4;
+use aws_smithy_runtime_api::client::identity::Identity;
+use bytes::Bytes;
+use futures::StreamExt;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+type Http = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
+struct Ctx {
+    http: Http,
+    identity: Identity,
+    region: String,
+    s3: String,
+    kms: String,
+    bucket: String,
+    key_id: String,
+}
+
+impl Ctx {
+    /// Signs and sends one request; returns status, headers and the whole body.
+    async fn send(
+        &self,
+        service: &str,
+        method: &str,
+        url: &str,
+        headers: Vec<(String, String)>,
+        body: Bytes,
+    ) -> Result<(u16, http::HeaderMap, Bytes), String> {
+        let mut settings = SigningSettings::default();
+        if service == "s3" {
+            settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
+        }
+        let params = v4::SigningParams::builder()
+            .identity(&self.identity)
+            .region(&self.region)
+            .name(service)
+            .time(SystemTime::now())
+            .settings(settings)
+            .build()
+            .map_err(|e| e.to_string())?
+            .into();
+        let host = url.split('/').nth(2).unwrap_or_default().to_owned();
+        let mut all = headers;
+        all.push(("host".into(), host));
+        let signable = SignableRequest::new(
+            method,
+            url,
+            all.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            SignableBody::Bytes(&body),
+        )
+        .map_err(|e| e.to_string())?;
+        let (instructions, _) = sign(signable, &params)
+            .map_err(|e| e.to_string())?
+            .into_parts();
+        let mut req = http::Request::builder().method(method).uri(url);
+        for (k, v) in &all {
+            if k != "host" {
+                req = req.header(k, v);
+            }
+        }
+        let mut req = req.body(Full::new(body)).map_err(|e| e.to_string())?;
+        instructions.apply_to_request_http1x(&mut req);
+        let resp = self.http.request(req).await.map_err(|e| e.to_string())?;
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+        Ok((parts.status.as_u16(), parts.headers, body))
+    }
+
+    async fn object(&self, key: &str) -> Result<(), String> {
+        let url = format!("{}/{}/{}", self.s3, self.bucket, key);
+        let get = self.send("s3", "GET", &url, Vec::new(), Bytes::new());
+        let body = serde_json::json!({
+            "KeyId": self.key_id,
+            "KeySpec": "AES_256",
+            "EncryptionContext": {"aws:x-amz-cek-alg": "AES/GCM/NoPadding", "bench": "rekey"},
+        })
+        .to_string();
+        let kms_headers = vec![
+            (
+                "content-type".to_owned(),
+                "application/x-amz-json-1.1".to_owned(),
+            ),
+            (
+                "x-amz-target".to_owned(),
+                "TrentService.GenerateDataKey".to_owned(),
+            ),
+        ];
+        let dk = self.send("kms", "POST", &self.kms, kms_headers, Bytes::from(body));
+        let ((status, headers, body), (kstatus, _, kbody)) = tokio::try_join!(get, dk)?;
+        if status != 200 || kstatus != 200 {
+            return Err(format!("GET {status}, GenerateDataKey {kstatus}"));
+        }
+        let answer: serde_json::Value =
+            serde_json::from_slice(&kbody).map_err(|e| e.to_string())?;
+        if answer.get("CiphertextBlob").is_none() {
+            return Err("no CiphertextBlob".into());
+        }
+        let meta: Vec<(String, String)> = headers
+            .iter()
+            .filter(|(k, _)| k.as_str().starts_with("x-amz-meta-"))
+            .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+            .collect();
+        let (status, _, _) = self.send("s3", "PUT", &url, meta, body).await?;
+        if status != 200 {
+            return Err(format!("PUT {status}"));
+        }
+        let (status, _, _) = self
+            .send("s3", "GET", &url, Vec::new(), Bytes::new())
+            .await?;
+        if status != 200 {
+            return Err(format!("read-back GET {status}"));
+        }
+        Ok(())
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().collect();
+    let (Some(bucket), Some(key_id)) = (args.get(1), args.get(2)) else {
+        return Err("usage: raw_floor BUCKET KMS_KEY_ID [CONCURRENCY]".into());
+    };
+    let concurrency: usize = args.get(3).map(|c| c.parse()).transpose()?.unwrap_or(16);
+    let env = |name: &str| std::env::var(name).map_err(|_| format!("{name} is not set"));
+    // The listing goes through the SDK (as in sdk_floor); only the four requests per object are
+    // hand-signed.
+    let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .load()
+        .await;
+    let s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&conf)
+            .force_path_style(true)
+            .build(),
+    );
+    let mut keys = Vec::new();
+    let mut pages = s3.list_objects_v2().bucket(bucket).into_paginator().send();
+    while let Some(page) = pages.next().await {
+        keys.extend(
+            page?
+                .contents()
+                .iter()
+                .filter_map(|o| o.key().map(str::to_owned)),
+        );
+    }
+    let ctx = Ctx {
+        http: Client::builder(TokioExecutor::new()).build_http(),
+        identity: Credentials::new(
+            env("AWS_ACCESS_KEY_ID")?,
+            env("AWS_SECRET_ACCESS_KEY")?,
+            None,
+            None,
+            "raw_floor",
+        )
+        .into(),
+        region: env("AWS_REGION")?,
+        s3: env("AWS_ENDPOINT_URL_S3")?,
+        kms: format!("{}/", env("AWS_ENDPOINT_URL_KMS")?),
+        bucket: bucket.clone(),
+        key_id: key_id.clone(),
+    };
+    let started = Instant::now();
+    let n = keys.len();
+    let results: Vec<Result<(), String>> = futures::stream::iter(keys)
+        .map(|key| {
+            let ctx = &ctx;
+            async move { ctx.object(&key).await }
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    let failed = results.iter().filter(|r| r.is_err()).count();
+    if let Some(Err(e)) = results.iter().find(|r| r.is_err()) {
+        eprintln!("first failure: {e}");
+    }
+    println!(
+        "raw_floor: {n} objects, {failed} failed, {:.2} s, concurrency {concurrency}",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
