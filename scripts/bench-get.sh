@@ -13,7 +13,7 @@
 # reference. The release build (thin LTO) takes ~10 minutes the first time.
 # --delay-ms D: the timed GETs go through examples/delayproxy.rs (D ms each way, as in
 # scripts/bench-latency.sh; the put goes direct). The proxy buffers without limit, so it adds
-# latency, not a bandwidth-delay cap, and its Python CPU shares the machine with the tools.
+# latency, not a bandwidth-delay cap, and its CPU shares the machine with the tools.
 # On the way out it deletes the bucket bench-get-PID, the KMS key (scheduled, 7 days) and the
 # local files, unless --keep.
 set -euo pipefail
