@@ -11,7 +11,9 @@
 #   5. pytest tests/chart (if that directory exists), with S3CSE_BIN set to the built binary and
 #      S3CSE_METRICS_SCRAPE to the scrape the Rust tests saved (if they did)
 #   6. tests/peers/smoke.sh (the peer scripts against the test bed)
-#   7. scripts/testbed.sh down, on exit, if this run started the test bed (PostgreSQL included)
+#   7. a slice of the benchmark scripts (bench_rekey.py with the floors, bench-latency.sh through
+#      the delay proxy) on a few objects with the dev build: they run end to end, no figure judged
+#   8. scripts/testbed.sh down, on exit, if this run started the test bed (PostgreSQL included)
 #
 # Every step runs even if an earlier one failed; exit status is non-zero if any failed. The last
 # line is "s3cse: N passed, N failed": tests counted from cargo's, pytest's and the smoke script's
@@ -169,6 +171,31 @@ bash tests/peers/smoke.sh 2>&1 | tee "$LOGS/peers-smoke.log" || rc=$?
 read -r p f < <(count_tests "$LOGS/peers-smoke.log" '^peers: [0-9]+ passed, [0-9]+ failed$')
 passed=$((passed + p)); failed=$((failed + f))
 if [ "$rc" = 0 ]; then step_ok peers; else step_fail peers; [ "$f" -gt 0 ] || failed=$((failed + 1)); fi
+
+# ---- 7. a slice of the benchmarks: the scripts end to end on a few objects, dev build. Their
+# own checks hold (every object migrated, none failed, one GenerateDataKey per object, objects
+# read back with AWS's client); the figures need a release build and a quiet machine, so none
+# is judged here (BENCHMARKS.md).
+banner "benchmark slice"
+bench_slice() { # label, command...
+  local label=$1 rc=0; shift
+  "$@" >"$LOGS/bench-$label.log" 2>&1 || rc=$?
+  if [ "$rc" = 0 ]; then
+    passed=$((passed + 1)); echo "bench $label: ok"
+  else
+    failed=$((failed + 1)); echo "bench $label: FAILED (exit $rc), $LOGS/bench-$label.log:"
+    tail -n 20 "$LOGS/bench-$label.log"
+  fi
+}
+if [ -x target/debug/s3cse ] && [ -n "${S3CSE_PY_AWSCLIENT:-}" ]; then
+  bench_slice rekey "$S3CSE_PY_AWSCLIENT" scripts/bench/bench_rekey.py --bin target/debug/s3cse \
+    --small 100 --small-kib 4 --large 0 --kms-calls 100 --floors
+  bench_slice latency bash scripts/bench-latency.sh --no-build --bin target/debug/s3cse \
+    --sweep 4 --small 60 --kms-calls 60
+  step_ok "benchmark slice"
+else
+  step_fail "benchmark slice (no dev build or test bed)"; failed=$((failed + 1))
+fi
 
 # ---- summary (the test bed goes down in the EXIT trap)
 banner "summary ($((SECONDS - T0))s)"

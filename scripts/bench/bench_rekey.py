@@ -514,10 +514,11 @@ class Bench:
                 "kms_ms": mean_ms("s3cse_kms_request_duration_seconds")}
 
     def floor(self, name, b, n):
-        """examples/NAME (release) over bucket b of n objects: its user+sys CPU."""
-        exe = os.path.join(ROOT, "target", "release", "examples", name)
+        """examples/NAME, built with the same profile as --bin, over bucket b of n objects: its
+        user+sys CPU."""
+        exe = os.path.join(os.path.dirname(os.path.abspath(self.a.bin)), "examples", name)
         if not os.access(exe, os.X_OK):
-            raise SystemExit(f"no {exe}: cargo build --release --example {name}")
+            raise SystemExit(f"no {exe}: cargo build [--release] --example {name}")
         timef = os.path.join(self.work, f"{name}.time")
         p = subprocess.run(["/usr/bin/time", "-f", "%U %S", "-o", timef, exe, b, self.key_id,
                             str(self.c)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -953,7 +954,7 @@ def main(argv=None):
     p.add_argument("--also-no-verify", action="store_true",
                    help="one more rekey run with --no-verify, small and large (informative rows)")
     p.add_argument("--floors", action="store_true",
-                   help="also run examples/sdk_floor and examples/raw_floor (release builds) on "
+                   help="also run examples/sdk_floor and examples/raw_floor (same profile as --bin) on "
                         "fresh buckets: client CPU per object of rekey's four requests through "
                         "aws-sdk-rust, and hand-signed over hyper (issue 14 item 1)")
     p.add_argument("--also-concurrency", type=int, metavar="N", default=0,
