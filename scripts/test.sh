@@ -187,7 +187,8 @@ bench_slice() { # label, command...
     tail -n 20 "$LOGS/bench-$label.log"
   fi
 }
-if [ -x target/debug/s3cse ] && [ -n "${S3CSE_PY_AWSCLIENT:-}" ]; then
+# cargo test builds the examples as test harnesses; the scripts run them as programs.
+if [ -x target/debug/s3cse ] && [ -n "${S3CSE_PY_AWSCLIENT:-}" ] && cargo build --locked --examples; then
   bench_slice rekey "$S3CSE_PY_AWSCLIENT" scripts/bench/bench_rekey.py --bin target/debug/s3cse \
     --small 100 --small-kib 4 --large 0 --kms-calls 100 --floors
   bench_slice latency bash scripts/bench-latency.sh --no-build --bin target/debug/s3cse \
