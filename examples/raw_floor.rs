@@ -12,7 +12,10 @@
 //! ```
 //! Endpoints and credentials from the environment (`source .testbed/env`); path-style addressing.
 
-use std::time::{Instant, SystemTime};
+#[path = "common/floor.rs"]
+mod floor;
+
+use std::time::SystemTime;
 
 use aws_credential_types::Credentials;
 use aws_sigv4::http_request::{
@@ -21,7 +24,6 @@ use aws_sigv4::http_request::{
 use aws_sigv4::sign::v4;
 use aws_smithy_runtime_api::client::identity::Identity;
 use bytes::Bytes;
-use futures::StreamExt;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -137,12 +139,8 @@ impl Ctx {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<String> = std::env::args().collect();
-    let (Some(bucket), Some(key_id)) = (args.get(1), args.get(2)) else {
-        return Err("usage: raw_floor BUCKET KMS_KEY_ID [CONCURRENCY]".into());
-    };
-    let concurrency: usize = args.get(3).map(|c| c.parse()).transpose()?.unwrap_or(16);
+async fn main() -> Result<(), floor::Error> {
+    let args = floor::Args::parse("raw_floor")?;
     let env = |name: &str| std::env::var(name).map_err(|_| format!("{name} is not set"));
     // The listing goes through the SDK (as in sdk_floor); only the four requests per object are
     // hand-signed.
@@ -154,16 +152,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .force_path_style(true)
             .build(),
     );
-    let mut keys = Vec::new();
-    let mut pages = s3.list_objects_v2().bucket(bucket).into_paginator().send();
-    while let Some(page) = pages.next().await {
-        keys.extend(
-            page?
-                .contents()
-                .iter()
-                .filter_map(|o| o.key().map(str::to_owned)),
-        );
-    }
+    let keys = floor::keys(&s3, &args.bucket).await?;
     let ctx = Ctx {
         http: Client::builder(TokioExecutor::new()).build_http(),
         identity: Credentials::new(
@@ -177,26 +166,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         region: env("AWS_REGION")?,
         s3: env("AWS_ENDPOINT_URL_S3")?,
         kms: format!("{}/", env("AWS_ENDPOINT_URL_KMS")?),
-        bucket: bucket.clone(),
-        key_id: key_id.clone(),
+        bucket: args.bucket,
+        key_id: args.key_id,
     };
-    let started = Instant::now();
-    let n = keys.len();
-    let results: Vec<Result<(), String>> = futures::stream::iter(keys)
-        .map(|key| {
-            let ctx = &ctx;
-            async move { ctx.object(&key).await }
-        })
-        .buffer_unordered(concurrency)
-        .collect()
-        .await;
-    let failed = results.iter().filter(|r| r.is_err()).count();
-    if let Some(Err(e)) = results.iter().find(|r| r.is_err()) {
-        eprintln!("first failure: {e}");
-    }
-    println!(
-        "raw_floor: {n} objects, {failed} failed, {:.2} s, concurrency {concurrency}",
-        started.elapsed().as_secs_f64()
-    );
+    floor::each("raw_floor", keys, args.concurrency, |key| {
+        let ctx = &ctx;
+        async move { ctx.object(&key).await }
+    })
+    .await;
     Ok(())
 }

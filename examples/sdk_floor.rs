@@ -10,18 +10,19 @@
 //! ```
 //! Endpoints and credentials from the environment (`source .testbed/env`); path-style addressing.
 
-use std::time::Instant;
+#[path = "common/floor.rs"]
+mod floor;
 
 use aws_sdk_s3::primitives::ByteStream;
-use futures::StreamExt;
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<String> = std::env::args().collect();
-    let (Some(bucket), Some(key_id)) = (args.get(1), args.get(2)) else {
-        return Err("usage: sdk_floor BUCKET KMS_KEY_ID [CONCURRENCY]".into());
-    };
-    let concurrency: usize = args.get(3).map(|c| c.parse()).transpose()?.unwrap_or(16);
+async fn main() -> Result<(), floor::Error> {
+    let floor::Args {
+        bucket,
+        key_id,
+        concurrency,
+    } = floor::Args::parse("sdk_floor")?;
+    let (bucket, key_id) = (bucket.as_str(), key_id.as_str());
     let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .load()
         .await;
@@ -45,63 +46,41 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let s3 = aws_sdk_s3::Client::from_conf(b.build());
     let kms = aws_sdk_kms::Client::from_conf(k.build());
-    let mut keys = Vec::new();
-    let mut pages = s3.list_objects_v2().bucket(bucket).into_paginator().send();
-    while let Some(page) = pages.next().await {
-        keys.extend(
-            page?
-                .contents()
-                .iter()
-                .filter_map(|o| o.key().map(str::to_owned)),
-        );
-    }
-    let started = Instant::now();
-    let n = keys.len();
-    let results: Vec<Result<(), String>> = futures::stream::iter(keys)
-        .map(|key| {
-            let (s3, kms) = (s3.clone(), kms.clone());
-            async move {
-                let get = async {
-                    let o = s3.get_object().bucket(bucket).key(&key).send().await;
-                    let o = o.map_err(|e| format!("{e:?}"))?;
-                    let meta = o.metadata().cloned();
-                    let body = o.body.collect().await.map_err(|e| e.to_string())?;
-                    Ok::<_, String>((meta, body.into_bytes()))
-                };
-                let dk = kms
-                    .generate_data_key()
-                    .key_id(key_id)
-                    .key_spec(aws_sdk_kms::types::DataKeySpec::Aes256)
-                    .encryption_context("aws:x-amz-cek-alg", "AES/GCM/NoPadding")
-                    .encryption_context("bench", "rekey")
-                    .send();
-                let ((meta, body), dk) =
-                    tokio::try_join!(get, async { dk.await.map_err(|e| format!("{e:?}")) })?;
-                drop(dk);
-                s3.put_object()
-                    .bucket(bucket)
-                    .key(&key)
-                    .set_metadata(meta)
-                    .body(ByteStream::from(body))
-                    .send()
-                    .await
-                    .map_err(|e| format!("{e:?}"))?;
+    let keys = floor::keys(&s3, bucket).await?;
+    floor::each("sdk_floor", keys, concurrency, |key| {
+        let (s3, kms) = (s3.clone(), kms.clone());
+        async move {
+            let get = async {
                 let o = s3.get_object().bucket(bucket).key(&key).send().await;
                 let o = o.map_err(|e| format!("{e:?}"))?;
-                o.body.collect().await.map_err(|e| e.to_string())?;
-                Ok(())
-            }
-        })
-        .buffer_unordered(concurrency)
-        .collect()
-        .await;
-    let failed = results.iter().filter(|r| r.is_err()).count();
-    if let Some(Err(e)) = results.iter().find(|r| r.is_err()) {
-        eprintln!("first failure: {e}");
-    }
-    println!(
-        "sdk_floor: {n} objects, {failed} failed, {:.2} s, concurrency {concurrency}",
-        started.elapsed().as_secs_f64()
-    );
+                let meta = o.metadata().cloned();
+                let body = o.body.collect().await.map_err(|e| e.to_string())?;
+                Ok::<_, String>((meta, body.into_bytes()))
+            };
+            let dk = kms
+                .generate_data_key()
+                .key_id(key_id)
+                .key_spec(aws_sdk_kms::types::DataKeySpec::Aes256)
+                .encryption_context("aws:x-amz-cek-alg", "AES/GCM/NoPadding")
+                .encryption_context("bench", "rekey")
+                .send();
+            let ((meta, body), dk) =
+                tokio::try_join!(get, async { dk.await.map_err(|e| format!("{e:?}")) })?;
+            drop(dk);
+            s3.put_object()
+                .bucket(bucket)
+                .key(&key)
+                .set_metadata(meta)
+                .body(ByteStream::from(body))
+                .send()
+                .await
+                .map_err(|e| format!("{e:?}"))?;
+            let o = s3.get_object().bucket(bucket).key(&key).send().await;
+            let o = o.map_err(|e| format!("{e:?}"))?;
+            o.body.collect().await.map_err(|e| e.to_string())?;
+            Ok(())
+        }
+    })
+    .await;
     Ok(())
 }
