@@ -34,7 +34,7 @@ use s3cse::keyring::{AwsKms, Keyring, KmsKeyring};
 
 mod common;
 
-use common::{Bed, aes_key, aes_key_file, bed, data, put_v1_with, run_s3cse as run, show};
+use common::{Bed, aes_key, bed, data, put_v1_with, run_s3cse as run, show};
 
 const ALL_USERS: &str = "http://acs.amazonaws.com/groups/global/AllUsers";
 const AUTHENTICATED_USERS: &str = "http://acs.amazonaws.com/groups/global/AuthenticatedUsers";
@@ -425,17 +425,7 @@ fn rekey(
 ) {
     let dir = tempfile::tempdir().expect("tempdir");
     let state = dir.path().join("state.db").display().to_string();
-    let aes = aes_key_file().display().to_string();
-    let o = run(&[
-        "rekey",
-        &format!("s3://{}", b.bucket),
-        "--state",
-        &state,
-        "--kms-key-id",
-        &b.key_id,
-        "--aes-key-file",
-        &aes,
-    ]);
+    let o = b.rekey(&state, &[]);
     let r = run(&["report", "--state", &state, "--format", "jsonl"]);
     assert!(r.status.success(), "report: {}", show(&r));
     let rows = String::from_utf8_lossy(&r.stdout)

@@ -269,16 +269,7 @@ async fn audit_names_what_remains_and_why_before_and_after_rekey() {
     // After a rekey, audit must still say what each object is (some reasons only go once rekey
     // handles them: V3 under a raw key, envelopes in instruction files, orphans).
     let state = b.path("state.db").display().to_string();
-    let _ = run(&[
-        "rekey",
-        &url,
-        "--state",
-        &state,
-        "--kms-key-id",
-        &target,
-        "--aes-key-file",
-        &aes,
-    ]);
+    let _ = b.rekey(&state, &[]);
     let after = audit_lines(&url, &target, &[]);
     for key in [
         "plain.txt",

@@ -15,27 +15,9 @@ use s3cse::store::{Action, JobState, JobStore};
 
 mod common;
 
-use common::{
-    Bed, FaultProxy, aes_key_file, bed, data, kms_key, peer_put, put_raw_gcm, put_v1, show,
-};
+use common::{Bed, FaultProxy, bed, data, kms_key, peer_put, put_raw_gcm, put_v1, show};
 
 const BIN: &str = env!("CARGO_BIN_EXE_s3cse");
-
-/// `s3cse rekey s3://BUCKET --state STATE --kms-key-id KEY --aes-key-file AES EXTRA...`.
-fn rekey(b: &Bed, state: &Path, extra: &[&str]) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.arg("rekey")
-        .arg(b.bucket_url())
-        .arg("--state")
-        .arg(state)
-        .args(["--kms-key-id", &b.key_id])
-        .arg("--aes-key-file")
-        .arg(aes_key_file())
-        .args(extra)
-        .env("S3CSE_LOG", "warn")
-        .stdin(Stdio::null());
-    cmd
-}
 
 /// Runs `cmd` to its end, killing it after `limit`.
 fn run_bounded(cmd: &mut Command, limit: Duration) -> Output {
@@ -103,7 +85,7 @@ async fn empty_truncated_listing_pages_do_not_end_the_scan() {
     let proxy = FaultProxy::start(1, &[("empty-page", 1.0)]);
     let state = b.path("scan.db");
     let o = run_bounded(
-        proxy.point(&mut rekey(&b, &state, &["--list-page-size", "10"])),
+        proxy.point(b.rekey_command(&state).args(["--list-page-size", "10"])),
         Duration::from_secs(120),
     );
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
@@ -162,7 +144,7 @@ async fn a_truncated_page_without_a_token_fails_the_run() {
     let proxy = FaultProxy::start(3, &[("no-token", 1.0)]);
     let state = b.path("notoken.db");
     let o = run_bounded(
-        proxy.point(&mut rekey(&b, &state, &[])),
+        proxy.point(&mut b.rekey_command(&state)),
         Duration::from_secs(60),
     );
     assert_eq!(o.status.code(), Some(2), "{}", show(&o));
@@ -191,7 +173,7 @@ async fn a_truncated_page_without_a_token_fails_the_run() {
     );
     store.close().await;
     // Straight to the test bed, the next run lists and migrates everything.
-    let o = run_bounded(&mut rekey(&b, &state, &[]), Duration::from_secs(60));
+    let o = run_bounded(&mut b.rekey_command(&state), Duration::from_secs(60));
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
     assert!(
         String::from_utf8_lossy(&o.stdout).contains("scan: listed 3 keys"),
@@ -437,7 +419,8 @@ async fn rekey_survives_faults_and_kills() {
             started.elapsed() < Duration::from_secs(300),
             "no convergence in 5 minutes: {runs:?}"
         );
-        let mut cmd = rekey(&b, &state, &args);
+        let mut cmd = b.rekey_command(&state);
+        cmd.args(args);
         proxy.point(&mut cmd);
         if kills < KILLS {
             // SIGKILL at a random moment of the run: the scan, the work, or a write in flight.

@@ -22,9 +22,7 @@ use s3cse::keyring::Keyring;
 
 mod common;
 
-use common::{
-    Bed, aes_key, aes_key_file, bed, data, pg_database, put_raw_gcm, put_v1, record, show,
-};
+use common::{Bed, aes_key, bed, data, pg_database, put_raw_gcm, put_v1, record, show};
 
 /// The job store a case runs against.
 #[derive(Debug, Clone, Copy)]
@@ -123,17 +121,8 @@ fn rekey(b: &Bed, state: &str, failpoint: Option<&str>) -> Output {
 
 /// [`rekey`] with `extra` arguments.
 fn rekey_with(b: &Bed, state: &str, failpoint: Option<&str>, extra: &[&str]) -> Output {
-    let aes = aes_key_file().display().to_string();
-    let mut cmd = Command::new(BIN);
+    let mut cmd = b.rekey_command(state);
     cmd.args([
-        "rekey",
-        &b.bucket_url(),
-        "--state",
-        state,
-        "--kms-key-id",
-        &b.key_id,
-        "--aes-key-file",
-        &aes,
         "--copy-part-threshold",
         "5242880",
         "--copy-part-size",
@@ -416,21 +405,8 @@ async fn crash_rotation_once(tag: &str, store: Store, failpoint_: &str) {
         ));
     }
     let run = |failpoint: Option<&str>| {
-        let aes = aes_key_file().display().to_string();
-        let mut cmd = Command::new(BIN);
-        cmd.args([
-            "rekey",
-            &b.bucket_url(),
-            "--state",
-            &state,
-            "--kms-key-id",
-            &b.key_id,
-            "--aes-key-file",
-            &aes,
-            "--keep-instruction-files",
-            "--lease-secs",
-            "3",
-        ]);
+        let mut cmd = b.rekey_command(&state);
+        cmd.args(["--keep-instruction-files", "--lease-secs", "3"]);
         match failpoint {
             Some(f) => cmd.env("S3CSE_FAILPOINT", f),
             None => cmd.env_remove("S3CSE_FAILPOINT"),

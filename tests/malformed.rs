@@ -460,16 +460,7 @@ async fn a_malformed_bucket_fails_each_object_and_changes_none() {
     // `rekey`: each broken object failed with its reason, untouched; the rest migrated; exit 1.
     let before = snapshot(&b).await;
     let state = b.path("state.db").display().to_string();
-    let o = run(&[
-        "rekey",
-        &b.bucket_url(),
-        "--state",
-        &state,
-        "--kms-key-id",
-        &b.key_id,
-        "--aes-key-file",
-        &aes,
-    ]);
+    let o = b.rekey(&state, &[]);
     assert_eq!(o.status.code(), Some(1), "rekey: {}", show(&o));
     let after = snapshot(&b).await;
     let report = run(&[

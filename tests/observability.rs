@@ -15,9 +15,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{Bed, FaultProxy, aes_key_file, bed, data, put_v1, show};
-
-const BIN: &str = env!("CARGO_BIN_EXE_s3cse");
+use common::{Bed, FaultProxy, bed, data, put_v1, show};
 
 /// `n` small V1 objects (AES/ECB-wrapped key, CBC content): each is rewritten, one
 /// GenerateDataKey per object.
@@ -124,15 +122,8 @@ async fn every_throttled_s3_attempt_is_counted_sdk_retries_included() {
     let proxy = FaultProxy::start(15, &[("slowdown", 0.04)]);
     let state = b.path("state.db");
     let prom = b.path("metrics.prom");
-    let mut cmd = Command::new(BIN);
-    cmd.args(["rekey", &b.bucket_url(), "--kms-key-id", &b.key_id])
-        .arg("--state")
-        .arg(&state)
-        .arg("--aes-key-file")
-        .arg(aes_key_file())
-        .arg("--metrics-textfile")
-        .arg(&prom)
-        .env("S3CSE_LOG", "warn");
+    let mut cmd = b.rekey_command(&state);
+    cmd.arg("--metrics-textfile").arg(&prom);
     proxy.point(&mut cmd);
     let o = cmd.output().expect("run");
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
@@ -202,16 +193,10 @@ async fn prometheus_answers_every_dashboard_query_about_a_real_run() {
     let _cleanup = RemoveOnDrop(target_file);
 
     let state = b.path("state.db");
-    let mut cmd = Command::new(BIN);
-    cmd.args(["rekey", &b.bucket_url(), "--kms-key-id", &b.key_id])
-        .arg("--state")
-        .arg(&state)
-        .arg("--aes-key-file")
-        .arg(aes_key_file())
-        .args(["--metrics-addr", &addr, "--pushgateway", &push_url])
+    let mut cmd = b.rekey_command(&state);
+    cmd.args(["--metrics-addr", &addr, "--pushgateway", &push_url])
         // About 10 s of work: Prometheus scrapes it ~10 times, enough for every rate().
-        .args(["--s3-rps", "45", "--concurrency", "4", "--shard", "0/1"])
-        .env("S3CSE_LOG", "warn");
+        .args(["--s3-rps", "45", "--concurrency", "4", "--shard", "0/1"]);
     proxy.point(&mut cmd);
     let o = cmd.output().expect("run");
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
@@ -376,12 +361,14 @@ async fn a_terminal_shows_the_live_display_not_a_log_line_per_object() {
         }
     }
     sh.push_str("unset S3CSE_LOG NO_COLOR\nexport TERM=xterm-256color\n");
+    let rekey = b.rekey_command(b.path("state.db"));
+    let rekey: Vec<String> = std::iter::once(rekey.get_program())
+        .chain(rekey.get_args())
+        .map(|a| format!("'{}'", a.to_string_lossy()))
+        .collect();
     sh.push_str(&format!(
-        "'{BIN}' rekey '{}' --state '{}' --kms-key-id '{}' --aes-key-file '{}' --s3-rps 90 --concurrency 4\necho EXIT=$?\nsleep 120\n",
-        b.bucket_url(),
-        b.path("state.db").display(),
-        b.key_id,
-        aes_key_file().display()
+        "{} --s3-rps 90 --concurrency 4\necho EXIT=$?\nsleep 120\n",
+        rekey.join(" ")
     ));
     std::fs::write(&script, sh).expect("script");
     let socket = format!("s3cse-test-{}", std::process::id());

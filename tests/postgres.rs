@@ -8,35 +8,12 @@ use std::collections::BTreeMap;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{
-    Bed, aes_key_file, bed, bin, data, pg_database, put_v1, report_statuses, run_s3cse as run, show,
-};
+use common::{Bed, bed, data, pg_database, put_v1, report_statuses, run_s3cse as run, show};
 use sqlx::Connection;
 
-/// The arguments of `s3cse rekey` over `b`'s bucket into `state`, legacy objects under the
-/// vectors' AES key, to the bed's KMS key.
-fn rekey_args(b: &Bed, state: &str, extra: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = [
-        "rekey",
-        &b.bucket_url(),
-        "--state",
-        state,
-        "--kms-key-id",
-        &b.key_id,
-        "--aes-key-file",
-        &aes_key_file().display().to_string(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args
-}
-
-fn spawn(args: &[String]) -> Child {
-    bin()
-        .args(args)
-        .stdout(Stdio::piped())
+/// Starts `cmd` with its stdout and stderr captured (for [`wait`]).
+fn spawn(cmd: &mut Command) -> Child {
+    cmd.stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn s3cse")
@@ -118,11 +95,10 @@ async fn three_processes_share_one_queue_and_migrate_each_object_once() {
     let children: Vec<Child> = textfiles
         .iter()
         .map(|tf| {
-            spawn(&rekey_args(
-                &b,
-                &state,
-                &["--concurrency", "4", "--metrics-textfile", tf],
-            ))
+            spawn(
+                b.rekey_command(&state)
+                    .args(["--concurrency", "4", "--metrics-textfile", tf]),
+            )
         })
         .collect();
     for c in children {
@@ -175,7 +151,7 @@ async fn a_killed_process_leases_lapse_and_the_others_finish_its_work() {
     // Slow enough to be killed mid-run: 9 KMS calls a second for the three together (a
     // shared budget), so 45 objects take ~5 s; leases of 3 s.
     let extra = ["--concurrency", "4", "--lease-secs", "3", "--kms-rps", "9"];
-    let mut victim = spawn(&rekey_args(&b, &state, &extra));
+    let mut victim = spawn(b.rekey_command(&state).args(extra));
     let victim_pid = victim.id();
     // Kill it once it holds leases and has finished something (it does the listing first).
     let t = Instant::now();
@@ -199,7 +175,7 @@ async fn a_killed_process_leases_lapse_and_the_others_finish_its_work() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let others: Vec<Child> = (0..2)
-        .map(|_| spawn(&rekey_args(&b, &state, &extra)))
+        .map(|_| spawn(b.rekey_command(&state).args(extra)))
         .collect();
     victim.kill().expect("SIGKILL");
     let _ = victim.wait();
@@ -264,7 +240,7 @@ async fn a_lapsed_lease_is_picked_up_by_a_process_already_running() {
     };
     let inputs = seed(&b, 30, 2000).await;
     let extra = ["--concurrency", "2", "--lease-secs", "3", "--kms-rps", "6"];
-    let mut victim = spawn(&rekey_args(&b, &state, &extra));
+    let mut victim = spawn(b.rekey_command(&state).args(extra));
     let victim_pid = victim.id();
     let t = Instant::now();
     loop {
@@ -285,7 +261,7 @@ async fn a_lapsed_lease_is_picked_up_by_a_process_already_running() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let survivor = spawn(&rekey_args(&b, &state, &extra));
+    let survivor = spawn(b.rekey_command(&state).args(extra));
     // Let the survivor start (and pass its start-up release) before the kill.
     let t = Instant::now();
     loop {
@@ -332,10 +308,7 @@ async fn an_unreachable_database_is_exit_2_before_any_s3_write_and_keeps_its_pas
         .expect("addr")
         .port();
     let url = format!("postgres://s3cse:hunter2@127.0.0.1:{port}/jobs");
-    let o = run(&rekey_args(&b, &url, &[])
-        .iter()
-        .map(String::as_str)
-        .collect::<Vec<_>>());
+    let o = b.rekey(&url, &[]);
     assert_eq!(o.status.code(), Some(2), "{}", show(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
@@ -375,8 +348,9 @@ async fn a_manifest_is_ingested_into_postgres_and_reported_to_s3() {
         .await
         .expect("put manifest");
     let manifest = b.url("manifests/batch.csv");
-    let args = rekey_args(&b, &state, &["--manifest", &manifest]);
-    let (p1, p2) = (spawn(&args), spawn(&args));
+    let mut cmd = b.rekey_command(&state);
+    cmd.args(["--manifest", &manifest]);
+    let (p1, p2) = (spawn(&mut cmd), spawn(&mut cmd));
     for c in [p1, p2] {
         let o = wait(c);
         assert_eq!(o.status.code(), Some(0), "{}", show(&o));
@@ -448,17 +422,9 @@ async fn the_kms_budget_is_shared_by_the_processes_of_a_run() {
     // Two processes on one --kms-rps: each takes half (the log says so). Slow enough (1 KMS
     // call a second each) that both run for a few seconds side by side.
     let _inputs = seed(&b, 8, 100).await;
-    let args = rekey_args(&b, &state, &["--kms-rps", "2"]);
-    let spawn_logged = || {
-        Command::new(env!("CARGO_BIN_EXE_s3cse"))
-            .args(&args)
-            .env("S3CSE_LOG", "s3cse=info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn")
-    };
-    let (p1, p2) = (spawn_logged(), spawn_logged());
+    let mut cmd = b.rekey_command(&state);
+    cmd.args(["--kms-rps", "2"]).env("S3CSE_LOG", "s3cse=info");
+    let (p1, p2) = (spawn(&mut cmd), spawn(&mut cmd));
     let (o1, o2) = (wait(p1), wait(p2));
     for o in [&o1, &o2] {
         assert_eq!(o.status.code(), Some(0), "{}", show(o));
@@ -497,18 +463,14 @@ async fn budget_drift() {
         let children: Vec<Child> = textfiles
             .iter()
             .map(|tf| {
-                spawn(&rekey_args(
-                    &b,
-                    &state,
-                    &[
-                        "--kms-rps",
-                        "10",
-                        "--concurrency",
-                        "8",
-                        "--metrics-textfile",
-                        tf,
-                    ],
-                ))
+                spawn(b.rekey_command(&state).args([
+                    "--kms-rps",
+                    "10",
+                    "--concurrency",
+                    "8",
+                    "--metrics-textfile",
+                    tf,
+                ]))
             })
             .collect();
         for c in children {

@@ -132,14 +132,6 @@ fn rekey_cmd(cmd: &str, url: Option<&str>, state: &str, target: &str, extra: &[&
     run(&args)
 }
 
-/// `s3cse rekey s3://BUCKET --state STATE --kms-key-id KEY --aes-key-file AES EXTRA...`: the
-/// bed's bucket to the bed's key, legacy objects read with the vectors' AES key.
-fn rekey_aes(b: &Bed, state: &str, extra: &[&str]) -> Output {
-    let aes = aes_key_file().display().to_string();
-    let args = [&["--aes-key-file", aes.as_str()][..], extra].concat();
-    rekey_cmd("rekey", Some(&b.bucket_url()), state, &b.key_id, &args)
-}
-
 /// `s3cse status --state STATE --json`.
 fn status(state: &str) -> serde_json::Value {
     let o = ok(run(&["status", "--state", state, "--json"]), "status");
@@ -311,8 +303,7 @@ async fn rekey_migrates_a_mixed_bucket_and_is_idempotent() {
     let (_sd, state) = state_file("mixed.db");
     let (push_url, push) = fake_pushgateway();
     let rekey_with_keys = |extra: &[&str]| {
-        rekey_aes(
-            &b,
+        b.rekey(
             &state,
             &[&["--rsa-key-file", rsa.as_str()][..], extra].concat(),
         )
@@ -509,7 +500,7 @@ async fn dry_run_writes_nothing_and_reports_the_plan() {
     b.raw_put("p.txt", b"plain".to_vec(), &[]).await;
     let before = b.etags().await;
     let (_sd, state) = state_file("dry.db");
-    let o = rekey_aes(&b, &state, &["--dry-run"]);
+    let o = b.rekey(&state, &["--dry-run"]);
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(
@@ -546,7 +537,7 @@ async fn dry_run_writes_nothing_and_reports_the_plan() {
     );
 
     // A real run afterwards does the work and replaces the plan by what was done.
-    let o = rekey_aes(&b, &state, &[]);
+    let o = b.rekey(&state, &[]);
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
     let st = status(&state);
     assert_eq!(st["planned"], serde_json::json!({}), "{st}");
@@ -616,23 +607,14 @@ async fn a_killed_run_resumes_and_loses_nothing() {
         p.await.expect("seed");
     }
     let (_sd, state) = state_file("kill.db");
-    let aes = aes_key_file().display().to_string();
-    let url = b.bucket_url();
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
         l.local_addr().expect("addr").port()
     };
     let addr = format!("127.0.0.1:{port}");
-    let mut child = Command::new(BIN)
+    let mut child = b
+        .rekey_command(&state)
         .args([
-            "rekey",
-            &url,
-            "--state",
-            &state,
-            "--kms-key-id",
-            &b.key_id,
-            "--aes-key-file",
-            &aes,
             "--concurrency",
             "2",
             "--s3-rps",
@@ -640,7 +622,6 @@ async fn a_killed_run_resumes_and_loses_nothing() {
             "--metrics-addr",
             &addr,
         ])
-        .env("S3CSE_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -677,7 +658,7 @@ async fn a_killed_run_resumes_and_loses_nothing() {
         "killed midway: {st}"
     );
 
-    let o = rekey_aes(&b, &state, &["--concurrency", "8"]);
+    let o = b.rekey(&state, &["--concurrency", "8"]);
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
     let st = status(&state);
     assert_eq!(st["by_state"]["done"]["objects"], u64::from(N), "{st}");
@@ -1137,7 +1118,7 @@ async fn an_upload_left_by_a_dead_attempt_is_aborted() {
         .await
         .expect("an attempt whose upload is gone");
 
-    let o = rekey_aes(&b, &state, &[]);
+    let o = b.rekey(&state, &[]);
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
     assert_eq!(
         b.open_uploads().await,
@@ -1182,7 +1163,7 @@ async fn a_write_whose_outcome_was_lost_is_recorded_from_its_intent() {
         source.version_id().expect("versioned").to_owned(),
     );
     let (_sd, state) = state_file("intent.db");
-    assert_eq!(rekey_aes(&b, &state, &[]).status.code(), Some(0));
+    assert_eq!(b.rekey(&state, &[]).status.code(), Some(0));
     let after = b.etags().await;
 
     // Put the row back as a crash after the write leaves it: running under a dead worker's
@@ -1221,7 +1202,7 @@ async fn a_write_whose_outcome_was_lost_is_recorded_from_its_intent() {
     .await
     .expect("simulate the crash");
 
-    let o = rekey_aes(&b, &state, &[]);
+    let o = b.rekey(&state, &[]);
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
     assert_eq!(b.etags().await, after, "nothing written again");
     let row: (
@@ -1482,14 +1463,14 @@ async fn a_failed_verify_is_recorded_with_the_write_and_settled_later() {
     );
 
     // A rescan leaves the failed record alone; a retry settles it without writing again.
-    let o = rekey_aes(&b, &state, &[]);
+    let o = b.rekey(&state, &[]);
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
     assert_eq!(
         record(&state, "v.bin").await.0,
         "failed",
         "not reset by the rescan"
     );
-    let o = rekey_aes(&b, &state, &["--retry-failed"]);
+    let o = b.rekey(&state, &["--retry-failed"]);
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
     assert_eq!(b.etags().await, now, "nothing written again");
     let (s, action, format, prev, code, _) = record(&state, "v.bin").await;
@@ -1561,7 +1542,7 @@ async fn a_stale_intent_never_claims_another_writers_object() {
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
     let before = b.etags().await;
 
-    let o = rekey_aes(&b, &state, &[]);
+    let o = b.rekey(&state, &[]);
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
     assert_eq!(
         b.etags().await,
@@ -1731,7 +1712,7 @@ async fn a_job_claimed_too_often_is_recorded_failed() {
     .expect("simulate the crashes");
     db.close().await;
     let before = b.etags().await;
-    let o = rekey_aes(&b, &state, &["--max-attempts", "10"]);
+    let o = b.rekey(&state, &["--max-attempts", "10"]);
     assert_eq!(o.status.code(), Some(1), "{}", show(&o));
     let (s, _, _, _, code, _) = record(&state, "poison.bin").await;
     assert_eq!(
@@ -1739,7 +1720,7 @@ async fn a_job_claimed_too_often_is_recorded_failed() {
         ("failed", Some("TooManyAttempts"))
     );
     assert_eq!(b.etags().await, before, "untouched");
-    let o = rekey_aes(&b, &state, &["--retry-failed"]);
+    let o = b.rekey(&state, &["--retry-failed"]);
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
     assert_eq!(record(&state, "poison.bin").await.0, "done");
 }
@@ -1778,7 +1759,7 @@ async fn a_stale_instruction_file_is_deleted_and_an_orphan_recorded() {
         b.put_instruction(key, file.clone()).await;
     }
     let (_sd, state) = state_file("stale-instr.db");
-    let o = rekey_aes(&b, &state, &[]);
+    let o = b.rekey(&state, &[]);
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
     let keys = b.keys().await;
     assert!(
@@ -1833,7 +1814,7 @@ async fn a_data_object_named_like_an_instruction_file_is_migrated_not_deleted() 
     put_v1(&b.s3, &b.bucket, "report", &data(500, 14)).await;
     put_v1(&b.s3, &b.bucket, "report.instruction", &data(2000, 15)).await;
     let (_sd, state) = state_file("instr-name.db");
-    let o = rekey_aes(&b, &state, &[]);
+    let o = b.rekey(&state, &[]);
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
     let keys = b.keys().await;
     assert!(

@@ -32,23 +32,6 @@ async fn seeded(tag: &str) -> Option<Bed> {
     Some(b)
 }
 
-/// `rekey s3://BUCKET --state STATE --kms-key-id KEY --aes-key-file AES` on the bed.
-fn rekey_args(b: &Bed, state: &str) -> Vec<String> {
-    let (url, aes) = (b.bucket_url(), aes_key_file().display().to_string());
-    [
-        "rekey",
-        &url,
-        "--state",
-        state,
-        "--kms-key-id",
-        &b.key_id,
-        "--aes-key-file",
-        &aes,
-    ]
-    .map(str::to_owned)
-    .to_vec()
-}
-
 /// `status --json` of the state file, by state (`running`, `pending`, `done`, ...).
 fn counts(state: &str) -> Option<serde_json::Value> {
     let o = run(bin().args(["status", "--state", state, "--json"]));
@@ -78,8 +61,7 @@ fn wait_until_running(child: &mut Child, state: &str) {
 
 /// Starts `rekey` on the bed's bucket with `extra` options, its stderr (info logs) in `log`.
 fn spawn_rekey(b: &Bed, state: &str, extra: &[&str], log: &Path) -> Child {
-    bin()
-        .args(rekey_args(b, state))
+    b.rekey_command(state)
         .args(extra)
         .env("S3CSE_LOG", "info")
         .stdout(Stdio::null())
@@ -143,7 +125,7 @@ fn assert_released(state: &str) -> u64 {
 
 /// A second, unhurried run migrates everything; each object reads back strictly.
 async fn finish_and_check(b: &Bed, state: &str) {
-    let o = run(bin().args(rekey_args(b, state)));
+    let o = b.rekey(state, &[]);
     assert_ok("second rekey", &o);
     let c = counts(state).expect("status");
     assert_eq!(objects_in(&c, "done"), u64::from(OBJECTS), "{c}");
@@ -293,7 +275,7 @@ async fn sigterm_releases_large_objects_still_waiting_for_a_slot() {
     );
     assert!(stderr.contains("released before it started"), "{stderr}");
 
-    let o = run(bin().args(rekey_args(&b, &state)));
+    let o = b.rekey(&state, &[]);
     assert_ok("second rekey", &o);
     for i in 0..2 {
         let (key, body) = big(i);

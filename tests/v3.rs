@@ -5,8 +5,6 @@
 //! default policy, REQUIRE_ENCRYPT_REQUIRE_DECRYPT (`--strict`). Without `S3CSE_TESTBED` every
 //! test says "skipped" and passes (under CI it fails instead: see `common::testbed`).
 
-use std::process::Output;
-
 use s3cse::codec::WriteFormat;
 use s3cse::keyring::Keyring;
 
@@ -44,24 +42,6 @@ fn aws_reads_strict(b: &Bed, key: &str, kms_key: &str) -> Result<Vec<u8>, String
     } else {
         Err(show(&o))
     }
-}
-
-/// `s3cse rekey s3://BUCKET --state STATE --kms-key-id KEY --aes-key-file AES EXTRA...`.
-fn rekey(b: &Bed, state: &str, extra: &[&str]) -> Output {
-    let aes = aes_key_file().display().to_string();
-    let mut args = vec![
-        "rekey".to_owned(),
-        b.bucket_url(),
-        "--state".into(),
-        state.into(),
-        "--kms-key-id".into(),
-        b.key_id.clone(),
-        "--aes-key-file".into(),
-        aes,
-    ];
-    args.extend(extra.iter().map(|s| (*s).to_owned()));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    run(&args)
 }
 
 /// `s3cse audit s3://BUCKET --kms-key-id KEY --json EXTRA...`: exit code and JSON.
@@ -155,7 +135,7 @@ async fn a_v3_migration_is_read_by_aws_at_its_default_policy() {
     let current_etag = etag(&b, "v3-target.bin").await;
     let dir = tempfile::tempdir().expect("tmp");
     let st = state(&dir);
-    let o = rekey(&b, &st, &["--target-format", "v3"]);
+    let o = b.rekey(&st, &["--target-format", "v3"]);
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
 
     for (key, plain) in &cases {
@@ -191,7 +171,7 @@ async fn a_v3_migration_is_read_by_aws_at_its_default_policy() {
     let (code, after) = audit(&b, &["--target-format", "v3"]);
     assert_eq!(code, Some(0), "{after}");
     // A second run finds everything current.
-    let o = rekey(&b, &st, &["--target-format", "v3"]);
+    let o = b.rekey(&st, &["--target-format", "v3"]);
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
 }
 
@@ -266,7 +246,7 @@ async fn commitment_require_refuses_v2_objects_on_get_and_in_rekey() {
     let raw_v2_etag = etag(&b, "raw-v2.bin").await;
     let dir = tempfile::tempdir().expect("tmp");
     let st = state(&dir);
-    let o = rekey(&b, &st, &["--commitment", "require"]);
+    let o = b.rekey(&st, &["--commitment", "require"]);
     assert_eq!(
         o.status.code(),
         Some(1),
@@ -451,7 +431,7 @@ async fn instruction_file_rotation_leaves_the_data_object_untouched() {
     }
     let dir = tempfile::tempdir().expect("tmp");
     let st = state(&dir);
-    let o = rekey(&b, &st, &["--keep-instruction-files"]);
+    let o = b.rekey(&st, &["--keep-instruction-files"]);
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
     for ((key, plain), (data_etag, instr_etag)) in cases.iter().zip(&before) {
         assert_eq!(
@@ -513,7 +493,7 @@ async fn instruction_file_rotation_leaves_the_data_object_untouched() {
     // A second run: all current, nothing written.
     let dir2 = tempfile::tempdir().expect("tmp");
     let st2 = state(&dir2);
-    let o = rekey(&b, &st2, &["--keep-instruction-files"]);
+    let o = b.rekey(&st2, &["--keep-instruction-files"]);
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
     for (key, _) in &cases {
         let (state_, action, _, _, _, _) = record(&st2, key).await;

@@ -40,24 +40,14 @@ fn put_under(b: &Bed, key: &str, body: &[u8], kms_key: &str) {
     );
 }
 
+/// [`Bed::rekey`], with only the target as a KMS source: seed()'s stuck.bin, under another key,
+/// fails.
 fn rekey(b: &Bed, state: &str, extra: &[&str]) -> std::process::Output {
-    let aes = aes_key_file().display().to_string();
-    let url = b.bucket_url();
-    let mut args = vec![
-        "rekey",
-        url.as_str(),
-        "--state",
-        state,
-        "--kms-key-id",
-        &b.key_id,
-        "--aes-key-file",
-        &aes,
-        // Only the target as a KMS source: seed()'s stuck.bin, under another key, fails.
-        "--source-kms-key",
-        &b.key_id,
-    ];
-    args.extend_from_slice(extra);
-    run(&args)
+    b.rekey_command(state)
+        .args(["--source-kms-key", &b.key_id])
+        .args(extra)
+        .output()
+        .expect("run s3cse rekey")
 }
 
 /// Every version of `key`, newest first: (version id, is latest).

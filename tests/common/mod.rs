@@ -4,8 +4,9 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -111,6 +112,32 @@ impl Bed {
     /// `s3://BUCKET`: the whole bucket, as `rekey` and `scan` take it.
     pub fn bucket_url(&self) -> String {
         format!("s3://{}", self.bucket)
+    }
+
+    /// `s3cse rekey s3://BUCKET --state STATE --kms-key-id KEY --aes-key-file AES`: the bed's
+    /// bucket to the bed's key, legacy objects read with the vectors' AES key; warnings only in
+    /// its log (a later `.env("S3CSE_LOG", ..)` wins), no stdin. Options go on with `.args(..)`;
+    /// the command can be spawned more than once (several processes on one state).
+    pub fn rekey_command(&self, state: impl AsRef<OsStr>) -> Command {
+        let mut cmd = bin();
+        cmd.arg("rekey")
+            .arg(self.bucket_url())
+            .arg("--state")
+            .arg(state)
+            .args(["--kms-key-id", &self.key_id])
+            .arg("--aes-key-file")
+            .arg(aes_key_file())
+            .env("S3CSE_LOG", "warn")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// [`Bed::rekey_command`] with `extra` options, run to its end.
+    pub fn rekey(&self, state: impl AsRef<OsStr>, extra: &[&str]) -> Output {
+        self.rekey_command(state)
+            .args(extra)
+            .output()
+            .expect("run s3cse rekey")
     }
 
     /// Stores `body` as is (no encryption) with the given user metadata.
