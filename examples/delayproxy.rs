@@ -1,8 +1,10 @@
 //! delayproxy: TCP forwarders on 127.0.0.1 that add a one-way delay each way, like a WAN link to
-//! S3 and KMS. The same model as `scripts/bench/delayproxy.py` (whose docstring says why a proxy
-//! and not `tc netem`: this kernel has no netem), at a fraction of its CPU: on a two-core bed the
-//! proxy's CPU is taken from the emulators', so a cheaper stand-in for the kernel's delay leaves
-//! the servers the CPU that netem would have left them.
+//! S3 and KMS, for `scripts/bench-latency.sh` and `scripts/bench-get.sh --delay-ms`. Why a proxy
+//! and not `tc netem`: this kernel has no netem qdisc (BENCHMARKS.md, "Latency-bound bed"). The
+//! same model ran as `scripts/bench/delayproxy.py` until 2026-11-30 (`git show
+//! b9f785d:scripts/bench/delayproxy.py`); this one takes about half its CPU, and on a two-core bed
+//! the proxy's CPU is taken from the emulators', where netem's delay would cost nothing in user
+//! space.
 //!
 //! - every chunk read from one side is written to the other side DELAY ms after it was read, in
 //!   order, in both directions;
@@ -14,7 +16,7 @@
 //! target/release/examples/delayproxy --delay-ms 10 --to http://127.0.0.1:8333 --to http://127.0.0.1:4599
 //! ```
 //! prints one line per target, `http://127.0.0.1:PORT <- http://127.0.0.1:8333`, then `ready`.
-//! One thread; bandwidth is not limited.
+//! One thread; bandwidth is not limited, and a queued chunk holds only its own bytes.
 
 use std::time::Duration;
 
@@ -36,11 +38,10 @@ async fn pipe(
     let (tx, mut rx) = mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
     let reader = async move {
         let mut extra = first_extra;
+        let mut buf = vec![0; CHUNK];
         loop {
-            let mut buf = vec![0; CHUNK];
             let n = read.read(&mut buf).await.unwrap_or(0);
-            buf.truncate(n);
-            let _ = tx.send((Instant::now() + delay + extra, buf));
+            let _ = tx.send((Instant::now() + delay + extra, buf[..n].to_vec()));
             extra = Duration::ZERO;
             if n == 0 {
                 return;
@@ -60,8 +61,12 @@ async fn pipe(
 }
 
 async fn serve(client: TcpStream, target: String, delay: Duration) {
-    let Ok(server) = TcpStream::connect(&target).await else {
-        return;
+    let server = match TcpStream::connect(&target).await {
+        Ok(server) => server,
+        Err(e) => {
+            eprintln!("delayproxy: connect to {target}: {e}");
+            return;
+        }
     };
     let _ = (client.set_nodelay(true), server.set_nodelay(true));
     let (cr, cw) = client.into_split();
@@ -91,7 +96,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
     }
-    let delay = Duration::from_secs_f64(delay_ms.ok_or("--delay-ms is required")? / 1000.0);
+    let delay_ms = delay_ms.ok_or("--delay-ms is required")?;
+    if !(0.0..=60_000.0).contains(&delay_ms) {
+        return Err(format!("--delay-ms {delay_ms}: give 0 to 60000").into());
+    }
+    let delay = Duration::from_secs_f64(delay_ms / 1000.0);
     if targets.is_empty() {
         return Err("at least one --to URL is required".into());
     }
@@ -104,8 +113,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         println!("http://{} <- {url}", listener.local_addr()?);
         tokio::spawn(async move {
-            while let Ok((conn, _)) = listener.accept().await {
-                tokio::spawn(serve(conn, hostport.clone(), delay));
+            loop {
+                match listener.accept().await {
+                    Ok((conn, _)) => {
+                        tokio::spawn(serve(conn, hostport.clone(), delay));
+                    }
+                    // EMFILE, ECONNABORTED...: the listener stays; the next accept may succeed.
+                    Err(e) => {
+                        eprintln!("delayproxy: accept on {url}: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
             }
         });
     }

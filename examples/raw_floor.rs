@@ -1,10 +1,16 @@
 //! The client-CPU floor of `rekey`'s four requests per small object *without* aws-sdk-rust's
 //! orchestrator: the same requests as `sdk_floor` (GetObject and KMS GenerateDataKey together,
 //! PutObject of the same bytes and metadata, GetObject again), each signed with SigV4 by the
-//! `aws-sigv4` crate (payload SHA-256 included) and sent over one hyper keep-alive pool.
-//! No retries, no endpoint rules, no credential refresh: a measurement of what a hand-signed
-//! client could at best cost on this machine, not a client. BENCHMARKS.md ("Client CPU per small
-//! object") compares it with `sdk_floor` and `rekey`.
+//! `aws-sigv4` crate (payload SHA-256 included, S3's signing settings) and sent over one hyper
+//! keep-alive pool with TCP_NODELAY, as the SDK's client sets it. A measurement of what a
+//! hand-signed client on the same hyper/tokio stack could at best cost on this machine, not a
+//! client: next to `sdk_floor` it also leaves out, each making it cheaper than a real client,
+//! retries, endpoint rules, credential refresh and session tokens, timeouts and stalled-stream
+//! protection, request and response checksums (the SDK's default is CRC32 when supported), the
+//! SDK's user-agent and invocation headers, error-response parsing, and base64-decoding the
+//! data key (the KMS answer is parsed as JSON only). Keys are not URL-encoded: the benchmark's
+//! keys (`small/000123`) need none. BENCHMARKS.md ("Client CPU per small object") compares it
+//! with `sdk_floor` and `rekey`.
 //!
 //! ```text
 //! cargo build --release --example raw_floor
@@ -19,16 +25,18 @@ use std::time::SystemTime;
 
 use aws_credential_types::Credentials;
 use aws_sigv4::http_request::{
-    PayloadChecksumKind, SignableBody, SignableRequest, SigningSettings, sign,
+    PayloadChecksumKind, PercentEncodingMode, SignableBody, SignableRequest, SigningSettings,
+    UriPathNormalizationMode, sign,
 };
 use aws_sigv4::sign::v4;
 use aws_smithy_runtime_api::client::identity::Identity;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-type Http = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+type Http = Client<HttpConnector, Full<Bytes>>;
 
 struct Ctx {
     http: Http,
@@ -52,7 +60,11 @@ impl Ctx {
     ) -> Result<(u16, http::HeaderMap, Bytes), String> {
         let mut settings = SigningSettings::default();
         if service == "s3" {
+            // What the SDK signs S3 requests with: the payload hash in a header, the path
+            // encoded once and not normalised.
             settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
+            settings.percent_encoding_mode = PercentEncodingMode::Single;
+            settings.uri_path_normalization_mode = UriPathNormalizationMode::Disabled;
         }
         let params = v4::SigningParams::builder()
             .identity(&self.identity)
@@ -154,7 +166,11 @@ async fn main() -> Result<(), floor::Error> {
     );
     let keys = floor::keys(&s3, &args.bucket).await?;
     let ctx = Ctx {
-        http: Client::builder(TokioExecutor::new()).build_http(),
+        http: {
+            let mut connector = HttpConnector::new();
+            connector.set_nodelay(true);
+            Client::builder(TokioExecutor::new()).build(connector)
+        },
         identity: Credentials::new(
             env("AWS_ACCESS_KEY_ID")?,
             env("AWS_SECRET_ACCESS_KEY")?,
@@ -173,6 +189,5 @@ async fn main() -> Result<(), floor::Error> {
         let ctx = &ctx;
         async move { ctx.object(&key).await }
     })
-    .await;
-    Ok(())
+    .await
 }

@@ -81,6 +81,5 @@ async fn main() -> Result<(), floor::Error> {
             Ok(())
         }
     })
-    .await;
-    Ok(())
+    .await
 }

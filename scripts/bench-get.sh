@@ -62,7 +62,7 @@ TB="${TESTBED_DIR:-$ROOT/.testbed}"
 [ -f "$TB/env" ] || { echo "bench-get: no $TB/env: start the test bed first (scripts/testbed.sh up)" >&2; exit 1; }
 # shellcheck disable=SC1091
 source "$TB/env"
-[ "$BUILD" = 1 ] && cargo build --release --bin s3cse
+[ "$BUILD" = 1 ] && cargo build --release --bin s3cse --example delayproxy
 T=$(mktemp -d "${TMPDIR:-/tmp}/bench-get.XXXXXX")
 head -c $((MIB << 20)) /dev/urandom >"$T/in"
 KEY=$(admin create-key --description "s3cse bench-get" | tail -1)
@@ -71,8 +71,9 @@ admin create-bucket "$BUCKET" >/dev/null
 "$BIN" put "$T/in" "s3://$BUCKET/obj" --kms-key-id "$KEY" --format v2 >/dev/null 2>&1
 if [ "$DELAY" != 0 ]; then
   DIRECT_S3=$AWS_ENDPOINT_URL_S3 DIRECT_KMS=$AWS_ENDPOINT_URL_KMS
-  [ -x target/release/examples/delayproxy ] || cargo build --release --example delayproxy
-  target/release/examples/delayproxy --delay-ms "$DELAY" \
+  PROXY_BIN="${CARGO_TARGET_DIR:-target}/release/examples/delayproxy"
+  [ -x "$PROXY_BIN" ] || { echo "bench-get: no $PROXY_BIN (cargo build --release --example delayproxy)" >&2; exit 1; }
+  "$PROXY_BIN" --delay-ms "$DELAY" \
     --to "$AWS_ENDPOINT_URL_S3" --to "$AWS_ENDPOINT_URL_KMS" >"$T/proxy" &
   PROXY=$!
   for _ in $(seq 1 50); do grep -q '^ready' "$T/proxy" && break; sleep 0.1; done

@@ -39,10 +39,11 @@ fi
 if [ "$BUILD" = 1 ]; then
   cargo build --release --bin s3cse --example delayproxy >&2
 fi
-[ "$BUILD" = 0 ] || [ -x target/release/s3cse ] || { echo "bench-latency: no target/release/s3cse" >&2; exit 1; }
+[ "$BUILD" = 0 ] || [ -x "${CARGO_TARGET_DIR:-target}/release/s3cse" ] || { echo "bench-latency: no release s3cse" >&2; exit 1; }
 # The release proxy, or the dev build's (scripts/test.sh runs a small sweep after `cargo test`).
-PROXY_BIN=target/release/examples/delayproxy
-[ -x "$PROXY_BIN" ] || [ "$BUILD" = 1 ] || PROXY_BIN=target/debug/examples/delayproxy
+TARGET="${CARGO_TARGET_DIR:-target}"
+PROXY_BIN="$TARGET/release/examples/delayproxy"
+[ -x "$PROXY_BIN" ] || [ "$BUILD" = 1 ] || PROXY_BIN="$TARGET/debug/examples/delayproxy"
 [ -x "$PROXY_BIN" ] || { echo "bench-latency: no $PROXY_BIN (cargo build --release --example delayproxy)" >&2; exit 1; }
 
 OUT="$(mktemp)"

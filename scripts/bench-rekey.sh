@@ -7,7 +7,10 @@
 #   scripts/bench-rekey.sh [--small N] [--small-kib K] [--large N] [--large-mib M]
 #                          [--concurrency C] [--kms-calls N] [--rekey-arg=--no-verify]
 #                          [--no-python-large] [--also-no-verify] [--also-concurrency N]
-#                          [--write-md BENCHMARKS.md] [--keep] [--no-build]
+#                          [--floors] [--write-md BENCHMARKS.md] [--keep] [--no-build]
+#
+# --floors: also examples/sdk_floor and examples/raw_floor, each on its own fresh bucket: client
+# CPU per object of rekey's four requests through aws-sdk-rust, and hand-signed over hyper.
 #
 # Defaults: 10,000 x 1 KiB and 3 x 256 MiB V1 raw-AES CBC objects, concurrency 16 (about 9 min
 # on a 2-core machine; --also-no-verify --also-concurrency 64 add informative rows, ~4 min more).
@@ -35,8 +38,8 @@ bash scripts/testbed.sh up >/dev/null
 # shellcheck disable=SC1091
 source .testbed/env
 if [ "$BUILD" = 1 ]; then
-  echo "bench-rekey: cargo build --release --bin s3cse" >&2
-  cargo build --release --bin s3cse >&2
+  echo "bench-rekey: cargo build --release --bin s3cse --example sdk_floor --example raw_floor" >&2
+  cargo build --release --bin s3cse --example sdk_floor --example raw_floor >&2
 fi
 [ -x target/release/s3cse ] || { echo "bench-rekey: no target/release/s3cse" >&2; exit 1; }
 exec "$S3CSE_PY_AWSCLIENT" scripts/bench/bench_rekey.py \

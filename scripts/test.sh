@@ -177,25 +177,37 @@ if [ "$rc" = 0 ]; then step_ok peers; else step_fail peers; [ "$f" -gt 0 ] || fa
 # read back with AWS's client); the figures need a release build and a quiet machine, so none
 # is judged here (BENCHMARKS.md).
 banner "benchmark slice"
-bench_slice() { # label, command...
+bench_failed=0
+bench_slice() { # label, command... (15 minutes at most: a hung proxy must not hang CI)
   local label=$1 rc=0; shift
-  "$@" >"$LOGS/bench-$label.log" 2>&1 || rc=$?
+  timeout 900 "$@" >"$LOGS/bench-$label.log" 2>&1 || rc=$?
   if [ "$rc" = 0 ]; then
     passed=$((passed + 1)); echo "bench $label: ok"
   else
-    failed=$((failed + 1)); echo "bench $label: FAILED (exit $rc), $LOGS/bench-$label.log:"
+    failed=$((failed + 1)); bench_failed=1
+    echo "bench $label: FAILED (exit $rc), $LOGS/bench-$label.log:"
     tail -n 20 "$LOGS/bench-$label.log"
   fi
 }
-# cargo test builds the examples as test harnesses; the scripts run them as programs.
-if [ -x target/debug/s3cse ] && [ -n "${S3CSE_PY_AWSCLIENT:-}" ] && cargo build --locked --examples; then
-  bench_slice rekey "$S3CSE_PY_AWSCLIENT" scripts/bench/bench_rekey.py --bin target/debug/s3cse \
-    --small 100 --small-kib 4 --large 0 --kms-calls 100 --floors
-  bench_slice latency bash scripts/bench-latency.sh --no-build --bin target/debug/s3cse \
-    --sweep 4 --small 60 --kms-calls 60
-  step_ok "benchmark slice"
-else
+# The dev build's s3cse here is the failpoints build of step 4 (inert without S3CSE_FAILPOINT).
+DEV="${CARGO_TARGET_DIR:-$ROOT/target}/debug"
+if [ ! -x /usr/bin/time ]; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq time >/dev/null 2>&1 ||
+    { apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq time >/dev/null 2>&1; } || true
+fi
+if [ ! -x "$DEV/s3cse" ] || [ -z "${S3CSE_PY_AWSCLIENT:-}" ]; then
   step_fail "benchmark slice (no dev build or test bed)"; failed=$((failed + 1))
+elif [ ! -x /usr/bin/time ]; then
+  step_fail "benchmark slice (no /usr/bin/time)"; failed=$((failed + 1))
+# cargo test builds the examples as test harnesses; the scripts run them as programs.
+elif ! cargo build --locked --examples; then
+  step_fail "benchmark slice (cargo build --examples)"; failed=$((failed + 1))
+else
+  bench_slice rekey "$S3CSE_PY_AWSCLIENT" scripts/bench/bench_rekey.py --bin "$DEV/s3cse" \
+    --small 100 --small-kib 4 --large 0 --kms-calls 100 --floors
+  bench_slice latency bash scripts/bench-latency.sh --no-build --bin "$DEV/s3cse" \
+    --sweep 4 --small 60 --kms-calls 60
+  if [ "$bench_failed" = 0 ]; then step_ok "benchmark slice"; else step_fail "benchmark slice"; fi
 fi
 
 # ---- summary (the test bed goes down in the EXIT trap)

@@ -46,8 +46,14 @@ pub async fn keys(s3: &aws_sdk_s3::Client, bucket: &str) -> Result<Vec<String>, 
 }
 
 /// `object(key)` for every key, `concurrency` at a time; prints
-/// `NAME: N objects, F failed, S s, concurrency C` and the first failure.
-pub async fn each<F, Fut>(name: &str, keys: Vec<String>, concurrency: usize, object: F)
+/// `NAME: N objects, F failed, S s, concurrency C` and the first failure, which is also the
+/// error returned (so the process exits non-zero if any object failed).
+pub async fn each<F, Fut>(
+    name: &str,
+    keys: Vec<String>,
+    concurrency: usize,
+    object: F,
+) -> Result<(), Error>
 where
     F: Fn(String) -> Fut,
     Fut: Future<Output = Result<(), String>>,
@@ -60,11 +66,12 @@ where
         .collect()
         .await;
     let failed = results.iter().filter(|r| r.is_err()).count();
-    if let Some(Err(e)) = results.iter().find(|r| r.is_err()) {
-        eprintln!("first failure: {e}");
-    }
     println!(
         "{name}: {n} objects, {failed} failed, {:.2} s, concurrency {concurrency}",
         started.elapsed().as_secs_f64()
     );
+    match results.into_iter().find_map(Result::err) {
+        Some(e) => Err(format!("{failed} of {n} objects failed; the first: {e}").into()),
+        None => Ok(()),
+    }
 }
