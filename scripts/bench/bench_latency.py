@@ -54,18 +54,19 @@ def main(argv=None):
     t0 = time.monotonic()
     try:
         bench.setup()
-        for c in sweep:
+        # A concurrency may repeat in the sweep (--sweep 16,16,16): each run has its own tag.
+        for i, c in enumerate(sweep):
             br.log(f"concurrency {c}")
-            d = bench.measure("sweep", f"d{c}", lambda: bench.kms_loop(a.kms_calls, c))
-            b = bench.seed_small(f"lat{c}")
-            r = bench.rekey_checked("sweep", f"a{c}", b, f"lat{c}", a.small, concurrency=c)
+            d = bench.measure("sweep", f"d{c}.{i}", lambda: bench.kms_loop(a.kms_calls, c))
+            b = bench.seed_small(f"lat{c}r{i}")
+            r = bench.rekey_checked("sweep", f"a{c}.{i}", b, f"lat{c}r{i}", a.small, concurrency=c)
             bench.drop_bucket(b)
             r0 = None
             if a.before_bin:
-                b = bench.seed_small(f"lat0{c}")
+                b = bench.seed_small(f"lat0{c}r{i}")
                 this, a.bin = a.bin, a.before_bin
                 try:
-                    r0 = bench.rekey_checked("sweep", f"a0{c}", b, f"lat0{c}", a.small,
+                    r0 = bench.rekey_checked("sweep", f"a0{c}.{i}", b, f"lat0{c}r{i}", a.small,
                                              concurrency=c)
                 finally:
                     a.bin = this
