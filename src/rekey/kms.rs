@@ -227,105 +227,31 @@ mod tests {
         }
     }
 
-    /// A KMS that fails every call with `kind`, counting the calls.
-    struct Failing {
-        kind: KmsErrorKind,
-        calls: AtomicU32,
-    }
-
-    impl Failing {
-        fn fail(&self) -> Result<Vec<u8>, KmsError> {
-            self.calls.fetch_add(1, Ordering::SeqCst);
-            Err(KmsError::new(self.kind, "injected"))
-        }
-    }
-
-    impl KmsClient for Failing {
-        fn generate_data_key<'a>(
-            &'a self,
-            _: &'a str,
-            _: &'a Context,
-        ) -> BoxFuture<'a, Result<(SecretBytes, Vec<u8>), KmsError>> {
-            Box::pin(async move { self.fail().map(|b| (SecretBytes::random(32), b)) })
-        }
-
-        fn decrypt<'a>(
-            &'a self,
-            _: Option<&'a str>,
-            _: &'a [u8],
-            _: &'a Context,
-        ) -> BoxFuture<'a, Result<SecretBytes, KmsError>> {
-            Box::pin(async move { self.fail().map(|_| SecretBytes::random(32)) })
-        }
-
-        fn encrypt<'a>(
-            &'a self,
-            _: &'a str,
-            _: &'a SecretBytes,
-            _: &'a Context,
-        ) -> BoxFuture<'a, Result<Vec<u8>, KmsError>> {
-            Box::pin(async move { self.fail() })
-        }
-
-        fn re_encrypt<'a>(
-            &'a self,
-            _: &'a [u8],
-            _: &'a Context,
-            _: &'a str,
-            _: &'a Context,
-        ) -> BoxFuture<'a, Result<Vec<u8>, KmsError>> {
-            Box::pin(async move { self.fail() })
-        }
-    }
-
-    /// Sends one `ReEncrypt` through a [`RekeyKms`] over a KMS failing with `kind`; returns how
-    /// many requests reached it.
-    async fn attempts_on(kind: KmsErrorKind) -> u32 {
-        let inner = Arc::new(Failing {
-            kind,
-            calls: AtomicU32::new(0),
-        });
-        let metrics = Arc::new(Metrics::new("test"));
-        let kms = RekeyKms::new(inner.clone(), RateLimit::default(), metrics.clone());
-        let ctx = Context::new();
-        let r = kms.re_encrypt(b"blob", &ctx, "key", &ctx).await;
-        assert_eq!(r.map_err(|e| e.kind).err(), Some(kind));
-        let calls = inner.calls.load(Ordering::SeqCst);
-        assert_eq!(
-            metrics.kms_requests("ReEncrypt"),
-            u64::from(calls),
-            "every attempt is counted"
-        );
-        calls
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn throttling_is_retried_up_to_the_budget_and_no_further() {
-        assert_eq!(attempts_on(KmsErrorKind::Throttled).await, MAX_ATTEMPTS);
-        assert_eq!(attempts_on(KmsErrorKind::Transient).await, MAX_ATTEMPTS);
-        // Retrying would not fix these.
-        assert_eq!(attempts_on(KmsErrorKind::AccessDenied).await, 1);
-        assert_eq!(attempts_on(KmsErrorKind::InvalidCiphertext).await, 1);
-    }
-
-    /// A KMS whose calls take 10 ms, recording the most in flight at once.
+    /// A KMS whose calls take 10 ms (of the paused test clock), each failing with `fail` if it
+    /// is set; it counts the calls and records the most in flight at once.
     #[derive(Default)]
-    struct Slow {
+    struct Stub {
+        fail: Option<KmsErrorKind>,
+        calls: AtomicU32,
         now: AtomicU32,
         most: AtomicU32,
     }
 
-    impl Slow {
+    impl Stub {
         async fn call(&self) -> Result<Vec<u8>, KmsError> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
             let n = self.now.fetch_add(1, Ordering::SeqCst) + 1;
             self.most.fetch_max(n, Ordering::SeqCst);
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
             self.now.fetch_sub(1, Ordering::SeqCst);
-            Ok(b"blob".to_vec())
+            match self.fail {
+                Some(kind) => Err(KmsError::new(kind, "injected")),
+                None => Ok(b"blob".to_vec()),
+            }
         }
     }
 
-    impl KmsClient for Slow {
+    impl KmsClient for Stub {
         fn generate_data_key<'a>(
             &'a self,
             _: &'a str,
@@ -363,12 +289,42 @@ mod tests {
         }
     }
 
+    /// Sends one `ReEncrypt` through a [`RekeyKms`] over a KMS failing with `kind`; returns how
+    /// many requests reached it.
+    async fn attempts_on(kind: KmsErrorKind) -> u32 {
+        let inner = Arc::new(Stub {
+            fail: Some(kind),
+            ..Stub::default()
+        });
+        let metrics = Arc::new(Metrics::new("test"));
+        let kms = RekeyKms::new(inner.clone(), RateLimit::default(), metrics.clone());
+        let ctx = Context::new();
+        let r = kms.re_encrypt(b"blob", &ctx, "key", &ctx).await;
+        assert_eq!(r.map_err(|e| e.kind).err(), Some(kind));
+        let calls = inner.calls.load(Ordering::SeqCst);
+        assert_eq!(
+            metrics.kms_requests("ReEncrypt"),
+            u64::from(calls),
+            "every attempt is counted"
+        );
+        calls
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn throttling_is_retried_up_to_the_budget_and_no_further() {
+        assert_eq!(attempts_on(KmsErrorKind::Throttled).await, MAX_ATTEMPTS);
+        assert_eq!(attempts_on(KmsErrorKind::Transient).await, MAX_ATTEMPTS);
+        // Retrying would not fix these.
+        assert_eq!(attempts_on(KmsErrorKind::AccessDenied).await, 1);
+        assert_eq!(attempts_on(KmsErrorKind::InvalidCiphertext).await, 1);
+    }
+
     /// `--concurrency` bounds the KMS requests in flight, whatever the callers (the worker
     /// keeps more objects than that in flight), and every call still goes out.
     #[tokio::test(start_paused = true)]
     async fn concurrency_bounds_the_requests_in_flight() {
         for (bound, expected) in [(Some(3), 3), (None, 20)] {
-            let inner = Arc::new(Slow::default());
+            let inner = Arc::new(Stub::default());
             let metrics = Arc::new(Metrics::new("test"));
             let kms = RekeyKms::new(inner.clone(), RateLimit::default(), metrics.clone());
             let kms = match bound {
