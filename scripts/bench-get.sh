@@ -71,16 +71,10 @@ admin create-bucket "$BUCKET" >/dev/null
 "$BIN" put "$T/in" "s3://$BUCKET/obj" --kms-key-id "$KEY" --format v2 >/dev/null 2>&1
 if [ "$DELAY" != 0 ]; then
   DIRECT_S3=$AWS_ENDPOINT_URL_S3 DIRECT_KMS=$AWS_ENDPOINT_URL_KMS
-  PROXY_BIN="${CARGO_TARGET_DIR:-target}/release/examples/delayproxy"
-  [ -x "$PROXY_BIN" ] || { echo "bench-get: no $PROXY_BIN (cargo build --release --example delayproxy)" >&2; exit 1; }
-  "$PROXY_BIN" --delay-ms "$DELAY" \
-    --to "$AWS_ENDPOINT_URL_S3" --to "$AWS_ENDPOINT_URL_KMS" >"$T/proxy" &
-  PROXY=$!
-  for _ in $(seq 1 50); do grep -q '^ready' "$T/proxy" && break; sleep 0.1; done
-  grep -q '^ready' "$T/proxy" || { echo "bench-get: the delay proxy did not start" >&2; exit 1; }
-  AWS_ENDPOINT_URL_S3="$(sed -n 1p "$T/proxy" | cut -d' ' -f1)"
-  AWS_ENDPOINT_URL_KMS="$(sed -n 2p "$T/proxy" | cut -d' ' -f1)"
-  export AWS_ENDPOINT_URL_S3 AWS_ENDPOINT_URL_KMS
+  # shellcheck source=scripts/bench/delayproxy.sh
+  . scripts/bench/delayproxy.sh
+  delay_proxy "${CARGO_TARGET_DIR:-target}/release/examples/delayproxy" "$DELAY" "$T/proxy" bench-get ||
+    exit 1
 fi
 
 # label -> lists of "wall cpu rss" per round

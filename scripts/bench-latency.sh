@@ -44,18 +44,12 @@ fi
 TARGET="${CARGO_TARGET_DIR:-target}"
 PROXY_BIN="$TARGET/release/examples/delayproxy"
 [ -x "$PROXY_BIN" ] || [ "$BUILD" = 1 ] || PROXY_BIN="$TARGET/debug/examples/delayproxy"
-[ -x "$PROXY_BIN" ] || { echo "bench-latency: no $PROXY_BIN (cargo build --release --example delayproxy)" >&2; exit 1; }
 
-OUT="$(mktemp)"
-"$PROXY_BIN" --delay-ms "$DELAY" \
-  --to "$AWS_ENDPOINT_URL_S3" --to "$AWS_ENDPOINT_URL_KMS" > "$OUT" &
-PROXY=$!
-trap 'kill "$PROXY" 2>/dev/null || true; rm -f "$OUT"' EXIT
-for _ in $(seq 1 50); do grep -q '^ready' "$OUT" && break; sleep 0.1; done
-grep -q '^ready' "$OUT" || { echo "bench-latency: the delay proxy did not start" >&2; exit 1; }
-AWS_ENDPOINT_URL_S3="$(sed -n 1p "$OUT" | cut -d' ' -f1)"
-AWS_ENDPOINT_URL_KMS="$(sed -n 2p "$OUT" | cut -d' ' -f1)"
-export AWS_ENDPOINT_URL_S3 AWS_ENDPOINT_URL_KMS
+# shellcheck source=scripts/bench/delayproxy.sh
+. scripts/bench/delayproxy.sh
+OUT="$(mktemp)" PROXY=""
+trap '[ -z "$PROXY" ] || kill "$PROXY" 2>/dev/null || true; rm -f "$OUT"' EXIT
+delay_proxy "$PROXY_BIN" "$DELAY" "$OUT" bench-latency || exit 1
 export S3CSE_BENCH_SERVER_PIDS="$PROXY" S3CSE_BENCH_PROXY_PID="$PROXY"
 echo "bench-latency: S3 $AWS_ENDPOINT_URL_S3, KMS $AWS_ENDPOINT_URL_KMS, ${DELAY} ms each way" >&2
 "$S3CSE_PY_AWSCLIENT" scripts/bench/bench_latency.py --delay-ms "$DELAY" \
